@@ -1,0 +1,1 @@
+"""Pure maths on communication graphs: families, mixing matrices, spectral analysis, schedules."""

@@ -1,0 +1,15 @@
+"""The one error the topology lab raises for bad input."""
+
+from __future__ import annotations
+
+
+class TopologyError(ValueError):
+    """A graph family was asked for with parameters it cannot satisfy.
+
+    ``parameter`` names the offending parameter and the message states the rule.
+    """
+
+    def __init__(self, parameter: str, rule: str) -> None:
+        super().__init__(f"{parameter}: {rule}")
+        self.parameter = parameter
+        self.rule = rule
