@@ -1,0 +1,104 @@
+"""Reference points for a gossip run: pooled data, each node alone, and personalisation.
+
+- pooled: one model trained on every node's training data together (what a
+  central server with all the data would get), for the same rounds and epochs;
+- local-only: every node trains alone for the same rounds, with no mixing;
+- personalised: each node's final gossip model fine-tuned for a few local
+  steps on its own data.
+
+All three train through ``StackedTrainer``, like the engines, so that the only
+difference from gossip is who talks to whom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from p2pfl.engines.common import Setup
+from p2pfl.training import LocalSchedule, StackedTrainer, evaluate, stack_order
+
+
+@dataclass
+class Baselines:
+    pooled_global: float | None = None
+    pooled_sites: list[float] | None = None
+    local_global: list[float] | None = None
+    local_sites: list[float] | None = None
+
+
+def _site_accuracy(setup: Setup, params: Tensor, own: bool) -> list[float]:
+    """Accuracy on each node's own test split: row i of params on node i (own) or row 0 on all."""
+    result = []
+    for i, node in enumerate(setup.data.nodes):
+        row = params[i : i + 1] if own else params[:1]
+        acc, _ = evaluate(setup.model, row.to(setup.device), node.x_test, node.y_test)
+        result.append(float(acc[0]))
+    return result
+
+
+def pooled(setup: Setup) -> tuple[float, list[float]]:
+    nodes = setup.data.nodes
+    x = torch.cat([nd.x_train for nd in nodes])
+    y = torch.cat([nd.y_train for nd in nodes])
+    trainer = StackedTrainer(
+        setup.model, [(x, y)], [0], setup.schedule, seed=setup.scenario.seed, device=setup.device
+    )
+    params = setup.initial.to(setup.device).unsqueeze(0).clone()
+    for r in range(setup.scenario.training.rounds):
+        trainer.train_round(params, r)
+    acc, _ = evaluate(setup.model, params, setup.data.x_global_test, setup.data.y_global_test)
+    return float(acc[0]), _site_accuracy(setup, params, own=False)
+
+
+def local_only(setup: Setup) -> tuple[list[float], list[float]]:
+    nodes = setup.data.nodes
+    order = stack_order([int(nd.x_train.shape[0]) for nd in nodes], setup.schedule)
+    trainer = StackedTrainer(
+        setup.model,
+        [(nodes[i].x_train, nodes[i].y_train) for i in order],
+        order,
+        setup.schedule,
+        seed=setup.scenario.seed,
+        device=setup.device,
+    )
+    params = setup.initial.to(setup.device).repeat(len(nodes), 1)
+    for r in range(setup.scenario.training.rounds):
+        trainer.train_round(params, r)
+    params = params[torch.as_tensor(sorted(range(len(order)), key=order.__getitem__))]
+    acc, _ = evaluate(setup.model, params, setup.data.x_global_test, setup.data.y_global_test)
+    return [float(a) for a in acc], _site_accuracy(setup, params, own=True)
+
+
+def personalised(setup: Setup, final: Tensor, steps: int) -> list[float]:
+    """Each node's final model after ``steps`` more local steps, on its own test split."""
+    schedule: LocalSchedule = replace(setup.schedule, local_epochs=0, local_steps=steps)
+    nodes = setup.data.nodes
+    params = final.to(setup.device).clone()
+    trainer = StackedTrainer(
+        setup.model,
+        [(nd.x_train, nd.y_train) for nd in nodes],
+        list(range(len(nodes))),
+        schedule,
+        seed=setup.scenario.seed + 7919,
+        device=setup.device,
+    )
+    trainer.train_round(params, 0)
+    return _site_accuracy(setup, params, own=True)
+
+
+def site_accuracy(setup: Setup, final: Tensor) -> list[float]:
+    """Each node's final gossip model on its own test split."""
+    return _site_accuracy(setup, final, own=True)
+
+
+def run_baselines(setup: Setup) -> Baselines:
+    b = setup.scenario.baselines
+    result = Baselines()
+    if b.pooled:
+        result.pooled_global, result.pooled_sites = pooled(setup)
+    if b.local:
+        result.local_global, result.local_sites = local_only(setup)
+    return result

@@ -1,0 +1,200 @@
+"""What every engine needs from a scenario: data, model, topology, schedule, and results.
+
+An engine gets a ``Setup`` (built once per sweep value) and returns a
+``RunResult``; the report and the CLI only ever see those two.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import topology
+from p2pfl.datasets import FederatedData, load_federated
+from p2pfl.errors import ConfigError
+from p2pfl.models import build_model, flat_parameters
+from p2pfl.scenario import Scenario
+from p2pfl.training import LocalSchedule
+from protocols.gossip import Neighbourhood
+from protocols.wire import GossipMessage, dense, encode
+
+Progress = Callable[[int], None]
+"""Called with the number of rounds completed so far."""
+
+
+@dataclass
+class Setup:
+    scenario: Scenario
+    data: FederatedData
+    model: nn.Module
+    initial: Tensor
+    topo: topology.Topology
+    schedule: LocalSchedule
+    device: torch.device
+
+    @property
+    def n(self) -> int:
+        return len(self.data.nodes)
+
+    @property
+    def dim(self) -> int:
+        return int(self.initial.numel())
+
+    def names(self) -> list[str]:
+        return [f"n{i}" for i in range(self.n)]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but torch sees no GPU")
+    return torch.device(name)
+
+
+def schedule_of(scenario: Scenario) -> LocalSchedule:
+    t = scenario.training
+    return LocalSchedule(
+        local_epochs=t.local_epochs if not t.local_steps else 0,
+        local_steps=t.local_steps,
+        batch_size=t.batch_size,
+        optimizer=t.optimizer,
+        lr=t.lr,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+    )
+
+
+def build_topology(scenario: Scenario, n: int) -> topology.Topology:
+    t = scenario.topology
+    params = {
+        key: value for key, value in (("p", t.p), ("k", t.k), ("m", t.m)) if value is not None
+    }
+    return topology.build(
+        t.kind,
+        n,
+        degree=t.degree,
+        seed=scenario.seed if t.seed is None else t.seed,
+        weights=t.weights,
+        path=t.path,
+        **params,
+    )
+
+
+def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
+    """Load data, build the model and the topology; validate their combination."""
+    d = scenario.data
+    if data is None:
+        data = load_federated(
+            d.dataset,
+            d.nodes,
+            d.partition,
+            alpha=d.alpha,
+            classes_per_node=d.classes_per_node,
+            test_fraction=d.test_fraction,
+            max_train_samples=d.max_train_samples,
+            max_test_samples=d.max_test_samples,
+            seed=scenario.seed,
+            data_dir=d.data_dir,
+        )
+    hidden = tuple(scenario.model.hidden) if scenario.model.hidden is not None else None
+    model = build_model(
+        scenario.model.name, data.input_shape, data.num_classes, hidden=hidden, seed=scenario.seed
+    )
+    topo = build_topology(scenario, len(data.nodes))
+    mode = scenario.gossip.mode
+    if mode != "async" and topo.directed:
+        raise ConfigError(f"topology {topo.kind!r} is directed: use gossip.mode = 'async'")
+    if mode == "choco" and topo.time_varying:
+        raise ConfigError(
+            f"gossip.mode 'choco' keeps public copies of fixed neighbours; topology "
+            f"{topo.kind!r} changes every round (use sync or async)"
+        )
+    return Setup(
+        scenario,
+        data,
+        model,
+        flat_parameters(model),
+        topo,
+        schedule_of(scenario),
+        pick_device(scenario.device),
+    )
+
+
+def neighbourhood_fn(
+    topo: topology.Topology, names: list[str]
+) -> Callable[[int], Callable[[int], Neighbourhood]]:
+    """For node i, the function round -> its Neighbourhood, read off the mixing matrices."""
+
+    def for_node(i: int) -> Callable[[int], Neighbourhood]:
+        def at(round: int) -> Neighbourhood:
+            w = topo.mixing(round)
+            row = w[[i], :].tocoo()
+            col = w[:, [i]].tocoo()
+            in_weights = {
+                names[j]: float(v) for j, v in zip(row.col, row.data, strict=True) if j != i
+            }
+            out = {names[j]: float(v) for j, v in zip(col.row, col.data, strict=True) if j != i}
+            return Neighbourhood(float(w[i, i]), in_weights, out)
+
+        return at
+
+    return for_node
+
+
+def frame_bytes(dim: int, sender: str = "n0") -> int:
+    """Size on the wire of one dense float32 model message (header included)."""
+    probe = GossipMessage(sender, 0, dense(np.zeros(dim, dtype=np.float32)))
+    return len(encode(probe))
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    acc_mean: float | None
+    acc_min: float | None
+    acc_max: float | None
+    loss_mean: float | None
+    consensus: float
+    bytes_per_node: float
+    wall: float
+
+
+@dataclass
+class RunResult:
+    label: str
+    engine: str
+    rounds: list[RoundRecord]
+    final_params: Tensor  # (n, D), node order
+    node_names: list[str]
+    site_names: list[str]
+    wall_train: float = 0.0
+    wall_mix: float = 0.0
+    wall_eval: float = 0.0
+    wall_total: float = 0.0
+    stragglers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def averaged(self) -> Tensor:
+        return self.final_params.mean(dim=0)
+
+
+def consensus_distance(params: Tensor, chunk: int = 16) -> float:
+    """Root mean squared distance of the nodes' models to their average.
+
+    Works through the rows in small chunks so that no (n, D) temporary is
+    allocated; differences are taken before squaring, so a tiny distance is
+    not lost to cancellation.
+    """
+    mean = params.mean(dim=0, keepdim=True)
+    total = 0.0
+    for a in range(0, params.shape[0], chunk):
+        total += float(torch.linalg.vector_norm(params[a : a + chunk] - mean)) ** 2
+    return math.sqrt(total / params.shape[0])

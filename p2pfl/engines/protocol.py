@@ -1,0 +1,261 @@
+"""The protocol engine: every node is a real gossip core exchanging encoded bytes.
+
+A deterministic scheduler drives the cores on a virtual clock. Events sit in a
+heap ordered by (virtual time, sequence number), so a run is the same for a
+seed whatever the machine. A node's local training takes
+``steps * clock.step_time / speed`` virtual seconds (and whatever real time it
+takes); a message takes ``clock.latency + bytes / clock.bandwidth``. Nothing
+sleeps. Each message is encoded to bytes by the sender and decoded by the
+receiver, exactly as over a socket.
+
+Round metrics are taken when every node has finished that round: nodes finish
+a round at different virtual times, so each node's model is copied into the
+round's slot as it completes, and the slot is evaluated once full.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from p2pfl.engines.common import (
+    Progress,
+    RoundRecord,
+    RunResult,
+    Setup,
+    consensus_distance,
+    neighbourhood_fn,
+)
+from p2pfl.errors import ConfigError
+from p2pfl.training import StackedTrainer, evaluate
+from protocols.compression import make_compressor
+from protocols.gossip import (
+    ChocoGossip,
+    GossipCore,
+    PushSumGossip,
+    RoundMixed,
+    Straggler,
+    SyncGossip,
+)
+from protocols.wire import decode, encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Node:
+    index: int
+    name: str
+    core: GossipCore
+    trainer: StackedTrainer
+    params: Tensor  # (1, D)
+    speed: float
+    round: int = 0
+    sent_bytes: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Slot:
+    params: Tensor
+    filled: int = 0
+    sent: int = 0
+
+
+def make_core(setup: Setup, i: int, names: list[str]) -> GossipCore:
+    sc = setup.scenario
+    hood = neighbourhood_fn(setup.topo, names)(i)
+    timeout = sc.clock.round_timeout
+    if sc.gossip.mode == "sync":
+        return SyncGossip(names[i], hood, round_timeout=timeout)
+    if sc.gossip.mode == "choco":
+        g = sc.gossip
+        compressor = make_compressor(g.compression, bits=g.bits, fraction=g.topk_fraction)
+        return ChocoGossip(
+            names[i],
+            hood,
+            compressor=compressor,
+            gamma=g.gamma,
+            seed=sc.seed + i,
+            round_timeout=timeout,
+        )
+    return PushSumGossip(names[i], hood, dtype=np.float32)
+
+
+class _Scheduler:
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, str, Any]] = []
+        self._seq = itertools.count()
+
+    def at(self, when: float, kind: str, payload: Any) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), kind, payload))
+
+    def pop(self) -> tuple[float, str, Any] | None:
+        if not self._heap:
+            return None
+        when, _, kind, payload = heapq.heappop(self._heap)
+        return when, kind, payload
+
+
+def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult:
+    sc = setup.scenario
+    names = setup.names()
+    speeds = list(sc.clock.speeds) or [1.0] * setup.n
+    if len(speeds) != setup.n or any(s <= 0 for s in speeds):
+        raise ConfigError(f"clock.speeds needs {setup.n} positive numbers, got {speeds}")
+    nodes = [
+        _Node(
+            i,
+            names[i],
+            make_core(setup, i, names),
+            StackedTrainer(
+                setup.model, [(nd.x_train, nd.y_train)], [i], setup.schedule, seed=sc.seed
+            ),
+            setup.initial.clone().unsqueeze(0),
+            speeds[i],
+        )
+        for i, nd in enumerate(setup.data.nodes)
+    ]
+    by_name = {node.name: node for node in nodes}
+    engine = _Run(setup, nodes, by_name, progress)
+    return engine.execute(label)
+
+
+class _Run:
+    def __init__(
+        self, setup: Setup, nodes: list[_Node], by_name: dict[str, _Node], progress: Progress | None
+    ) -> None:
+        self.setup = setup
+        self.sc = setup.scenario
+        self.nodes = nodes
+        self.by_name = by_name
+        self.progress = progress
+        self.clock = _Scheduler()
+        self.slots: dict[int, _Slot] = {}
+        self.records: list[RoundRecord] = []
+        self.stragglers = 0
+        self.t_train = self.t_eval = 0.0
+        self.last_wall = 0.0
+        self.now = 0.0
+
+    def execute(self, label: str) -> RunResult:
+        start = time.perf_counter()
+        self.last_wall = start
+        for node in self.nodes:
+            self.clock.at(0.0, "train", node.index)
+        while (item := self.clock.pop()) is not None:
+            self.now, kind, payload = item
+            getattr(self, f"_on_{kind}")(self.now, payload)
+        unfinished = [n.name for n in self.nodes if n.round < self.sc.training.rounds]
+        if unfinished:
+            raise ConfigError(
+                f"nodes {unfinished} never finished their rounds: a neighbour stopped sending; "
+                "set clock.round_timeout to let rounds close over stragglers"
+            )
+        final = torch.cat([n.params for n in self.nodes])
+        total = time.perf_counter() - start
+        return RunResult(
+            label,
+            "protocol",
+            self.records,
+            final,
+            [n.name for n in self.nodes],
+            [nd.name for nd in self.setup.data.nodes],
+            wall_train=self.t_train,
+            wall_mix=total - self.t_train - self.t_eval,
+            wall_eval=self.t_eval,
+            wall_total=total,
+            stragglers=self.stragglers,
+            extra={"virtual_time": self.now},
+        )
+
+    def _on_train(self, now: float, index: int) -> None:
+        node = self.nodes[index]
+        t0 = time.perf_counter()
+        node.trainer.train_round(node.params, node.round)
+        self.t_train += time.perf_counter() - t0
+        steps = node.trainer.steps_per_node()[0]
+        self.clock.at(now + steps * self.sc.clock.step_time / node.speed, "publish", index)
+
+    def _on_publish(self, now: float, index: int) -> None:
+        node = self.nodes[index]
+        model = node.params[0].numpy()
+        out = node.core.start_round(node.round, model, now)
+        frames: dict[int, bytes] = {}
+        for peer, message in out.sends:
+            frame = frames.get(id(message))
+            if frame is None:
+                frame = frames[id(message)] = encode(message)
+            node.sent_bytes[node.round] = node.sent_bytes.get(node.round, 0) + len(frame)
+            delay = self.sc.clock.latency + len(frame) / self.sc.clock.bandwidth
+            self.clock.at(now + delay, "deliver", (node.name, peer, frame))
+        self._handle(node, now, out.events)
+        deadline = node.core.deadline
+        if deadline is not None:
+            self.clock.at(deadline, "poll", index)
+
+    def _on_deliver(self, now: float, payload: tuple[str, str, bytes]) -> None:
+        sender, receiver, frame = payload
+        node = self.by_name[receiver]
+        out = node.core.receive(sender, decode(frame), now)
+        self._handle(node, now, out.events)
+
+    def _on_poll(self, now: float, index: int) -> None:
+        node = self.nodes[index]
+        self._handle(node, now, node.core.poll(now).events)
+
+    def _handle(self, node: _Node, now: float, events: Any) -> None:
+        for event in events:
+            if isinstance(event, Straggler):
+                self.stragglers += 1
+                log.info("round %d: %s closed without %s", event.round, node.name, event.peer)
+            elif isinstance(event, RoundMixed):
+                node.params[0].copy_(torch.from_numpy(np.asarray(event.model, dtype=np.float32)))
+                self._completed(node, event.round)
+                node.round = event.round + 1
+                if node.round < self.sc.training.rounds:
+                    self.clock.at(now, "train", node.index)
+
+    def _completed(self, node: _Node, round: int) -> None:
+        slot = self.slots.get(round)
+        if slot is None:
+            slot = self.slots[round] = _Slot(torch.empty(len(self.nodes), self.setup.dim))
+        slot.params[node.index].copy_(node.params[0])
+        slot.filled += 1
+        slot.sent += node.sent_bytes.pop(round, 0)
+        if slot.filled == len(self.nodes):
+            self._record(round, self.slots.pop(round))
+
+    def _record(self, round: int, slot: _Slot) -> None:
+        acc = loss = None
+        t0 = time.perf_counter()
+        last = round == self.sc.training.rounds - 1
+        if (round + 1) % self.sc.eval.every == 0 or last:
+            data = self.setup.data
+            acc, loss = evaluate(
+                self.setup.model, slot.params, data.x_global_test, data.y_global_test
+            )
+        self.t_eval += time.perf_counter() - t0
+        wall_now = time.perf_counter()
+        self.records.append(
+            RoundRecord(
+                round=round + 1,
+                acc_mean=None if acc is None else float(acc.mean()),
+                acc_min=None if acc is None else float(acc.min()),
+                acc_max=None if acc is None else float(acc.max()),
+                loss_mean=None if loss is None else float(loss.mean()),
+                consensus=consensus_distance(slot.params),
+                bytes_per_node=slot.sent / len(self.nodes),
+                wall=wall_now - self.last_wall,
+            )
+        )
+        self.last_wall = wall_now
+        if self.progress:
+            self.progress(round + 1)

@@ -1,0 +1,131 @@
+"""What a simulation leaves behind: metrics.json, scenario.toml, plots, and terminal tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from rich.console import Console
+from rich.table import Table
+
+from p2pfl.atomic import atomic_write_bytes
+from p2pfl.scenario import Scenario, to_table
+
+
+def write_outputs(report: dict[str, Any], scenario: Scenario, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / "metrics.json", json.dumps(report, indent=2).encode())
+    atomic_write_bytes(out_dir / "scenario.toml", tomli_w.dumps(to_table(scenario)).encode())
+    plot_rounds(
+        report, "acc_mean", "accuracy (mean over nodes, global test set)", out_dir / "accuracy.png"
+    )
+    plot_rounds(
+        report, "consensus", "consensus distance (RMS to the average)", out_dir / "consensus.png"
+    )
+
+
+def plot_rounds(report: dict[str, Any], key: str, ylabel: str, path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for run in report["runs"]:
+        points = [(r["round"], r[key]) for r in run["rounds"] if r[key] is not None]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=run["label"])
+    if key == "acc_mean":
+        for run in report["runs"][:1]:
+            pooled = run["baselines"]["pooled"]
+            if pooled is not None:
+                ax.axhline(pooled, color="black", ls="--", lw=1, label="pooled")
+    if key == "consensus":
+        ax.set_yscale("symlog", linthresh=1e-6)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(report["scenario"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def print_tables(report: dict[str, Any], console: Console) -> None:
+    runs = report["runs"]
+    table = Table(
+        title=f"{report['scenario']}: accuracy on the global test set (%)",
+        caption="pooled: all data on one machine; local-only: each node trains alone",
+    )
+    for column in ("run", "engine", "mean", "min", "max", "consensus", "MB sent/node", "wall s"):
+        table.add_column(column, justify="left" if column in ("run", "engine") else "right")
+    for run in runs:
+        f = run["final"]
+        table.add_row(
+            run["label"],
+            run["engine"],
+            _pct(f["acc_mean"]),
+            _pct(f["acc_min"]),
+            _pct(f["acc_max"]),
+            f"{f['consensus']:.2e}",
+            f"{run['bytes_per_node'] / 1e6:.2f}",
+            f"{run['wall']['total']:.1f}",
+        )
+    base = runs[0]["baselines"]
+    if base["pooled"] is not None:
+        table.add_row("pooled", "-", _pct(base["pooled"]), "", "", "", "", "")
+    if base["local"] is not None:
+        local = base["local"]
+        table.add_row(
+            "local-only",
+            "-",
+            _pct(sum(local) / len(local)),
+            _pct(min(local)),
+            _pct(max(local)),
+            "",
+            "",
+            "",
+        )
+    console.print(table)
+    for run in runs:
+        _site_table(run, console)
+
+
+def _site_table(run: dict[str, Any], console: Console) -> None:
+    if len(run["sites"]) > 16:
+        return
+    table = Table(title=f"{run['label']}: accuracy on each site's own test split (%)")
+    for column in ("site", "train", "test", "gossip", "pooled", "local-only", "personalised"):
+        table.add_column(column, justify="left" if column == "site" else "right")
+    for s in run["sites"]:
+        table.add_row(
+            s["site"],
+            str(s["train_samples"]),
+            str(s["test_samples"]),
+            _pct(s["gossip"]),
+            _pct(s["pooled"]),
+            _pct(s["local"]),
+            _pct(s["personalised"]),
+        )
+    console.print(table)
+    losers = [
+        s["site"] for s in run["sites"] if s["local"] is not None and s["local"] > s["gossip"]
+    ]
+    if losers:
+        console.print(
+            f"[yellow]Local-only beats gossip on its own test split at: {', '.join(losers)}. "
+            "A site whose label balance differs sharply from the federation's gains from "
+            "staying alone or personalising.[/yellow]"
+        )

@@ -1,0 +1,136 @@
+"""Run a scenario: every sweep value through its engine, with baselines, into one report.
+
+``simulate(scenario, out_dir)`` is what ``p2pfl simulate`` calls; it returns
+the report as a plain dict (what ``metrics.json`` holds) and writes the files:
+``metrics.json``, ``scenario.toml``, ``accuracy.png``, ``consensus.png`` and
+one ``model-<run>.pt`` state_dict per sweep value (the nodes' averaged model).
+Data are loaded once per distinct data section; baselines are trained once
+per distinct (data, model, training, seed), as a sweep over the topology does
+not change them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from p2pfl import baselines as bl
+from p2pfl.engines import prepare, run_engine
+from p2pfl.engines.common import RunResult, Setup
+from p2pfl.scenario import Scenario, expand_sweep
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+"""Given a run's label and its number of rounds, a callback for rounds completed."""
+
+
+def simulate(
+    scenario: Scenario,
+    out_dir: str | Path | None = None,
+    *,
+    engine: str | None = None,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
+    if engine is not None:
+        scenario = dataclasses.replace(scenario, engine=engine)
+    data_cache: dict[str, Any] = {}
+    baseline_cache: dict[str, bl.Baselines] = {}
+    runs = []
+    for label, sc in expand_sweep(scenario):
+        key = repr(sc.data) + str(sc.seed)
+        setup = prepare(sc, data_cache.get(key))
+        data_cache[key] = setup.data
+        callback = progress(label, sc.training.rounds) if progress else None
+        result = run_engine(sc.engine, setup, label, callback)
+        base_key = key + repr(sc.model) + repr(sc.training) + repr(sc.baselines)
+        if base_key not in baseline_cache:
+            baseline_cache[base_key] = bl.run_baselines(setup)
+        runs.append(_run_report(setup, result, baseline_cache[base_key]))
+        if out_dir is not None:
+            _save_model(setup, result, Path(out_dir))
+    report = {
+        "scenario": scenario.name,
+        "engine": scenario.engine,
+        "seed": scenario.seed,
+        "runs": runs,
+    }
+    if out_dir is not None:
+        from p2pfl.report import write_outputs
+
+        write_outputs(report, scenario, Path(out_dir))
+    return report
+
+
+def _run_report(setup: Setup, result: RunResult, base: bl.Baselines) -> dict[str, Any]:
+    final = result.rounds[-1]
+    sites = bl.site_accuracy(setup, result.final_params)
+    steps = setup.scenario.baselines.personalised_steps
+    personal = bl.personalised(setup, result.final_params, steps) if steps else None
+    site_rows = []
+    for i, name in enumerate(result.site_names):
+        site_rows.append(
+            {
+                "site": name,
+                "train_samples": int(setup.data.nodes[i].x_train.shape[0]),
+                "test_samples": int(setup.data.nodes[i].x_test.shape[0]),
+                "gossip": sites[i],
+                "pooled": None if base.pooled_sites is None else base.pooled_sites[i],
+                "local": None if base.local_sites is None else base.local_sites[i],
+                "personalised": None if personal is None else personal[i],
+            }
+        )
+    return {
+        "label": result.label,
+        "engine": result.engine,
+        "topology": setup.topo.kind,
+        "mode": setup.scenario.gossip.mode,
+        "nodes": setup.n,
+        "parameters": setup.dim,
+        "rounds": [dataclasses.asdict(r) for r in result.rounds],
+        "final": {
+            "acc_mean": final.acc_mean,
+            "acc_min": final.acc_min,
+            "acc_max": final.acc_max,
+            "consensus": final.consensus,
+        },
+        "bytes_per_node": sum(r.bytes_per_node for r in result.rounds),
+        "stragglers": result.stragglers,
+        "wall": {
+            "total": result.wall_total,
+            "train": result.wall_train,
+            "mix": result.wall_mix,
+            "eval": result.wall_eval,
+        },
+        "baselines": {
+            "pooled": base.pooled_global,
+            "local": base.local_global,
+        },
+        "sites": site_rows,
+        "extra": result.extra,
+    }
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "run"
+
+
+def _save_model(setup: Setup, result: RunResult, out_dir: Path) -> None:
+    import torch
+
+    from p2pfl.atomic import atomic_write_bytes
+    from p2pfl.models import load_flat_parameters
+
+    load_flat_parameters(setup.model, result.averaged.to(next(setup.model.parameters()).device))
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in setup.model.state_dict().items()}, buffer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / f"model-{slug(result.label)}.pt", buffer.getvalue())
+
+
+def dumps(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2)

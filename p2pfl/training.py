@@ -1,0 +1,239 @@
+"""Local training of a stack of nodes at once, with one functional code path.
+
+Both engines train through ``StackedTrainer``: the vectorized engine with every
+node in one stack, the protocol engine with a stack of one per node. Sharing
+the code is what makes the engines agree: a node sees the same batches in the
+same order and applies the same update either way.
+
+Layout: the nodes' parameters are the rows of one preallocated ``(k, D)``
+float32 tensor (the flat vectors the nodes exchange); the per-tensor views
+that ``torch.func.functional_call`` needs are strided views into it, so an
+update writes straight into the buffer that mixing reads.
+
+Batches: a node's round is ``local_epochs`` passes over its training data in a
+fresh permutation (or ``local_steps`` batches), drawn from a generator seeded
+by (seed, node, round), never from global state. Nodes with less data finish
+earlier; the stack is ordered by step count, so the nodes still training at a
+step are always a prefix of the stack and no parameters are copied to skip
+the others.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from p2pfl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LocalSchedule:
+    """How much a node trains per round and how."""
+
+    local_epochs: int = 1
+    local_steps: int = 0
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.local_epochs < 0 or self.local_steps < 0:
+            raise ConfigError("training.local_epochs and training.local_steps must be >= 0")
+        if (self.local_epochs == 0) == (self.local_steps == 0):
+            raise ConfigError("set exactly one of training.local_epochs and training.local_steps")
+        if self.batch_size < 1:
+            raise ConfigError("training.batch_size must be at least 1")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"training.optimizer must be sgd or adam, not {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ConfigError("training.lr must be positive")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError("training.momentum must be in [0, 1)")
+
+    def steps_for(self, size: int) -> int:
+        if self.local_steps:
+            return self.local_steps
+        return self.local_epochs * math.ceil(size / self.batch_size)
+
+
+def batch_plan(schedule: LocalSchedule, size: int, seed: int, node: int, round: int) -> np.ndarray:
+    """Sample indices of one node's round, shape (steps, batch); -1 pads a short last batch."""
+    rng = np.random.default_rng([seed, node, round])
+    b = schedule.batch_size
+    if schedule.local_steps:
+        passes = math.ceil(schedule.local_steps * b / size)
+        stream = np.concatenate([rng.permutation(size) for _ in range(passes)])
+        return stream[: schedule.local_steps * b].reshape(schedule.local_steps, b)
+    per_epoch = math.ceil(size / b)
+    plan = np.full((schedule.local_epochs * per_epoch, b), -1, dtype=np.int64)
+    for epoch in range(schedule.local_epochs):
+        perm = np.full(per_epoch * b, -1, dtype=np.int64)
+        perm[:size] = rng.permutation(size)
+        plan[epoch * per_epoch : (epoch + 1) * per_epoch] = perm.reshape(per_epoch, b)
+    return plan
+
+
+def param_views(model: nn.Module, flat: Tensor) -> dict[str, Tensor]:
+    """Per-parameter views into the rows of ``flat`` (k, D), each of shape (k, *param.shape)."""
+    views: dict[str, Tensor] = {}
+    offset = 0
+    for name, p in model.named_parameters():
+        n = p.numel()
+        views[name] = flat[:, offset : offset + n].unflatten(1, p.shape)
+        offset += n
+    if offset != flat.shape[1]:
+        raise ValueError(f"parameter buffer has {flat.shape[1]} columns, model needs {offset}")
+    return views
+
+
+class StackedTrainer:
+    """Trains k nodes' copies of one model together, each on its own data.
+
+    ``datasets`` are the nodes' (x, y) training tensors, in stack order;
+    ``node_ids`` are their global indices (they seed the batch plans). The
+    optimizer state is kept across rounds, one row per node.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        datasets: Sequence[tuple[Tensor, Tensor]],
+        node_ids: Sequence[int],
+        schedule: LocalSchedule,
+        *,
+        seed: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.model = model.to(device)
+        self.schedule = schedule
+        self.seed = seed
+        self.device = torch.device(device)
+        self.node_ids = list(node_ids)
+        self.sizes = [int(x.shape[0]) for x, _ in datasets]
+        if any(s == 0 for s in self.sizes):
+            raise ConfigError("every node needs at least one training sample")
+        self.x = torch.cat([x for x, _ in datasets]).to(self.device)
+        self.y = torch.cat([y for _, y in datasets]).to(self.device)
+        offsets = np.cumsum([0, *self.sizes])[:-1]
+        self.offsets = torch.as_tensor(offsets, dtype=torch.int64, device=self.device)
+        self.dim = sum(p.numel() for p in model.parameters())
+        self._grad = vmap(grad(self._loss), in_dims=(0, 0, 0, 0))
+        self._state: list[Tensor] = []
+        self._adam_steps = torch.zeros(len(self.sizes), device=self.device)
+
+    def _loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        logits = functional_call(self.model, params, (x,))
+        losses = F.cross_entropy(logits, y, reduction="none")
+        return (losses * mask).sum() / mask.sum().clamp(min=1.0)
+
+    def steps_per_node(self) -> list[int]:
+        return [self.schedule.steps_for(s) for s in self.sizes]
+
+    def train_round(self, params: Tensor, round: int, chunk: int | None = None) -> int:
+        """Run one round of local steps in place on ``params`` (k, D); returns sample-steps.
+
+        The stack must be ordered by non-increasing step count (see ``stack_order``).
+        ``chunk`` bounds how many nodes one vmapped call handles.
+        """
+        k = params.shape[0]
+        steps = self.steps_per_node()
+        if any(a < b for a, b in itertools.pairwise(steps)):
+            raise ValueError("nodes must be stacked by non-increasing step count")
+        plans = [
+            batch_plan(self.schedule, self.sizes[i], self.seed, self.node_ids[i], round)
+            for i in range(k)
+        ]
+        width = self.schedule.batch_size
+        index = torch.full((k, max(steps), width), -1, dtype=torch.int64)
+        for i, plan in enumerate(plans):
+            index[i, : plan.shape[0]] = torch.from_numpy(plan)
+        index = index.to(self.device)
+        if not self._state:
+            self._init_state(params)
+        chunk = chunk or k
+        samples = 0
+        for step in range(max(steps)):
+            active = sum(1 for s in steps if s > step)
+            for start in range(0, active, chunk):
+                stop = min(active, start + chunk)
+                samples += self._step(params, index[start:stop, step], start, stop)
+        return samples
+
+    def _init_state(self, params: Tensor) -> None:
+        n_state = {"sgd": 1 if self.schedule.momentum else 0, "adam": 2}[self.schedule.optimizer]
+        self._state = [torch.zeros_like(params) for _ in range(n_state)]
+
+    def _step(self, params: Tensor, idx: Tensor, start: int, stop: int) -> int:
+        mask = (idx >= 0).to(self.x.dtype)
+        rows = (idx.clamp(min=0) + self.offsets[start:stop, None]).reshape(-1)
+        x = self.x.index_select(0, rows).reshape(*idx.shape, *self.x.shape[1:])
+        y = self.y.index_select(0, rows).reshape(idx.shape)
+        block = params[start:stop]
+        grads = self._grad(param_views(self.model, block), x, y, mask)
+        g = torch.cat([grads[name].flatten(1) for name, _ in self.model.named_parameters()], 1)
+        self._apply(block, g, start, stop)
+        return int(mask.sum().item())
+
+    def _apply(self, p: Tensor, g: Tensor, start: int, stop: int) -> None:
+        s = self.schedule
+        if s.weight_decay:
+            g.add_(p, alpha=s.weight_decay)
+        if s.optimizer == "sgd":
+            if s.momentum:
+                buf = self._state[0][start:stop]
+                buf.mul_(s.momentum).add_(g)
+                g = buf
+            p.add_(g, alpha=-s.lr)
+            return
+        m, v = self._state[0][start:stop], self._state[1][start:stop]
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        self._adam_steps[start:stop] += 1
+        t = self._adam_steps[start:stop, None]
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        step_size = s.lr / (1 - beta1**t)
+        denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
+        p.addcdiv_(m * step_size, denom, value=-1.0)
+
+
+def stack_order(sizes: Sequence[int], schedule: LocalSchedule) -> list[int]:
+    """Node indices ordered by non-increasing step count (stable, so ties keep their order)."""
+    steps = [schedule.steps_for(s) for s in sizes]
+    return sorted(range(len(sizes)), key=lambda i: -steps[i])
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, params: Tensor, x: Tensor, y: Tensor, *, chunk: int = 64, batch: int = 4096
+) -> tuple[Tensor, Tensor]:
+    """Accuracy and mean loss of each row of ``params`` (k, D) on (x, y): two (k,) tensors."""
+
+    def one(p: dict[str, Tensor], xb: Tensor) -> Tensor:
+        return functional_call(model, p, (xb,))
+
+    forward = vmap(one, in_dims=(0, None))
+    k = params.shape[0]
+    correct = torch.zeros(k, device=params.device)
+    loss = torch.zeros(k, device=params.device)
+    x, y = x.to(params.device), y.to(params.device)
+    for a in range(0, k, chunk):
+        views = param_views(model, params[a : a + chunk])
+        for b in range(0, x.shape[0], batch):
+            logits = forward(views, x[b : b + batch])
+            yb = y[b : b + batch]
+            correct[a : a + chunk] += (logits.argmax(-1) == yb).sum(-1)
+            flat = logits.reshape(-1, logits.shape[-1])
+            ce = F.cross_entropy(flat, yb.repeat(logits.shape[0]), reduction="none")
+            loss[a : a + chunk] += ce.view(logits.shape[0], -1).sum(-1)
+    n = max(1, x.shape[0])
+    return correct / n, loss / n

@@ -1,0 +1,389 @@
+"""Gossip averaging as sans-I/O state machines, one per node.
+
+A node's round of decentralized SGD is: local steps (done by the driver), then
+``start_round(r, model, now)``, which returns what to send to the
+out-neighbours; then ``receive(peer, message, now)`` for each arrival and
+``poll(now)`` when the driver's clock passes ``deadline``. The round ends with
+a ``RoundMixed`` event carrying the mixed model. The cores never sleep, never
+read a clock and never draw from a global generator.
+
+Rules every mode follows:
+
+- Waiting is per neighbourhood: a round needs only the in-neighbours' messages
+  of that round. Messages for later rounds are buffered (``Buffered``), up to
+  ``max_rounds_ahead``; a peer further ahead breaks the protocol.
+- At the deadline, missing in-neighbours are reported (``Straggler``) and the
+  node mixes over who arrived, with the weights renormalised (``sync``) or
+  with the neighbour's last public copy (``choco``).
+- A message for a round already closed is reported (``LateArrival``): ``sync``
+  discards it, ``choco`` applies it to the sender's public copy so the copies
+  stay equal on both ends. Nothing is dropped without an event.
+
+Modes:
+
+- ``SyncGossip``: exact D-PSGD (Lian et al. 2017), adapt-then-combine:
+  x_i <- sum_j W_ij x_j over the half-step models. Messages carry the model
+  itself (a delta against the zero reference), so a missed round never
+  corrupts later ones.
+- ``ChocoGossip``: CHOCO-SGD (Koloskova et al. 2019). Each node keeps public
+  copies x_hat of itself and its neighbours, sends q_i = Q(x_i - x_hat_i) and
+  sets x_i <- x_i + gamma * sum_j W_ij (x_hat_j - x_hat_i). The copies carry
+  the compression error forward (error feedback). With no compression and
+  gamma = 1 a round equals ``SyncGossip``'s.
+- ``PushSumGossip``: push-sum / stochastic gradient push (Kempe et al. 2003,
+  Assran et al. 2019) over column-stochastic weights: no barrier, each start
+  sends shares of (x, w) and the model is x / w; arrivals are absorbed whenever
+  they come.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from protocols.compression import Compressor, NoCompression, add_payload
+from protocols.errors import LocalProtocolError, PeerProtocolError
+from protocols.mixing import choco_mix, mix
+from protocols.wire import GossipMessage, Payload, dense
+
+Vector = npt.NDArray[Any]
+
+
+@dataclass(frozen=True)
+class Neighbourhood:
+    """One node's view of one round's mixing matrix.
+
+    ``in_weights[j]`` is W_ij (what this node gives to j's model), ``out_shares[j]``
+    is W_ji (the share of this node's mass sent to j; push-sum), ``self_weight`` W_ii.
+    """
+
+    self_weight: float
+    in_weights: Mapping[str, float]
+    out_shares: Mapping[str, float]
+
+
+NeighbourhoodFn = Callable[[int], Neighbourhood]
+
+
+@dataclass(frozen=True)
+class RoundMixed:
+    round: int
+    model: Vector
+    arrived: tuple[str, ...]
+    stragglers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Straggler:
+    round: int
+    peer: str
+
+
+@dataclass(frozen=True)
+class LateArrival:
+    round: int
+    peer: str
+    applied: bool
+
+
+@dataclass(frozen=True)
+class Buffered:
+    round: int
+    peer: str
+
+
+Event = RoundMixed | Straggler | LateArrival | Buffered
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a call into a core produced: messages to send and events to report."""
+
+    sends: tuple[tuple[str, GossipMessage], ...] = ()
+    events: tuple[Event, ...] = ()
+
+
+class Phase(Enum):
+    IDLE = "idle"  # between rounds: local training happens now
+    WAITING = "waiting"  # sent this round's message, collecting the in-neighbours'
+
+
+@dataclass
+class _Round:
+    number: int
+    model: Vector
+    deadline: float | None
+    neighbourhood: Neighbourhood
+    arrived: dict[str, GossipMessage] = field(default_factory=dict)
+
+
+class _BarrierCore:
+    """Shared bookkeeping of the two modes that wait for their neighbourhood."""
+
+    def __init__(
+        self,
+        node_id: str,
+        neighbourhood: NeighbourhoodFn,
+        *,
+        round_timeout: float | None = None,
+        max_rounds_ahead: int = 8,
+    ) -> None:
+        if round_timeout is not None and round_timeout <= 0:
+            raise LocalProtocolError("round_timeout must be positive")
+        self.node_id = node_id
+        self._neighbourhood = neighbourhood
+        self._timeout = round_timeout
+        self._max_ahead = max_rounds_ahead
+        self.next_round = 0
+        self._current: _Round | None = None
+        self._early: dict[int, dict[str, GossipMessage]] = {}
+
+    @property
+    def phase(self) -> Phase:
+        return Phase.IDLE if self._current is None else Phase.WAITING
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self._current is None else self._current.deadline
+
+    def start_round(self, round: int, model: Vector, now: float) -> Output:
+        """Publish this node's round-``round`` contribution after its local steps."""
+        if self._current is not None:
+            raise LocalProtocolError(f"round {self._current.number} is still open")
+        if round != self.next_round:
+            raise LocalProtocolError(f"expected round {self.next_round}, got {round}")
+        hood = self._neighbourhood(round)
+        deadline = None if self._timeout is None else now + self._timeout
+        self._current = _Round(round, model, deadline, hood)
+        sends = self._publish(self._current)
+        events: list[Event] = []
+        for peer, message in self._early.pop(round, {}).items():
+            events.extend(self._accept(peer, message))
+        events.extend(self._maybe_complete(now))
+        return Output(tuple(sends), tuple(events))
+
+    def receive(self, peer: str, message: GossipMessage, now: float) -> Output:
+        """Take one decoded message that arrived from ``peer``."""
+        if message.sender != peer:
+            raise PeerProtocolError(peer, f"message claims to come from {message.sender!r}")
+        current = self._current.number if self._current is not None else self.next_round
+        if message.round < current:
+            return Output(events=(self._late(peer, message),))
+        if self._current is None or message.round > self._current.number:
+            return Output(events=(self._buffer(peer, message, current),))
+        events = self._accept(peer, message)
+        events.extend(self._maybe_complete(now))
+        return Output(events=tuple(events))
+
+    def poll(self, now: float) -> Output:
+        """Close the open round if its deadline has passed."""
+        if self._current is None or self._current.deadline is None:
+            return Output()
+        if now < self._current.deadline:
+            return Output()
+        return Output(events=tuple(self._complete()))
+
+    def _buffer(self, peer: str, message: GossipMessage, current: int) -> Event:
+        if message.round > current + self._max_ahead:
+            raise PeerProtocolError(peer, f"round {message.round} is too far ahead of {current}")
+        slot = self._early.setdefault(message.round, {})
+        if peer in slot:
+            raise PeerProtocolError(peer, f"second message for round {message.round}")
+        slot[peer] = message
+        return Buffered(message.round, peer)
+
+    def _accept(self, peer: str, message: GossipMessage) -> list[Event]:
+        assert self._current is not None
+        if peer not in self._current.neighbourhood.in_weights:
+            raise PeerProtocolError(peer, f"not an in-neighbour in round {message.round}")
+        if peer in self._current.arrived:
+            raise PeerProtocolError(peer, f"second message for round {message.round}")
+        if message.payload.length != self._current.model.shape[0]:
+            raise PeerProtocolError(peer, "model length does not match")
+        self._current.arrived[peer] = message
+        return []
+
+    def _maybe_complete(self, now: float) -> list[Event]:
+        assert self._current is not None
+        expected = self._current.neighbourhood.in_weights.keys()
+        deadline = self._current.deadline
+        if set(expected) <= self._current.arrived.keys() or (
+            deadline is not None and now >= deadline
+        ):
+            return self._complete()
+        return []
+
+    def _complete(self) -> list[Event]:
+        current = self._current
+        assert current is not None
+        weights = current.neighbourhood.in_weights
+        missing = tuple(sorted(p for p in weights if p not in current.arrived))
+        events: list[Event] = [Straggler(current.number, p) for p in missing]
+        model = self._mix(current)
+        arrived = tuple(sorted(current.arrived))
+        events.append(RoundMixed(current.number, model, arrived, missing))
+        self._current = None
+        self.next_round = current.number + 1
+        return events
+
+    # The two hooks a mode defines.
+    def _publish(self, current: _Round) -> list[tuple[str, GossipMessage]]:
+        raise NotImplementedError
+
+    def _mix(self, current: _Round) -> Vector:
+        raise NotImplementedError
+
+    def _late(self, peer: str, message: GossipMessage) -> Event:
+        return LateArrival(message.round, peer, applied=False)
+
+
+class SyncGossip(_BarrierCore):
+    """Exact D-PSGD: one round is x_i <- sum_j W_ij x_j (renormalised over arrivals)."""
+
+    def _publish(self, current: _Round) -> list[tuple[str, GossipMessage]]:
+        message = GossipMessage(self.node_id, current.number, dense(current.model))
+        return [(peer, message) for peer in current.neighbourhood.out_shares]
+
+    def _mix(self, current: _Round) -> Vector:
+        weights = current.neighbourhood.in_weights
+        received = [
+            (weights[p], np.asarray(m.payload.values, dtype=current.model.dtype))
+            for p, m in sorted(current.arrived.items())
+        ]
+        return mix(current.model, current.neighbourhood.self_weight, received)
+
+
+class ChocoGossip(_BarrierCore):
+    """CHOCO-SGD with public copies and a compressor; needs a static neighbourhood."""
+
+    def __init__(
+        self,
+        node_id: str,
+        neighbourhood: NeighbourhoodFn,
+        *,
+        compressor: Compressor | None = None,
+        gamma: float = 1.0,
+        seed: int = 0,
+        round_timeout: float | None = None,
+        max_rounds_ahead: int = 8,
+    ) -> None:
+        super().__init__(
+            node_id, neighbourhood, round_timeout=round_timeout, max_rounds_ahead=max_rounds_ahead
+        )
+        if not 0 < gamma <= 1:
+            raise LocalProtocolError(f"choco gamma must be in (0, 1], got {gamma}")
+        self._compressor = compressor or NoCompression()
+        self._gamma = gamma
+        self._seed = seed
+        self._own_copy: Vector | None = None
+        self._copies: dict[str, Vector] = {}
+
+    def _copy_of(self, peer: str, like: Vector) -> Vector:
+        if peer not in self._copies:
+            self._copies[peer] = np.zeros_like(like)
+        return self._copies[peer]
+
+    def _publish(self, current: _Round) -> list[tuple[str, GossipMessage]]:
+        if self._own_copy is None:
+            self._own_copy = np.zeros_like(current.model)
+        rng = np.random.default_rng([self._seed, current.number])
+        payload: Payload = self._compressor.compress(current.model - self._own_copy, rng)
+        add_payload(self._own_copy, payload)
+        message = GossipMessage(self.node_id, current.number, payload)
+        return [(peer, message) for peer in current.neighbourhood.out_shares]
+
+    def _accept(self, peer: str, message: GossipMessage) -> list[Event]:
+        events = super()._accept(peer, message)
+        assert self._current is not None
+        add_payload(self._copy_of(peer, self._current.model), message.payload)
+        return events
+
+    def _mix(self, current: _Round) -> Vector:
+        assert self._own_copy is not None
+        weights = current.neighbourhood.in_weights
+        copies = [(weights[p], self._copy_of(p, current.model)) for p in sorted(weights)]
+        return choco_mix(current.model, self._own_copy, copies, self._gamma)
+
+    def _late(self, peer: str, message: GossipMessage) -> Event:
+        if peer not in self._copies:
+            raise PeerProtocolError(peer, f"late message from a stranger (round {message.round})")
+        add_payload(self._copies[peer], message.payload)
+        return LateArrival(message.round, peer, applied=True)
+
+
+class PushSumGossip:
+    """Push-sum over column-stochastic weights, with no round barrier.
+
+    The node holds a numerator x and a weight w; its model is x / w. Local
+    training moves the model by some displacement, which is added to x
+    (stochastic gradient push); then the node keeps W_ii of (x, w) and sends
+    W_ji of it to each out-neighbour j. Received (x, w) shares are added
+    whenever they arrive, so the sum of all x and w, held or in flight, only
+    changes by the training displacements: mass is conserved.
+    """
+
+    def __init__(
+        self, node_id: str, neighbourhood: NeighbourhoodFn, *, dtype: Any = np.float64
+    ) -> None:
+        self.node_id = node_id
+        self._neighbourhood = neighbourhood
+        self._dtype = np.dtype(dtype)
+        self.next_round = 0
+        self._x: Vector | None = None
+        self.weight = 1.0
+        self._handed_out: Vector | None = None
+        self.phase = Phase.IDLE
+        self.deadline: float | None = None
+
+    @property
+    def numerator(self) -> Vector | None:
+        return self._x
+
+    def start_round(self, round: int, model: Vector, now: float) -> Output:
+        if round != self.next_round:
+            raise LocalProtocolError(f"expected step {self.next_round}, got {round}")
+        if self._x is None:
+            self._x = np.array(model, dtype=self._dtype, copy=True)
+        elif self._handed_out is None:  # mass arrived before our first step
+            self._x += model
+        else:
+            self._x += model - self._handed_out
+        hood = self._neighbourhood(round)
+        sends = []
+        for peer, share in sorted(hood.out_shares.items()):
+            payload = dense((share * self._x).astype(self._dtype))
+            sends.append((peer, GossipMessage(self.node_id, round, payload, share * self.weight)))
+        self._x *= hood.self_weight
+        self.weight *= hood.self_weight
+        self.next_round = round + 1
+        self._handed_out = self.model()
+        mixed = RoundMixed(round, self._handed_out, (), ())
+        return Output(tuple(sends), (mixed,))
+
+    def receive(self, peer: str, message: GossipMessage, now: float) -> Output:
+        if message.sender != peer:
+            raise PeerProtocolError(peer, f"message claims to come from {message.sender!r}")
+        if self._x is None:
+            self._x = np.zeros(message.payload.length, dtype=self._dtype)
+        if message.payload.length != self._x.shape[0]:
+            raise PeerProtocolError(peer, "model length does not match")
+        add_payload(self._x, message.payload)
+        self.weight += message.weight
+        return Output()
+
+    def poll(self, now: float) -> Output:
+        return Output()
+
+    def model(self) -> Vector:
+        """The de-biased model x / w, as float32."""
+        if self._x is None:
+            raise LocalProtocolError("push-sum has no model before its first step")
+        return (self._x / self.weight).astype(np.float32)
+
+
+GossipCore = SyncGossip | ChocoGossip | PushSumGossip
