@@ -62,9 +62,10 @@ class QuantizeCompressor:
         if norm == 0.0:
             levels = np.zeros(vector.shape[0], dtype=np.int16)
         else:
-            scaled = np.abs(vector) * np.float32(s / norm)
+            # float64: s / norm overflows float32 for vectors of tiny norm.
+            scaled = np.abs(vector).astype(np.float64) * (s / norm)
             floor = np.floor(scaled)
-            up = rng.random(vector.shape[0], dtype=np.float32) < (scaled - floor)
+            up = rng.random(vector.shape[0]) < (scaled - floor)
             levels = (floor + up).astype(np.int16)
             np.minimum(levels, s, out=levels)
             levels *= np.sign(vector).astype(np.int16)
@@ -130,7 +131,7 @@ def decompress(payload: Payload) -> Vector:
         return out
     s = (1 << (payload.bits - 1)) - 1
     levels = _unpack(payload.values, payload.bits, payload.length).astype(np.float32) - s
-    return (levels * np.float32(payload.norm / s)).astype(np.float32)
+    return (levels.astype(np.float64) * (payload.norm / s)).astype(np.float32)
 
 
 def _pack(unsigned: npt.NDArray[Any], bits: int) -> npt.NDArray[np.uint8]:

@@ -49,7 +49,7 @@ import numpy.typing as npt
 from protocols.compression import Compressor, NoCompression, add_payload
 from protocols.errors import LocalProtocolError, PeerProtocolError
 from protocols.mixing import choco_mix, mix
-from protocols.wire import GossipMessage, Payload, dense
+from protocols.wire import Encoding, GossipMessage, Payload, dense
 
 Vector = npt.NDArray[Any]
 
@@ -191,6 +191,8 @@ class _BarrierCore:
     def _buffer(self, peer: str, message: GossipMessage, current: int) -> Event:
         if message.round > current + self._max_ahead:
             raise PeerProtocolError(peer, f"round {message.round} is too far ahead of {current}")
+        if peer not in self._neighbourhood(message.round).in_weights:
+            raise PeerProtocolError(peer, f"not an in-neighbour in round {message.round}")
         slot = self._early.setdefault(message.round, {})
         if peer in slot:
             raise PeerProtocolError(peer, f"second message for round {message.round}")
@@ -245,6 +247,11 @@ class _BarrierCore:
 class SyncGossip(_BarrierCore):
     """Exact D-PSGD: one round is x_i <- sum_j W_ij x_j (renormalised over arrivals)."""
 
+    def _accept(self, peer: str, message: GossipMessage) -> list[Event]:
+        if message.payload.encoding is not Encoding.DENSE:
+            raise PeerProtocolError(peer, "sync gossip takes dense models only")
+        return super()._accept(peer, message)
+
     def _publish(self, current: _Round) -> list[tuple[str, GossipMessage]]:
         message = GossipMessage(self.node_id, current.number, dense(current.model))
         return [(peer, message) for peer in current.neighbourhood.out_shares]
@@ -282,6 +289,10 @@ class ChocoGossip(_BarrierCore):
         self._seed = seed
         self._own_copy: Vector | None = None
         self._copies: dict[str, Vector] = {}
+        self._owed: set[tuple[str, int]] = set()  # (peer, round) closed without the peer
+
+    def _own_copy_length(self) -> int:
+        return -1 if self._own_copy is None else int(self._own_copy.shape[0])
 
     def _copy_of(self, peer: str, like: Vector) -> Vector:
         if peer not in self._copies:
@@ -305,14 +316,23 @@ class ChocoGossip(_BarrierCore):
 
     def _mix(self, current: _Round) -> Vector:
         assert self._own_copy is not None
+        for peer in current.neighbourhood.in_weights:
+            if peer not in current.arrived:
+                self._owed.add((peer, current.number))
         weights = current.neighbourhood.in_weights
         copies = [(weights[p], self._copy_of(p, current.model)) for p in sorted(weights)]
         return choco_mix(current.model, self._own_copy, copies, self._gamma)
 
     def _late(self, peer: str, message: GossipMessage) -> Event:
-        if peer not in self._copies:
-            raise PeerProtocolError(peer, f"late message from a stranger (round {message.round})")
-        add_payload(self._copies[peer], message.payload)
+        """A straggler's message: applied to its copy once, so both ends' copies agree."""
+        if (peer, message.round) not in self._owed:
+            raise PeerProtocolError(peer, f"unexpected message for closed round {message.round}")
+        self._owed.discard((peer, message.round))
+        if message.payload.length != self._own_copy_length():
+            raise PeerProtocolError(peer, "model length does not match")
+        add_payload(
+            self._copy_of(peer, np.zeros(message.payload.length, np.float32)), message.payload
+        )
         return LateArrival(message.round, peer, applied=True)
 
 

@@ -56,7 +56,7 @@ class Payload:
 
     - dense: ``values`` holds all ``length`` entries (float32 or float64).
     - quantized: ``values`` holds bit-packed unsigned levels of ``bits`` bits each,
-      ``norm`` the vector's 2-norm; entry = norm * (level - offset) / levels.
+      ``norm`` the vector's 2-norm; entry = norm * (level - offset) / levels (2-8 bits).
     - topk: ``indices`` (uint32, strictly increasing) and ``values`` (float32).
     """
 
@@ -75,8 +75,8 @@ class Payload:
         topk = self.encoding is Encoding.TOPK
         if topk and (self.indices is None or self.indices.shape != self.values.shape):
             raise ValueError("a top-k payload needs one index per value")
-        if self.encoding is Encoding.QUANTIZED and not 1 <= self.bits <= 8:
-            raise ValueError("quantized payloads use 1 to 8 bits per entry")
+        if self.encoding is Encoding.QUANTIZED and not 2 <= self.bits <= 8:
+            raise ValueError("quantized payloads use 2 to 8 bits per entry")
 
     @property
     def nbytes(self) -> int:
@@ -133,6 +133,8 @@ def encode(message: GossipMessage) -> bytes:
             "p": [[_dtype_name(p), int(p.size)] for p in parts],
         }
     )
+    if len(header) > MAX_HEADER_BYTES:
+        raise ValueError(f"message header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
     size = _PREFIX.size + len(header) + sum(int(p.nbytes) for p in parts)
     frame = bytearray(size)
     _PREFIX.pack_into(frame, 0, MAGIC, VERSION, len(header))
@@ -182,6 +184,7 @@ def _parts(data: memoryview, offset: int, specs: Any, max_elements: int) -> list
         if (
             not isinstance(spec, list)
             or len(spec) != 2
+            or not isinstance(spec[0], str)
             or spec[0] not in _DTYPES
             or not isinstance(spec[1], int)
             or isinstance(spec[1], bool)
@@ -225,13 +228,14 @@ def decode(
     if encoding is Encoding.TOPK:
         if indices is None or values.dtype.kind != "f":
             raise DecodeError("top-k payload needs float values and uint32 indices")
-        if indices.size and (int(indices.max()) >= length or np.any(np.diff(indices) <= 0)):
+        increasing = bool(np.all(indices[1:] > indices[:-1]))
+        if indices.size and (int(indices.max()) >= length or not increasing):
             raise DecodeError("top-k indices must be increasing and below the length")
     elif indices is not None:
         raise DecodeError("only top-k payloads carry indices")
     if encoding is Encoding.QUANTIZED:
-        if values.dtype != np.uint8 or not 1 <= bits <= 8:
-            raise DecodeError("quantized payload needs uint8 storage and 1-8 bits")
+        if values.dtype != np.uint8 or not 2 <= bits <= 8:
+            raise DecodeError("quantized payload needs uint8 storage and 2-8 bits")
         if values.size != (length * bits + 7) // 8 or not math.isfinite(norm) or norm < 0:
             raise DecodeError("quantized payload has the wrong size or norm")
     if encoding is Encoding.DENSE and (values.dtype.kind != "f" or values.size != length):
