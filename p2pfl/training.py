@@ -206,6 +206,35 @@ class StackedTrainer:
         p.addcdiv_(m * step_size, denom, value=-1.0)
 
 
+INDEX_LIMIT = (1 << 31) - 1
+"""torch kernels (conv2d among them) refuse or mis-index tensors past 32-bit indexing."""
+
+
+def largest_activation(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Elements of the largest tensor any module outputs for one sample (at least the input)."""
+    sizes = [math.prod(input_shape)]
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, Tensor):
+            sizes.append(output.numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return max(sizes)
+
+
+def nodes_per_call(model: nn.Module, input_shape: tuple[int, ...], batch: int) -> int:
+    """How many nodes one vmapped call may stack so that no activation passes 2^31 elements."""
+    per_node = batch * largest_activation(model, input_shape)
+    return max(1, INDEX_LIMIT // max(1, per_node))
+
+
 def stack_order(sizes: Sequence[int], schedule: LocalSchedule) -> list[int]:
     """Node indices ordered by non-increasing step count (stable, so ties keep their order)."""
     steps = [schedule.steps_for(s) for s in sizes]
@@ -223,6 +252,9 @@ def evaluate(
 
     forward = vmap(one, in_dims=(0, None))
     k = params.shape[0]
+    if x.shape[0]:
+        per_sample = largest_activation(model, tuple(x.shape[1:]))
+        batch = max(1, min(batch, INDEX_LIMIT // (min(chunk, k) * per_sample)))
     correct = torch.zeros(k, device=params.device)
     loss = torch.zeros(k, device=params.device)
     x, y = x.to(params.device), y.to(params.device)

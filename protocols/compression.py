@@ -8,12 +8,14 @@ are reproducible for a seed and no global generator is touched.
   quantization: entry v_i becomes ||v|| * sign(v_i) * l_i / s with
   s = 2^(bits-1) - 1 levels and l_i the stochastic rounding of s|v_i|/||v||;
   the signed level is stored with an offset in ``bits`` bits, bit-packed.
+  CHOCO-SGD scales it by ``contraction_scale`` (1/tau) where it is applied.
 - ``TopKCompressor``: the ``fraction`` of entries largest in magnitude, as
   (index, value) pairs; biased, which CHOCO's error feedback absorbs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -102,6 +104,20 @@ def make_compressor(name: str, *, bits: int = 4, fraction: float = 0.01) -> Comp
     if name == "topk":
         return TopKCompressor(fraction)
     raise LocalProtocolError(f"unknown compressor {name!r}: use none, quantize or topk")
+
+
+def contraction_scale(payload: Payload) -> float:
+    """The factor CHOCO-SGD applies to a decompressed payload so that Q is a contraction.
+
+    Unbiased k-bit quantization has variance up to tau = 1 + min(d / s^2, sqrt(d) / s)
+    times the vector's norm; Koloskova et al. (2019) use Q(x) / tau, which satisfies
+    E||Q(x)/tau - x||^2 <= (1 - 1/tau) ||x||^2. Other encodings are used as they are.
+    """
+    if payload.encoding is not Encoding.QUANTIZED:
+        return 1.0
+    s = (1 << (payload.bits - 1)) - 1
+    d = payload.length
+    return 1.0 / (1.0 + min(d / s**2, math.sqrt(d) / s))
 
 
 def add_payload(out: npt.NDArray[Any], payload: Payload, scale: float = 1.0) -> None:

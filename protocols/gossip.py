@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from protocols.compression import Compressor, NoCompression, add_payload
+from protocols.compression import Compressor, NoCompression, add_payload, contraction_scale
 from protocols.errors import LocalProtocolError, PeerProtocolError
 from protocols.mixing import choco_mix, mix
 from protocols.wire import Encoding, GossipMessage, Payload, dense
@@ -304,14 +304,15 @@ class ChocoGossip(_BarrierCore):
             self._own_copy = np.zeros_like(current.model)
         rng = np.random.default_rng([self._seed, current.number])
         payload: Payload = self._compressor.compress(current.model - self._own_copy, rng)
-        add_payload(self._own_copy, payload)
+        add_payload(self._own_copy, payload, contraction_scale(payload))
         message = GossipMessage(self.node_id, current.number, payload)
         return [(peer, message) for peer in current.neighbourhood.out_shares]
 
     def _accept(self, peer: str, message: GossipMessage) -> list[Event]:
         events = super()._accept(peer, message)
         assert self._current is not None
-        add_payload(self._copy_of(peer, self._current.model), message.payload)
+        payload = message.payload
+        add_payload(self._copy_of(peer, self._current.model), payload, contraction_scale(payload))
         return events
 
     def _mix(self, current: _Round) -> Vector:

@@ -115,13 +115,16 @@ def _le(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
 
 
-def encode(message: GossipMessage) -> bytes:
-    """The frame for ``message``: one allocation of exactly the frame's size."""
-    payload = message.payload
-    parts = [_le(payload.values)]
+def _parts_of(payload: Payload) -> list[npt.NDArray[Any]]:
+    parts = [payload.values]
     if payload.indices is not None:
-        parts.append(_le(payload.indices))
-    header = msgpack.packb(
+        parts.append(payload.indices)
+    return parts
+
+
+def _header(message: GossipMessage, parts: list[npt.NDArray[Any]]) -> bytes:
+    payload = message.payload
+    header: bytes = msgpack.packb(
         {
             "s": message.sender,
             "r": message.round,
@@ -135,6 +138,24 @@ def encode(message: GossipMessage) -> bytes:
     )
     if len(header) > MAX_HEADER_BYTES:
         raise ValueError(f"message header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
+    return header
+
+
+def frame_size(message: GossipMessage) -> int:
+    """The length of ``encode(message)``, computed without touching the payload's memory.
+
+    Engines that do not encode (the vectorized one) count bytes on the wire with
+    it; a zero-stride ``numpy.broadcast_to`` array stands in for the payload.
+    """
+    parts = _parts_of(message.payload)
+    header = _header(message, parts)
+    return _PREFIX.size + len(header) + sum(int(p.size) * p.dtype.itemsize for p in parts)
+
+
+def encode(message: GossipMessage) -> bytes:
+    """The frame for ``message``: one allocation of exactly the frame's size."""
+    parts = [_le(p) for p in _parts_of(message.payload)]
+    header = _header(message, parts)
     size = _PREFIX.size + len(header) + sum(int(p.nbytes) for p in parts)
     frame = bytearray(size)
     _PREFIX.pack_into(frame, 0, MAGIC, VERSION, len(header))

@@ -22,7 +22,7 @@ from p2pfl.models import build_model, flat_parameters
 from p2pfl.scenario import Scenario
 from p2pfl.training import LocalSchedule
 from protocols.gossip import Neighbourhood
-from protocols.wire import GossipMessage, dense, encode
+from protocols.wire import Encoding, GossipMessage, Payload, dense, frame_size
 
 Progress = Callable[[int], None]
 """Called with the number of rounds completed so far."""
@@ -109,8 +109,11 @@ def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
     )
     topo = build_topology(scenario, len(data.nodes))
     mode = scenario.gossip.mode
-    if mode != "async" and topo.directed:
-        raise ConfigError(f"topology {topo.kind!r} is directed: use gossip.mode = 'async'")
+    if mode != "async" and topo.directed and not doubly_stochastic(topo):
+        raise ConfigError(
+            f"topology {topo.kind!r} is directed and its weights are only column-stochastic: "
+            "use gossip.mode = 'async' (push-sum)"
+        )
     if mode == "choco" and topo.time_varying:
         raise ConfigError(
             f"gossip.mode 'choco' keeps public copies of fixed neighbours; topology "
@@ -125,6 +128,21 @@ def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
         schedule_of(scenario),
         pick_device(scenario.device),
     )
+
+
+def doubly_stochastic(topo: topology.Topology, tol: float = 1e-12) -> bool:
+    """Whether every mixing matrix of the topology (each step of a schedule) is doubly stochastic.
+
+    A directed graph with such weights (one-peer exponential) mixes exactly under
+    D-PSGD, so ``sync`` accepts it; plain column-stochastic weights need push-sum.
+    """
+    steps = topo.period if topo.time_varying and topo.period else 1
+    for step in range(min(steps, 64)):
+        w = topo.mixing(step)
+        rows, cols = np.asarray(w.sum(axis=1)), np.asarray(w.sum(axis=0))
+        if np.abs(rows - 1).max() > tol or np.abs(cols - 1).max() > tol:
+            return False
+    return True
 
 
 def neighbourhood_fn(
@@ -148,10 +166,24 @@ def neighbourhood_fn(
     return for_node
 
 
-def frame_bytes(dim: int, sender: str = "n0") -> int:
-    """Size on the wire of one dense float32 model message (header included)."""
-    probe = GossipMessage(sender, 0, dense(np.zeros(dim, dtype=np.float32)))
-    return len(encode(probe))
+def frame_bytes(dim: int, sender: str, round: int, compression: str = "none", **kw: Any) -> int:
+    """Size on the wire of one model message (header included), without building it.
+
+    ``compression`` is ``none`` (a dense float32 model), ``quantize`` (``bits``) or
+    ``topk`` (``fraction``), as a CHOCO message of that compressor would be.
+    """
+    if compression == "quantize":
+        bits = int(kw["bits"])
+        packed = np.broadcast_to(np.uint8(0), ((dim * bits + 7) // 8,))
+        payload = Payload(Encoding.QUANTIZED, dim, packed, norm=1.0, bits=bits)
+    elif compression == "topk":
+        k = max(1, min(dim, round(float(kw["fraction"]) * dim)))
+        values = np.broadcast_to(np.float32(0), (k,))
+        indices = np.broadcast_to(np.uint32(0), (k,))
+        payload = Payload(Encoding.TOPK, dim, values, indices=indices)
+    else:
+        payload = dense(np.broadcast_to(np.float32(0), (dim,)))
+    return frame_size(GossipMessage(sender, round, payload))
 
 
 @dataclass

@@ -31,7 +31,7 @@ from p2pfl.engines.common import (
     consensus_distance,
     frame_bytes,
 )
-from p2pfl.training import StackedTrainer, evaluate, stack_order
+from p2pfl.training import StackedTrainer, evaluate, nodes_per_call, stack_order
 
 MAX_BLOCK_ELEMENTS = (1 << 31) - 1
 DEFAULT_BLOCK_COLUMNS = 16384
@@ -80,7 +80,9 @@ def compress_rows(
     floor = scaled.floor()
     rand = torch.rand(delta.shape, generator=gen, device=delta.device)
     levels = (floor + (rand < scaled - floor)).clamp_(max=s)
-    return levels * delta.sign() * (norm / s)
+    d = delta.shape[1]
+    tau = 1.0 + min(d / s**2, d**0.5 / s)  # CHOCO's contraction scaling, as contraction_scale()
+    return levels * delta.sign() * (norm / (s * tau))
 
 
 def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult:
@@ -106,7 +108,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
     before = torch.empty_like(params) if mode == "async" else None
     gen = torch.Generator(device=device).manual_seed(sc.seed)
     matrices = _MatrixCache(setup, order)
-    frame = _bytes_per_message(setup)
+    chunk = nodes_per_call(setup.model, setup.data.input_shape, setup.schedule.batch_size)
     x_test, y_test = setup.data.x_global_test.to(device), setup.data.y_global_test.to(device)
     records: list[RoundRecord] = []
     t_train = t_mix = t_eval = 0.0
@@ -115,7 +117,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         t0 = time.perf_counter()
         if before is not None:
             before.copy_(params)
-        trainer.train_round(params, r)
+        trainer.train_round(params, r, chunk)
         _sync(device)
         t1 = time.perf_counter()
         w = matrices.get(r)
@@ -144,7 +146,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         t_train += t1 - t0
         t_mix += t2 - t1
         t_eval += t3 - t2
-        sent = matrices.mean_out_degree(r) * frame
+        sent = _bytes_sent(setup, r)
         records.append(_record(r, acc, loss, params, sent, t3 - t0))
         if progress:
             progress(r + 1)
@@ -169,37 +171,35 @@ class _MatrixCache:
 
     def __init__(self, setup: Setup, order: list[int], keep: int = 64) -> None:
         self._setup, self._order, self._keep = setup, order, keep
-        self._cache: dict[int, tuple[Tensor, float]] = {}
+        self._cache: dict[int, Tensor] = {}
 
-    def _entry(self, step: int) -> tuple[Tensor, float]:
+    def get(self, step: int) -> Tensor:
         topo = self._setup.topo
         key = (step % topo.period if topo.period else step) if topo.time_varying else 0
         if key not in self._cache:
             if len(self._cache) >= self._keep:
                 self._cache.pop(next(iter(self._cache)))
-            matrix = topo.mixing(step)
-            links = matrix.nnz - int(np.count_nonzero(matrix.diagonal()))
-            torch_matrix = to_torch_csr(matrix, self._order, self._setup.device)
-            self._cache[key] = (torch_matrix, links / matrix.shape[0])
+            self._cache[key] = to_torch_csr(topo.mixing(step), self._order, self._setup.device)
         return self._cache[key]
 
-    def get(self, step: int) -> Tensor:
-        return self._entry(step)[0]
 
-    def mean_out_degree(self, step: int) -> float:
-        return self._entry(step)[1]
-
-
-def _bytes_per_message(setup: Setup) -> float:
+def _bytes_sent(setup: Setup, round: int) -> float:
+    """Mean bytes a node sends in ``round``: its out-degree times its frame size."""
     g = setup.scenario.gossip
-    dense = frame_bytes(setup.dim)
-    if g.mode != "choco" or g.compression == "none":
-        return float(dense)
-    header = dense - 4 * setup.dim
-    if g.compression == "quantize":
-        return float(header + (setup.dim * g.bits + 7) // 8)
-    k = max(1, round(g.topk_fraction * setup.dim))
-    return float(header + 8 * k)
+    compression = g.compression if g.mode == "choco" else "none"
+    matrix = setup.topo.mixing(round).tocsc()
+    out_degree = np.diff(matrix.indptr) - (matrix.diagonal() != 0)
+    names = setup.names()
+    sizes: dict[int, int] = {}  # a frame's size depends on the sender only through its length
+    total = 0
+    for i in np.flatnonzero(out_degree):
+        key = len(names[i])
+        if key not in sizes:
+            sizes[key] = frame_bytes(
+                setup.dim, names[i], round, compression, bits=g.bits, fraction=g.topk_fraction
+            )
+        total += int(out_degree[i]) * sizes[key]
+    return total / setup.n
 
 
 def _record(
