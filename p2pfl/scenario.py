@@ -85,6 +85,29 @@ class ClockSection:
 
 
 @dataclass(frozen=True)
+class SecureSection:
+    """Secure aggregation over each neighbourhood (sync mode only).
+
+    ``dropouts`` lists [node, round] pairs: that node vanishes after dealing its
+    shares in that round (rounds count from 0). Timeouts are virtual seconds of
+    the protocol engine's clock; the share phase opens when a node starts its
+    round, before its neighbours (who may still be closing the previous round
+    over a dropout) can deal, so its timeout is the longest.
+    """
+
+    enabled: bool = False
+    scale: float = 65536.0
+    clip: float = 32.0
+    modulus_bits: int = 32
+    threshold: int | None = None
+    sparse_k: int | None = None
+    dropouts: list[list[int]] = field(default_factory=list)
+    share_timeout: float = 600.0
+    masked_timeout: float = 60.0
+    unmask_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class BaselineSection:
     pooled: bool = False
     local: bool = False
@@ -108,6 +131,7 @@ class Scenario:
     training: TrainingSection = field(default_factory=TrainingSection)
     topology: TopologySection = field(default_factory=TopologySection)
     gossip: GossipSection = field(default_factory=GossipSection)
+    secure: SecureSection = field(default_factory=SecureSection)
     clock: ClockSection = field(default_factory=ClockSection)
     baselines: BaselineSection = field(default_factory=BaselineSection)
     eval: EvalSection = field(default_factory=EvalSection)
@@ -122,6 +146,11 @@ class Scenario:
             raise ConfigError("training.rounds must be at least 1")
         if self.eval.every < 1:
             raise ConfigError("eval.every must be at least 1")
+        if self.secure.enabled and self.gossip.mode != "sync":
+            raise ConfigError("secure.enabled needs gossip.mode = 'sync'")
+        for pair in self.secure.dropouts:
+            if len(pair) != 2 or min(pair) < 0:
+                raise ConfigError(f"secure.dropouts entries are [node, round] pairs, got {pair}")
 
 
 ENGINES = ("vectorized", "protocol")

@@ -34,12 +34,14 @@ from p2pfl.engines.common import (
     consensus_distance,
     neighbourhood_fn,
 )
+from p2pfl.engines.secure import SecureNode, SecureOutput, make_secure_node
 from p2pfl.errors import ConfigError
 from p2pfl.training import StackedTrainer, evaluate
 from protocols.compression import make_compressor
 from protocols.gossip import (
     ChocoGossip,
     GossipCore,
+    Output,
     PushSumGossip,
     RoundMixed,
     Straggler,
@@ -54,11 +56,12 @@ log = logging.getLogger(__name__)
 class _Node:
     index: int
     name: str
-    core: GossipCore
+    core: Adapter
     trainer: StackedTrainer
     params: Tensor  # (1, D)
     speed: float
     round: int = 0
+    next_poll: float | None = None
     sent_bytes: dict[int, int] = field(default_factory=dict)
 
 
@@ -69,7 +72,50 @@ class _Slot:
     sent: int = 0
 
 
-def make_core(setup: Setup, i: int, names: list[str]) -> GossipCore:
+class GossipAdapter:
+    """A gossip core behind the byte-level interface the scheduler drives (as SecureNode)."""
+
+    def __init__(self, core: GossipCore) -> None:
+        self.core = core
+
+    @property
+    def deadline(self) -> float | None:
+        return self.core.deadline
+
+    def begin_round(self, round: int, now: float) -> SecureOutput:
+        return SecureOutput()
+
+    def start_round(self, round: int, model: np.ndarray, now: float) -> SecureOutput:
+        return self._frames(self.core.start_round(round, model, now))
+
+    def receive(self, peer: str, frame: bytes, now: float) -> SecureOutput:
+        return self._frames(self.core.receive(peer, decode(frame), now))
+
+    def poll(self, now: float) -> SecureOutput:
+        return self._frames(self.core.poll(now))
+
+    @staticmethod
+    def _frames(out: Output) -> SecureOutput:
+        encoded: dict[int, bytes] = {}  # one frame per message, however many peers get it
+        sends = []
+        for peer, message in out.sends:
+            if id(message) not in encoded:
+                encoded[id(message)] = encode(message)
+            sends.append((peer, encoded[id(message)]))
+        return SecureOutput(tuple(sends), out.events)
+
+
+Adapter = GossipAdapter | SecureNode
+
+
+def make_core(setup: Setup, i: int, names: list[str]) -> Adapter:
+    sc = setup.scenario
+    if sc.secure.enabled:
+        return make_secure_node(setup, i, names)
+    return GossipAdapter(make_gossip_core(setup, i, names))
+
+
+def make_gossip_core(setup: Setup, i: int, names: list[str]) -> GossipCore:
     sc = setup.scenario
     hood = neighbourhood_fn(setup.topo, names)(i)
     timeout = sc.clock.round_timeout
@@ -178,6 +224,7 @@ class _Run:
 
     def _on_train(self, now: float, index: int) -> None:
         node = self.nodes[index]
+        self._dispatch(node, now, node.core.begin_round(node.round, now))
         t0 = time.perf_counter()
         node.trainer.train_round(node.params, node.round)
         self.t_train += time.perf_counter() - t0
@@ -186,30 +233,30 @@ class _Run:
 
     def _on_publish(self, now: float, index: int) -> None:
         node = self.nodes[index]
-        model = node.params[0].numpy()
-        out = node.core.start_round(node.round, model, now)
-        frames: dict[int, bytes] = {}
-        for peer, message in out.sends:
-            frame = frames.get(id(message))
-            if frame is None:
-                frame = frames[id(message)] = encode(message)
+        out = node.core.start_round(node.round, node.params[0].numpy(), now)
+        self._dispatch(node, now, out)
+
+    def _on_deliver(self, now: float, payload: tuple[str, str, bytes]) -> None:
+        sender, receiver, frame = payload
+        node = self.by_name[receiver]
+        self._dispatch(node, now, node.core.receive(sender, frame, now))
+
+    def _on_poll(self, now: float, index: int) -> None:
+        node = self.nodes[index]
+        node.next_poll = None
+        self._dispatch(node, now, node.core.poll(now))
+
+    def _dispatch(self, node: _Node, now: float, out: SecureOutput) -> None:
+        """Put a core's frames on the (virtual) wire, handle its events, arm its deadline."""
+        for peer, frame in out.sends:
             node.sent_bytes[node.round] = node.sent_bytes.get(node.round, 0) + len(frame)
             delay = self.sc.clock.latency + len(frame) / self.sc.clock.bandwidth
             self.clock.at(now + delay, "deliver", (node.name, peer, frame))
         self._handle(node, now, out.events)
         deadline = node.core.deadline
-        if deadline is not None:
-            self.clock.at(deadline, "poll", index)
-
-    def _on_deliver(self, now: float, payload: tuple[str, str, bytes]) -> None:
-        sender, receiver, frame = payload
-        node = self.by_name[receiver]
-        out = node.core.receive(sender, decode(frame), now)
-        self._handle(node, now, out.events)
-
-    def _on_poll(self, now: float, index: int) -> None:
-        node = self.nodes[index]
-        self._handle(node, now, node.core.poll(now).events)
+        if deadline is not None and (node.next_poll is None or deadline < node.next_poll):
+            node.next_poll = deadline
+            self.clock.at(deadline, "poll", node.index)
 
     def _handle(self, node: _Node, now: float, events: Any) -> None:
         for event in events:

@@ -85,6 +85,86 @@ def compress_rows(
     return levels * delta.sign() * (norm / (s * tau))
 
 
+class SecureMixer:
+    """The vectorized twin of secure mixing: the same fixed-point codes, summed without masks.
+
+    Masks cancel exactly, so the protocol engine's aggregate is decode(sum of
+    codes); this computes that sum directly. Codes follow
+    ``protocols.secagg.fixedpoint`` bit for bit: the product in float32 (the fast
+    path; float64 otherwise), clipped, rounded half to even, summed modulo
+    2^bits, read back as centred two's complement, times the step. Scheduled
+    dropouts leave the sum (and keep their own model); a receiver with more
+    than d - t of its neighbours dropped abandons and keeps its own model.
+    """
+
+    def __init__(self, setup: Setup, order: list[int]) -> None:
+        from p2pfl.engines.secure import secagg_config
+        from protocols.secagg import check_config
+
+        self.cfg = secagg_config(setup)
+        self.setup, self.order = setup, order
+        self.position = {node: pos for pos, node in enumerate(order)}
+        self.fast = self.cfg.modulus_bits == 32 and self.cfg.max_code < 2**22
+        self.work = torch.float32 if self.fast else torch.float64
+        self.bits = self.cfg.modulus_bits
+        self.drops: dict[int, set[int]] = {}
+        for node, r in setup.scenario.secure.dropouts:
+            self.drops.setdefault(r, set()).add(self.position[node])
+        self.check = check_config
+
+    def mix(self, w: object, r: int, x: Tensor, out: Tensor, block: int) -> int:
+        """out <- secure mix of x; returns how many receivers abandoned this round."""
+        csr = w[self.order][:, self.order].tocsr()  # type: ignore[index]
+        n = x.shape[0]
+        dropped = self.drops.get(r, set())
+        diag = torch.as_tensor(csr.diagonal(), dtype=torch.float64)
+        rows, cols, vals = [], [], []
+        denom = diag.clone()
+        keep_own = torch.zeros(n, dtype=torch.bool)
+        abandoned = 0
+        for i in range(n):
+            start, stop = csr.indptr[i], csr.indptr[i + 1]
+            nbrs = [
+                (int(j), float(v))
+                for j, v in zip(csr.indices[start:stop], csr.data[start:stop], strict=True)
+                if j != i
+            ]
+            t = self.check(self.cfg, len(nbrs), node=self.setup.names()[self.order[i]])
+            alive = [(j, v) for j, v in nbrs if j not in dropped]
+            if i in dropped or len(alive) < t:
+                keep_own[i] = True
+                abandoned += int(i not in dropped)
+                continue
+            for j, v in alive:
+                rows.append(i)
+                cols.append(j)
+                vals.append(v)
+                denom[i] += v
+        device = x.device
+        rows_t = torch.as_tensor(rows, dtype=torch.int64, device=device)
+        cols_t = torch.as_tensor(cols, dtype=torch.int64, device=device)
+        factor = torch.as_tensor([v * self.cfg.scale for v in vals], dtype=self.work, device=device)
+        limit = self.cfg.clip * self.cfg.scale
+        self_w = diag.to(torch.float32).to(device)[:, None]
+        inv = denom.to(torch.float32).to(device)[:, None]
+        keep = keep_own.to(device)[:, None]
+        modulus = 1 << self.bits
+        half = 1 << (self.bits - 1)
+        step = torch.tensor(
+            self.cfg.step, dtype=torch.float32 if self.bits == 32 else torch.float64
+        )
+        for a in range(0, x.shape[1], block):
+            xb = x[:, a : a + block]
+            codes = (xb[cols_t].to(self.work) * factor[:, None]).clamp_(-limit, limit).round_()
+            acc = torch.zeros(n, xb.shape[1], dtype=torch.int64, device=device)
+            acc.index_add_(0, rows_t, codes.to(torch.int64))
+            centred = torch.remainder(acc + half, modulus) - half
+            total = (centred.to(step.dtype) * step.to(device)).to(torch.float32)
+            mixed = (self_w * xb + total) / inv
+            out[:, a : a + block] = torch.where(keep, xb, mixed)
+        return abandoned
+
+
 def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult:
     sc = setup.scenario
     n, dim, device = setup.n, setup.dim, setup.device
@@ -108,6 +188,8 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
     before = torch.empty_like(params) if mode == "async" else None
     gen = torch.Generator(device=device).manual_seed(sc.seed)
     matrices = _MatrixCache(setup, order)
+    secure = SecureMixer(setup, order) if sc.secure.enabled else None
+    abandoned = 0
     chunk = nodes_per_call(setup.model, setup.data.input_shape, setup.schedule.batch_size)
     x_test, y_test = setup.data.x_global_test.to(device), setup.data.y_global_test.to(device)
     records: list[RoundRecord] = []
@@ -121,7 +203,10 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         _sync(device)
         t1 = time.perf_counter()
         w = matrices.get(r)
-        if mode == "sync":
+        if secure is not None:
+            abandoned += secure.mix(setup.topo.mixing(r), r, params, spare, block)
+            params, spare = spare, params
+        elif mode == "sync":
             mix_into(w, params, spare, block)
             params, spare = spare, params
         elif mode == "choco":
@@ -163,6 +248,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         wall_mix=t_mix,
         wall_eval=t_eval,
         wall_total=time.perf_counter() - start,
+        extra={"abandoned": abandoned} if secure is not None else {},
     )
 
 
