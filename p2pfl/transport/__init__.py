@@ -1,0 +1,45 @@
+"""Authenticated message links between peers: one small interface, two implementations.
+
+``WsTransport`` (websockets, wss with TLS) links institutions; ``MemoryTransport``
+links simulated peers in one process. Both run the Ed25519 handshake of
+``handshake.Authenticator`` before a link is handed out, and both pass the one
+conformance suite in ``tests/p2pfl/test_transport.py``.
+"""
+
+from __future__ import annotations
+
+from p2pfl.errors import TransportClosed
+from p2pfl.transport.base import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    AuthenticationFailed,
+    Connection,
+    Handler,
+    MessageTooLarge,
+    RateLimited,
+    Transport,
+)
+from p2pfl.transport.handshake import Authenticator, MembershipCheck, RateLimiter, Refusal
+from p2pfl.transport.memory import MemoryNetwork, MemoryTransport
+from p2pfl.transport.tls import TlsFiles, make_self_signed
+from p2pfl.transport.ws import WsOptions, WsTransport
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "AuthenticationFailed",
+    "Authenticator",
+    "Connection",
+    "Handler",
+    "MembershipCheck",
+    "MemoryNetwork",
+    "MemoryTransport",
+    "MessageTooLarge",
+    "RateLimited",
+    "RateLimiter",
+    "Refusal",
+    "TlsFiles",
+    "Transport",
+    "TransportClosed",
+    "WsOptions",
+    "WsTransport",
+    "make_self_signed",
+]
