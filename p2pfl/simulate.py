@@ -109,7 +109,21 @@ def _run_report(setup: Setup, result: RunResult, base: bl.Baselines) -> dict[str
             "local": base.local_global,
         },
         "sites": site_rows,
+        "secure": _secure_report(setup, result),
         "extra": result.extra,
+    }
+
+
+def _secure_report(setup: Setup, result: RunResult) -> dict[str, Any] | None:
+    """Per node, how many neighbours may drop out of a secure round; rounds abandoned."""
+    if not setup.scenario.secure.enabled:
+        return None
+    from p2pfl.engines.common import secure_tolerance
+
+    return {
+        "dropout_tolerance": secure_tolerance(setup.scenario, setup.topo),
+        "abandoned": result.extra.get("abandoned", 0),
+        "stragglers": result.stragglers,
     }
 
 

@@ -17,11 +17,13 @@ from torch import Tensor, nn
 
 import topology
 from p2pfl.datasets import FederatedData, load_federated
+from p2pfl.engines.secure import secagg_config_of
 from p2pfl.errors import ConfigError
 from p2pfl.models import build_model, flat_parameters
 from p2pfl.scenario import Scenario
 from p2pfl.training import LocalSchedule
 from protocols.gossip import Neighbourhood
+from protocols.secagg import dropout_tolerance
 from protocols.wire import Encoding, GossipMessage, Payload, dense, frame_size
 
 Progress = Callable[[int], None]
@@ -119,6 +121,8 @@ def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
             f"gossip.mode 'choco' keeps public copies of fixed neighbours; topology "
             f"{topo.kind!r} changes every round (use sync or async)"
         )
+    if scenario.secure.enabled:
+        check_secure(scenario, topo)
     return Setup(
         scenario,
         data,
@@ -128,6 +132,29 @@ def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
         schedule_of(scenario),
         pick_device(scenario.device),
     )
+
+
+def secure_tolerance(scenario: Scenario, topo: topology.Topology) -> dict[str, int]:
+    """Per node, how many in-neighbours may drop out of a secure round (first round's graph).
+
+    Refuses, naming the node and its degree, any node secure mode cannot serve:
+    a single neighbour hides nothing, and a neighbourhood too large for the
+    fixed-point range could overflow.
+    """
+    w = topo.mixing(0).tocsr()
+    in_degree = np.diff(w.indptr) - (w.diagonal() != 0)
+    degrees = {f"n{i}": int(d) for i, d in enumerate(in_degree)}
+    return dropout_tolerance(secagg_config_of(scenario), degrees)
+
+
+def check_secure(scenario: Scenario, topo: topology.Topology) -> None:
+    for node, r in scenario.secure.dropouts:
+        if not 0 <= node < topo.n or not 0 <= r < scenario.training.rounds:
+            raise ConfigError(
+                f"secure.dropouts: [{node}, {r}] names no node (0..{topo.n - 1}) "
+                f"or no round (0..{scenario.training.rounds - 1})"
+            )
+    secure_tolerance(scenario, topo)
 
 
 def doubly_stochastic(topo: topology.Topology, tol: float = 1e-12) -> bool:
@@ -166,7 +193,9 @@ def neighbourhood_fn(
     return for_node
 
 
-def frame_bytes(dim: int, sender: str, round: int, compression: str = "none", **kw: Any) -> int:
+def frame_bytes(
+    dim: int, sender: str, round_number: int, compression: str = "none", **kw: Any
+) -> int:
     """Size on the wire of one model message (header included), without building it.
 
     ``compression`` is ``none`` (a dense float32 model), ``quantize`` (``bits``) or
@@ -183,7 +212,7 @@ def frame_bytes(dim: int, sender: str, round: int, compression: str = "none", **
         payload = Payload(Encoding.TOPK, dim, values, indices=indices)
     else:
         payload = dense(np.broadcast_to(np.float32(0), (dim,)))
-    return frame_size(GossipMessage(sender, round, payload))
+    return frame_size(GossipMessage(sender, round_number, payload))
 
 
 @dataclass

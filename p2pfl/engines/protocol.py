@@ -219,7 +219,10 @@ class _Run:
             wall_eval=self.t_eval,
             wall_total=total,
             stragglers=self.stragglers,
-            extra={"virtual_time": self.now},
+            extra={
+                "virtual_time": self.now,
+                "abandoned": sum(getattr(n.core, "abandoned", 0) for n in self.nodes),
+            },
         )
 
     def _on_train(self, now: float, index: int) -> None:

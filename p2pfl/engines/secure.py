@@ -220,14 +220,18 @@ class SecureNode:
 
 
 def secagg_config(setup: Any) -> SecAggConfig:
-    s = setup.scenario.secure
+    return secagg_config_of(setup.scenario)
+
+
+def secagg_config_of(scenario: Any) -> SecAggConfig:
+    s = scenario.secure
     return SecAggConfig(
         scale=float(s.scale),
         clip=float(s.clip),
         modulus_bits=s.modulus_bits,
         threshold=s.threshold,
         sparse_k=s.sparse_k,
-        graph_seed=hashlib.sha256(setup.scenario.name.encode()).digest()[:32],
+        graph_seed=hashlib.sha256(scenario.name.encode()).digest()[:32],
     )
 
 
