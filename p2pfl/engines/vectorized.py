@@ -179,7 +179,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         device=device,
     )
     params = setup.initial.to(device).repeat(n, 1)
-    spare = torch.empty_like(params)
+    spare = torch.zeros_like(params)  # touched now, so round 1 pays no page faults
     block = block_columns(n, dim)
     mode = sc.gossip.mode
     copies = torch.zeros_like(params) if mode == "choco" else None
