@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="override a scenario key, e.g. --set training.rounds=5 (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     p.set_defaults(handler=_run)
 
 
@@ -64,6 +67,12 @@ def _run(args: argparse.Namespace) -> int:
     from p2pfl.scenario import load_scenario
     from p2pfl.simulate import simulate
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     path = scenario_path(args.scenario)
     scenario = load_scenario(path, _overrides(args.overrides))
     out = args.out or Path("runs") / scenario.name

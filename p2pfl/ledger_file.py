@@ -1,0 +1,117 @@
+"""A ledger on disk: a file of Yjs updates, checksummed, replaced atomically.
+
+Layout: ``MAGIC``, then the msgpack array ``[federation_id, [update, ...]]``,
+then a 32-byte BLAKE2b digest of everything before it. A truncated or altered
+file fails the digest and is reported as such; it is never overwritten by a
+failed load. Each save first keeps the file it replaces as ``LEDGER.prev``
+(a hard link where the file system has them), then renames the new file in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+from p2pfl.atomic import atomic_write_bytes
+from p2pfl.errors import LedgerFileError
+from protocols.errors import DecodeError
+from protocols.ledger import Ledger
+from protocols.records import canonical, unpack
+
+MAGIC = b"P2PFL-LEDGER\x00\x01"
+DIGEST_SIZE = 32
+MAX_LEDGER_FILE = 1 << 30
+
+
+def encode_ledger_file(federation_id: str, updates: list[bytes]) -> bytes:
+    body = MAGIC + canonical([federation_id, updates])
+    return body + hashlib.blake2b(body, digest_size=DIGEST_SIZE).digest()
+
+
+def decode_ledger_file(data: bytes, where: str = "ledger file") -> tuple[str, list[bytes]]:
+    """``(federation_id, updates)`` of a ledger file's bytes; ``LedgerFileError`` if damaged."""
+    if not data.startswith(MAGIC):
+        raise LedgerFileError(f"{where}: not a p2pfl ledger file")
+    body, digest = data[:-DIGEST_SIZE], data[-DIGEST_SIZE:]
+    if len(data) < len(MAGIC) + DIGEST_SIZE or (
+        hashlib.blake2b(body, digest_size=DIGEST_SIZE).digest() != digest
+    ):
+        raise LedgerFileError(
+            f"{where}: truncated or corrupted (checksum mismatch); the file was left as it is"
+        )
+    try:
+        content = unpack(body[len(MAGIC) :], max_size=MAX_LEDGER_FILE)
+    except DecodeError:
+        content = None
+    if not (
+        isinstance(content, list)
+        and len(content) == 2
+        and isinstance(content[0], str)
+        and isinstance(content[1], list)
+        and all(isinstance(u, bytes) for u in content[1])
+    ):
+        raise LedgerFileError(f"{where}: the checksum holds but the content is not a ledger")
+    return content[0], content[1]
+
+
+def load_ledger(path: str | os.PathLike[str], *, client_id: int | None = None) -> Ledger:
+    """Read a ledger file; ``LedgerFileError`` if it is missing, damaged or has no genesis."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_LEDGER_FILE:
+            raise LedgerFileError(f"{path}: {size} bytes is larger than a ledger may be")
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise LedgerFileError(f"{path}: no such ledger file") from None
+    except OSError as exc:
+        raise LedgerFileError(f"{path}: cannot read the ledger: {exc.strerror}") from exc
+    return ledger_from_bytes(data, str(path), client_id=client_id)
+
+
+def ledger_from_bytes(data: bytes, where: str, *, client_id: int | None = None) -> Ledger:
+    federation_id, updates = decode_ledger_file(data, where)
+    return ledger_from_updates(federation_id, updates, where, client_id=client_id)
+
+
+def ledger_from_updates(
+    federation_id: str, updates: list[bytes], where: str, *, client_id: int | None = None
+) -> Ledger:
+    """A ledger from updates; ``LedgerFileError`` unless they hold the federation's genesis."""
+    try:
+        ledger = Ledger.from_updates(federation_id, updates, client_id=client_id)
+    except DecodeError as exc:
+        raise LedgerFileError(f"{where}: holds an invalid Yjs update ({exc})") from None
+    if ledger.founder is None:
+        raise LedgerFileError(
+            f"{where}: no valid genesis record for federation {federation_id} in it"
+        )
+    return ledger
+
+
+def save_ledger(ledger: Ledger, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
+    """Write the ledger atomically (mode 0600), keeping the replaced file as ``PATH.prev``."""
+    target = Path(path)
+    data = encode_ledger_file(ledger.federation_id, [ledger.encode_state()])
+    try:
+        if overwrite and target.exists():
+            _keep_previous(target)
+        atomic_write_bytes(target, data, mode=0o600, overwrite=overwrite)
+    except FileExistsError:
+        raise LedgerFileError(f"{path}: a file is already there; it was not overwritten") from None
+    except OSError as exc:
+        raise LedgerFileError(f"{path}: cannot write the ledger: {exc.strerror}") from exc
+
+
+def _keep_previous(target: Path) -> None:
+    previous = target.with_name(target.name + ".prev")
+    staging = target.with_name(f".{target.name}.prev.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        staging.unlink()
+    try:
+        os.link(target, staging)
+    except OSError:
+        atomic_write_bytes(previous, target.read_bytes(), mode=0o600)
+        return
+    os.replace(staging, previous)

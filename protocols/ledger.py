@@ -1,0 +1,374 @@
+"""The federation ledger: one pycrdt ``Doc`` of signed records, and the views read from it.
+
+The document has the top-level maps of DESIGN.md (``members``, ``revoked``,
+``plan``, ``approvals``, ``progress``, ``secagg``, ``metrics``). Every value is
+a signed record (``protocols.records``) stored as msgpack bytes, never as a
+pycrdt number (pycrdt hands integers back as floats). Anybody who can send a
+Yjs update can put anything in the document; what counts is decided by the
+readers (``protocols.ledger_rules``), so invalid records stay in the document,
+out of every view, and are counted.
+
+Writes take the author's ``nacl.signing.SigningKey`` and a logical clock
+(``next_clock()`` is one more than any valid record's, a Lamport clock); each
+returns the Yjs update it made, for ``LedgerSync.local_update``. A write that
+the rules would reject raises ``LocalProtocolError`` instead of being made.
+A writer deletes its own older records of the slot it writes (never the
+genesis record), so the document holds one live record per slot and author;
+garbage collection stays on.
+
+Views are cached and brought up to date lazily: after a change, the maps are
+read back (``protocols.ledger_doc``) and only the changed entries are judged
+again (``protocols.ledger_state``), unless ``members`` or ``revoked`` changed,
+which changes who may write what and so re-judges everything (signature
+checks stay cached).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import nacl.signing
+from pycrdt import Doc
+
+from protocols.errors import DecodeError, LocalProtocolError
+from protocols.ledger_doc import MAPS, LedgerDoc
+from protocols.ledger_payloads import Member
+from protocols.ledger_rules import NAMESPACE_MAPS, LedgerView, RecordCache, verdict
+from protocols.ledger_state import NamespaceState, evaluate
+from protocols.records import (
+    Record,
+    box_key_for,
+    canonical,
+    federation_id_for,
+    node_id_for,
+    open_record,
+    plan_hash,
+    round_slot,
+    seal,
+    unpack,
+)
+
+
+class Ledger:
+    """One replica of a federation's ledger."""
+
+    def __init__(self, federation_id: str, *, client_id: int | None = None) -> None:
+        """An empty replica; ``client_id`` is the Yjs client id (``None``: pycrdt draws one).
+
+        Two live replicas must never share a client id; pass distinct ids to make
+        a simulation reproducible.
+        """
+        self.federation_id = federation_id
+        self.store = LedgerDoc(client_id=client_id)
+        self._cache = RecordCache()
+        self._state: NamespaceState | None = None
+        self._view: LedgerView | None = None
+
+    @property
+    def doc(self) -> Doc[Any]:
+        """The pycrdt document (to inspect; write through this class)."""
+        return self.store.doc
+
+    # -- construction and encoding --------------------------------------------------
+
+    @classmethod
+    def found(
+        cls,
+        signing_key: nacl.signing.SigningKey,
+        *,
+        name: str,
+        nonce: bytes,
+        address: str = "",
+        institution: str = "",
+        clock: int = 1,
+        client_id: int | None = None,
+    ) -> Ledger:
+        """Start a federation: sign the genesis record; its hash is the federation id.
+
+        ``nonce`` (random bytes from the caller) tells apart two federations that
+        one founder starts with the same name.
+        """
+        verify_key = bytes(signing_key.verify_key)
+        payload = {
+            "verify_key": verify_key,
+            "box_key": box_key_for(verify_key),
+            "address": address,
+            "institution": institution,
+            "admin": True,
+            "federation": name,
+            "nonce": bytes(nonce),
+        }
+        key, value = seal(signing_key, "", "members", node_id_for(verify_key), clock, payload)
+        ledger = cls(federation_id_for(value), client_id=client_id)
+        ledger.insert_raw("members", key, value)
+        if ledger.founder is None:
+            raise LocalProtocolError("the genesis record does not verify")
+        return ledger
+
+    @classmethod
+    def from_updates(
+        cls, federation_id: str, updates: Iterable[bytes], *, client_id: int | None = None
+    ) -> Ledger:
+        """A replica rebuilt from Yjs updates (a file, an invitation's snapshot)."""
+        ledger = cls(federation_id, client_id=client_id)
+        for update in updates:
+            ledger.apply_update(update)
+        return ledger
+
+    def encode_state(self) -> bytes:
+        """The whole document as one Yjs update."""
+        return self.store.encode_state()
+
+    def state_vector(self) -> bytes:
+        return self.store.state_vector()
+
+    def diff(self, state_vector: bytes) -> bytes:
+        """What a replica at ``state_vector`` lacks, as one update; ``DecodeError`` if bad."""
+        return self.store.diff(state_vector)
+
+    def apply_update(self, update: bytes) -> list[bytes]:
+        """Merge a Yjs update; return the updates of what it changed (empty: nothing new).
+
+        Raises ``DecodeError`` when the bytes are not a Yjs update.
+        """
+        return self.store.apply_update(update)
+
+    def entries(self, map_name: str) -> dict[str, object]:
+        """A map's stored entries as they are, valid or not (for tools and tests)."""
+        self.view()
+        return dict(self.store.entries(map_name))
+
+    def insert_raw(self, map_name: str, key: str, value: bytes) -> bytes:
+        """Store bytes under ``key`` as they are, unchecked (tests, tools, forged input)."""
+        return self.store.transact(map_name, {key: bytes(value)}, ())
+
+    # -- views ------------------------------------------------------------------------
+
+    def view(self) -> LedgerView:
+        """The validated view, brought up to date with the entries changed since the last one."""
+        if self._view is None or self.store.stale:
+            changed = self.store.refresh()
+            state = self._state
+            if state is None or changed["members"] or changed["revoked"]:
+                pairs = {name: self.store.entries(name).items() for name in MAPS}
+                state = self._state = NamespaceState.rebuild(self.federation_id, pairs, self._cache)
+            else:
+                for name in NAMESPACE_MAPS:
+                    entries = self.store.entries(name)
+                    for key in changed[name]:
+                        state.put(name, key, entries.get(key))
+            self._view = state.view()
+        return self._view
+
+    @property
+    def founder(self) -> str | None:
+        return self.view().founder
+
+    @property
+    def name(self) -> str | None:
+        return self.view().name
+
+    def members(self, *, include_revoked: bool = False) -> dict[str, Member]:
+        """Valid members by node id (with ``include_revoked``, revoked ones too)."""
+        return {n: m for n, m in self.view().members.items() if include_revoked or not m.revoked}
+
+    def revoked(self) -> dict[str, Record]:
+        """Revoked node ids, each with the first valid revocation record."""
+        return dict(self.view().revoked)
+
+    def box_key(self, node_id: str) -> bytes | None:
+        """A valid member's X25519 public key (for secure aggregation)."""
+        member = self.members().get(node_id)
+        return None if member is None else member.box_key
+
+    def verify_key(self, node_id: str) -> bytes | None:
+        member = self.members().get(node_id)
+        return None if member is None else member.verify_key
+
+    def plan(self) -> dict[str, Any] | None:
+        record = self.view().current["plan"].get("plan")
+        return None if record is None else copy.deepcopy(record.payload["plan"])
+
+    def plan_hash(self) -> bytes | None:
+        plan = self.plan()
+        return None if plan is None else plan_hash(plan)
+
+    def approvals(self) -> dict[str, bytes]:
+        """Each valid member's latest approval: node id -> the plan hash it signed."""
+        return {n: r.payload["plan_hash"] for n, r in self._current("approvals").items()}
+
+    def approvers(self) -> set[str]:
+        """Valid members who approved the current plan."""
+        current = self.plan_hash()
+        return {n for n, h in self.approvals().items() if current is not None and h == current}
+
+    def progress(self) -> dict[str, int]:
+        """Each valid member's last completed round."""
+        return {n: r.payload["round"] for n, r in self._current("progress").items()}
+
+    def secagg(self, round_: int) -> dict[str, frozenset[str]]:
+        """Per receiver, the dropout set it declared for ``round_``."""
+        return {
+            slot.partition("/")[2]: frozenset(r.payload["dropped"])
+            for slot, r in self._current("secagg").items()
+            if slot.startswith(f"{round_}/")
+        }
+
+    def metrics(self, round_: int) -> dict[str, dict[str, int | float]]:
+        """Per node, the metrics it published for ``round_``."""
+        return {
+            slot.partition("/")[2]: dict(r.payload["values"])
+            for slot, r in self._current("metrics").items()
+            if slot.startswith(f"{round_}/")
+        }
+
+    def _current(self, map_name: str) -> dict[str, Record]:
+        return dict(self.view().current[map_name])
+
+    @property
+    def rejected_count(self) -> int:
+        return self.view().rejected_count
+
+    def rejections(self) -> dict[str, int]:
+        """Rejected records by reason (see ``protocols.ledger_rules``)."""
+        return dict(self.view().rejections)
+
+    def next_clock(self) -> int:
+        """A logical clock above every valid record's (Lamport)."""
+        return self.view().max_clock + 1
+
+    # -- writes -----------------------------------------------------------------------
+
+    def _write(
+        self,
+        signing_key: nacl.signing.SigningKey,
+        map_name: str,
+        slot: str,
+        clock: int,
+        payload: object,
+    ) -> bytes:
+        author = node_id_for(bytes(signing_key.verify_key))
+        key, value = seal(signing_key, self.federation_id, map_name, slot, clock, payload)
+        self.view()  # brings the copy of the maps up to date
+        if self.store.entries(map_name).get(key) == value:
+            return b""
+        stale = [k for k, c in self._own_keys(map_name, slot, author) if c < clock]
+        if not self._would_be_current(map_name, slot, key, value, stale):
+            raise LocalProtocolError(
+                f"{author} may not write {map_name}[{slot!r}] at clock {clock} "
+                f"(not allowed, or not above the slot's current clock)"
+            )
+        return self.store.transact(map_name, {key: value}, stale)
+
+    def _would_be_current(
+        self, map_name: str, slot: str, key: str, value: bytes, stale: list[str]
+    ) -> bool:
+        """Whether writing ``value`` (and deleting ``stale``) would make it the slot's record."""
+        self.view()
+        state = self._state
+        assert state is not None  # view() built it
+        if map_name in NAMESPACE_MAPS:
+            entry = self._cache.entry(map_name, key, value)
+            if entry is None or verdict(state.auth, entry) is not None:
+                return False
+            others = state.valid_in_slot(map_name, slot)
+            clock = entry.record.clock
+            return all(r.clock < clock for k, r in others.items() if k not in stale)
+        entries = {name: list(self.store.entries(name).items()) for name in MAPS}
+        entries[map_name] = [(k, v) for k, v in entries[map_name] if k not in stale]
+        entries[map_name].append((key, value))
+        record = evaluate(self.federation_id, entries, self._cache).current[map_name].get(slot)
+        return record is not None and record.value == value
+
+    def _own_keys(self, map_name: str, slot: str, author: str) -> list[tuple[str, int]]:
+        """Keys and clocks of ``author``'s records in ``slot`` (to prune), bar genesis."""
+        genesis = self.view().genesis_key
+        keys = []
+        for key, value in self.store.entries(map_name).items():
+            if not key.startswith(f"{slot}@") or (map_name == "members" and key == genesis):
+                continue
+            try:
+                record = open_record(map_name, key, value)
+            except DecodeError:
+                continue
+            if record.author == author:
+                keys.append((key, record.clock))
+        return keys
+
+    def admit(
+        self,
+        signing_key: nacl.signing.SigningKey,
+        verify_key: bytes,
+        *,
+        clock: int,
+        address: str = "",
+        institution: str = "",
+        admin: bool = False,
+    ) -> bytes:
+        """Sign a member record for the holder of ``verify_key`` (founder or admin only)."""
+        payload = {
+            "verify_key": bytes(verify_key),
+            "box_key": box_key_for(verify_key),
+            "address": address,
+            "institution": institution,
+            "admin": admin,
+        }
+        return self._write(signing_key, "members", node_id_for(verify_key), clock, payload)
+
+    def revoke(
+        self, signing_key: nacl.signing.SigningKey, node_id: str, *, clock: int, reason: str = ""
+    ) -> bytes:
+        return self._write(signing_key, "revoked", node_id, clock, {"reason": reason})
+
+    def set_plan(
+        self, signing_key: nacl.signing.SigningKey, plan: Mapping[str, object], *, clock: int
+    ) -> bytes:
+        """Publish the training plan (founder only); check it encodes first."""
+        plan = unpack(canonical(plan))
+        return self._write(signing_key, "plan", "plan", clock, {"plan": plan})
+
+    def approve(
+        self, signing_key: nacl.signing.SigningKey, plan_hash_: bytes, *, clock: int
+    ) -> bytes:
+        author = node_id_for(bytes(signing_key.verify_key))
+        return self._write(signing_key, "approvals", author, clock, {"plan_hash": plan_hash_})
+
+    def report_progress(
+        self,
+        signing_key: nacl.signing.SigningKey,
+        round_: int,
+        *,
+        clock: int,
+        digest: bytes | None = None,
+    ) -> bytes:
+        author = node_id_for(bytes(signing_key.verify_key))
+        payload: dict[str, object] = {"round": round_}
+        if digest is not None:
+            payload["digest"] = bytes(digest)
+        return self._write(signing_key, "progress", author, clock, payload)
+
+    def declare_dropouts(
+        self,
+        signing_key: nacl.signing.SigningKey,
+        round_: int,
+        dropped: Iterable[str],
+        *,
+        clock: int,
+    ) -> bytes:
+        author = node_id_for(bytes(signing_key.verify_key))
+        slot = round_slot(round_, author)
+        return self._write(signing_key, "secagg", slot, clock, {"dropped": sorted(set(dropped))})
+
+    def publish_metrics(
+        self,
+        signing_key: nacl.signing.SigningKey,
+        round_: int,
+        values: Mapping[str, int | float],
+        *,
+        clock: int,
+    ) -> bytes:
+        author = node_id_for(bytes(signing_key.verify_key))
+        slot = round_slot(round_, author)
+        return self._write(signing_key, "metrics", slot, clock, {"values": dict(values)})

@@ -1,0 +1,109 @@
+"""A ledger's view, kept up to date one changed entry at a time.
+
+The namespace maps (``plan``, ``approvals``, ``progress``, ``secagg``,
+``metrics``) are judged entry by entry against a fixed ``Authority``; when an
+entry changes, only its verdict and its slot are recomputed, so a node that
+receives a progress update pays for that update, not for the whole ledger. A
+change to ``members`` or ``revoked`` changes who may write what: the owner
+then rebuilds the state (``NamespaceState.rebuild``), which judges everything
+again (signature checks stay cached in the ``RecordCache``).
+
+``evaluate`` is the same computation in one go, as a pure function of content.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+from protocols.ledger_rules import (
+    NAMESPACE_MAPS,
+    Authority,
+    Entry,
+    LedgerView,
+    RecordCache,
+    assemble,
+    authority,
+    parse,
+    verdict,
+)
+from protocols.records import Record
+
+Entries = Mapping[str, Iterable[tuple[str, object]]]
+
+
+class NamespaceState:
+    """The verdicts on the namespace maps' entries, under one authority."""
+
+    def __init__(self, auth: Authority, cache: RecordCache) -> None:
+        self.auth = auth
+        self._cache = cache
+        self._verdicts: dict[tuple[str, str], tuple[str | None, Entry | None, object]] = {}
+        self._valid: dict[str, dict[str, dict[str, Record]]] = {n: {} for n in NAMESPACE_MAPS}
+        self._current: dict[str, dict[str, Record]] = {n: {} for n in NAMESPACE_MAPS}
+        self._rejected: Counter[str] = Counter()
+
+    @classmethod
+    def rebuild(cls, federation_id: str, entries: Entries, cache: RecordCache) -> NamespaceState:
+        """Judge every entry afresh; forget cached entries that are gone."""
+        malformed: Counter[str] = Counter()
+        members = parse("members", entries.get("members", ()), cache, malformed)
+        revocations = parse("revoked", entries.get("revoked", ()), cache, malformed)
+        auth = authority(federation_id, members, revocations, malformed["malformed"])
+        state = cls(auth, cache)
+        for name in NAMESPACE_MAPS:
+            for key, value in entries.get(name, ()):
+                state.put(name, key, value)
+        cache.sweep()
+        return state
+
+    def put(self, map_name: str, key: str, value: object | None) -> None:
+        """The entry ``key`` of ``map_name`` now holds ``value`` (``None``: deleted)."""
+        self._remove(map_name, key)
+        if value is None:
+            return
+        entry = self._cache.entry(map_name, key, value)
+        reason = "malformed" if entry is None else verdict(self.auth, entry)
+        self._verdicts[(map_name, key)] = (reason, entry, value)
+        if reason is not None or entry is None:
+            self._rejected[reason or "malformed"] += 1
+            return
+        record = entry.record
+        self._valid[map_name].setdefault(record.slot, {})[key] = record
+        known = self._current[map_name].get(record.slot)
+        if known is None or record.clock > known.clock:
+            self._current[map_name][record.slot] = record
+
+    def _remove(self, map_name: str, key: str) -> None:
+        old = self._verdicts.pop((map_name, key), None)
+        if old is None:
+            return
+        reason, entry, value = old
+        self._cache.forget(map_name, key, value)
+        if reason is not None or entry is None:
+            self._rejected[reason or "malformed"] -= 1
+            return
+        slot = entry.record.slot
+        records = self._valid[map_name][slot]
+        del records[key]
+        if not records:
+            del self._valid[map_name][slot]
+            del self._current[map_name][slot]
+        elif self._current[map_name][slot].key == key:
+            self._current[map_name][slot] = max(records.values(), key=lambda r: r.clock)
+
+    def valid_in_slot(self, map_name: str, slot: str) -> dict[str, Record]:
+        """The valid records of one slot, by key."""
+        return dict(self._valid[map_name].get(slot, {}))
+
+    def view(self) -> LedgerView:
+        current = {name: dict(slots) for name, slots in self._current.items()}
+        max_clock = max(
+            (r.clock for slots in self._current.values() for r in slots.values()), default=0
+        )
+        return assemble(self.auth, current, +self._rejected, max_clock)
+
+
+def evaluate(federation_id: str, entries: Entries, cache: RecordCache) -> LedgerView:
+    """The view of a ledger whose maps hold ``entries`` (``map -> [(key, value)]``)."""
+    return NamespaceState.rebuild(federation_id, entries, cache).view()

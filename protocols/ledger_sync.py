@@ -1,0 +1,177 @@
+"""Ledger synchronisation: the Yjs sync protocol as a sans-I/O state machine.
+
+Wire messages are msgpack arrays led by a type tag:
+
+- ``[0, federation_id, state_vector]``: sync step 1, "this is what I have";
+- ``[1, update]``: sync step 2, the reply: what the asker lacks;
+- ``[2, update]``: an incremental update.
+
+Rules (the stock pycrdt-websocket provider echoes every update back, so it is
+not the model here):
+
+1. ``connect(peer)`` sends step 1; a step 1 is answered with a step 2.
+2. An update (step 2 or incremental) whose bytes were seen before is dropped
+   unapplied; otherwise it is applied once.
+3. What it changed (the transaction's own update, empty when nothing was new)
+   is flooded to every other neighbour, never back to the link it came from.
+   Nothing new, nothing forwarded: flooding stops by itself.
+4. ``anti_entropy()``, called now and then by the runtime, sends step 1 to
+   every neighbour, so anything a lost message missed is fetched again.
+
+The core never looks at the records: validity is the readers' business
+(``protocols.ledger_rules``). It only refuses bytes that are not a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError
+from protocols.ledger import Ledger
+from protocols.records import canonical, unpack
+
+DEFAULT_MAX_MESSAGE_SIZE = 64 << 20
+DEFAULT_SEEN_CAPACITY = 4096
+TAG_STEP1, TAG_STEP2, TAG_UPDATE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class SyncStep1:
+    federation_id: str
+    state_vector: bytes
+
+    def encode(self) -> bytes:
+        return canonical([TAG_STEP1, self.federation_id, self.state_vector])
+
+
+@dataclass(frozen=True)
+class SyncStep2:
+    update: bytes
+
+    def encode(self) -> bytes:
+        return canonical([TAG_STEP2, self.update])
+
+
+@dataclass(frozen=True)
+class Update:
+    update: bytes
+
+    def encode(self) -> bytes:
+        return canonical([TAG_UPDATE, self.update])
+
+
+Message = SyncStep1 | SyncStep2 | Update
+
+
+def decode(data: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
+    """Decode one ledger-sync message; raise ``DecodeError`` for anything else."""
+    obj = unpack(data, max_size=max_size)
+    if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
+        raise DecodeError("a ledger-sync message is an array led by an integer tag")
+    tag, fields = obj[0], obj[1:]
+    if tag == TAG_STEP1 and len(fields) == 2:
+        fid, state_vector = fields
+        if isinstance(fid, str) and isinstance(state_vector, bytes):
+            return SyncStep1(fid, state_vector)
+    elif tag in (TAG_STEP2, TAG_UPDATE) and len(fields) == 1 and isinstance(fields[0], bytes):
+        return SyncStep2(fields[0]) if tag == TAG_STEP2 else Update(fields[0])
+    raise DecodeError(f"bad ledger-sync message with tag {tag}")
+
+
+Outgoing = list[tuple[str, bytes]]
+
+
+class LedgerSync:
+    """One node's end of ledger sync with its neighbours; peers are named by strings."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        seen_capacity: int = DEFAULT_SEEN_CAPACITY,
+    ) -> None:
+        self.ledger = ledger
+        self.max_message_size = max_message_size
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._seen_capacity = seen_capacity
+        self._peers: list[str] = []
+        self.applied = 0
+        self.duplicates = 0
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        return tuple(self._peers)
+
+    def connect(self, peer: str) -> Outgoing:
+        """A link to ``peer`` opened: start the state-vector exchange."""
+        if peer in self._peers:
+            raise LocalProtocolError(f"already connected to {peer!r}")
+        self._peers.append(peer)
+        return [(peer, self._step1())]
+
+    def disconnect(self, peer: str) -> None:
+        if peer not in self._peers:
+            raise LocalProtocolError(f"not connected to {peer!r}")
+        self._peers.remove(peer)
+
+    def _step1(self) -> bytes:
+        return SyncStep1(self.ledger.federation_id, self.ledger.state_vector()).encode()
+
+    def receive(self, peer: str, data: bytes) -> Outgoing:
+        """Handle bytes from ``peer``; ``PeerProtocolError`` when they break the protocol."""
+        if peer not in self._peers:
+            raise LocalProtocolError(f"receive() from {peer!r} before connect()")
+        try:
+            message = decode(data, max_size=self.max_message_size)
+            if isinstance(message, SyncStep1):
+                return self._answer(peer, message)
+            return self._merge(peer, message.update)
+        except DecodeError as exc:
+            raise PeerProtocolError(peer, str(exc)) from exc
+
+    def _answer(self, peer: str, message: SyncStep1) -> Outgoing:
+        if message.federation_id != self.ledger.federation_id:
+            raise PeerProtocolError(peer, f"step 1 for federation {message.federation_id!r}")
+        return [(peer, SyncStep2(self.ledger.diff(message.state_vector)).encode())]
+
+    def _merge(self, source: str, update: bytes) -> Outgoing:
+        digest = self._remember(update)
+        if digest is None:
+            self.duplicates += 1
+            return []
+        self.applied += 1
+        changes = self.ledger.apply_update(update)
+        return self._flood(changes, exclude=source)
+
+    def _remember(self, update: bytes) -> bytes | None:
+        """Record an update's digest; ``None`` if it was already seen."""
+        digest = hashlib.blake2b(update, digest_size=16).digest()
+        if digest in self._seen:
+            self._seen.move_to_end(digest)
+            return None
+        self._seen[digest] = None
+        while len(self._seen) > self._seen_capacity:
+            self._seen.popitem(last=False)
+        return digest
+
+    def _flood(self, updates: list[bytes], *, exclude: str | None) -> Outgoing:
+        out: Outgoing = []
+        for update in updates:
+            self._remember(update)
+            encoded = Update(update).encode()
+            out.extend((peer, encoded) for peer in self._peers if peer != exclude)
+        return out
+
+    def local_update(self, update: bytes) -> Outgoing:
+        """This node wrote to its ledger (``update`` as a write returned it): tell everyone."""
+        if not update:
+            return []
+        return self._flood([update], exclude=None)
+
+    def anti_entropy(self) -> Outgoing:
+        """Ask every neighbour for what this node may have missed."""
+        step1 = self._step1()
+        return [(peer, step1) for peer in self._peers]
