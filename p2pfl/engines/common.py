@@ -135,16 +135,27 @@ def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
 
 
 def secure_tolerance(scenario: Scenario, topo: topology.Topology) -> dict[str, int]:
-    """Per node, how many in-neighbours may drop out of a secure round (first round's graph).
+    """Per node, how many in-neighbours may drop out of a secure round, at worst over the steps.
 
-    Refuses, naming the node and its degree, any node secure mode cannot serve:
-    a single neighbour hides nothing, and a neighbourhood too large for the
-    fixed-point range could overflow.
+    Refuses, naming the node and its degree, any node secure mode cannot serve
+    at any step of the topology (up to 64 steps of a schedule): a single
+    neighbour hides nothing, and a neighbourhood too large for the fixed-point
+    range could overflow.
     """
-    w = topo.mixing(0).tocsr()
-    in_degree = np.diff(w.indptr) - (w.diagonal() != 0)
-    degrees = {f"n{i}": int(d) for i, d in enumerate(in_degree)}
-    return dropout_tolerance(secagg_config_of(scenario), degrees)
+    cfg = secagg_config_of(scenario)
+    tolerance: dict[str, int] = {}
+    for step in _steps(topo):
+        w = topo.mixing(step).tocsr()
+        in_degree = np.diff(w.indptr) - (w.diagonal() != 0)
+        degrees = {f"n{i}": int(d) for i, d in enumerate(in_degree)}
+        for node, value in dropout_tolerance(cfg, degrees).items():
+            tolerance[node] = min(value, tolerance.get(node, value))
+    return tolerance
+
+
+def _steps(topo: topology.Topology, cap: int = 64) -> range:
+    """The steps worth checking: one for a static graph, a schedule's period up to ``cap``."""
+    return range(min(topo.period, cap) if topo.time_varying else 1)
 
 
 def check_secure(scenario: Scenario, topo: topology.Topology) -> None:
@@ -163,8 +174,7 @@ def doubly_stochastic(topo: topology.Topology, tol: float = 1e-12) -> bool:
     A directed graph with such weights (one-peer exponential) mixes exactly under
     D-PSGD, so ``sync`` accepts it; plain column-stochastic weights need push-sum.
     """
-    steps = topo.period if topo.time_varying and topo.period else 1
-    for step in range(min(steps, 64)):
+    for step in _steps(topo):
         w = topo.mixing(step)
         rows, cols = np.asarray(w.sum(axis=1)), np.asarray(w.sum(axis=0))
         if np.abs(rows - 1).max() > tol or np.abs(cols - 1).max() > tol:

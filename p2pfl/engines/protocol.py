@@ -190,6 +190,7 @@ class _Run:
         self.t_train = self.t_eval = 0.0
         self.last_wall = 0.0
         self.now = 0.0
+        self.finished_at = 0.0  # virtual time of the last round completed by any node
 
     def execute(self, label: str) -> RunResult:
         start = time.perf_counter()
@@ -220,7 +221,7 @@ class _Run:
             wall_total=total,
             stragglers=self.stragglers,
             extra={
-                "virtual_time": self.now,
+                "virtual_time": self.finished_at,
                 "abandoned": sum(getattr(n.core, "abandoned", 0) for n in self.nodes),
             },
         )
@@ -246,6 +247,8 @@ class _Run:
 
     def _on_poll(self, now: float, index: int) -> None:
         node = self.nodes[index]
+        if node.next_poll != now:
+            return  # armed for a deadline that has since moved or been met
         node.next_poll = None
         self._dispatch(node, now, node.core.poll(now))
 
@@ -268,6 +271,7 @@ class _Run:
                 log.info("round %d: %s closed without %s", event.round, node.name, event.peer)
             elif isinstance(event, RoundMixed):
                 node.params[0].copy_(torch.from_numpy(np.asarray(event.model, dtype=np.float32)))
+                self.finished_at = max(self.finished_at, now)
                 self._completed(node, event.round)
                 node.round = event.round + 1
                 if node.round < self.sc.training.rounds:
