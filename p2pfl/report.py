@@ -69,12 +69,14 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         title=f"{report['scenario']}: accuracy on the global test set (%)",
         caption="pooled: all data on one machine; local-only: each node trains alone",
     )
-    for column in ("run", "engine", "mean", "min", "max", "consensus", "MB sent/node", "wall s"):
-        table.add_column(column, justify="left" if column in ("run", "engine") else "right")
-    for run in runs:
+    key, names = _run_names([run["label"] for run in runs])
+    for column in (key, "engine", "mean", "min", "max", "consensus", "MB sent/node", "wall s"):
+        left = column in (key, "engine")
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
+    for run, name in zip(runs, names, strict=True):
         f = run["final"]
         table.add_row(
-            run["label"],
+            name,
             run["engine"],
             _pct(f["acc_mean"]),
             _pct(f["acc_min"]),
@@ -101,6 +103,14 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     for run in runs:
         _site_table(run, console)
+
+
+def _run_names(labels: list[str]) -> tuple[str, list[str]]:
+    """A column title and short row names: a one-key sweep shows its key once, values below."""
+    keys = {label.partition("=")[0] for label in labels}
+    if len(keys) == 1 and all("=" in label and ", " not in label for label in labels):
+        return keys.pop(), [label.partition("=")[2] for label in labels]
+    return "run", labels
 
 
 def _site_table(run: dict[str, Any], console: Console) -> None:
