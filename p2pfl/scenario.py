@@ -88,6 +88,10 @@ class ClockSection:
 class SecureSection:
     """Secure aggregation over each neighbourhood (sync mode only).
 
+    The fixed-point step is 1 / ``scale``; each contribution W_ij x_j is clipped
+    to [-``clip``, ``clip``]. The defaults (step 2^-18, clip 8) keep the codes on
+    the fast 32-bit path and neighbourhoods up to 256 without overflow.
+
     ``dropouts`` lists [node, round] pairs: that node vanishes after dealing its
     shares in that round (rounds count from 0). Timeouts are virtual seconds of
     the protocol engine's clock; the share phase opens when a node starts its
@@ -96,8 +100,8 @@ class SecureSection:
     """
 
     enabled: bool = False
-    scale: float = 65536.0
-    clip: float = 32.0
+    scale: float = 262144.0
+    clip: float = 8.0
     modulus_bits: int = 32
     threshold: int | None = None
     sparse_k: int | None = None
@@ -148,12 +152,14 @@ class Scenario:
             raise ConfigError("eval.every must be at least 1")
         if self.secure.enabled and self.gossip.mode != "sync":
             raise ConfigError("secure.enabled needs gossip.mode = 'sync'")
+        if self.secure.dropouts and not self.secure.enabled:
+            raise ConfigError("secure.dropouts are scheduled but secure.enabled is false")
         for pair in self.secure.dropouts:
             if len(pair) != 2 or min(pair) < 0:
                 raise ConfigError(f"secure.dropouts entries are [node, round] pairs, got {pair}")
 
 
-ENGINES = ("vectorized", "protocol")
+ENGINES = ("vectorized", "protocol", "processes")
 MODES = ("sync", "choco", "async")
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from p2pfl.engines import protocol, vectorized
+from p2pfl.engines import processes, protocol, vectorized
 from p2pfl.engines.common import Progress, RunResult, Setup, prepare
 
-ENGINES = {"protocol": protocol.run, "vectorized": vectorized.run}
+ENGINES = {"protocol": protocol.run, "vectorized": vectorized.run, "processes": processes.run}
 
 
 def run_engine(name: str, setup: Setup, label: str, progress: Progress | None = None) -> RunResult:

@@ -6,6 +6,7 @@ An engine gets a ``Setup`` (built once per sweep value) and returns a
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -188,6 +189,7 @@ def neighbourhood_fn(
     """For node i, the function round -> its Neighbourhood, read off the mixing matrices."""
 
     def for_node(i: int) -> Callable[[int], Neighbourhood]:
+        @functools.lru_cache(maxsize=8)
         def at(round: int) -> Neighbourhood:
             w = topo.mixing(round)
             row = w[[i], :].tocoo()

@@ -54,8 +54,10 @@ def simulated_box_key(seed: int, name: str) -> bytes:
     return hashlib.sha256(f"p2pfl simulated X25519 key/{seed}/{name}".encode()).digest()
 
 
-def simulated_self_seed(seed: int, name: str, round: int) -> bytes:
-    return hashlib.sha256(f"p2pfl simulated self-mask seed/{seed}/{name}/{round}".encode()).digest()
+def simulated_self_seed(seed: int, name: str, round: int, receiver: str) -> bytes:
+    """Fresh per (node, round, receiver): two receivers given one seed could pool their shares."""
+    text = f"p2pfl simulated self-mask seed/{seed}/{name}/{round}/{receiver}"
+    return hashlib.sha256(text.encode()).digest()
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class SecureNode:
         federation_id: bytes,
         box_private: bytes,
         public_keys: dict[str, bytes],
-        self_seed: Callable[[int], bytes],
+        self_seed: Callable[[int, str], bytes],
         timeouts: Timeouts,
         dim: int,
         drop_rounds: frozenset[int] = frozenset(),
@@ -130,7 +132,7 @@ class SecureNode:
                 public_keys=self._public,
             )
             self._senders[(round, receiver)] = tx
-            outputs += tx.share(self._self_seed(round))
+            outputs += tx.share(self._self_seed(round, receiver))
         return self._flush(outputs, round)
 
     def start_round(self, round: int, model: np.ndarray, now: float) -> SecureOutput:
@@ -264,7 +266,7 @@ def make_secure_node(setup: Any, i: int, names: list[str]) -> SecureNode:
         federation_id=federation_id(setup),
         box_private=simulated_box_key(sc.seed, names[i]),
         public_keys=public,
-        self_seed=lambda round: simulated_self_seed(sc.seed, names[i], round),
+        self_seed=lambda round, receiver: simulated_self_seed(sc.seed, names[i], round, receiver),
         timeouts=Timeouts(t.share_timeout, t.masked_timeout, t.unmask_timeout),
         dim=setup.dim,
         drop_rounds=drops,

@@ -32,6 +32,8 @@ from p2pfl.engines.common import (
     frame_bytes,
 )
 from p2pfl.training import StackedTrainer, evaluate, nodes_per_call, stack_order
+from protocols.secagg import RoundContext
+from protocols.secagg.graph import is_connected
 
 MAX_BLOCK_ELEMENTS = (1 << 31) - 1
 DEFAULT_BLOCK_COLUMNS = 16384
@@ -98,10 +100,10 @@ class SecureMixer:
     """
 
     def __init__(self, setup: Setup, order: list[int]) -> None:
-        from p2pfl.engines.secure import secagg_config
-        from protocols.secagg import check_config
+        from p2pfl.engines.secure import federation_id, secagg_config
 
         self.cfg = secagg_config(setup)
+        self.federation = federation_id(setup)
         self.setup, self.order = setup, order
         self.position = {node: pos for pos, node in enumerate(order)}
         self.fast = self.cfg.modulus_bits == 32 and self.cfg.max_code < 2**22
@@ -110,10 +112,9 @@ class SecureMixer:
         self.drops: dict[int, set[int]] = {}
         for node, r in setup.scenario.secure.dropouts:
             self.drops.setdefault(r, set()).add(self.position[node])
-        self.check = check_config
 
-    def mix(self, w: object, r: int, x: Tensor, out: Tensor, block: int) -> int:
-        """out <- secure mix of x; returns how many receivers abandoned this round."""
+    def mix(self, w: object, r: int, x: Tensor, out: Tensor, block: int) -> tuple[int, int]:
+        """out <- secure mix of x; returns (receivers that abandoned, dropouts declared)."""
         csr = w[self.order][:, self.order].tocsr()  # type: ignore[index]
         n = x.shape[0]
         dropped = self.drops.get(r, set())
@@ -121,19 +122,19 @@ class SecureMixer:
         rows, cols, vals = [], [], []
         denom = diag.clone()
         keep_own = torch.zeros(n, dtype=torch.bool)
-        abandoned = 0
+        abandoned = declared = 0
         for i in range(n):
             start, stop = csr.indptr[i], csr.indptr[i + 1]
-            nbrs = [
-                (int(j), float(v))
-                for j, v in zip(csr.indices[start:stop], csr.data[start:stop], strict=True)
-                if j != i
-            ]
-            t = self.check(self.cfg, len(nbrs), node=self.setup.names()[self.order[i]])
+            pairs = zip(csr.indices[start:stop], csr.data[start:stop], strict=True)
+            nbrs = [(int(j), float(v)) for j, v in pairs if j != i]
             alive = [(j, v) for j, v in nbrs if j not in dropped]
-            if i in dropped or len(alive) < t:
+            if i in dropped:
                 keep_own[i] = True
-                abandoned += int(i not in dropped)
+                continue
+            declared += len(nbrs) - len(alive)
+            if not self._completes(r, i, nbrs, alive):
+                keep_own[i] = True
+                abandoned += 1
                 continue
             for j, v in alive:
                 rows.append(i)
@@ -162,7 +163,20 @@ class SecureMixer:
             total = (centred.to(step.dtype) * step.to(device)).to(torch.float32)
             mixed = (self_w * xb + total) / inv
             out[:, a : a + block] = torch.where(keep, xb, mixed)
-        return abandoned
+        return abandoned, declared
+
+    def _completes(
+        self, r: int, i: int, nbrs: list[tuple[int, float]], alive: list[tuple[int, float]]
+    ) -> bool:
+        """What the receiver's protocol core decides: enough survivors, masks still connected."""
+        names = self.setup.names()
+        name = names[self.order[i]]
+        hood = tuple(sorted(names[self.order[j]] for j, _ in nbrs))
+        ctx = RoundContext(self.federation, r, name, hood, self.cfg)
+        if len(alive) < ctx.threshold:
+            return False
+        survivors = [names[self.order[j]] for j, _ in alive]
+        return self.cfg.sparse_k is None or is_connected(ctx.partners(hood), survivors)
 
 
 def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult:
@@ -189,7 +203,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
     gen = torch.Generator(device=device).manual_seed(sc.seed)
     matrices = _MatrixCache(setup, order)
     secure = SecureMixer(setup, order) if sc.secure.enabled else None
-    abandoned = 0
+    abandoned = stragglers = 0
     chunk = nodes_per_call(setup.model, setup.data.input_shape, setup.schedule.batch_size)
     x_test, y_test = setup.data.x_global_test.to(device), setup.data.y_global_test.to(device)
     records: list[RoundRecord] = []
@@ -204,7 +218,9 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         t1 = time.perf_counter()
         w = matrices.get(r)
         if secure is not None:
-            abandoned += secure.mix(setup.topo.mixing(r), r, params, spare, block)
+            gave_up, declared = secure.mix(setup.topo.mixing(r), r, params, spare, block)
+            abandoned += gave_up
+            stragglers += declared
             params, spare = spare, params
         elif mode == "sync":
             mix_into(w, params, spare, block)
@@ -248,6 +264,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         wall_mix=t_mix,
         wall_eval=t_eval,
         wall_total=time.perf_counter() - start,
+        stragglers=stragglers,
         extra={"abandoned": abandoned} if secure is not None else {},
     )
 
@@ -269,8 +286,31 @@ class _MatrixCache:
         return self._cache[key]
 
 
+def _masked_input_bytes(setup: Setup, round: int) -> float:
+    """Mean bytes of the masked inputs a node sends in a secure round (one per out-neighbour).
+
+    Key shares, relays and reveals are left out: only the protocol engine, which
+    runs them, counts those (a few hundred bytes per neighbour and round).
+    """
+    from protocols.secagg import MaskedInput
+
+    names = setup.names()
+    dtype = np.uint32 if setup.scenario.secure.modulus_bits == 32 else np.uint64
+    word = np.dtype(dtype).itemsize
+    matrix = setup.topo.mixing(round).tocsc()
+    total = 0
+    for i in range(setup.n):
+        for j in matrix.indices[matrix.indptr[i] : matrix.indptr[i + 1]]:
+            if j != i:
+                probe = MaskedInput(round, names[j], names[i], np.zeros(1, dtype=dtype))
+                total += len(probe.encode()) + word * (setup.dim - 1)
+    return total / setup.n
+
+
 def _bytes_sent(setup: Setup, round: int) -> float:
     """Mean bytes a node sends in ``round``: its out-degree times its frame size."""
+    if setup.scenario.secure.enabled:
+        return _masked_input_bytes(setup, round)
     g = setup.scenario.gossip
     compression = g.compression if g.mode == "choco" else "none"
     matrix = setup.topo.mixing(round).tocsc()

@@ -121,9 +121,17 @@ def check_config(cfg: SecAggConfig, neighbourhood_size: int, *, node: str = "?")
             f"fixed-point sum can overflow at node {node!r}: {d} neighbours x clip {cfg.clip:g} "
             f"x scale {cfg.scale:g} = {d * cfg.max_code} codes > 2^{cfg.modulus_bits - 1} - 1 "
             f"= {limit}; this scale and clip allow at most {max_d} neighbours, "
-            f"or clip <= {max_clip:.6g} for {d} neighbours"
+            f"or clip <= {_round_down(max_clip)} for {d} neighbours"
         )
     return t
+
+
+def _round_down(value: float, digits: int = 6) -> str:
+    """``value`` to ``digits`` significant digits, never above it (a bound must stay a bound)."""
+    if value <= 0:
+        return f"{value:.{digits}g}"
+    unit = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return f"{math.floor(value / unit) * unit:.{digits}g}"
 
 
 def dropout_tolerance(cfg: SecAggConfig, degrees: Mapping[str, int]) -> dict[str, int]:
