@@ -147,6 +147,15 @@ class _BarrierCore:
     def phase(self) -> Phase:
         return Phase.IDLE if self._current is None else Phase.WAITING
 
+    def resume_at(self, round: int) -> None:
+        """Continue from ``round`` (a node restarted after its checkpoint of ``round - 1``)."""
+        if self._current is not None:
+            raise LocalProtocolError("cannot resume while a round is open")
+        if round < 0:
+            raise LocalProtocolError("round must be non-negative")
+        self.next_round = round
+        self._early = {r: m for r, m in self._early.items() if r >= round}
+
     @property
     def deadline(self) -> float | None:
         return None if self._current is None else self._current.deadline

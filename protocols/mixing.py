@@ -34,10 +34,12 @@ def mix(
     if total <= 0:
         raise LocalProtocolError("mixing weights must have a positive sum")
     result = np.multiply(own, own_weight / total, out=out)
+    scratch = np.empty_like(result) if pairs else None  # one temporary, however many neighbours
     for weight, vector in pairs:
         if vector.shape != own.shape:
             raise LocalProtocolError("a received vector does not match the model's length")
-        result += (weight / total) * vector
+        np.multiply(vector, weight / total, out=scratch)
+        result += scratch
     return result
 
 

@@ -98,6 +98,7 @@ class SecureNode:
         self._own: dict[int, np.ndarray] = {}
         self._outcome: dict[int, Aggregated | Abandoned] = {}
         self._closed: set[int] = set()  # rounds whose receiver finished: late messages are moot
+        self._floor = 0  # rounds below it are never opened (see skip_to)
         self.abandoned = 0
 
     def _context(self, round: int, receiver: str) -> RoundContext:
@@ -105,7 +106,7 @@ class SecureNode:
         return RoundContext(self._fed, round, receiver, hood, self._cfg)
 
     def _receiver(self, round: int, now: float) -> AggregatingReceiver | None:
-        if round in self._drops or round in self._closed:
+        if round in self._drops or round in self._closed or round < self._floor:
             return None
         if round not in self._receivers:
             rx = AggregatingReceiver(
@@ -114,6 +115,12 @@ class SecureNode:
             rx.start(now)
             self._receivers[round] = rx
         return self._receivers[round]
+
+    def skip_to(self, round: int) -> None:
+        """Never open a receiver for rounds before ``round`` (a node resumed from a checkpoint)."""
+        self._floor = max(self._floor, round)
+        for r in [r for r in self._receivers if r < round]:
+            del self._receivers[r]
 
     @property
     def deadline(self) -> float | None:
