@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from p2pfl.errors import ConfigError
+from p2pfl.tables import build
 
 
 @dataclass(frozen=True)
@@ -163,51 +163,6 @@ ENGINES = ("vectorized", "protocol", "processes")
 MODES = ("sync", "choco", "async")
 
 
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        for option in typing.get_args(hint):
-            if option is type(None) and value is None:
-                return None
-            if option is not type(None):
-                try:
-                    return _check_type(value, option, where)
-                except ConfigError:
-                    continue
-        raise ConfigError(f"{where}: {value!r} is not a valid {hint}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(hint) or (Any,)
-        return [_check_type(v, item, where) for v in value]
-    if origin is dict or hint is Any:
-        return value
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def _build(cls: type, table: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: [{key}] must be a table")
-            kwargs[key] = _build(hint, value, f"{where} [{key}]")
-        else:
-            kwargs[key] = _check_type(value, hint, f"{where}: key {key!r}")
-    return cls(**kwargs)
-
-
 def parse_value(text: str) -> Any:
     """A ``--set`` value: TOML syntax where it parses (numbers, booleans, lists), else a string."""
     try:
@@ -244,7 +199,7 @@ def scenario_from_table(
     table = _deep_copy(table)
     for key, value in (overrides or {}).items():
         _set_dotted(table, key, value)
-    scenario: Scenario = _build(Scenario, table, where)
+    scenario = build(Scenario, table, where)
     for key in scenario.sweep:
         _check_sweep_key(key, where)
     return scenario

@@ -24,6 +24,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,6 +65,19 @@ class LocalSchedule:
         if self.local_steps:
             return self.local_steps
         return self.local_epochs * math.ceil(size / self.batch_size)
+
+
+def schedule_from(training: Any) -> LocalSchedule:
+    """The schedule of a ``[training]`` section (a scenario's or a plan's)."""
+    return LocalSchedule(
+        local_epochs=training.local_epochs if not training.local_steps else 0,
+        local_steps=training.local_steps,
+        batch_size=training.batch_size,
+        optimizer=training.optimizer,
+        lr=training.lr,
+        momentum=training.momentum,
+        weight_decay=training.weight_decay,
+    )
 
 
 def batch_plan(schedule: LocalSchedule, size: int, seed: int, node: int, round: int) -> np.ndarray:

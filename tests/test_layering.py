@@ -36,7 +36,9 @@ def test_pure_layers_never_import_the_runtime(package: str) -> None:
 
 
 def test_topology_never_imports_protocols() -> None:
-    offenders = [str(p.relative_to(ROOT)) for p in sources("topology") if "protocols" in imported_roots(p)]
+    offenders = [
+        str(p.relative_to(ROOT)) for p in sources("topology") if "protocols" in imported_roots(p)
+    ]
     assert offenders == []
 
 

@@ -17,7 +17,7 @@ from protocols.errors import ProtocolError
 from topology.errors import TopologyError
 
 # Command groups, in the order ``p2pfl --help`` lists them.
-_GROUPS = ("simulate", "topology", "keys", "federation", "tls")
+_GROUPS = ("simulate", "topology", "keys", "federation", "tls", "node")
 
 
 def build_parser() -> argparse.ArgumentParser:

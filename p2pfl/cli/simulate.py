@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("scenario", help="scenario file, or NAME for simulations/NAME.toml")
     p.add_argument("--out", type=Path, default=None, help="output directory (default runs/NAME)")
-    p.add_argument("--engine", choices=["protocol", "vectorized"], default=None)
+    p.add_argument("--engine", choices=["protocol", "vectorized", "processes"], default=None)
     p.add_argument(
         "--set",
         dest="overrides",

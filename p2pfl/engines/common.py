@@ -22,7 +22,7 @@ from p2pfl.engines.secure import secagg_config_of
 from p2pfl.errors import ConfigError
 from p2pfl.models import build_model, flat_parameters
 from p2pfl.scenario import Scenario
-from p2pfl.training import LocalSchedule
+from p2pfl.training import LocalSchedule, schedule_from
 from protocols.gossip import Neighbourhood
 from protocols.secagg import dropout_tolerance
 from protocols.wire import Encoding, GossipMessage, Payload, dense, frame_size
@@ -59,19 +59,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but torch sees no GPU")
     return torch.device(name)
-
-
-def schedule_of(scenario: Scenario) -> LocalSchedule:
-    t = scenario.training
-    return LocalSchedule(
-        local_epochs=t.local_epochs if not t.local_steps else 0,
-        local_steps=t.local_steps,
-        batch_size=t.batch_size,
-        optimizer=t.optimizer,
-        lr=t.lr,
-        momentum=t.momentum,
-        weight_decay=t.weight_decay,
-    )
 
 
 def build_topology(scenario: Scenario, n: int) -> topology.Topology:
@@ -130,7 +117,7 @@ def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
         model,
         flat_parameters(model),
         topo,
-        schedule_of(scenario),
+        schedule_from(scenario.training),
         pick_device(scenario.device),
     )
 

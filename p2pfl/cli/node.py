@@ -1,0 +1,173 @@
+"""``p2pfl node``: set up a node directory, run the daemon, ask a running daemon how it is.
+
+p2pfl node init DIR [--tls]           key (0600), TLS pair, commented node.toml
+p2pfl node run --config FILE          the daemon: logs, a line per round; SIGTERM stops it
+p2pfl node status --config FILE       round, neighbours and their state, last error
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from p2pfl.errors import KeyFileError
+
+log = logging.getLogger("p2pfl.node")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("node", help="run a federation member (the daemon)")
+    sub = parser.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+
+    init = sub.add_parser("init", help="make a node directory: key, config template, TLS pair")
+    init.add_argument("directory", metavar="DIR", help="directory to create or fill")
+    init.add_argument("--tls", action="store_true", help="also write a self-signed TLS pair")
+    init.add_argument(
+        "--host",
+        action="append",
+        metavar="H",
+        help="host name or IP the TLS certificate names (repeatable; default localhost)",
+    )
+    init.add_argument("--listen", default=None, help="listen address for the config template")
+    init.add_argument("--passphrase-file", metavar="F", help="seal the key with this passphrase")
+    init.set_defaults(handler=_init)
+
+    run = sub.add_parser("run", help="run the node daemon until its rounds are done")
+    run.add_argument("--config", required=True, metavar="FILE", help="node config (TOML)")
+    run.add_argument(
+        "--insecure", action="store_true", help="allow plain ws:// links (unencrypted; logged)"
+    )
+    run.add_argument("--rounds", type=int, default=None, help="rounds to complete (default: plan)")
+    run.set_defaults(handler=_run)
+
+    status = sub.add_parser("status", help="what a node is doing (read from its status file)")
+    status.add_argument("--config", required=True, metavar="FILE", help="node config (TOML)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_status)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from p2pfl.identity import create_identity, read_passphrase_file, save_identity
+    from p2pfl.node.config import template
+    from p2pfl.transport.tls import DEFAULT_HOSTS, make_self_signed
+
+    directory = Path(args.directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "node.toml"
+    if config.exists():
+        raise KeyFileError(f"{config}: a config is already there; it was not overwritten")
+    passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
+    identity = create_identity()
+    save_identity(identity, directory / "node.key", passphrase)
+    print(f"wrote {directory / 'node.key'} (mode 600); node id {identity.node_id}")
+    if args.tls:
+        files = make_self_signed(directory, args.host or DEFAULT_HOSTS)
+        print(f"wrote {files.cert_file} and {files.key_file} (self-signed, mode 600)")
+    listen = args.listen or ("wss://0.0.0.0:7443" if args.tls else "ws://127.0.0.1:7443")
+    text = template(listen=listen, tls=args.tls)
+    if passphrase is not None:
+        where = Path(args.passphrase_file).resolve()
+        text = text.replace('# passphrase_file = "pass"', f'passphrase_file = "{where}"')
+    config.write_text(text)
+    print(f"wrote {config}")
+    print("next: send `p2pfl keys show --json " + str(directory / "node.key") + "` to a member,")
+    print(
+        f"      join with `p2pfl federation join --key {directory / 'node.key'} "
+        f"--invitation FILE --out {directory / 'ledger'}`, approve the plan, then"
+    )
+    print(f"      p2pfl node run --config {config}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from p2pfl.node.config import load_config
+
+    config = load_config(args.config)
+    if args.insecure:
+        config = config.replace(insecure=True)
+    if config.limits.threads:
+        import torch
+
+        torch.set_num_threads(config.limits.threads)  # the daemon owns its process
+    try:
+        done = asyncio.run(_daemon(config, args.rounds))
+    except asyncio.CancelledError:
+        log.info("stopped; the next start resumes from the last completed round")
+        return 0
+    log.info("finished: %d rounds completed", done)
+    return 0
+
+
+async def _daemon(config: Any, rounds: int | None) -> int:
+    from p2pfl.node.node import Node
+
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+
+    def stop(name: str) -> None:
+        log.info("%s received: stopping cleanly", name)
+        main.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig.name)
+    async with Node(config) as node:
+        log.info("node %s of federation %s", node.node_id, node.ledger.federation_id)
+        return await node.run(rounds)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from p2pfl.node.config import load_config
+    from p2pfl.node.status import process_alive, read_status
+
+    config = load_config(args.config)
+    status = read_status(config.data_dir)
+    alive = process_alive(status.get("pid")) and status.get("phase") not in ("stopped", "failed")
+    status["running"] = alive
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print(_describe(status))
+    return 0
+
+
+def _when(stamp: object) -> str:
+    if not isinstance(stamp, int | float):
+        return "?"
+    age = max(0.0, time.time() - stamp)
+    clock = datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{clock} ({age:.0f} s ago)"
+
+
+def _describe(status: dict[str, Any]) -> str:
+    phase = status.get("phase", "?")
+    state = phase if status.get("running") else f"not running (last phase: {phase})"
+    rounds = status.get("rounds")
+    completed = status.get("completed", -1)
+    lines = [
+        f"node        {status.get('node_id')}  {status.get('name') or ''}".rstrip(),
+        f"federation  {status.get('federation')}",
+        f"state       {state}, pid {status.get('pid')}, updated {_when(status.get('updated'))}",
+        f"round       {status.get('round')} (completed {completed + 1}"
+        + (f" of {rounds})" if rounds else ")"),
+    ]
+    last = status.get("last_round") or {}
+    if last.get("accuracy") is not None:
+        lines.append(f"accuracy    {last['accuracy']:.4f} (local test set, round {last['round']})")
+    neighbours = status.get("neighbours") or {}
+    lines.append(f"neighbours  {len(neighbours)}")
+    for peer, link in neighbours.items():
+        error = f"  last error: {link['last_error']}" if link.get("last_error") else ""
+        lines.append(
+            f"  {peer}  {link.get('state', '?'):<10} since {_when(link.get('since'))}  "
+            f"{link.get('address', '')}{error}"
+        )
+    lines.append(f"last error  {status.get('last_error') or '(none)'}")
+    return "\n".join(lines)

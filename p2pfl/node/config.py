@@ -1,0 +1,205 @@
+"""A node's configuration: one TOML file, every key known, paths relative to the file.
+
+Sections (``p2pfl node init`` writes a commented template)::
+
+    [node]    key, passphrase_file, ledger, data_dir, listen, name
+    [tls]     cert, key, cafile
+    [data]    entrypoint ("module:function"), args, kwargs
+    [limits]  message sizes, timeouts, reconnect backoff, checkpoints kept, threads
+
+An unknown key is an error naming it. Relative paths are read against the
+directory of the config file, so a node directory can be moved as a whole.
+``insecure`` (plain ws allowed) is deliberately not a file setting: only the
+``--insecure`` flag of ``p2pfl node run`` or ``NodeConfig(insecure=True)`` in a
+program turns it on, and the transport logs it loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2pfl.errors import ConfigError
+from p2pfl.tables import build
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    key: str = "node.key"
+    passphrase_file: str = ""
+    ledger: str = "ledger"
+    data_dir: str = "."
+    listen: str = "wss://0.0.0.0:7443"
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    cert: str = ""
+    key: str = ""
+    cafile: str = ""
+
+
+@dataclass(frozen=True)
+class DataSection:
+    entrypoint: str = ""
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    """Bounds and timings (seconds, bytes)."""
+
+    max_message_size: int = 256 << 20
+    frame_size: int = 1 << 20
+    handshake_timeout: float = 10.0
+    start_timeout: float = 600.0
+    rejoin_timeout: float = 30.0
+    linger_timeout: float = 60.0
+    backoff_initial: float = 0.2
+    backoff_max: float = 5.0
+    keep_checkpoints: int = 5
+    replay_buffer: int = 64 << 20
+    anti_entropy_interval: float = 30.0
+    status_interval: float = 2.0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_size", "frame_size"):
+            if getattr(self, name) < 1024:
+                raise ConfigError(f"[limits] {name} must be at least 1024 bytes")
+        for name in (
+            "handshake_timeout",
+            "start_timeout",
+            "rejoin_timeout",
+            "backoff_initial",
+            "backoff_max",
+            "anti_entropy_interval",
+            "status_interval",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"[limits] {name} must be positive")
+        if min(self.linger_timeout, self.keep_checkpoints, self.threads, self.replay_buffer) < 0:
+            raise ConfigError(
+                "[limits] linger_timeout, keep_checkpoints, replay_buffer, threads must be >= 0"
+            )
+        if self.backoff_max < self.backoff_initial:
+            raise ConfigError("[limits] backoff_max must be at least backoff_initial")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs to start; paths already resolved against ``base_dir``."""
+
+    node: NodeSection = field(default_factory=NodeSection)
+    tls: TlsSection = field(default_factory=TlsSection)
+    data: DataSection = field(default_factory=DataSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    base_dir: str = "."
+    insecure: bool = False
+
+    def path(self, value: str) -> Path:
+        """A path of the file, resolved against the config file's directory."""
+        expanded = Path(os.path.expanduser(value))
+        return expanded if expanded.is_absolute() else Path(self.base_dir) / expanded
+
+    @property
+    def key_file(self) -> Path:
+        return self.path(self.node.key)
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.path(self.node.ledger)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.node.data_dir)
+
+    @property
+    def passphrase_file(self) -> Path | None:
+        return self.path(self.node.passphrase_file) if self.node.passphrase_file else None
+
+    def replace(self, **changes: Any) -> NodeConfig:
+        return dataclasses.replace(self, **changes)
+
+
+_PYTHON_ONLY = frozenset({"base_dir", "insecure"})
+
+
+def config_from_table(
+    table: dict[str, Any], base_dir: str | os.PathLike[str], where: str = "node config"
+) -> NodeConfig:
+    """A ``NodeConfig`` from a parsed TOML table; ``ConfigError`` naming any unknown key."""
+    config = build(NodeConfig, table, where, skip=_PYTHON_ONLY)
+    return dataclasses.replace(config, base_dir=str(Path(base_dir).resolve()))
+
+
+def load_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read a node config file (TOML)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            table = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such node config file") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a valid TOML node config: {exc}") from None
+    return config_from_table(table, path.parent, str(path))
+
+
+TEMPLATE = """\
+# p2pfl node configuration. Relative paths are read against this file's directory.
+# Unknown keys are errors. Start with:  p2pfl node run --config {config_name}
+
+[node]
+key = "node.key"              # this node's identity (mode 0600): p2pfl keys init / node init
+# passphrase_file = "pass"    # if the key is sealed with a passphrase
+ledger = "ledger"             # the federation ledger: p2pfl federation create/join --out ledger
+data_dir = "."                # checkpoints/, audit.jsonl, status.json live here
+listen = "{listen}"   # where neighbours reach this node (the ledger has its address)
+# name = "my hospital"        # a label for logs
+
+[tls]                         # wss needs a certificate and key (p2pfl tls init, node init --tls)
+cert = "{cert}"
+key = "{tls_key}"
+# cafile = "ca.pem"           # verify peers' certificates against an institution CA too
+
+[data]
+# A function returning this node's data, (x_train, y_train, x_test, y_test); see docs/node.md.
+entrypoint = "p2pfl.node.examples:heart_site"
+args = ["Cleveland"]          # positional arguments of the entrypoint
+# kwargs = {{}}                 # keyword arguments of the entrypoint
+
+[limits]
+max_message_size = 268435456  # bytes: the largest model message accepted
+frame_size = 1048576          # bytes: websocket fragments of large messages
+handshake_timeout = 10.0      # seconds for the mutual challenge-response
+start_timeout = 600.0         # seconds to wait for plan approvals and neighbours
+rejoin_timeout = 30.0         # seconds to wait for neighbours' ledgers when resuming
+linger_timeout = 60.0         # after the last round, serve neighbours until they finish
+backoff_initial = 0.2         # seconds before the first reconnection attempt
+backoff_max = 5.0             # longest wait between reconnection attempts
+keep_checkpoints = 5          # per-round checkpoints kept (0 keeps all)
+replay_buffer = 67108864      # bytes per neighbour of this round's messages kept for resending
+anti_entropy_interval = 30.0  # seconds between ledger state-vector exchanges
+status_interval = 2.0         # seconds between status file refreshes
+threads = 0                   # torch threads for training (0: torch's default)
+"""
+
+
+def template(
+    *, listen: str = "wss://0.0.0.0:7443", tls: bool = True, config_name: str = "node.toml"
+) -> str:
+    """The commented config file ``p2pfl node init`` writes."""
+    text = TEMPLATE.format(
+        config_name=config_name,
+        listen=listen,
+        cert="tls-cert.pem" if tls else "",
+        tls_key="tls-key.pem" if tls else "",
+    )
+    return text

@@ -1,0 +1,110 @@
+"""A node's private data, from the user's entrypoint ``module:function``.
+
+The contract (docs/node.md): the function is called once when the node
+starts, with the ``args`` and ``kwargs`` of the config's ``[data]`` section,
+and returns the node's local data as
+
+- a 4-tuple ``(x_train, y_train, x_test, y_test)``, or
+- any object with attributes ``x_train``, ``y_train``, ``x_test``, ``y_test``
+  (``p2pfl.datasets.NodeData`` is one),
+
+where ``x_*`` are float arrays of shape ``(samples, *input_shape)`` and
+``y_*`` integer class labels in ``[0, num_classes)`` (torch tensors or numpy
+arrays). The test set may be empty. The data never leaves the node: only
+models trained on it do. The shapes must match the plan's ``[data]`` schema.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from p2pfl.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True, eq=False)
+class LocalData:
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
+def resolve(entrypoint: str) -> Any:
+    """The callable named ``module:function``; ``ConfigError`` if it cannot be found."""
+    module_name, sep, attribute = entrypoint.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigError(f"[data] entrypoint {entrypoint!r} is not of the form module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"[data] entrypoint {entrypoint!r}: cannot import: {exc}") from None
+    function: Any = module
+    for part in attribute.split("."):
+        function = getattr(function, part, None)
+    if not callable(function):
+        raise ConfigError(f"[data] entrypoint {entrypoint!r}: {attribute!r} is not callable")
+    return function
+
+
+def _tensor(value: Any, name: str, dtype: torch.dtype) -> Tensor:
+    if isinstance(value, Tensor):
+        tensor = value.detach().cpu()
+    else:
+        try:
+            tensor = torch.from_numpy(np.array(value))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"the data entrypoint's {name} is not an array: {exc}") from None
+    integral = not tensor.is_floating_point() or torch.equal(tensor, tensor.round())
+    if dtype == torch.int64 and not integral:
+        raise DataError(f"the data entrypoint's {name} holds non-integer labels")
+    return tensor.to(dtype).contiguous()
+
+
+def load_local_data(
+    entrypoint: str,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+) -> LocalData:
+    """Call the entrypoint and check what it returned against the plan's data schema."""
+    function = resolve(entrypoint)
+    try:
+        result = function(*args, **(kwargs or {}))
+    except (ConfigError, DataError):
+        raise
+    except Exception as exc:
+        raise DataError(f"the data entrypoint {entrypoint} failed: {exc!r}") from exc
+    names = ("x_train", "y_train", "x_test", "y_test")
+    if isinstance(result, tuple | list) and len(result) == 4:
+        parts = list(result)
+    elif all(hasattr(result, n) for n in names):
+        parts = [getattr(result, n) for n in names]
+    else:
+        raise DataError(
+            f"the data entrypoint {entrypoint} must return (x_train, y_train, x_test, y_test), "
+            f"got {type(result).__name__}"
+        )
+    x_train, x_test = (_tensor(parts[i], names[i], torch.float32) for i in (0, 2))
+    y_train, y_test = (_tensor(parts[i], names[i], torch.int64) for i in (1, 3))
+    shape = tuple(int(d) for d in input_shape)
+    for x, y, which in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+        if x.shape[0] and tuple(x.shape[1:]) != shape:
+            raise DataError(
+                f"{which} samples have shape {tuple(x.shape[1:])}; the plan says {shape}"
+            )
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise DataError(f"{which} labels must be one per sample ({x.shape[0]})")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise DataError(f"{which} labels must lie in [0, {num_classes}) as the plan says")
+    if x_train.shape[0] == 0:
+        raise DataError("the data entrypoint returned no training samples")
+    return LocalData(x_train, y_train, x_test.reshape(-1, *shape), y_test)

@@ -1,0 +1,26 @@
+"""The errors a node raises, in one tree (all ``P2PFLError``: the CLI prints them plainly).
+
+- ``PlanError``: the ledger's training plan is missing, not approved, or not runnable here.
+- ``DataError`` (from ``p2pfl.errors``): the data entrypoint failed or returned bad data.
+- ``CheckpointError``: a checkpoint file is damaged or belongs to another federation.
+- ``NodeStopped``: the node was asked something after it stopped.
+"""
+
+from __future__ import annotations
+
+from p2pfl.errors import ConfigError, DataError, P2PFLError
+
+
+class PlanError(ConfigError):
+    """The training plan in the ledger cannot be run by this node (says why)."""
+
+
+class CheckpointError(P2PFLError):
+    """A checkpoint file is missing, truncated, altered or not a checkpoint."""
+
+
+class NodeStopped(P2PFLError):
+    """The node is stopped (or stopping); nothing more can be asked of it."""
+
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "NodeStopped", "P2PFLError", "PlanError"]

@@ -1,0 +1,273 @@
+"""Links to neighbours: who dials whom, reconnecting with backoff, and what is resent.
+
+Rules:
+
+- Of two neighbours, the one with the smaller node id dials, the other
+  accepts; a link either end opens replaces an older one to the same peer
+  (the newest wins), so a restarted peer is never locked out by a dead link.
+- A dialler that fails or loses its link waits ``next(delays)`` from
+  ``backoff()``, a generator of delays (it never sleeps itself: the caller
+  does), and tries again, forever, until the node stops.
+- Each link has one reader and one writer; frames for a peer go through its
+  queue in order, so a ledger record sent before a protocol message arrives
+  before it.
+- Round frames (gossip and secure aggregation) are *retained* per peer until
+  the peer is known to be past their round; a new link to the peer first
+  replays them. A restarted neighbour thus gets what was sent to it while it
+  was down, and a duplicate after a mere reconnection is refused by the
+  protocol core as such (and logged), never applied twice. Retention is
+  bounded per peer (``replay_budget`` bytes): a frame that does not fit is
+  sent but not kept, so a large model costs no second copy; a neighbour
+  that misses it closes its round without us (straggler or dropout rules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from p2pfl.errors import ConfigError, TransportClosed
+from p2pfl.transport import AuthenticationFailed, Connection, MessageTooLarge, Transport
+
+log = logging.getLogger(__name__)
+
+
+def backoff(
+    initial: float = 0.2,
+    maximum: float = 5.0,
+    *,
+    factor: float = 2.0,
+    jitter: float = 0.25,
+    rng: random.Random | None = None,
+) -> Iterator[float]:
+    """Delays before reconnection attempts: ``initial``, growing by ``factor`` up to ``maximum``.
+
+    Each delay is shortened by up to ``jitter`` (a fraction) drawn from ``rng``,
+    so peers that lost each other at once do not retry in lockstep. The
+    generator is infinite and never sleeps.
+    """
+    if not 0 < initial <= maximum or factor < 1 or not 0 <= jitter < 1:
+        raise ValueError("backoff needs 0 < initial <= maximum, factor >= 1, 0 <= jitter < 1")
+    draw = rng or random.Random()
+    delay = initial
+    while True:
+        yield delay * (1 - jitter * draw.random())
+        delay = min(maximum, delay * factor)
+
+
+class LinkState(StrEnum):
+    DOWN = "down"
+    CONNECTING = "connecting"
+    UP = "up"
+    BACKOFF = "backoff"
+
+
+@dataclass(eq=False)
+class Session:
+    """One live connection to a peer, with its outgoing queue."""
+
+    conn: Connection
+    queue: asyncio.Queue[bytes | bytearray] = field(default_factory=asyncio.Queue)
+
+
+@dataclass(eq=False)
+class Link:
+    """What the node knows of its link to one peer (the status file shows it)."""
+
+    peer: str
+    address: str = ""
+    dials: bool = False
+    state: LinkState = LinkState.DOWN
+    since: float = field(default_factory=time.time)
+    last_error: str = ""
+    last_closed: str = ""
+    connects: int = 0
+    sent_bytes: int = 0
+    received_bytes: int = 0
+    synced: bool = False
+    retained: list[tuple[int, bytes | bytearray]] = field(default_factory=list)
+    retained_bytes: int = 0
+    session: Session | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def set_state(self, state: LinkState, error: str = "") -> None:
+        if state is not self.state:
+            self.state, self.since = state, time.time()
+        if error:
+            self.last_error = error
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "address": self.address,
+            "dials": self.dials,
+            "since": self.since,
+            "last_error": self.last_error,
+            "last_closed": self.last_closed,
+            "connects": self.connects,
+            "sent_bytes": self.sent_bytes,
+            "received_bytes": self.received_bytes,
+            "retained_frames": len(self.retained),
+            "retained_bytes": self.retained_bytes,
+        }
+
+
+FrameHandler = Callable[[str, bytes], None]
+UpHandler = Callable[[str], list[bytes]]
+DownHandler = Callable[[str, str], None]
+
+
+class LinkManager:
+    """The node's links: accepts, dials, queues, replays (module docstring)."""
+
+    def __init__(
+        self,
+        me: str,
+        transport: Transport,
+        *,
+        on_frame: FrameHandler,
+        on_up: UpHandler,
+        on_down: DownHandler,
+        delays: Callable[[], Iterator[float]],
+        replay_budget: int = 64 << 20,
+    ) -> None:
+        self.me = me
+        self.replay_budget = replay_budget
+        self.transport = transport
+        self._on_frame = on_frame
+        self._on_up = on_up
+        self._on_down = on_down
+        self._delays = delays
+        self.links: dict[str, Link] = {}
+
+    def link(self, peer: str) -> Link:
+        if peer not in self.links:
+            self.links[peer] = Link(peer)
+        return self.links[peer]
+
+    def add_neighbour(self, peer: str, address: str) -> Link:
+        link = self.link(peer)
+        link.address = address
+        link.dials = self.me < peer
+        return link
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send(self, peer: str, frame: bytes | bytearray, *, round: int | None = None) -> None:
+        """Queue ``frame`` for ``peer``; with ``round``, keep it for replay after a reconnection."""
+        link = self.link(peer)
+        if round is not None and link.retained_bytes + len(frame) <= self.replay_budget:
+            link.retained.append((round, frame))
+            link.retained_bytes += len(frame)
+        if link.session is not None:
+            link.session.queue.put_nowait(frame)
+
+    def broadcast(self, frame: bytes) -> None:
+        """Queue ``frame`` for every peer with a live link (ledger and control messages)."""
+        for link in self.links.values():
+            if link.session is not None:
+                link.session.queue.put_nowait(frame)
+
+    def prune(self, peer: str, below: int) -> None:
+        """Forget retained frames of rounds before ``below`` for ``peer``."""
+        link = self.links.get(peer)
+        if link is not None and link.retained:
+            link.retained = [(r, f) for r, f in link.retained if r >= below]
+            link.retained_bytes = sum(len(f) for _, f in link.retained)
+
+    # -- connections -----------------------------------------------------------------
+
+    async def dial_loop(self, peer: str) -> None:
+        """Keep a link to ``peer`` up, dialling with backoff; runs until cancelled."""
+        link = self.link(peer)
+        delays = self._delays()
+        while True:
+            if link.session is not None:  # the peer dialled us: wait for that link to end
+                link.ended.clear()
+                await link.ended.wait()
+                continue
+            link.set_state(LinkState.CONNECTING)
+            try:
+                conn = await self.transport.connect(link.address, expected_peer=peer)
+            except (AuthenticationFailed, TransportClosed, ConfigError, OSError) as exc:
+                link.set_state(LinkState.BACKOFF, str(exc))
+                log.debug("cannot reach %s at %s: %s", peer, link.address, exc)
+            else:
+                delays = self._delays()
+                await self.serve(conn)
+                link.set_state(LinkState.BACKOFF)
+            await asyncio.sleep(next(delays))
+
+    async def serve(self, conn: Connection) -> None:
+        """Run one link until it closes: replay, then read and write (the accept handler)."""
+        peer = conn.peer_id
+        link = self.link(peer)
+        old = link.session
+        session = Session(conn)
+        link.session = session
+        if old is not None:
+            log.info("a new link to %s replaces the old one", peer)
+            await old.conn.close()
+        link.connects += 1
+        link.synced = False
+        link.set_state(LinkState.UP)
+        for first in self._on_up(peer):
+            session.queue.put_nowait(first)
+        for _, frame in link.retained:
+            session.queue.put_nowait(frame)
+        reason = "closed"
+        writer = asyncio.create_task(self._write(link, session))
+        try:
+            reason = await self._read(link, session)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            await conn.close()
+            if link.session is session:
+                link.session = None
+                link.synced = False
+                link.last_closed = reason
+                link.set_state(LinkState.DOWN)
+                self._on_down(peer, reason)
+                link.ended.set()
+
+    async def _read(self, link: Link, session: Session) -> str:
+        while True:
+            try:
+                data = await session.conn.recv()
+            except TransportClosed as exc:
+                return str(exc)
+            link.received_bytes += len(data)
+            self._on_frame(link.peer, data)
+            del data  # a model-sized frame must not outlive its use while the next one arrives
+
+    async def _write(self, link: Link, session: Session) -> None:
+        while True:
+            frame = await session.queue.get()
+            try:
+                await session.conn.send(frame)
+            except MessageTooLarge as exc:
+                link.last_error = str(exc)
+                log.error("not sent to %s: %s", link.peer, exc)
+                continue
+            except TransportClosed:
+                await session.conn.close()  # the reader sees it and ends the link
+                return
+            link.sent_bytes += len(frame)
+            del frame  # nor may a sent one wait here for the next
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {peer: link.snapshot() for peer, link in sorted(self.links.items())}
+
+    async def close(self) -> None:
+        for link in self.links.values():
+            if link.session is not None:
+                await link.session.conn.close()

@@ -1,0 +1,121 @@
+"""What a node learns on: its own data, the plan's model as one flat vector, the trainer.
+
+The model's parameters are views into the flat ``params`` vector (shape
+``(1, D)``) that training updates in place and gossip sends, so the node
+holds one copy of the model. Training is the simulator's ``StackedTrainer``
+with a stack of one, seeded by (plan seed, node index, round): the same
+batches as node ``index`` of a simulation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from p2pfl.errors import ConfigError
+from p2pfl.models import build_model, flat_parameters
+from p2pfl.node.config import DataSection
+from p2pfl.node.data import LocalData, load_local_data
+from p2pfl.node.errors import PlanError
+from p2pfl.node.plan import Plan
+from p2pfl.training import StackedTrainer, evaluate, param_views, schedule_from
+
+
+class Learner:
+    """Local data, model and trainer of one node; build with ``await Learner.load(...)``."""
+
+    def __init__(
+        self, data: LocalData, model: nn.Module, params: torch.Tensor, trainer: StackedTrainer
+    ) -> None:
+        self.data = data
+        self.model = model
+        self.params = params
+        self.trainer = trainer
+
+    @classmethod
+    async def load(
+        cls,
+        source: DataSection,
+        plan: Plan,
+        index: int,
+        resume: npt.NDArray[np.float32] | None = None,
+    ) -> Learner:
+        """Call the data entrypoint, build the plan's model (or take ``resume``), warm up."""
+        if not source.entrypoint:
+            raise ConfigError("[data] entrypoint is not set: name the function giving local data")
+        data = await asyncio.to_thread(
+            load_local_data,
+            source.entrypoint,
+            source.args,
+            source.kwargs,
+            input_shape=plan.data.input_shape,
+            num_classes=plan.data.num_classes,
+        )
+        # Models are built here, in the event loop's thread: ``build_model`` seeds torch's
+        # global generator, which a worker thread must not touch at the same time.
+        shape = tuple(plan.data.input_shape)
+        hidden = tuple(plan.model.hidden) if plan.model.hidden is not None else None
+        model = build_model(
+            plan.model.name, shape, plan.data.num_classes, hidden=hidden, seed=plan.seed
+        )
+        initial = flat_parameters(model)  # a fresh vector, shared with nothing
+        if resume is not None:
+            if resume.shape != initial.shape:
+                raise PlanError("the checkpoint's model does not fit the plan's model")
+            initial = torch.from_numpy(resume)
+        params = initial.unsqueeze(0)
+        views = param_views(model, params)
+        for name, parameter in model.named_parameters():
+            parameter.data = views[name][0]  # one copy of the model: the flat vector
+        trainer = StackedTrainer(
+            model,
+            [(data.x_train, data.y_train)],
+            [index],
+            schedule_from(plan.training),
+            seed=plan.seed,
+        )
+        small = build_model("logreg", shape, plan.data.num_classes)
+        await asyncio.to_thread(_warm_up, plan, small, data)
+        return cls(data, model, params, trainer)
+
+    @property
+    def dim(self) -> int:
+        return int(self.params.shape[1])
+
+    def train(self, round: int) -> None:
+        """One round of local steps, in place (run it in a worker thread)."""
+        self.trainer.train_round(self.params, round)
+
+    def set(self, model: npt.NDArray[np.float32]) -> None:
+        array = np.asarray(model, dtype=np.float32)
+        self.params[0].copy_(torch.from_numpy(array if array.flags.writeable else array.copy()))
+
+    def evaluate(self) -> tuple[float | None, float | None]:
+        """Accuracy and loss on the local test set (None, None without one)."""
+        if self.data.x_test.shape[0] == 0:
+            return None, None
+        acc, loss = evaluate(self.model, self.params, self.data.x_test, self.data.y_test)
+        return float(acc[0]), float(loss[0])
+
+    def current_model(self) -> nn.Module:
+        """An independent copy of the model with the current parameters."""
+        return copy.deepcopy(self.model)
+
+
+def _warm_up(plan: Plan, small: nn.Module, data: LocalData) -> None:
+    """One throwaway step of a small model: torch's first call costs seconds, not round 0.
+
+    (A slow first round would let a neighbour's masked-input deadline pass.)
+    """
+    schedule = dataclasses.replace(schedule_from(plan.training), local_epochs=0, local_steps=1)
+    batch = plan.training.batch_size
+    x, y = data.x_train[:batch], data.y_train[:batch]
+    params = flat_parameters(small).unsqueeze(0)
+    StackedTrainer(small, [(x, y)], [0], schedule, seed=0).train_round(params, 0)
+    evaluate(small, params, x, y)

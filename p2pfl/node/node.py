@@ -1,0 +1,488 @@
+"""The node: ``async with Node(config) as node: await node.run()``.
+
+A node owns, in one ``asyncio.TaskGroup``: the listener (the transport runs
+one handler per accepted link), a dial loop per neighbour it dials, a timer
+that polls the protocol core at its deadlines, and housekeeping (ledger
+anti-entropy and saves, the status file). ``run`` drives the rounds in the
+caller's task (``p2pfl.node.rounds``). Nothing sleeps to coordinate: waits are
+on events (a frame, a ledger change, a deadline) bounded by timeouts.
+
+Every link carries four channels, told apart by the first byte of each
+message (``p2pfl.node.channels``): ledger sync, gossip, secure aggregation, control.
+
+The data directory holds the ledger (saved after every change, atomically),
+``checkpoints/`` (one per round), ``audit.jsonl`` (hash-chained) and
+``status.json``. A node restarted after a crash or SIGTERM resumes from its
+newest checkpoint with the ledger it saved, catching up with its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from p2pfl.errors import ConfigError
+from p2pfl.identity import Identity, load_identity, read_passphrase_file
+from p2pfl.ledger_file import load_ledger, save_ledger
+from p2pfl.node.audit import AuditLog
+from p2pfl.node.channels import Channel, tagged
+from p2pfl.node.config import NodeConfig
+from p2pfl.node.errors import NodeStopped
+from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
+from p2pfl.node.links import LinkManager, backoff
+from p2pfl.node.rounds import RoundDriver
+from p2pfl.node.status import write_status
+from p2pfl.transport import (
+    Authenticator,
+    MemoryNetwork,
+    RateLimiter,
+    Refusal,
+    TlsFiles,
+    Transport,
+    WsOptions,
+    WsTransport,
+)
+from protocols import ledger_sync
+from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError
+from protocols.ledger_sync import LedgerSync
+
+log = logging.getLogger(__name__)
+
+MAX_EARLY_FRAMES = 1024
+_END = object()
+
+
+class Node:
+    """One federation member at work (module docstring). Build it with a ``NodeConfig``.
+
+    ``network`` links nodes of one process in memory (``listen = "memory://NAME"``);
+    ``passphrase`` opens a sealed key when the config names no passphrase file.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        network: MemoryNetwork | None = None,
+        passphrase: bytes | None = None,
+    ) -> None:
+        self.config = config
+        self._network = network
+        self._passphrase = passphrase
+        self.identity: Identity | None = None
+        self.audit: AuditLog | None = None
+        self.address = ""
+        self.phase = "created"
+        self.last_error = ""
+        self.started = time.time()
+        self._changed = asyncio.Event()
+        self._timer_wake = asyncio.Event()
+        self._subscribers: list[asyncio.Queue[Any]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._early: list[tuple[str, int, bytes]] = []
+        self._ledger_dirty = False
+        self._open = False
+        self._closed = False
+        self._stack = contextlib.AsyncExitStack()
+        self._tg: asyncio.TaskGroup | None = None
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        if self.identity is None:
+            raise NodeStopped("the node is not started")
+        return self.identity.node_id
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Node:
+        try:
+            await self._start()
+        except BaseException as exc:
+            await self._shutdown(exc)
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        await self._shutdown(exc)
+
+    async def _start(self) -> None:
+        cfg = self.config
+        passphrase = self._passphrase
+        if cfg.passphrase_file is not None:
+            passphrase = read_passphrase_file(cfg.passphrase_file)
+        self.identity = load_identity(cfg.key_file, passphrase)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = load_ledger(cfg.ledger_file)
+        if self.identity.node_id not in self.ledger.members():
+            raise ConfigError(
+                f"node {self.identity.node_id} is not a valid member of federation "
+                f"{self.ledger.federation_id} (or it was revoked); ask a member to invite it"
+            )
+        self.sync = LedgerSync(self.ledger, max_message_size=cfg.limits.max_message_size)
+        self.audit = AuditLog(self.data_dir / "audit.jsonl")
+        self.audit.record(
+            "start",
+            node=self.identity.node_id,
+            federation=self.ledger.federation_id,
+            pid=os.getpid(),
+            listen=cfg.node.listen,
+            insecure=cfg.insecure,
+        )
+        self.rounds = RoundDriver(self)
+        self.rounds.resume_from_checkpoint()
+        transport = self._transport()
+        self.links = LinkManager(
+            self.identity.node_id,
+            transport,
+            on_frame=self._on_frame,
+            on_up=self._on_link_up,
+            on_down=self._on_link_down,
+            delays=lambda: backoff(cfg.limits.backoff_initial, cfg.limits.backoff_max),
+            replay_budget=cfg.limits.replay_buffer,
+        )
+        self._stack.push_async_callback(transport.close)
+        self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self.address = await transport.listen(cfg.node.listen, self.links.serve)
+        log.info("node %s listening at %s", self.identity.node_id, self.address)
+        self._spawn("timer", self._timer())
+        self._spawn("housekeeping", self._housekeeping())
+        self._open = True
+        self.update_links()
+        self.set_phase("idle")
+
+    def _transport(self) -> Transport:
+        assert self.identity is not None
+        cfg = self.config
+        limiter = RateLimiter(burst=5, refill_per_second=0.2)
+        auth = Authenticator(
+            self.identity.signing_key,
+            self.ledger.verify_key,
+            limiter=limiter,
+            timeout=cfg.limits.handshake_timeout,
+            on_refusal=self._on_refusal,
+        )
+        if cfg.node.listen.startswith("memory://"):
+            if self._network is None:
+                raise ConfigError("listen = 'memory://...' needs a MemoryNetwork (Peer(network=))")
+            return self._network.transport(auth, max_message_size=cfg.limits.max_message_size)
+        tls = None
+        if cfg.tls.cert or cfg.tls.key:
+            if not (cfg.tls.cert and cfg.tls.key):
+                raise ConfigError("[tls] needs both cert and key")
+            tls = TlsFiles(
+                cfg.path(cfg.tls.cert),
+                cfg.path(cfg.tls.key),
+                cfg.path(cfg.tls.cafile) if cfg.tls.cafile else None,
+            )
+        options = WsOptions(
+            max_message_size=cfg.limits.max_message_size,
+            frame_size=cfg.limits.frame_size,
+            open_timeout=cfg.limits.handshake_timeout,
+        )
+        return WsTransport(auth, tls=tls, insecure=cfg.insecure, options=options)
+
+    def _spawn(self, name: str, coro: Any) -> None:
+        assert self._tg is not None
+        self._tasks[name] = self._tg.create_task(coro, name=f"p2pfl-node-{name}")
+
+    def spawn(self, coro: Any) -> None:
+        """A short task (closing a link) owned by the node's task group."""
+        if self._tg is None or not self._open:
+            coro.close()
+            return
+        self._tg.create_task(coro)
+
+    async def _shutdown(self, exc: BaseException | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._open = False
+        for task in self._tasks.values():
+            task.cancel()
+        stopping = exc is None or isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+        # The task group sees a cancellation (it may be its own doing), never the body's
+        # error: that propagates as it is, not wrapped in an ExceptionGroup.
+        cancelled = exc if isinstance(exc, asyncio.CancelledError) else None
+        try:
+            await self._stack.__aexit__(type(cancelled) if cancelled else None, cancelled, None)
+        finally:
+            if exc is not None and not stopping:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            if not (stopping and self.phase == "finished"):
+                self.set_phase("stopped" if stopping else "failed")
+            if self.identity is not None and hasattr(self, "ledger"):
+                self.save_ledger()
+            if self.audit is not None:
+                self.audit.record("stop", reason="requested" if stopping else self.last_error)
+                self.audit.close()
+            for queue in self._subscribers:
+                queue.put_nowait(_END)
+
+    # -- running ----------------------------------------------------------------------
+
+    async def run(self, rounds: int | None = None) -> int:
+        """Train until ``rounds`` rounds are completed in all (the plan's count by default).
+
+        A resumed node counts the rounds it completed before. Returns the number
+        of rounds completed. Raises ``PlanError`` when the plan cannot run here
+        or is not approved in time.
+        """
+        if not self._open:
+            raise NodeStopped("run() needs a started node: use `async with Node(config)`")
+        try:
+            done = await self.rounds.run(rounds)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.record("error", error=self.last_error)
+            raise
+        self.emit(Finished(done))
+        return done
+
+    def events(self) -> AsyncIterator[Event]:
+        """Events from now until the current run finishes (``Finished``) or the node stops."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._subscribers.append(queue)
+
+        async def iterate() -> AsyncIterator[Event]:
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is _END:
+                        return
+                    yield item
+                    if isinstance(item, Finished):
+                        return
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._subscribers.remove(queue)
+
+        if self._closed:
+            queue.put_nowait(_END)
+        return iterate()
+
+    def emit(self, event: Event) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    def record(self, event: str, **fields: Any) -> None:
+        if self.audit is not None and not self.audit.closed:
+            self.audit.record(event, **fields)
+
+    def set_phase(self, phase: str) -> None:
+        if phase != self.phase:
+            self.phase = phase
+            self.write_status()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait for ``predicate`` to hold, re-checking at every ledger or link change."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            return predicate()
+        return True
+
+    def changed(self) -> None:
+        self._changed.set()
+
+    # -- links ------------------------------------------------------------------------
+
+    def update_links(self) -> None:
+        """Dial the neighbours the plan's topology gives us (the smaller id dials)."""
+        if not self._open:
+            return
+        members = self.ledger.members()
+        for peer in sorted(self.rounds.wanted_links()):
+            member = members.get(peer)
+            if member is None:
+                continue
+            link = self.links.add_neighbour(peer, member.address)
+            name = f"dial-{peer}"
+            if link.dials and name not in self._tasks:
+                self._spawn(name, self.links.dial_loop(peer))
+
+    def _on_link_up(self, peer: str) -> list[bytes]:
+        self.record("link-up", peer=peer)
+        log.info("link to %s up", peer)
+        self.emit(LinkUp(peer))
+        self.changed()
+        with contextlib.suppress(LocalProtocolError):
+            self.sync.disconnect(peer)
+        return [tagged(Channel.LEDGER, frame) for _, frame in self.sync.connect(peer)]
+
+    def _on_link_down(self, peer: str, reason: str) -> None:
+        self.record("link-down", peer=peer, reason=reason)
+        log.info("link to %s down: %s", peer, reason)
+        self.emit(LinkDown(peer, reason))
+        with contextlib.suppress(LocalProtocolError):
+            self.sync.disconnect(peer)
+        self.changed()
+
+    def _on_refusal(self, refusal: Refusal) -> None:
+        self.record(
+            "auth-refused",
+            address=refusal.address,
+            peer=refusal.peer,
+            code=refusal.code,
+            reason=refusal.reason,
+            inbound=refusal.inbound,
+            by_peer=refusal.by_peer,
+        )
+        self.emit(Refused(refusal.address, refusal.peer, refusal.code, refusal.inbound))
+
+    # -- frames -----------------------------------------------------------------------
+
+    def _on_frame(self, peer: str, data: bytes) -> None:
+        channel = data[0] if data else 0
+        if channel == Channel.LEDGER:
+            self._on_ledger_frame(peer, data[1:])
+        elif channel in (Channel.GOSSIP, Channel.SECAGG):
+            if self.rounds.exchange is None:
+                if len(self._early) < MAX_EARLY_FRAMES:
+                    self._early.append((peer, channel, data))
+                return
+            self.rounds.exchange.receive(peer, channel, memoryview(data)[1:])
+        elif channel == Channel.CONTROL:
+            log.debug("control message from %s ignored", peer)
+        else:
+            self.peer_error(peer, f"unknown channel {channel}")
+
+    def take_early_frames(self) -> list[tuple[str, int, bytes]]:
+        early, self._early = self._early, []
+        return early
+
+    def peer_error(self, peer: str, error: str) -> None:
+        log.warning("protocol error from %s: %s", peer, error)
+        self.record("peer-protocol-error", peer=peer, error=error)
+
+    def _on_ledger_frame(self, peer: str, body: bytes) -> None:
+        try:
+            message = ledger_sync.decode(body, max_size=self.sync.max_message_size)
+            out = self.sync.receive(peer, body)
+        except (PeerProtocolError, DecodeError) as exc:
+            self.peer_error(peer, f"ledger sync: {exc}")
+            return
+        except LocalProtocolError:
+            return  # the link went down under us
+        if isinstance(message, ledger_sync.SyncStep2):
+            self.links.link(peer).synced = True
+        self.send_ledger(out)
+        if isinstance(message, ledger_sync.SyncStep2 | ledger_sync.Update):
+            self.ledger_changed()
+        self.changed()
+
+    def send_ledger(self, out: list[tuple[str, bytes]]) -> None:
+        for target, frame in out:
+            self.links.send(target, tagged(Channel.LEDGER, frame))
+
+    def write_ledger(self, update: bytes) -> None:
+        """Flood a record this node just wrote, and note the ledger needs saving."""
+        self.send_ledger(self.sync.local_update(update))
+        self.ledger_changed()
+
+    def ledger_changed(self) -> None:
+        self._ledger_dirty = True
+        members = self.ledger.members()
+        for peer, link in list(self.links.links.items()):
+            if peer not in members and link.session is not None:
+                self.record("link-closed", peer=peer, reason="no longer a valid member")
+                self.spawn(link.session.conn.close())
+        if self.rounds.exchange is not None:
+            self.rounds.exchange.ledger_changed()
+        self.update_links()
+        self.changed()
+
+    def save_ledger(self) -> None:
+        try:
+            save_ledger(self.ledger, self.config.ledger_file)
+            self._ledger_dirty = False
+        except Exception as exc:  # a full disk must not kill the node; say so loudly
+            self.last_error = f"cannot save the ledger: {exc}"
+            log.error("%s", self.last_error)
+
+    # -- timers -----------------------------------------------------------------------
+
+    def wake_timer(self) -> None:
+        self._timer_wake.set()
+
+    async def _timer(self) -> None:
+        """Poll the protocol core when its deadline passes."""
+        loop = asyncio.get_running_loop()
+        while True:
+            exchange = self.rounds.exchange
+            deadline = None if exchange is None else exchange.deadline
+            self._timer_wake.clear()
+            if deadline is not None and deadline <= loop.time():
+                assert exchange is not None
+                exchange.poll(loop.time())
+                continue
+            timeout = None if deadline is None else deadline - loop.time()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._timer_wake.wait()
+
+    async def _housekeeping(self) -> None:
+        """Anti-entropy, ledger saves, the status file: periodic chores."""
+        limits = self.config.limits
+        last_sync = time.monotonic()
+        while True:
+            await asyncio.sleep(limits.status_interval)
+            if time.monotonic() - last_sync >= limits.anti_entropy_interval:
+                last_sync = time.monotonic()
+                self.send_ledger(self.sync.anti_entropy())
+            if self._ledger_dirty:
+                self.save_ledger()
+            self.write_status()
+
+    # -- status -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        identity = self.identity
+        ledger = getattr(self, "ledger", None)
+        links = self.links.snapshot() if hasattr(self, "links") else {}
+        rounds = getattr(self, "rounds", None)
+        return {
+            "node_id": None if identity is None else identity.node_id,
+            "name": self.config.node.name,
+            "federation": None if ledger is None else ledger.federation_id,
+            "pid": os.getpid(),
+            "address": self.address,
+            "phase": self.phase,
+            "started": self.started,
+            "updated": time.time(),
+            "last_error": self.last_error,
+            "peak_rss_bytes": peak_rss(),
+            "neighbours": links,
+            **({} if rounds is None else rounds.status()),
+        }
+
+    def write_status(self) -> None:
+        with contextlib.suppress(OSError):
+            write_status(self.data_dir, self.status())
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident set size in bytes (None where unknown)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux counts KiB

@@ -1,0 +1,389 @@
+"""The rounds of a node: approve, train, mix with the neighbours, checkpoint, report.
+
+``RoundDriver`` is the node's learning half. Before the first round it waits
+(bounded by ``start_timeout``) until the ledger's plan is approved by every
+member of the roster and the links to the neighbours are up with their
+ledgers exchanged; it refuses to train on a plan this node has not approved.
+A round r is then:
+
+1. catch up: if every in-neighbour's ledger progress says it finished round r
+   already (this node was down), skip to the round they are in;
+2. ``core.begin_round`` (secure mode deals the self-mask shares), local
+   training in a worker thread, ``core.start_round`` with the trained model;
+3. wait for the core's ``RoundMixed`` (the core closes the round at its
+   deadlines: stragglers in sync mode, dropouts in secure mode, whose
+   declaration goes to the ledger before the survivors are asked to reveal);
+4. evaluate on the local test set, write the checkpoint, report progress to
+   the ledger.
+
+The protocol core is the one the simulator drives (``GossipAdapter`` over
+``SyncGossip``, or ``SecureNode``) with real keys: the X25519 key of the
+identity, the members' box keys from the ledger, ``os.urandom`` self-mask seeds.
+A holder acts on a receiver's dropout declaration only once the ledger holds
+the same declaration signed by that receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from p2pfl.atomic import atomic_write_bytes
+from p2pfl.errors import ConfigError
+from p2pfl.node.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
+from p2pfl.node.errors import PlanError
+from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
+from p2pfl.node.exchange import Exchange, make_core, skip_core_to
+from p2pfl.node.local import Learner
+from p2pfl.node.plan import Graph, Plan, plan_from_ledger
+from protocols.gossip import RoundMixed
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from p2pfl.node.node import Node
+
+log = logging.getLogger(__name__)
+
+DEALT_FILE = "secure-dealt"
+
+
+class RoundDriver:
+    """The learning half of a ``Node`` (module docstring)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.me = node.node_id
+        self.plan: Plan | None = None
+        self.plan_hash: bytes | None = None
+        self.graph: Graph | None = None
+        self.exchange: Exchange | None = None
+        self.secure = False
+        self.round = 0  # the next round to run
+        self.completed = -1  # the last round completed
+        self.target: int | None = None
+        self.resumed_from: int | None = None
+        self._resume: Any = None
+        self.learner: Learner | None = None
+        self._train_seconds = 0.0
+        self._mix_seconds = 0.0
+        self.last: dict[str, Any] = {}
+
+    # -- before training ----------------------------------------------------------------
+
+    def resume_from_checkpoint(self) -> None:
+        """Find the newest whole checkpoint; it is checked against the plan when training starts."""
+        self._resume = latest_checkpoint(self.node.data_dir / "checkpoints")
+        if self._resume is not None:
+            self.completed = self._resume.round
+            self.round = self._resume.round + 1
+
+    def _roster(self) -> tuple[str, ...]:
+        if self._resume is not None and isinstance(self._resume.meta.get("roster"), list):
+            return tuple(self._resume.meta["roster"])
+        return tuple(sorted(self.node.ledger.members()))
+
+    def wanted_links(self) -> set[str]:
+        """The peers to keep links with: the graph's neighbours (tentative before training)."""
+        if self.graph is not None:
+            return self.graph.links_of(self.me)
+        try:
+            plan = plan_from_ledger(self.node.ledger.plan())
+            graph = Graph.build(plan, self._roster())
+            return graph.links_of(self.me) if self.me in graph.roster else set()
+        except ConfigError:
+            return set()
+
+    def _approved(self) -> bool:
+        ledger = self.node.ledger
+        plan_hash = ledger.plan_hash()
+        if plan_hash is None:
+            return False
+        if ledger.approvals().get(self.me) != plan_hash:
+            raise PlanError(
+                f"node {self.me} has not approved the ledger's current plan "
+                f"({plan_hash.hex()[:16]}...); run `p2pfl federation approve` first"
+            )
+        return set(self._roster()) <= ledger.approvers()
+
+    def _missing_approvals(self) -> list[str]:
+        return sorted(set(self._roster()) - self.node.ledger.approvers())
+
+    async def prepare(self) -> None:
+        """Plan approved, roster fixed, data loaded, model and core built; idempotent."""
+        if self.exchange is not None:
+            return
+        node = self.node
+        limits = node.config.limits
+        node.set_phase("waiting-approval")
+        if not self._approved():
+            log.info("waiting for the plan's approval by %s", ", ".join(self._missing_approvals()))
+        if not await node.wait_until(self._approved, limits.start_timeout):
+            raise PlanError(
+                f"the plan is not approved by {', '.join(self._missing_approvals()) or 'anyone'} "
+                f"after {limits.start_timeout} s; members approve with `p2pfl federation approve`"
+            )
+        plan = plan_from_ledger(node.ledger.plan())
+        plan_hash = node.ledger.plan_hash()
+        assert plan_hash is not None
+        self._check_resume(plan_hash)
+        graph = Graph.build(plan, self._roster())
+        if self.me not in graph.roster:
+            raise PlanError(f"node {self.me} is not in the roster of this run")
+        self.plan, self.plan_hash, self.graph = plan, plan_hash, graph
+        self.secure = plan.secure.enabled
+        node.update_links()
+        resume = None if self._resume is None else self._resume.model
+        self.learner = await Learner.load(node.config.data, plan, graph.index(self.me), resume)
+        if self._resume is not None:  # the model lives in the learner now, not twice
+            self._resume = dataclasses.replace(self._resume, model=np.zeros(0, np.float32))
+        node.set_phase("connecting")
+        fresh = self._resume is None
+        wait = limits.start_timeout if fresh else limits.rejoin_timeout
+        if not self._neighbours_synced():
+            log.info(
+                "waiting up to %.0f s for the neighbours' links: %s",
+                wait,
+                ", ".join(sorted(graph.links_of(self.me))),
+            )
+        if not await node.wait_until(self._neighbours_synced, wait):
+            log.warning("starting without links to every neighbour (their messages will wait)")
+        if self.secure:
+            self._skip_dealt_round()
+        self.exchange = Exchange(
+            node,
+            make_core(node, plan, graph, self.plan_hash, round=self.round, dim=self.learner.dim),
+            secure=self.secure,
+            unmask_timeout=plan.secure.unmask_timeout,
+            round=self.round,
+        )
+        self._catch_up()
+        for peer, channel, data in node.take_early_frames():
+            self.exchange.receive(peer, channel, memoryview(data)[1:])
+
+    def _check_resume(self, plan_hash: bytes) -> None:
+        ckpt = self._resume
+        if ckpt is None:
+            return
+        meta = ckpt.meta
+        if meta.get("federation") != self.node.ledger.federation_id or (
+            meta.get("plan_hash") != plan_hash
+        ):
+            log.warning("checkpoint %s is of another federation or plan: starting over", ckpt.path)
+            self.node.record("checkpoint-ignored", path=str(ckpt.path), reason="other plan")
+            self._resume, self.round, self.completed = None, 0, -1
+            return
+        self.resumed_from = ckpt.round
+        self.node.record("resumed", round=ckpt.round, checkpoint=str(ckpt.path))
+        log.info("resuming after round %d from %s", ckpt.round, ckpt.path)
+
+    @property
+    def _dealt_file(self) -> Path:
+        return self.node.data_dir / DEALT_FILE
+
+    def _mark_dealt(self, r: int) -> None:
+        assert self.plan_hash is not None
+        atomic_write_bytes(self._dealt_file, f"{r} {self.plan_hash.hex()}\n".encode())
+
+    def _skip_dealt_round(self) -> None:
+        """Never deal twice in one secure round: a restart skips the round it had begun.
+
+        The neighbours hold shares of the self-mask seed dealt before the crash;
+        a second masked input with a fresh seed would not unmask. They finish the
+        round without this node (it is declared dropped) and it joins the next one.
+        """
+        try:
+            text, _, plan_hash = self._dealt_file.read_text().strip().partition(" ")
+            dealt = int(text)
+        except (OSError, ValueError):
+            return
+        if self.plan_hash is not None and plan_hash == self.plan_hash.hex() and dealt >= self.round:
+            self.node.record("round-abandoned", round=dealt, reason="begun before a restart")
+            log.warning("round %d was begun before the restart: joining round %d", dealt, dealt + 1)
+            self.round = dealt + 1
+
+    def _neighbours_synced(self) -> bool:
+        assert self.graph is not None
+        links = self.node.links.links
+        return all(p in links and links[p].synced for p in self.graph.links_of(self.me))
+
+    # -- the rounds ---------------------------------------------------------------------
+
+    async def run(self, rounds: int | None) -> int:
+        await self.prepare()
+        assert self.plan is not None and self.graph is not None
+        self.target = self.plan.training.rounds if rounds is None else rounds
+        if self.target < 1:
+            raise ConfigError(f"rounds must be at least 1, not {self.target}")
+        neighbours = tuple(sorted(self.graph.links_of(self.me)))
+        self.node.emit(
+            TrainingStarted(
+                self.round, self.target, self.graph.roster, neighbours, self._resume is not None
+            )
+        )
+        self.node.record("training", round=self.round, rounds=self.target, neighbours=neighbours)
+        while self.round < self.target:
+            self._catch_up()
+            if self.round >= self.target:
+                break
+            await self._one_round(self.round)
+        await self._linger()
+        self.node.set_phase("finished")
+        return self.completed + 1
+
+    def _catch_up(self) -> None:
+        """Skip the rounds every in-neighbour finished without us (we were down)."""
+        assert self.graph is not None and self.exchange is not None
+        hood = self.graph.neighbourhood(self.me, self.round)
+        progress = self.node.ledger.progress()
+        ahead = [progress.get(j, -1) for j in hood.in_weights]
+        if not ahead or min(ahead) < self.round:
+            return
+        first, new_round = self.round, min(ahead) + 1
+        if self.target is not None:
+            new_round = min(new_round, self.target)
+        log.warning(
+            "neighbours finished rounds %d..%d without us: joining round %d",
+            first,
+            new_round - 1,
+            new_round,
+        )
+        self.node.record("rounds-skipped", first=first, last=new_round - 1)
+        self.node.emit(RoundSkipped(first, new_round - 1))
+        self.round = self.exchange.round = new_round
+        skip_core_to(self.exchange.core, new_round)
+
+    async def _one_round(self, r: int) -> None:
+        exchange = self.exchange
+        learner = self.learner
+        assert exchange is not None and learner is not None
+        node = self.node
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        exchange.round, exchange.round_bytes = r, 0
+        exchange.prune()
+        if self.secure:
+            await asyncio.to_thread(self._mark_dealt, r)
+        exchange.drive(exchange.core.begin_round(r, loop.time()))
+        node.set_phase("training")
+        t0 = time.perf_counter()
+        await asyncio.to_thread(learner.train, r)
+        self._train_seconds = time.perf_counter() - t0
+        waiter = exchange.mixed(r)
+        node.set_phase("mixing")
+        mixing = time.perf_counter()
+        trained = learner.params[0].numpy()
+        # A secure sender may mask its input after our own round closed and the next
+        # round's training changed ``params`` in place: it gets its own copy.
+        exchange.drive(
+            exchange.core.start_round(r, trained.copy() if self.secure else trained, loop.time())
+        )
+        try:
+            mixed = await waiter
+        finally:
+            exchange.forget(r)
+        self._mix_seconds = time.perf_counter() - mixing
+        learner.set(mixed.model)
+        accuracy, loss = await asyncio.to_thread(learner.evaluate)
+        seconds = time.perf_counter() - started
+        await asyncio.to_thread(self._checkpoint, r, mixed, accuracy, loss, seconds)
+        ledger = node.ledger
+        assert node.identity is not None
+        node.write_ledger(
+            ledger.report_progress(node.identity.signing_key, r, clock=ledger.next_clock())
+        )
+        node.save_ledger()
+        self.completed, self.round = r, r + 1
+        exchange.round = self.round
+        exchange.prune()
+        event = RoundCompleted(
+            r, mixed.arrived, mixed.stragglers, accuracy, loss, seconds, exchange.round_bytes
+        )
+        self.last = event.as_dict()
+        node.record(
+            "round",
+            round=r,
+            arrived=mixed.arrived,
+            stragglers=mixed.stragglers,
+            accuracy=accuracy,
+            seconds=round(seconds, 3),
+        )
+        acc = "-" if accuracy is None else f"{accuracy:.4f}"
+        log.info(
+            "round %d/%d done in %.2f s: local accuracy %s, %d neighbours mixed%s",
+            r + 1,
+            self.target or 0,
+            seconds,
+            acc,
+            len(mixed.arrived),
+            f", stragglers {list(mixed.stragglers)}" if mixed.stragglers else "",
+        )
+        node.emit(event)
+        node.write_status()
+
+    def _checkpoint(
+        self, r: int, mixed: RoundMixed, accuracy: float | None, loss: float | None, secs: float
+    ) -> None:
+        assert self.learner is not None and self.graph is not None
+        directory = self.node.data_dir / "checkpoints"
+        meta = {
+            "node": self.me,
+            "federation": self.node.ledger.federation_id,
+            "plan_hash": self.plan_hash,
+            "roster": list(self.graph.roster),
+            "index": self.graph.index(self.me),
+            "arrived": list(mixed.arrived),
+            "stragglers": list(mixed.stragglers),
+            "accuracy": accuracy,
+            "loss": loss,
+            "seconds": secs,
+            "train_seconds": self._train_seconds,
+            "mix_seconds": self._mix_seconds,
+            "abandoned": int(getattr(self.exchange.core, "abandoned", 0) if self.exchange else 0),
+            "bytes_sent": self.exchange.round_bytes if self.exchange else 0,
+            "finished_at": time.time(),
+        }
+        write_checkpoint(directory, r, self.learner.params[0].numpy(), meta)
+        prune_checkpoints(directory, self.node.config.limits.keep_checkpoints)
+
+    async def _linger(self) -> None:
+        """After the last round, keep serving until the neighbours have finished it too."""
+        assert self.graph is not None
+        node = self.node
+        node.set_phase("lingering")
+        last = self.completed
+        peers = self.graph.links_of(self.me)
+
+        def done() -> bool:
+            progress = node.ledger.progress()
+            return all(progress.get(p, -1) >= last for p in peers)
+
+        if not await node.wait_until(done, node.config.limits.linger_timeout):
+            log.info("stopped waiting for neighbours to finish round %d", last)
+
+    # -- views ------------------------------------------------------------------------
+
+    def current_model(self) -> nn.Module:
+        """A copy of the model with the node's current parameters."""
+        if self.learner is None:
+            raise ConfigError("the node has no model yet: it builds one when training starts")
+        return self.learner.current_model()
+
+    def status(self) -> dict[str, Any]:
+        graph = self.graph
+        return {
+            "round": self.round,
+            "completed": self.completed,
+            "rounds": self.target,
+            "resumed_from": self.resumed_from,
+            "secure": self.secure,
+            "roster": None if graph is None else list(graph.roster),
+            "plan_hash": None if self.plan_hash is None else self.plan_hash.hex(),
+            "last_round": self.last,
+        }

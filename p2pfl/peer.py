@@ -1,0 +1,99 @@
+"""``p2pfl.Peer``: the node daemon embedded in a Python program.
+
+    import asyncio, p2pfl
+
+    async def main() -> None:
+        async with p2pfl.Peer("node.toml") as peer:
+            async def show() -> None:
+                async for event in peer.events():      # ends with the run's Finished
+                    print(event)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(show())
+                await peer.run(rounds=20)
+            model = peer.model()                       # a torch module with the result
+
+    asyncio.run(main())
+
+A ``Peer`` is exactly the daemon's node (``p2pfl.node.node.Node``): same
+config file, same data directory (ledger, checkpoints, audit log, status),
+same links, same protocol cores; ``p2pfl node run`` is a thin CLI around it.
+Pass ``network=MemoryNetwork()`` and ``listen = "memory://NAME"`` to run a
+whole federation inside one process, with no sockets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any, Self
+
+from torch import nn
+
+from p2pfl.node.config import NodeConfig, load_config
+from p2pfl.node.errors import NodeStopped
+from p2pfl.node.events import Event
+from p2pfl.node.node import Node
+from p2pfl.transport import MemoryNetwork
+
+
+class Peer:
+    """One federation member in this process; ``async with`` starts and stops it."""
+
+    def __init__(
+        self,
+        config: NodeConfig | str | os.PathLike[str],
+        *,
+        network: MemoryNetwork | None = None,
+        passphrase: bytes | None = None,
+        insecure: bool | None = None,
+    ) -> None:
+        if not isinstance(config, NodeConfig):
+            config = load_config(config)
+        if insecure is not None:
+            config = config.replace(insecure=insecure)
+        self._node = Node(config, network=network, passphrase=passphrase)
+        self._entered = False
+
+    async def __aenter__(self) -> Self:
+        await self._node.__aenter__()
+        self._entered = True
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        await self._node.__aexit__(exc_type, exc, tb)
+
+    @property
+    def node(self) -> Node:
+        return self._node
+
+    @property
+    def node_id(self) -> str:
+        return self._node.node_id
+
+    @property
+    def address(self) -> str:
+        """Where this peer listens (with the port the system chose, for port 0)."""
+        return self._node.address
+
+    @property
+    def round(self) -> int:
+        """The next round this peer will run (rounds count from 0)."""
+        return self._node.rounds.round if self._entered else 0
+
+    async def run(self, rounds: int | None = None) -> int:
+        """Train until ``rounds`` rounds are completed in all (the plan's by default)."""
+        if not self._entered:
+            raise NodeStopped("use `async with Peer(config) as peer:` before run()")
+        return await self._node.run(rounds)
+
+    def events(self) -> AsyncIterator[Event]:
+        """Events from now until the run finishes or the peer stops (``p2pfl.node.events``)."""
+        return self._node.events()
+
+    def model(self) -> nn.Module:
+        """A copy of the model with this peer's current parameters."""
+        return self._node.rounds.current_model()
+
+    def status(self) -> dict[str, Any]:
+        """What ``p2pfl node status --json`` shows for a daemon."""
+        return self._node.status()

@@ -1,0 +1,258 @@
+"""The node's parts without a network: config, audit chain, checkpoints, backoff, plan, data."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from p2pfl.errors import ConfigError, DataError
+from p2pfl.node import checkpoint as ckpt
+from p2pfl.node.audit import GENESIS, AuditLog, line_hash, read_entries, verify
+from p2pfl.node.config import config_from_table, load_config, template
+from p2pfl.node.data import load_local_data
+from p2pfl.node.errors import CheckpointError, PlanError
+from p2pfl.node.links import backoff
+from p2pfl.node.plan import Graph, plan_from_ledger
+
+# -- config --------------------------------------------------------------------------------
+
+
+def test_config_rejects_an_unknown_key_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[node]\nkey = "k"\nlisten_adress = "wss://x:1"\n')
+    with pytest.raises(ConfigError, match="unknown key 'listen_adress'") as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "listen" in str(info.value)
+    with pytest.raises(ConfigError, match="unknown key 'limitz'"):
+        config_from_table({"limitz": {}}, tmp_path)
+    with pytest.raises(ConfigError, match="unknown key 'insecure'"):  # a flag, never a file key
+        config_from_table({"insecure": True}, tmp_path)
+
+
+def test_config_checks_types_and_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"key 'max_message_size'.*expected int"):
+        config_from_table({"limits": {"max_message_size": "big"}}, tmp_path)
+    with pytest.raises(ConfigError, match="backoff_max"):
+        config_from_table({"limits": {"backoff_initial": 5.0, "backoff_max": 1.0}}, tmp_path)
+    with pytest.raises(ConfigError, match="not a valid TOML"):
+        (tmp_path / "bad.toml").write_text("[node\n")
+        load_config(tmp_path / "bad.toml")
+
+
+def test_config_paths_are_relative_to_the_file_and_the_template_loads(tmp_path: Path) -> None:
+    path = tmp_path / "site" / "node.toml"
+    path.parent.mkdir()
+    path.write_text(template(listen="wss://127.0.0.1:7443"))
+    config = load_config(path)
+    assert config.key_file == path.parent / "node.key"
+    assert config.ledger_file == path.parent / "ledger"
+    assert config.data_dir == path.parent
+    assert config.node.listen == "wss://127.0.0.1:7443"
+    assert config.data.entrypoint == "p2pfl.node.examples:heart_site"
+    assert config.path(config.tls.cert) == path.parent / "tls-cert.pem"
+    assert not config.insecure and config.limits.keep_checkpoints == 5
+
+
+# -- audit log ------------------------------------------------------------------------------
+
+
+def test_audit_entries_are_hash_chained_across_reopenings(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as audit:
+        audit.record("start", node="a")
+        audit.record("auth-refused", peer="x", code="not-member", raw=b"\x01")
+    with AuditLog(path) as audit:
+        audit.record("stop")
+    lines = path.read_bytes().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [e["seq"] for e in entries] == [0, 1, 2]
+    assert entries[0]["prev"] == GENESIS
+    assert entries[1]["prev"] == line_hash(lines[0]) and entries[2]["prev"] == line_hash(lines[1])
+    assert entries[1]["raw"] == "01"
+    assert os.stat(path).st_mode & 0o077 == 0
+    result = verify(path)
+    assert result.ok and result.entries == 3
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete", "swap"])
+def test_audit_verify_finds_tampering(tmp_path: Path, tamper: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as audit:
+        for i in range(4):
+            audit.record("round", round=i)
+    lines = path.read_bytes().splitlines()
+    if tamper == "edit":
+        lines[1] = lines[1].replace(b'"round":1', b'"round":7')
+    elif tamper == "delete":
+        del lines[2]
+    else:
+        lines[1], lines[2] = lines[2], lines[1]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = verify(path)
+    assert not result.ok and result.problems[0][0] in (2, 3)
+
+
+def test_audit_survives_a_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as audit:
+        audit.record("start")
+    with path.open("ab") as handle:
+        handle.write(b'{"seq":1,"time":"x","ev')  # a crash in the middle of a write
+    with AuditLog(path) as audit:
+        audit.record("start")
+    assert [e["event"] for e in read_entries(path)] == ["start", "audit-torn-tail", "start"]
+    assert verify(path).ok
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_is_raw_float32_and_msgpack(tmp_path: Path) -> None:
+    model = np.random.default_rng(0).standard_normal(1001).astype(np.float32)
+    path = ckpt.write_checkpoint(tmp_path, 3, model, {"plan_hash": b"\x00" * 32, "acc": 0.5})
+    assert path.name == "round-000003.ckpt"
+    raw = path.read_bytes()
+    assert raw.startswith(ckpt.MAGIC) and raw.endswith(model.astype("<f4").tobytes())
+    loaded = ckpt.read_checkpoint(path)
+    assert loaded.round == 3 and np.array_equal(loaded.model, model)
+    assert loaded.meta["acc"] == 0.5 and loaded.meta["plan_hash"] == b"\x00" * 32
+    assert loaded.model.flags.writeable
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = np.arange(10, dtype=np.float32)
+    ckpt.write_checkpoint(tmp_path, 0, model)
+
+    def crash(*_: object) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(ckpt.os, "replace", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        ckpt.write_checkpoint(tmp_path, 1, model + 1)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round-000000.ckpt"]  # no temp left
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest is not None and latest.round == 0
+
+
+def test_a_damaged_checkpoint_is_refused_and_skipped(tmp_path: Path) -> None:
+    model = np.ones(64, dtype=np.float32)
+    ckpt.write_checkpoint(tmp_path, 0, model)
+    path = ckpt.write_checkpoint(tmp_path, 1, model * 2)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its hash"):
+        ckpt.read_checkpoint(path)
+    path.write_bytes(bytes(data[:-8]))
+    with pytest.raises(CheckpointError, match="truncated"):
+        ckpt.read_checkpoint(path)
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest is not None and latest.round == 0 and np.array_equal(latest.model, model)
+    (tmp_path / "round-000002.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a p2pfl checkpoint"):
+        ckpt.read_checkpoint(tmp_path / "round-000002.ckpt")
+
+
+def test_checkpoints_are_pruned_to_the_newest(tmp_path: Path) -> None:
+    for r in range(5):
+        ckpt.write_checkpoint(tmp_path, r, np.zeros(3, dtype=np.float32))
+    ckpt.prune_checkpoints(tmp_path, 2)
+    assert [r for r, _ in ckpt.list_checkpoints(tmp_path)] == [3, 4]
+    ckpt.prune_checkpoints(tmp_path, 0)  # 0 keeps all
+    assert len(ckpt.list_checkpoints(tmp_path)) == 2
+
+
+# -- backoff --------------------------------------------------------------------------------
+
+
+def test_backoff_grows_to_its_cap_and_never_sleeps() -> None:
+    delays = list(islice(backoff(0.1, 1.0, jitter=0.0), 7))
+    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0])
+    jittered = list(islice(backoff(0.1, 1.0, jitter=0.5, rng=random.Random(3)), 50))
+    assert all(0.05 - 1e-12 <= d <= 1.0 for d in jittered)
+    again = list(islice(backoff(0.1, 1.0, jitter=0.5, rng=random.Random(3)), 50))
+    assert jittered == again  # randomness is an argument
+    with pytest.raises(ValueError):
+        next(backoff(2.0, 1.0))
+
+
+# -- plan and graph -------------------------------------------------------------------------
+
+PLAN = {
+    "seed": 3,
+    "data": {"input_shape": [37], "num_classes": 2},
+    "model": {"name": "logreg"},
+    "training": {"rounds": 5},
+    "topology": {"kind": "ring"},
+}
+
+
+def test_plan_parsing_names_unknown_keys_and_refuses_what_the_daemon_cannot_run() -> None:
+    plan = plan_from_ledger(PLAN)
+    assert plan.training.rounds == 5 and plan.gossip.mode == "sync" and not plan.secure.enabled
+    with pytest.raises(PlanError, match="unknown key 'epochs'"):
+        plan_from_ledger({**PLAN, "training": {"epochs": 3}})
+    with pytest.raises(PlanError, match="'sync'"):
+        plan_from_ledger({**PLAN, "gossip": {"mode": "choco"}})
+    with pytest.raises(PlanError, match="input_shape"):
+        plan_from_ledger({**PLAN, "data": {"num_classes": 2}})
+    with pytest.raises(PlanError, match="no valid training plan"):
+        plan_from_ledger(None)
+
+
+def test_every_node_computes_the_same_graph_from_the_roster() -> None:
+    roster = tuple(sorted(f"node{i:02d}" for i in range(6)))
+    graph = Graph.build(plan_from_ledger(PLAN), roster)
+    for node in roster:
+        hood = graph.neighbourhood(node, 0)
+        assert len(hood.in_weights) == 2
+        assert hood.self_weight + sum(hood.in_weights.values()) == pytest.approx(1.0)
+        for peer, weight in hood.in_weights.items():  # symmetric Metropolis weights
+            assert graph.neighbourhood(peer, 0).in_weights[node] == pytest.approx(weight)
+        assert graph.links_of(node) == set(hood.in_weights)
+    other = Graph.build(plan_from_ledger(PLAN), roster)
+    assert all(other.links_of(n) == graph.links_of(n) for n in roster)
+    with pytest.raises(PlanError, match="sorted"):
+        Graph.build(plan_from_ledger(PLAN), roster[::-1])
+
+
+# -- data entrypoint ------------------------------------------------------------------------
+
+
+def tuple_data(n: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    x = np.zeros((n, 37), dtype=np.float64)
+    y = np.arange(n) % 2
+    return x, y, x[:2], y[:2]
+
+
+def test_the_data_entrypoint_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    import p2pfl.node.examples as examples
+
+    monkeypatch.setattr(examples, "tuple_data", tuple_data, raising=False)
+    data = load_local_data("p2pfl.node.examples:tuple_data", [6], input_shape=[37], num_classes=2)
+    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.x_train.shape == (6, 37) and data.x_test.shape == (2, 37)
+    site = load_local_data(
+        "p2pfl.node.examples:heart_site", ["hungary"], input_shape=[37], num_classes=2
+    )
+    assert site.x_train.shape[0] > 100
+    with pytest.raises(DataError, match="shape"):
+        load_local_data("p2pfl.node.examples:tuple_data", [], input_shape=[5], num_classes=2)
+    with pytest.raises(DataError, match=r"\[0, 1\)"):
+        load_local_data("p2pfl.node.examples:tuple_data", [], input_shape=[37], num_classes=1)
+    with pytest.raises(ConfigError, match="module:function"):
+        load_local_data("nocolon", input_shape=[37], num_classes=2)
+    with pytest.raises(ConfigError, match="not callable"):
+        load_local_data("p2pfl.node.examples:nothing", input_shape=[37], num_classes=2)
+    with pytest.raises(DataError, match="no heart-disease site"):
+        load_local_data(
+            "p2pfl.node.examples:heart_site", ["atlantis"], input_shape=[37], num_classes=2
+        )
