@@ -12,12 +12,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from p2pfl.cli import federation, keys, node, simulate, tls
+from p2pfl.cli import topology as topology_cli
 from p2pfl.errors import P2PFLError
 from protocols.errors import ProtocolError
 from topology.errors import TopologyError
 
 # Command groups, in the order ``p2pfl --help`` lists them.
-_GROUPS = ("simulate", "topology", "keys", "federation", "tls", "node")
+_GROUPS = (simulate, topology_cli, keys, federation, tls, node)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,16 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    import importlib
-
-    for name in _GROUPS:
-        try:
-            module = importlib.import_module(f"p2pfl.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"p2pfl.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+    for group in _GROUPS:
+        group.register(sub)
     return parser
 
 
