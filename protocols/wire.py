@@ -152,22 +152,16 @@ def frame_size(message: GossipMessage) -> int:
     return _PREFIX.size + len(header) + sum(int(p.size) * p.dtype.itemsize for p in parts)
 
 
-def encode(message: GossipMessage) -> bytes:
-    """The frame for ``message``: one allocation of exactly the frame's size."""
+def encode(message: GossipMessage, prefix: bytes = b"") -> bytes:
+    """``prefix`` followed by the frame for ``message``, copied once into one allocation.
+
+    A transport that multiplexes channels passes its tag as ``prefix`` rather
+    than copying a model-sized frame again to put a byte in front of it.
+    """
     parts = [_le(p) for p in _parts_of(message.payload)]
     header = _header(message, parts)
-    size = _PREFIX.size + len(header) + sum(int(p.nbytes) for p in parts)
-    frame = bytearray(size)
-    _PREFIX.pack_into(frame, 0, MAGIC, VERSION, len(header))
-    offset = _PREFIX.size
-    frame[offset : offset + len(header)] = header
-    offset += len(header)
-    view = memoryview(frame)
-    for part in parts:
-        nbytes = int(part.nbytes)
-        view[offset : offset + nbytes] = part.view(np.uint8).reshape(-1).data
-        offset += nbytes
-    return bytes(frame)
+    fixed = _PREFIX.pack(MAGIC, VERSION, len(header))
+    return b"".join([prefix, fixed, header, *(p.view(np.uint8).reshape(-1).data for p in parts)])
 
 
 def _field(header: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
