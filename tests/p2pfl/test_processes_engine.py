@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ def test_a_daemon_killed_mid_round_is_dropped_then_resumes_from_its_checkpoint(
     scenario = hospitals(
         rounds,
         **{
-            "training.local_epochs": 20,  # about a second of training per round
+            "training.local_epochs": 60,  # long enough to be caught training (0.5-3 s)
             "secure.share_timeout": 90.0,
             "secure.masked_timeout": 20.0,  # well above a round's training, even under load
             "secure.unmask_timeout": 20.0,
@@ -160,7 +161,15 @@ def test_a_daemon_killed_mid_round_is_dropped_then_resumes_from_its_checkpoint(
         if "round" in state:
             return
         phase, round_ = _phase(federation, victim)
-        if phase == "training" and first_kill_round <= round_ < rounds - 2:
+        if phase != "training" or not first_kill_round <= round_ < rounds - 2:
+            return
+        # Kill only once the victim has been training this round for a while: its key
+        # shares (dealt just before training) have then reached the receivers, so the
+        # round needs dropout recovery. Killed at once, the shares may die in its send
+        # queue, and the receivers close the round without it at the share deadline.
+        seen = state.setdefault("training_seen", {})
+        first = seen.setdefault(round_, time.monotonic())
+        if time.monotonic() - first >= 0.15:
             proc = federation.procs[victim]
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
