@@ -246,6 +246,27 @@ class RunResult:
         return self.final_params.mean(dim=0)
 
 
+def round_record(
+    round_index: int,
+    acc: Tensor | None,
+    loss: Tensor | None,
+    params: Tensor,
+    bytes_per_node: float,
+    wall: float,
+) -> RoundRecord:
+    """The record of round ``round_index`` (0-based): accuracy stats where evaluated."""
+    return RoundRecord(
+        round=round_index + 1,
+        acc_mean=None if acc is None else float(acc.mean()),
+        acc_min=None if acc is None else float(acc.min()),
+        acc_max=None if acc is None else float(acc.max()),
+        loss_mean=None if loss is None else float(loss.mean()),
+        consensus=consensus_distance(params),
+        bytes_per_node=bytes_per_node,
+        wall=wall,
+    )
+
+
 def consensus_distance(params: Tensor, chunk: int = 16) -> float:
     """Root mean squared distance of the nodes' models to their average.
 

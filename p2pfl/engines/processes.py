@@ -38,7 +38,7 @@ import tomli_w
 import torch
 
 import p2pfl
-from p2pfl.engines.common import Progress, RoundRecord, RunResult, Setup, consensus_distance
+from p2pfl.engines.common import Progress, RoundRecord, RunResult, Setup, round_record
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.identity import create_identity
 from p2pfl.node.bootstrap import Site, SiteFiles, local_federation
@@ -265,18 +265,7 @@ def collect(setup: Setup, federation: Federation, label: str, wall_total: float)
             acc, loss = evaluate(setup.model, params, data.x_global_test, data.y_global_test)
         t_eval += time.perf_counter() - t0
         end = max(ends, default=previous_end)
-        records.append(
-            RoundRecord(
-                round=r + 1,
-                acc_mean=None if acc is None else float(acc.mean()),
-                acc_min=None if acc is None else float(acc.min()),
-                acc_max=None if acc is None else float(acc.max()),
-                loss_mean=None if loss is None else float(loss.mean()),
-                consensus=consensus_distance(params),
-                bytes_per_node=sent / n,
-                wall=max(0.0, end - previous_end),
-            )
-        )
+        records.append(round_record(r, acc, loss, params, sent / n, max(0.0, end - previous_end)))
         previous_end = end
     for found in ckpts:
         if found:

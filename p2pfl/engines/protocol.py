@@ -31,8 +31,8 @@ from p2pfl.engines.common import (
     RoundRecord,
     RunResult,
     Setup,
-    consensus_distance,
     neighbourhood_fn,
+    round_record,
 )
 from p2pfl.engines.secure import SecureNode, SecureOutput, make_secure_node
 from p2pfl.errors import ConfigError
@@ -298,17 +298,9 @@ class _Run:
             )
         self.t_eval += time.perf_counter() - t0
         wall_now = time.perf_counter()
+        sent = slot.sent / len(self.nodes)
         self.records.append(
-            RoundRecord(
-                round=round + 1,
-                acc_mean=None if acc is None else float(acc.mean()),
-                acc_min=None if acc is None else float(acc.min()),
-                acc_max=None if acc is None else float(acc.max()),
-                loss_mean=None if loss is None else float(loss.mean()),
-                consensus=consensus_distance(slot.params),
-                bytes_per_node=slot.sent / len(self.nodes),
-                wall=wall_now - self.last_wall,
-            )
+            round_record(round, acc, loss, slot.params, sent, wall_now - self.last_wall)
         )
         self.last_wall = wall_now
         if self.progress:

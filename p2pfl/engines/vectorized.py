@@ -28,8 +28,8 @@ from p2pfl.engines.common import (
     RoundRecord,
     RunResult,
     Setup,
-    consensus_distance,
     frame_bytes,
+    round_record,
 )
 from p2pfl.training import StackedTrainer, evaluate, nodes_per_call, stack_order
 from protocols.secagg import RoundContext
@@ -248,7 +248,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         t_mix += t2 - t1
         t_eval += t3 - t2
         sent = _bytes_sent(setup, r)
-        records.append(_record(r, acc, loss, params, sent, t3 - t0))
+        records.append(round_record(r, acc, loss, params, sent, t3 - t0))
         if progress:
             progress(r + 1)
     inverse = np.argsort(order)
@@ -326,21 +326,6 @@ def _bytes_sent(setup: Setup, round: int) -> float:
             )
         total += int(out_degree[i]) * sizes[key]
     return total / setup.n
-
-
-def _record(
-    r: int, acc: Tensor | None, loss: Tensor | None, params: Tensor, sent: float, wall: float
-) -> RoundRecord:
-    return RoundRecord(
-        round=r + 1,
-        acc_mean=None if acc is None else float(acc.mean()),
-        acc_min=None if acc is None else float(acc.min()),
-        acc_max=None if acc is None else float(acc.max()),
-        loss_mean=None if loss is None else float(loss.mean()),
-        consensus=consensus_distance(params),
-        bytes_per_node=sent,
-        wall=wall,
-    )
 
 
 def _sync(device: torch.device) -> None:
