@@ -66,13 +66,15 @@ def _pct(value: float | None) -> str:
 def print_tables(report: dict[str, Any], console: Console) -> None:
     runs = report["runs"]
     table = Table(
-        title=f"{report['scenario']}: accuracy on the global test set (%)",
-        caption="pooled: all data on one machine; local-only: each node trains alone",
+        title=f"{report['scenario']}: accuracy (%), {runs[0].get('metrics', 'global test set')}",
+        caption="pooled: all data on one machine; local-only: each node trains alone; "
+        "energy: bytes sent and training time priced with the \\[energy] factors",
     )
     key, names = _run_names([run["label"] for run in runs])
-    for column in (key, "engine", "mean", "min", "max", "consensus", "MB sent/node", "wall s"):
+    for column in (key, "engine", "mean", "min", "max", "consensus", "MB sent/node", "energy kJ"):
         left = column in (key, "engine")
         table.add_column(column, justify="left" if left else "right", no_wrap=left)
+    table.add_column("wall s", justify="right")
     for run, name in zip(runs, names, strict=True):
         f = run["final"]
         table.add_row(
@@ -83,11 +85,12 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
             _pct(f["acc_max"]),
             f"{f['consensus']:.2e}",
             f"{run['bytes_per_node'] / 1e6:.2f}",
+            f"{run['energy']['total_j'] / 1e3:.3g}" if run.get("energy") else "-",
             f"{run['wall']['total']:.1f}",
         )
     base = runs[0]["baselines"]
     if base["pooled"] is not None:
-        table.add_row("pooled", "-", _pct(base["pooled"]), "", "", "", "", "")
+        table.add_row("pooled", "-", _pct(base["pooled"]), "", "", "", "", "", "")
     if base["local"] is not None:
         local = base["local"]
         table.add_row(
@@ -99,10 +102,16 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
             "",
             "",
             "",
+            "",
         )
     console.print(table)
+    if any((run.get("privacy") or {}).get("mechanism", "none") != "none" for run in runs):
+        from p2pfl.privacy.report import print_privacy
+
+        print_privacy(report, console)
     for run in runs:
         _site_table(run, console)
+        _drift_table(run, console)
 
 
 def _run_names(labels: list[str]) -> tuple[str, list[str]]:
@@ -114,7 +123,7 @@ def _run_names(labels: list[str]) -> tuple[str, list[str]]:
 
 
 def _site_table(run: dict[str, Any], console: Console) -> None:
-    if len(run["sites"]) > 16:
+    if not run["sites"] or len(run["sites"]) > 16:
         return
     table = Table(title=f"{run['label']}: accuracy on each site's own test split (%)")
     for column in ("site", "train", "test", "gossip", "pooled", "local-only", "personalised"):
@@ -139,3 +148,26 @@ def _site_table(run: dict[str, Any], console: Console) -> None:
             "A site whose label balance differs sharply from the federation's gains from "
             "staying alone or personalising.[/yellow]"
         )
+
+
+def _drift_table(run: dict[str, Any], console: Console) -> None:
+    drift = run.get("drift")
+    if not drift:
+        return
+    if not drift["events"]:
+        console.print(f"{run['label']}: no drift detected")
+        return
+    table = Table(title=f"{run['label']}: drift events (site named only if it opted in)")
+    for column in ("round", "site", "detector", "statistic", "value", "p-value", "threshold"):
+        table.add_column(column, justify="right" if column in ("round", "value") else "left")
+    for e in drift["events"]:
+        table.add_row(
+            str(e["round"] + 1),
+            e["site"] or "(a site)",
+            e["detector"],
+            e["statistic"],
+            f"{float(e['value']):.3g}",
+            f"{float(e['p_value']):.2e}",
+            f"{float(e['threshold']):.2e}",
+        )
+    console.print(table)

@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pfl.drift import DriftSection
+from p2pfl.energy import EnergySection
 from p2pfl.errors import ConfigError
+from p2pfl.privacy.config import PrivacySection
 from p2pfl.tables import build
 
 
@@ -136,6 +139,9 @@ class Scenario:
     topology: TopologySection = field(default_factory=TopologySection)
     gossip: GossipSection = field(default_factory=GossipSection)
     secure: SecureSection = field(default_factory=SecureSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
+    drift: DriftSection = field(default_factory=DriftSection)
+    energy: EnergySection = field(default_factory=EnergySection)
     clock: ClockSection = field(default_factory=ClockSection)
     baselines: BaselineSection = field(default_factory=BaselineSection)
     eval: EvalSection = field(default_factory=EvalSection)

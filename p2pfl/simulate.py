@@ -66,22 +66,7 @@ def simulate(
 
 def _run_report(setup: Setup, result: RunResult, base: bl.Baselines) -> dict[str, Any]:
     final = result.rounds[-1]
-    sites = bl.site_accuracy(setup, result.final_params)
-    steps = setup.scenario.baselines.personalised_steps
-    personal = bl.personalised(setup, result.final_params, steps) if steps else None
-    site_rows = []
-    for i, name in enumerate(result.site_names):
-        site_rows.append(
-            {
-                "site": name,
-                "train_samples": int(setup.data.nodes[i].x_train.shape[0]),
-                "test_samples": int(setup.data.nodes[i].x_test.shape[0]),
-                "gossip": sites[i],
-                "pooled": None if base.pooled_sites is None else base.pooled_sites[i],
-                "local": None if base.local_sites is None else base.local_sites[i],
-                "personalised": None if personal is None else personal[i],
-            }
-        )
+    privacy = setup.scenario.privacy
     return {
         "label": result.label,
         "engine": result.engine,
@@ -106,12 +91,78 @@ def _run_report(setup: Setup, result: RunResult, base: bl.Baselines) -> dict[str
         },
         "baselines": {
             "pooled": base.pooled_global,
-            "local": base.local_global,
+            "local": None if privacy.private_metrics else base.local_global,
         },
-        "sites": site_rows,
+        "metrics": (
+            "secure sum of the sites' own test splits"
+            if privacy.private_metrics
+            else "each node's model on the global test set"
+        ),
+        "sites": _site_rows(setup, result, base),
         "secure": _secure_report(setup, result),
-        "extra": result.extra,
+        "privacy": _privacy_report(setup, result),
+        "drift": result.extra.get("drift"),
+        "energy": _energy(setup, result),
+        "extra": {k: v for k, v in result.extra.items() if k != "drift"},
     }
+
+
+def _energy(setup: Setup, result: RunResult) -> dict[str, Any]:
+    """Bytes on the wire and training time, priced with the scenario's ``[energy]`` factors.
+
+    Training seconds are what this machine spent training every node (the processes
+    engine reports its nodes' mean, so it is scaled by the node count).
+    """
+    from p2pfl.energy import run_energy
+
+    seconds = result.wall_train * (setup.n if result.engine == "processes" else 1)
+    rounds = [dataclasses.asdict(r) for r in result.rounds]
+    return run_energy(rounds, setup.n, seconds, setup.scenario.energy)
+
+
+def _site_rows(setup: Setup, result: RunResult, base: bl.Baselines) -> list[dict[str, Any]]:
+    """Per-site figures; with private metrics, only for the sites in ``privacy.opt_in``."""
+    privacy = setup.scenario.privacy
+    shown = [
+        i
+        for i, name in enumerate(result.site_names)
+        if not privacy.private_metrics or name in privacy.opt_in
+    ]
+    if not shown:
+        return []
+    sites = bl.site_accuracy(setup, result.final_params)
+    steps = setup.scenario.baselines.personalised_steps
+    personal = bl.personalised(setup, result.final_params, steps) if steps else None
+    return [
+        {
+            "site": result.site_names[i],
+            "train_samples": int(setup.data.nodes[i].x_train.shape[0]),
+            "test_samples": int(setup.data.nodes[i].x_test.shape[0]),
+            "gossip": sites[i],
+            "pooled": None if base.pooled_sites is None else base.pooled_sites[i],
+            "local": None if base.local_sites is None else base.local_sites[i],
+            "personalised": None if personal is None else personal[i],
+        }
+        for i in shown
+    ]
+
+
+def _privacy_report(setup: Setup, result: RunResult) -> dict[str, Any] | None:
+    """The mechanism, its target, and the (epsilon, delta) each node spent."""
+    p = setup.scenario.privacy
+    if p.mechanism == "none" and not p.private_metrics:
+        return None
+    out: dict[str, Any] = {
+        "mechanism": p.mechanism if p.active else "none",
+        "target_epsilon": p.epsilon if p.active else None,
+        "clip": p.clip,
+        "private_metrics": p.private_metrics,
+    }
+    if setup.budget is not None:
+        out.update(setup.budget.as_report(result.site_names))
+        if "delta_norm_median" in result.extra:
+            out["delta_norm_median"] = result.extra["delta_norm_median"]
+    return out
 
 
 def _secure_report(setup: Setup, result: RunResult) -> dict[str, Any] | None:

@@ -153,6 +153,20 @@ class StackedTrainer:
     def steps_per_node(self) -> list[int]:
         return [self.schedule.steps_for(s) for s in self.sizes]
 
+    def node_data(self, position: int) -> tuple[Tensor, Tensor]:
+        """The training data of the node at ``position`` in the stack (views, not copies)."""
+        a = int(self.offsets[position])
+        b = a + self.sizes[position]
+        return self.x[a:b], self.y[a:b]
+
+    def replace_node_data(self, position: int, x: Tensor, y: Tensor) -> None:
+        """Swap in new data of the same size for one node (a simulation's injected drift)."""
+        old_x, old_y = self.node_data(position)
+        if x.shape != old_x.shape or y.shape != old_y.shape:
+            raise ValueError("replacement data must keep the node's shapes")
+        old_x.copy_(x)
+        old_y.copy_(y)
+
     def train_round(self, params: Tensor, round: int, chunk: int | None = None) -> int:
         """Run one round of local steps in place on ``params`` (k, D); returns sample-steps.
 

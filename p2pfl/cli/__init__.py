@@ -12,14 +12,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from p2pfl.cli import federation, keys, node, simulate, tls
+from p2pfl.cli import audit, export, federation, keys, node, simulate, tls
 from p2pfl.cli import topology as topology_cli
 from p2pfl.errors import P2PFLError
 from protocols.errors import ProtocolError
 from topology.errors import TopologyError
 
 # Command groups, in the order ``p2pfl --help`` lists them.
-_GROUPS = (simulate, topology_cli, keys, federation, tls, node)
+_GROUPS = (simulate, topology_cli, keys, federation, tls, node, audit, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,11 @@ Every command that changes a ledger loads it, signs one record with the node's
 key and writes the file back atomically (``p2pfl.ledger_file``). An invitation
 is JSON: the federation id and a snapshot of the inviter's ledger, which
 already holds the newcomer's signed member record.
+
+``show`` lists who has not yet approved the current plan hash
+(``awaiting_approval``): a node trains only once every valid member of its
+roster has approved that very hash, so this list is what holds a federation up.
+An approval of an earlier plan does not count for the current one.
 """
 
 from __future__ import annotations
@@ -282,6 +287,8 @@ def _hex(value: bytes | None) -> str | None:
 def summary(ledger: Ledger) -> dict[str, Any]:
     """What ``show --json`` prints."""
     approvers = ledger.approvers()
+    plan_hash = ledger.plan_hash()
+    waiting = [] if plan_hash is None else sorted(set(ledger.members()) - approvers)
     members = [
         {
             "node_id": m.node_id,
@@ -303,6 +310,7 @@ def summary(ledger: Ledger) -> dict[str, Any]:
         "members": members,
         "plan_hash": _hex(ledger.plan_hash()),
         "approved_by": sorted(approvers),
+        "awaiting_approval": waiting,
         "progress": dict(sorted(ledger.progress().items())),
         "rejected": ledger.rejected_count,
         "rejections": dict(sorted(ledger.rejections().items())),
@@ -325,6 +333,13 @@ def _show(args: argparse.Namespace) -> int:
     print(f"  approved by {len(info['approved_by'])} of {valid} valid members")
     for node_id in info["approved_by"]:
         print(f"    {node_id}")
+    waiting = info["awaiting_approval"]
+    if waiting:
+        print(f"  not yet approved by {len(waiting)} (no node trains until they do):")
+        for node_id in waiting:
+            print(f"    {node_id}")
+    elif info["plan_hash"]:
+        print("  approved by every valid member: nodes may train")
     print("progress:" if info["progress"] else "progress: (none)")
     for node_id, round_ in info["progress"].items():
         print(f"  {node_id}  round {round_}")

@@ -3,6 +3,14 @@
 p2pfl node init DIR [--tls]           key (0600), TLS pair, commented node.toml
 p2pfl node run --config FILE          the daemon: logs, a line per round; SIGTERM stops it
 p2pfl node status --config FILE       round, neighbours and their state, last error
+p2pfl node check-data --config FILE   the data entrypoint against the plan's data schema
+
+``run`` refuses to start (exit 2) when the key file, passphrase file, TLS key
+or data directory is open to group/others, or without TLS unless
+``--insecure`` is given (``p2pfl.node.config.check_safe_settings``).
+``check-data`` loads the local data and prints the schema report, counts
+only, without starting a node or sending anything: exit 0 when the data fit,
+1 when they do not.
 """
 
 from __future__ import annotations
@@ -12,12 +20,16 @@ import asyncio
 import datetime
 import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from p2pfl.errors import KeyFileError
+from p2pfl.errors import ConfigError, KeyFileError
+
+if TYPE_CHECKING:
+    from p2pfl.node.plan import Plan
 
 log = logging.getLogger("p2pfl.node")
 
@@ -52,6 +64,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
 
+    check = sub.add_parser("check-data", help="check the local data against the plan's schema")
+    check.add_argument("--config", required=True, metavar="FILE", help="node config (TOML)")
+    check.add_argument(
+        "--plan", metavar="PLAN.toml", help="a plan file (default: the plan in the node's ledger)"
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable report")
+    check.set_defaults(handler=_check_data)
+
 
 def _init(args: argparse.Namespace) -> int:
     from p2pfl.identity import create_identity, read_passphrase_file, save_identity
@@ -59,7 +79,8 @@ def _init(args: argparse.Namespace) -> int:
     from p2pfl.transport.tls import DEFAULT_HOSTS, make_self_signed
 
     directory = Path(args.directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)  # it holds the key, ledger, checkpoints
     config = directory / "node.toml"
     if config.exists():
         raise KeyFileError(f"{config}: a config is already there; it was not overwritten")
@@ -83,15 +104,19 @@ def _init(args: argparse.Namespace) -> int:
         f"--invitation FILE --out {directory / 'ledger'}`, approve the plan, then"
     )
     print(f"      p2pfl node run --config {config}")
+    if os.name == "posix" and directory.stat().st_mode & 0o077:
+        print(f"note: {directory} is open to group/others; `node run` refuses it until you")
+        print(f"      run: chmod 700 {directory}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from p2pfl.node.config import load_config
+    from p2pfl.node.config import check_safe_settings, load_config
 
     config = load_config(args.config)
     if args.insecure:
         config = config.replace(insecure=True)
+    check_safe_settings(config, args.config)
     if config.limits.threads:
         import torch
 
@@ -171,3 +196,37 @@ def _describe(status: dict[str, Any]) -> str:
         )
     lines.append(f"last error  {status.get('last_error') or '(none)'}")
     return "\n".join(lines)
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from p2pfl.node.config import load_config
+    from p2pfl.node.data import load_local_data, schema_report
+
+    config = load_config(args.config)
+    plan = _plan_to_check(config.ledger_file, args.plan)
+    if not config.data.entrypoint:
+        raise ConfigError(f"{args.config}: [data] entrypoint is not set")
+    data = load_local_data(
+        config.data.entrypoint,
+        config.data.args,
+        config.data.kwargs,
+        input_shape=plan.data.input_shape,
+        num_classes=plan.data.num_classes,
+    )
+    if plan.data.schema is None:
+        print("the plan has no [data.schema]: shapes and labels fit, nothing more to check")
+        return 0
+    report = schema_report(data, plan.data.schema)
+    print(json.dumps(report.summary(), indent=2) if args.json else report.describe())
+    return 0 if report.ok else 1
+
+
+def _plan_to_check(ledger_file: Path, plan_file: str | None) -> Plan:
+    """The plan of ``plan_file`` if given, else the one in the node's ledger."""
+    from p2pfl.cli.federation import read_plan
+    from p2pfl.ledger_file import load_ledger
+    from p2pfl.node.plan import plan_from_ledger
+
+    if plan_file:
+        return plan_from_ledger(read_plan(plan_file))
+    return plan_from_ledger(load_ledger(ledger_file).plan())

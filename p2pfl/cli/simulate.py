@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -63,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from p2pfl import provenance
     from p2pfl.report import print_tables
     from p2pfl.scenario import load_scenario
     from p2pfl.simulate import simulate
@@ -74,7 +76,8 @@ def _run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     path = scenario_path(args.scenario)
-    scenario = load_scenario(path, _overrides(args.overrides))
+    overrides = _overrides(args.overrides)
+    scenario = load_scenario(path, overrides)
     out = args.out or Path("runs") / scenario.name
     console = Console(stderr=args.json)
     columns = (
@@ -89,12 +92,24 @@ def _run(args: argparse.Namespace) -> int:
             task = bar.add_task(f"{label} ({args.engine or scenario.engine})", total=rounds)
             return lambda done: bar.update(task, completed=done)
 
+        provenance.clear_simulation_crate(out)
+        started = provenance.now()
         report = simulate(scenario, out, engine=args.engine, progress=factory)
+    provenance.write_simulation_crate(
+        out,
+        scenario=dataclasses.replace(scenario, engine=args.engine or scenario.engine),
+        scenario_file=path,
+        report=report,
+        started=started,
+        ended=provenance.now(),
+        overrides=overrides,
+    )
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         print_tables(report, console)
         console.print(
-            f"Wrote {out}/metrics.json, scenario.toml, accuracy.png, consensus.png, model-*.pt"
+            f"Wrote {out}/metrics.json, scenario.toml, accuracy.png, consensus.png, model-*.pt, "
+            "ro-crate-metadata.json"
         )
     return 0

@@ -18,9 +18,11 @@ from torch import Tensor, nn
 
 import topology
 from p2pfl.datasets import FederatedData, load_federated
+from p2pfl.engines.privacy import budget_for
 from p2pfl.engines.secure import secagg_config_of
 from p2pfl.errors import ConfigError
 from p2pfl.models import build_model, flat_parameters
+from p2pfl.privacy.budget import Budget
 from p2pfl.scenario import Scenario
 from p2pfl.training import LocalSchedule, schedule_from
 from protocols.gossip import Neighbourhood
@@ -40,6 +42,7 @@ class Setup:
     topo: topology.Topology
     schedule: LocalSchedule
     device: torch.device
+    budget: Budget | None = None
 
     @property
     def n(self) -> int:
@@ -111,15 +114,27 @@ def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
         )
     if scenario.secure.enabled:
         check_secure(scenario, topo)
+    schedule = schedule_from(scenario.training)
+    _check_opt_in(scenario, data)
     return Setup(
         scenario,
         data,
         model,
         flat_parameters(model),
         topo,
-        schedule_from(scenario.training),
+        schedule,
         pick_device(scenario.device),
+        budget_for(scenario, data, topo, schedule),
     )
+
+
+def _check_opt_in(scenario: Scenario, data: FederatedData) -> None:
+    sites = [nd.name for nd in data.nodes]
+    unknown = [s for s in scenario.privacy.opt_in if s not in sites]
+    if unknown:
+        raise ConfigError(
+            f"privacy.opt_in names {unknown}, which are not sites of this run ({', '.join(sites)})"
+        )
 
 
 def secure_tolerance(scenario: Scenario, topo: topology.Topology) -> dict[str, int]:
@@ -253,8 +268,24 @@ def round_record(
     params: Tensor,
     bytes_per_node: float,
     wall: float,
+    aggregate: tuple[float | None, float | None] | None = None,
 ) -> RoundRecord:
-    """The record of round ``round_index`` (0-based): accuracy stats where evaluated."""
+    """The record of round ``round_index`` (0-based): accuracy stats where evaluated.
+
+    ``aggregate`` (private metrics): the federation's securely summed (accuracy, loss)
+    replaces the per-node statistics, and no minimum or maximum is kept.
+    """
+    if aggregate is not None:
+        return RoundRecord(
+            round_index + 1,
+            aggregate[0],
+            None,
+            None,
+            aggregate[1],
+            consensus_distance(params),
+            bytes_per_node,
+            wall,
+        )
     return RoundRecord(
         round=round_index + 1,
         acc_mean=None if acc is None else float(acc.mean()),

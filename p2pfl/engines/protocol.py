@@ -34,9 +34,18 @@ from p2pfl.engines.common import (
     neighbourhood_fn,
     round_record,
 )
+from p2pfl.engines.drift import DriftWatch, drift_summary, watch
+from p2pfl.engines.privacy import (
+    DeltaNoise,
+    delta_noise,
+    make_trainer,
+    masked_summary,
+    norm_summary,
+    site_metrics,
+)
 from p2pfl.engines.secure import SecureNode, SecureOutput, make_secure_node
 from p2pfl.errors import ConfigError
-from p2pfl.training import StackedTrainer, evaluate
+from p2pfl.training import evaluate
 from protocols.compression import make_compressor
 from protocols.gossip import (
     ChocoGossip,
@@ -57,9 +66,10 @@ class _Node:
     index: int
     name: str
     core: Adapter
-    trainer: StackedTrainer
+    trainer: Any  # StackedTrainer, or DpSgdTrainer under DP-SGD
     params: Tensor  # (1, D)
     speed: float
+    noise: DeltaNoise | None = None
     round: int = 0
     next_poll: float | None = None
     sent_bytes: dict[int, int] = field(default_factory=dict)
@@ -75,8 +85,9 @@ class _Slot:
 class GossipAdapter:
     """A gossip core behind the byte-level interface the scheduler drives (as SecureNode)."""
 
-    def __init__(self, core: GossipCore) -> None:
+    def __init__(self, core: GossipCore, prefix: bytes = b"") -> None:
         self.core = core
+        self.prefix = prefix  # put in front of every frame (a node's channel tag), in the one copy
 
     @property
     def deadline(self) -> float | None:
@@ -94,13 +105,12 @@ class GossipAdapter:
     def poll(self, now: float) -> SecureOutput:
         return self._frames(self.core.poll(now))
 
-    @staticmethod
-    def _frames(out: Output) -> SecureOutput:
+    def _frames(self, out: Output) -> SecureOutput:
         encoded: dict[int, bytes] = {}  # one frame per message, however many peers get it
         sends = []
         for peer, message in out.sends:
             if id(message) not in encoded:
-                encoded[id(message)] = encode(message)
+                encoded[id(message)] = encode(message, self.prefix)
             sends.append((peer, encoded[id(message)]))
         return SecureOutput(tuple(sends), out.events)
 
@@ -161,16 +171,16 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
             i,
             names[i],
             make_core(setup, i, names),
-            StackedTrainer(
-                setup.model, [(nd.x_train, nd.y_train)], [i], setup.schedule, seed=sc.seed
-            ),
+            make_trainer(setup, [i]),
             setup.initial.clone().unsqueeze(0),
             speeds[i],
+            delta_noise(setup, [i]),
         )
-        for i, nd in enumerate(setup.data.nodes)
+        for i in range(setup.n)
     ]
     by_name = {node.name: node for node in nodes}
     engine = _Run(setup, nodes, by_name, progress)
+    engine.drift = watch(setup, [(node.trainer, 0, node.index) for node in nodes])
     return engine.execute(label)
 
 
@@ -191,6 +201,7 @@ class _Run:
         self.last_wall = 0.0
         self.now = 0.0
         self.finished_at = 0.0  # virtual time of the last round completed by any node
+        self.drift: DriftWatch | None = None
 
     def execute(self, label: str) -> RunResult:
         start = time.perf_counter()
@@ -223,6 +234,8 @@ class _Run:
             extra={
                 "virtual_time": self.finished_at,
                 "abandoned": sum(getattr(n.core, "abandoned", 0) for n in self.nodes),
+                **norm_summary([n.noise for n in self.nodes]),
+                **drift_summary(self.drift, setup=self.setup),
             },
         )
 
@@ -230,7 +243,13 @@ class _Run:
         node = self.nodes[index]
         self._dispatch(node, now, node.core.begin_round(node.round, now))
         t0 = time.perf_counter()
+        before = node.params.clone() if node.noise is not None else None
+        if self.drift is not None:
+            self.drift.inject(index, node.round)
         node.trainer.train_round(node.params, node.round)
+        if node.noise is not None:
+            assert before is not None
+            node.noise.apply_(node.params, before)
         self.t_train += time.perf_counter() - t0
         steps = node.trainer.steps_per_node()[0]
         self.clock.at(now + steps * self.sc.clock.step_time / node.speed, "publish", index)
@@ -271,6 +290,8 @@ class _Run:
                 log.info("round %d: %s closed without %s", event.round, node.name, event.peer)
             elif isinstance(event, RoundMixed):
                 node.params[0].copy_(torch.from_numpy(np.asarray(event.model, dtype=np.float32)))
+                if self.drift is not None:
+                    self.drift.observe(node.index, event.round, node.params[0])
                 self.finished_at = max(self.finished_at, now)
                 self._completed(node, event.round)
                 node.round = event.round + 1
@@ -288,19 +309,23 @@ class _Run:
             self._record(round, self.slots.pop(round))
 
     def _record(self, round: int, slot: _Slot) -> None:
-        acc = loss = None
+        acc = loss = aggregate = None
         t0 = time.perf_counter()
         last = round == self.sc.training.rounds - 1
         if (round + 1) % self.sc.eval.every == 0 or last:
             data = self.setup.data
-            acc, loss = evaluate(
-                self.setup.model, slot.params, data.x_global_test, data.y_global_test
-            )
+            if self.sc.privacy.private_metrics:
+                figures = site_metrics(self.setup, slot.params, range(self.setup.n))
+                aggregate = masked_summary(self.setup, round, figures)
+            else:
+                acc, loss = evaluate(
+                    self.setup.model, slot.params, data.x_global_test, data.y_global_test
+                )
         self.t_eval += time.perf_counter() - t0
         wall_now = time.perf_counter()
         sent = slot.sent / len(self.nodes)
         self.records.append(
-            round_record(round, acc, loss, slot.params, sent, wall_now - self.last_wall)
+            round_record(round, acc, loss, slot.params, sent, wall_now - self.last_wall, aggregate)
         )
         self.last_wall = wall_now
         if self.progress:

@@ -31,7 +31,15 @@ from p2pfl.engines.common import (
     frame_bytes,
     round_record,
 )
-from p2pfl.training import StackedTrainer, evaluate, nodes_per_call, stack_order
+from p2pfl.engines.drift import drift_summary, watch
+from p2pfl.engines.privacy import (
+    delta_noise,
+    make_trainer,
+    norm_summary,
+    private_summary,
+    site_metrics,
+)
+from p2pfl.training import evaluate, nodes_per_call, stack_order
 from protocols.secagg import RoundContext
 from protocols.secagg.graph import is_connected
 
@@ -184,14 +192,9 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
     n, dim, device = setup.n, setup.dim, setup.device
     nodes = setup.data.nodes
     order = stack_order([int(nd.x_train.shape[0]) for nd in nodes], setup.schedule)
-    trainer = StackedTrainer(
-        setup.model,
-        [(nodes[i].x_train, nodes[i].y_train) for i in order],
-        order,
-        setup.schedule,
-        seed=sc.seed,
-        device=device,
-    )
+    trainer = make_trainer(setup, order)
+    noise = delta_noise(setup, order)
+    drift = watch(setup, [(trainer, pos, node) for pos, node in enumerate(order)])
     params = setup.initial.to(device).repeat(n, 1)
     spare = torch.zeros_like(params)  # touched now, so round 1 pays no page faults
     block = block_columns(n, dim)
@@ -199,7 +202,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
     copies = torch.zeros_like(params) if mode == "choco" else None
     numerators = params.clone() if mode == "async" else None
     weights = torch.ones(n, 1, device=device) if mode == "async" else None
-    before = torch.empty_like(params) if mode == "async" else None
+    before = torch.empty_like(params) if mode == "async" or noise is not None else None
     gen = torch.Generator(device=device).manual_seed(sc.seed)
     matrices = _MatrixCache(setup, order)
     secure = SecureMixer(setup, order) if sc.secure.enabled else None
@@ -213,7 +216,13 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         t0 = time.perf_counter()
         if before is not None:
             before.copy_(params)
+        if drift is not None:
+            for pos in range(n):
+                drift.inject(pos, r)
         trainer.train_round(params, r, chunk)
+        if noise is not None:
+            assert before is not None
+            noise.apply_(params, before)
         _sync(device)
         t1 = time.perf_counter()
         w = matrices.get(r)
@@ -240,15 +249,21 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
             torch.div(numerators, weights, out=params)
         _sync(device)
         t2 = time.perf_counter()
-        acc = loss = None
+        if drift is not None:
+            for pos in range(n):
+                drift.observe(pos, r, params[pos])
+        acc = loss = aggregate = None
         if (r + 1) % sc.eval.every == 0 or r == sc.training.rounds - 1:
-            acc, loss = evaluate(setup.model, params, x_test, y_test, chunk=sc.eval.chunk)
+            if sc.privacy.private_metrics:
+                aggregate = private_summary(site_metrics(setup, params, order))
+            else:
+                acc, loss = evaluate(setup.model, params, x_test, y_test, chunk=sc.eval.chunk)
         t3 = time.perf_counter()
         t_train += t1 - t0
         t_mix += t2 - t1
         t_eval += t3 - t2
         sent = _bytes_sent(setup, r)
-        records.append(round_record(r, acc, loss, params, sent, t3 - t0))
+        records.append(round_record(r, acc, loss, params, sent, t3 - t0, aggregate))
         if progress:
             progress(r + 1)
     inverse = np.argsort(order)
@@ -265,7 +280,11 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         wall_eval=t_eval,
         wall_total=time.perf_counter() - start,
         stragglers=stragglers,
-        extra={"abandoned": abandoned} if secure is not None else {},
+        extra={
+            **({"abandoned": abandoned} if secure is not None else {}),
+            **norm_summary([noise]),
+            **drift_summary(drift, setup=setup),
+        },
     )
 
 

@@ -6,9 +6,8 @@ Every line is one JSON object::
      "prev": "<sha256 hex of line 6's bytes>", ...event fields}
 
 ``prev`` is the SHA-256 of the previous line exactly as written (its UTF-8
-bytes, without the newline); the first line has ``prev`` = 64 zeros. Editing,
-removing or reordering any line breaks the chain at the line after it, which
-``verify`` reports. Lines are written with ``O_APPEND``, flushed and fsync'ed
+bytes, without the newline); the first line has ``prev`` = 64 zeros, and
+``seq`` counts lines from 0. Lines are written with ``O_APPEND``, flushed and fsync'ed
 one by one, so a crash loses at most the line being written; a torn last line
 found on opening is closed with a newline and the next entry chains to it and
 says so (``audit-torn-tail``), so nothing is ever rewritten.
@@ -16,12 +15,21 @@ says so (``audit-torn-tail``), so nothing is ever rewritten.
 What the node records: start and stop, links up and down, refused handshakes
 (strangers, revoked members, bad signatures, rate limiting), peers' protocol
 errors, rounds completed, dropouts declared, checkpoints resumed, errors.
+
+What ``verify`` can tell from the file alone: an edited, removed, inserted,
+reordered or malformed line anywhere but at the very end breaks the chain, and
+it names the line and the kind of damage. What it cannot: lines cut off the
+end, or a changed last line, leave a valid (shorter) chain; only a hash noted
+earlier somewhere else (``Verification.head``, checked with ``expect_head``)
+reveals them, and a log that does not end with ``stop`` hints at them. The
+chain has no key: whoever can write the file can rewrite all of it
+consistently, so the chain proves integrity against partial edits and, up to
+the last anchored head, against rewriting.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -29,12 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GENESIS = "0" * 64
+from p2pfl.node.audit_chain import GENESIS, ChainCheck, Damage, Problem, line_hash, split_lines
+
 MAX_FIELD_CHARS = 2000
-
-
-def line_hash(line: bytes) -> str:
-    return hashlib.sha256(line).hexdigest()
 
 
 def _utc_now() -> str:
@@ -89,6 +94,12 @@ class AuditLog:
     def closed(self) -> bool:
         return self._fd < 0
 
+    @property
+    def head(self) -> str:
+        """Hash of the last line written: copied where this process cannot write, it anchors
+        the log against lines cut off the end (``verify(..., expect_head=...)``)."""
+        return self._prev
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -120,50 +131,61 @@ def _tail(path: Path) -> tuple[str, int, bool]:
 
 @dataclass
 class Verification:
-    """What ``verify`` found: entries read, and the problems (line number, what)."""
+    """What ``verify`` found.
+
+    ``entries`` counts well-formed entries, ``lines`` all lines; ``problems`` are
+    ``Problem(line, kind, detail)`` tuples in line order. ``head`` is the hash of
+    the last line (``GENESIS`` for an empty log): kept where the log's writer
+    cannot reach, it later proves that nothing up to that line was cut off or
+    changed (``verify(..., expect_head=head)``). ``head_line`` is the line that
+    matched the expected head, when one was given and found.
+    """
 
     entries: int = 0
-    problems: list[tuple[int, str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    lines: int = 0
+    head: str = GENESIS
+    head_line: int | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def verify(path: str | os.PathLike[str]) -> Verification:
-    """Check every line's ``prev`` against the hash of the line before it, and the ``seq``s."""
-    result = Verification()
-    prev = GENESIS
-    data = Path(path).read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines = lines[:-1]
-    for number, line in enumerate(lines, start=1):
-        try:
-            entry = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            entry = None
-        if not isinstance(entry, dict):
-            if number < len(lines):  # a torn line may only be followed by a torn-tail note
-                following = lines[number]
-                if b'"event":"audit-torn-tail"' not in following:
-                    result.problems.append((number, "not a JSON object"))
-            else:
-                result.problems.append((number, "not a JSON object (torn last line)"))
-        else:
-            result.entries += 1
-            if entry.get("prev") != prev:
-                result.problems.append((number, "prev does not match the previous line's hash"))
-            if entry.get("seq") != number - 1:
-                result.problems.append((number, f"seq {entry.get('seq')!r}, expected {number - 1}"))
-        prev = line_hash(line)
+def verify_data(data: bytes, *, expect_head: str | None = None) -> Verification:
+    """Check a log's bytes: every break in the chain, explained (``p2pfl.node.audit_chain``).
+
+    ``expect_head`` is a line hash noted earlier (``Verification.head``): the log
+    must still hold that line, which is the only way to notice lines cut off
+    the end or a changed last line.
+    """
+    checker = ChainCheck(data)
+    result = Verification(
+        entries=sum(ln.entry is not None for ln in checker.lines),
+        problems=checker.problems(),
+        lines=len(checker.lines),
+        head=checker.lines[-1].digest if checker.lines else GENESIS,
+    )
+    if expect_head is not None:
+        result.head_line = 0 if expect_head == GENESIS else checker.by_hash.get(expect_head)
+        if result.head_line is None:
+            detail = (
+                f"no line hashes to the expected head {expect_head}: lines were cut off "
+                "the end, or that line was changed"
+            )
+            result.problems.append(Problem(result.lines, Damage.HEAD_MISSING, detail))
     return result
 
 
-def read_entries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The log's entries that parse (for tools and tests)."""
+def verify(path: str | os.PathLike[str], *, expect_head: str | None = None) -> Verification:
+    """Check the log at ``path`` (``verify_data``); ``OSError`` if it cannot be read."""
+    return verify_data(Path(path).read_bytes(), expect_head=expect_head)
+
+
+def entries_in(data: bytes) -> list[dict[str, Any]]:
+    """The entries of a log's bytes that parse as JSON objects, in file order."""
     entries = []
-    for line in Path(path).read_bytes().split(b"\n"):
+    for line in split_lines(data):
         try:
             entry = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -171,3 +193,22 @@ def read_entries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if isinstance(entry, dict):
             entries.append(entry)
     return entries
+
+
+def read_entries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The log's entries that parse (for tools and tests)."""
+    return entries_in(Path(path).read_bytes())
+
+
+__all__ = [
+    "GENESIS",
+    "AuditLog",
+    "Damage",
+    "Problem",
+    "Verification",
+    "entries_in",
+    "line_hash",
+    "read_entries",
+    "verify",
+    "verify_data",
+]

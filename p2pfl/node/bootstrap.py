@@ -87,7 +87,7 @@ def local_federation(
     files = []
     for identity, site, address in zip(ids, sites, addresses, strict=True):
         directory = root / site.name
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # `node run` wants it private
         save_identity(identity, directory / "node.key")
         save_ledger(ledger, directory / "ledger", overwrite=False)
         table: dict[str, Any] = {

@@ -16,6 +16,15 @@ class Channel(IntEnum):
     CONTROL = 4
 
 
+def tag(channel: Channel) -> bytes:
+    """The byte a frame of ``channel`` starts with.
+
+    An encoder that takes a prefix (``protocols.wire.encode``) puts it in front
+    while it builds the frame, so a model-sized frame is never copied again.
+    """
+    return bytes((channel,))
+
+
 def tagged(channel: Channel, frame: bytes | bytearray | memoryview) -> bytes:
-    """``frame`` behind its channel's byte (one copy of the frame)."""
-    return bytes((channel,)) + (frame if isinstance(frame, bytes) else bytes(frame))
+    """``frame`` behind its channel's byte: one copy of the frame, whatever its type."""
+    return b"".join((tag(channel), frame))

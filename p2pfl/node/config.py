@@ -12,12 +12,20 @@ directory of the config file, so a node directory can be moved as a whole.
 ``insecure`` (plain ws allowed) is deliberately not a file setting: only the
 ``--insecure`` flag of ``p2pfl node run`` or ``NodeConfig(insecure=True)`` in a
 program turns it on, and the transport logs it loudly.
+
+``check_safe_settings`` is what ``p2pfl node run`` checks before it starts
+(safe people and settings): the key file, passphrase file and TLS key are
+private to their owner (no group/other bits: ``chmod 600``), so is the data
+directory holding the ledger, checkpoints and audit log (``chmod 700``; a
+missing one is created so), and links are TLS (``[tls]`` cert and key,
+``wss://``) unless ``--insecure`` was given.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +158,59 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a valid TOML node config: {exc}") from None
     return config_from_table(table, path.parent, str(path))
+
+
+def check_safe_settings(config: NodeConfig, where: str = "node config") -> None:
+    """Refuse to start with secrets or the data directory open to others, or without TLS."""
+    for path, what in _secret_files(config):
+        _check_private(path, what, "600")
+    data_dir = config.data_dir
+    if not data_dir.exists():
+        data_dir.mkdir(mode=0o700, parents=True)
+    _check_private(data_dir, "the data directory (ledger, checkpoints, audit log)", "700")
+    if not config.insecure:
+        _check_tls(config, where)
+
+
+def _secret_files(config: NodeConfig) -> list[tuple[Path, str]]:
+    files = [(config.key_file, "the key file")]
+    if config.passphrase_file is not None:
+        files.append((config.passphrase_file, "the passphrase file"))
+    if config.tls.key:
+        files.append((config.path(config.tls.key), "the TLS private key"))
+    return files
+
+
+def _check_private(path: Path, what: str, fix: str) -> None:
+    """``ConfigError`` naming the path, its mode and the chmod that fixes it (POSIX only)."""
+    if os.name != "posix":
+        return
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return  # loading it says it is missing, with its own message
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot check {what}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{path}: {what} is readable or writable by group/others (mode {mode:o}); "
+            f"run: chmod {fix} {path}"
+        )
+
+
+def _check_tls(config: NodeConfig, where: str) -> None:
+    listen = config.node.listen
+    if not (config.tls.cert and config.tls.key):
+        raise ConfigError(
+            f"{where}: [tls] cert and key are not set, and a node links institutions only "
+            "over TLS (wss://); make a pair with `p2pfl tls init` (or `p2pfl node init --tls`) "
+            "and name it in [tls], or pass --insecure to allow plain ws:// (unencrypted)"
+        )
+    if listen.startswith("ws://"):
+        raise ConfigError(
+            f"{where}: [node] listen = {listen!r} is plain ws://; use wss:// "
+            "(the [tls] pair is set), or pass --insecure to allow plain ws://"
+        )
 
 
 TEMPLATE = """\

@@ -11,13 +11,19 @@ and returns the node's local data as
 where ``x_*`` are float arrays of shape ``(samples, *input_shape)`` and
 ``y_*`` integer class labels in ``[0, num_classes)`` (torch tensors or numpy
 arrays). The test set may be empty. The data never leaves the node: only
-models trained on it do. The shapes must match the plan's ``[data]`` schema.
+models trained on it do. The shapes must match the plan's ``[data]`` section.
+
+An object may also carry ``feature_names`` (one per flattened input value):
+the plan's ``[data.schema]`` is then matched by name rather than by position.
+``check_local_data`` checks train and test sets against that schema before
+the node trains, and refuses the data with a count-only summary (never a
+value) of what does not fit.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +32,7 @@ import torch
 from torch import Tensor
 
 from p2pfl.errors import ConfigError, DataError
+from p2pfl.schema import Schema, SchemaReport, validate
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,6 +41,7 @@ class LocalData:
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
+    feature_names: tuple[str, ...] | None = None
 
 
 def resolve(entrypoint: str) -> Any:
@@ -84,10 +92,12 @@ def load_local_data(
     except Exception as exc:
         raise DataError(f"the data entrypoint {entrypoint} failed: {exc!r}") from exc
     names = ("x_train", "y_train", "x_test", "y_test")
+    feature_names = None
     if isinstance(result, tuple | list) and len(result) == 4:
         parts = list(result)
     elif all(hasattr(result, n) for n in names):
         parts = [getattr(result, n) for n in names]
+        feature_names = _feature_names(getattr(result, "feature_names", None), entrypoint)
     else:
         raise DataError(
             f"the data entrypoint {entrypoint} must return (x_train, y_train, x_test, y_test), "
@@ -107,4 +117,45 @@ def load_local_data(
             raise DataError(f"{which} labels must lie in [0, {num_classes}) as the plan says")
     if x_train.shape[0] == 0:
         raise DataError("the data entrypoint returned no training samples")
-    return LocalData(x_train, y_train, x_test.reshape(-1, *shape), y_test)
+    return LocalData(x_train, y_train, x_test.reshape(-1, *shape), y_test, feature_names)
+
+
+def _feature_names(value: Any, entrypoint: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(n, str) for n in value):
+        raise DataError(f"the data entrypoint {entrypoint}: feature_names must be a list of str")
+    return tuple(value)
+
+
+def schema_report(data: LocalData, schema: Schema) -> SchemaReport:
+    """Train and test sets together against ``schema`` (counts only)."""
+    x = torch.cat(
+        [
+            data.x_train.reshape(data.x_train.shape[0], -1),
+            data.x_test.reshape(data.x_test.shape[0], -1),
+        ]
+    )
+    y = torch.cat([data.y_train, data.y_test])
+    return validate(schema, x, data.feature_names, y)  # fmt: skip
+
+
+def check_local_data(
+    data: LocalData, schema: Schema | None, record: Callable[..., None]
+) -> SchemaReport | None:
+    """Refuse data that break the plan's schema, before any training on it.
+
+    The summary (counts and fractions, no values) goes to ``record`` (the
+    audit log) whether the data fit or not; a violation raises ``DataError``
+    listing them, which stops the node before it exchanges anything.
+    """
+    if schema is None:
+        return None
+    report = schema_report(data, schema)
+    record("data-check", **report.summary())
+    if not report.ok:
+        raise DataError(
+            "the local data do not fit the plan's data schema; nothing was trained or sent.\n"
+            + report.describe()
+        )
+    return report

@@ -4,7 +4,8 @@
 ``SyncGossip``, or ``SecureNode``) and does what the simulator's scheduler
 does with its outputs, for real:
 
-- frames go to the links, tagged with their channel, kept for replay with
+- frames go to the links, tagged with their channel (a plain core's encoder
+  writes the tag in front as it builds the frame), kept for replay with
   the round they belong to (``LinkManager.send``);
 - a secure receiver's dropout declaration is signed into the ledger *before*
   its messages are queued, so on every link the ledger record precedes the
@@ -29,7 +30,7 @@ import numpy as np
 
 from p2pfl.engines.protocol import GossipAdapter
 from p2pfl.engines.secure import SecureNode, SecureOutput
-from p2pfl.node.channels import Channel, tagged
+from p2pfl.node.channels import Channel, tag, tagged
 from p2pfl.node.errors import PlanError
 from p2pfl.node.events import DropoutsDeclared
 from p2pfl.node.plan import Graph, Plan, federation_bytes
@@ -166,10 +167,11 @@ class Exchange:
         for round_, peers in sorted(dropped.items()):
             self._declare(round_, peers)
         framed: dict[int, bytes] = {}
+        pretagged = isinstance(self.core, GossipAdapter)  # make_core gave it the tag
         for peer, frame in out.sends:
             if id(frame) not in framed:
-                framed[id(frame)] = tagged(self.channel, frame)
-            self.round_bytes += len(frame)
+                framed[id(frame)] = frame if pretagged else tagged(self.channel, frame)
+            self.round_bytes += len(frame) - (1 if pretagged else 0)
             node.links.send(peer, framed[id(frame)], round=self.round)
         node.wake_timer()
 
@@ -206,7 +208,7 @@ def make_core(
     if not plan.secure.enabled:
         core = SyncGossip(me, lambda r: hood_of(me, r), round_timeout=plan.gossip.round_timeout)
         core.resume_at(round)
-        return GossipAdapter(core)
+        return GossipAdapter(core, prefix=tag(Channel.GOSSIP))
     cfg = plan.secagg_config(plan_hash)
     ledger = node.ledger
     keys = {member: ledger.box_key(member) for member in graph.roster}

@@ -119,7 +119,7 @@ class Link:
         }
 
 
-FrameHandler = Callable[[str, bytes], None]
+FrameHandler = Callable[[str, bytes | memoryview], None]
 UpHandler = Callable[[str], list[bytes]]
 DownHandler = Callable[[str, str], None]
 

@@ -11,9 +11,10 @@ Every link carries four channels, told apart by the first byte of each
 message (``p2pfl.node.channels``): ledger sync, gossip, secure aggregation, control.
 
 The data directory holds the ledger (saved after every change, atomically),
-``checkpoints/`` (one per round), ``audit.jsonl`` (hash-chained) and
-``status.json``. A node restarted after a crash or SIGTERM resumes from its
-newest checkpoint with the ledger it saved, catching up with its neighbours.
+``checkpoints/`` (one per round), ``audit.jsonl`` (hash-chained),
+``status.json`` and, once a run ends, ``crate/`` (its RO-Crate: ``p2pfl.provenance``).
+A node restarted after a crash or SIGTERM resumes from its newest checkpoint
+with the ledger it saved, catching up with its neighbours.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class Node:
         self._timer_wake = asyncio.Event()
         self._subscribers: list[asyncio.Queue[Any]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._early: list[tuple[str, int, bytes]] = []
+        self._early: list[tuple[str, int, bytes | memoryview]] = []
         self._ledger_dirty = False
         self._open = False
         self._closed = False
@@ -124,7 +125,7 @@ class Node:
         if cfg.passphrase_file is not None:
             passphrase = read_passphrase_file(cfg.passphrase_file)
         self.identity = load_identity(cfg.key_file, passphrase)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: see config
         self.ledger = load_ledger(cfg.ledger_file)
         if self.identity.node_id not in self.ledger.members():
             raise ConfigError(
@@ -228,6 +229,10 @@ class Node:
             if self.audit is not None:
                 self.audit.record("stop", reason="requested" if stopping else self.last_error)
                 self.audit.close()
+            if hasattr(self, "rounds"):  # it started: package the run as an RO-Crate
+                from p2pfl.provenance import record_node_run
+
+                record_node_run(self)
             for queue in self._subscribers:
                 queue.put_nowait(_END)
 
@@ -349,10 +354,10 @@ class Node:
 
     # -- frames -----------------------------------------------------------------------
 
-    def _on_frame(self, peer: str, data: bytes) -> None:
+    def _on_frame(self, peer: str, data: bytes | memoryview) -> None:
         channel = data[0] if data else 0
         if channel == Channel.LEDGER:
-            self._on_ledger_frame(peer, data[1:])
+            self._on_ledger_frame(peer, bytes(data[1:]))
         elif channel in (Channel.GOSSIP, Channel.SECAGG):
             if self.rounds.exchange is None:
                 if len(self._early) < MAX_EARLY_FRAMES:
@@ -364,7 +369,7 @@ class Node:
         else:
             self.peer_error(peer, f"unknown channel {channel}")
 
-    def take_early_frames(self) -> list[tuple[str, int, bytes]]:
+    def take_early_frames(self) -> list[tuple[str, int, bytes | memoryview]]:
         early, self._early = self._early, []
         return early
 

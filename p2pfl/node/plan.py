@@ -5,9 +5,11 @@ every member approves its hash. The node reads it into a ``Plan`` (unknown
 keys are errors naming them, as in a config file)::
 
     seed = 0                      # model initialisation, batch order, random graphs
-    [data]                        # the data schema every site's entrypoint must match
+    [data]                        # the shapes every site's entrypoint must match
     input_shape = [37]
     num_classes = 2
+    [data.schema]                 # optional: columns, units, ranges (``p2pfl.schema``)
+    features = [{ name = "age", type = "float", unit = "years", min = 0.0, max = 120.0 }, ...]
     [model]                       # a built-in (logreg, mlp, cnn) or "module:factory"
     name = "logreg"
     [training]                    # rounds and local steps, as in a scenario file
@@ -31,11 +33,18 @@ the valid members sorted by node id, a node's index is its position, and the
 topology is ``topology.build(kind, n, seed=...)``; the mixing matrix of round
 r gives each node's neighbourhood. The roster is fixed when training starts
 and kept in the checkpoints, so a restart does not reshuffle the graph.
+
+A plan without ``[data.schema]`` stays valid (only shapes and labels are
+checked); with one, it must name one feature per input value and, if it names
+classes, as many as ``num_classes``: each node checks its data against it
+before training (``p2pfl.node.data.check_local_data``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +52,7 @@ from typing import Any
 import topology
 from p2pfl.node.errors import PlanError
 from p2pfl.scenario import ModelSection, TopologySection, TrainingSection
+from p2pfl.schema import Schema, parse_schema
 from p2pfl.tables import build
 from protocols.gossip import Neighbourhood
 from protocols.secagg import SecAggConfig, Timeouts
@@ -52,6 +62,7 @@ from protocols.secagg import SecAggConfig, Timeouts
 class PlanData:
     input_shape: list[int] = field(default_factory=list)
     num_classes: int = 0
+    schema: Schema | None = None  # parsed apart from the table (``plan_from_ledger``)
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,8 @@ class Plan:
             raise PlanError("plan [data] input_shape must list the positive sizes of one sample")
         if self.data.num_classes < 2:
             raise PlanError("plan [data] num_classes must be at least 2")
+        if self.data.schema is not None:
+            _check_schema_fits(self.data.schema, self.data)
         if self.gossip.mode != "sync":
             raise PlanError(
                 f"plan [gossip] mode {self.gossip.mode!r}: the node daemon runs 'sync' "
@@ -116,12 +129,36 @@ class Plan:
         return Timeouts(s.share_timeout, s.masked_timeout, s.unmask_timeout)
 
 
+def _check_schema_fits(schema: Schema, data: PlanData) -> None:
+    """A schema names one feature per input value, and the plan's classes if any."""
+    size = math.prod(data.input_shape)
+    if len(schema.features) != size:
+        raise PlanError(
+            f"plan [data.schema] features: {len(schema.features)} features, but input_shape "
+            f"{data.input_shape} has {size} values per sample"
+        )
+    if schema.classes and len(schema.classes) != data.num_classes:
+        raise PlanError(
+            f"plan [data.schema] classes: {len(schema.classes)} names, "
+            f"but num_classes is {data.num_classes}"
+        )
+
+
 def plan_from_ledger(table: Mapping[str, Any] | None) -> Plan:
     """The ``Plan`` of the ledger's plan record; ``PlanError`` if absent or not runnable."""
     if table is None:
         raise PlanError("the ledger holds no valid training plan yet")
     try:
-        return build(Plan, dict(table), "plan")
+        table = dict(table)
+        schema_table = None
+        if isinstance(table.get("data"), dict) and "schema" in table["data"]:
+            table["data"] = dict(table["data"])
+            schema_table = table["data"].pop("schema")
+        plan = build(Plan, table, "plan")
+        if schema_table is None:
+            return plan
+        schema = parse_schema(schema_table, "plan [data.schema]")
+        return dataclasses.replace(plan, data=dataclasses.replace(plan.data, schema=schema))
     except PlanError:
         raise
     except Exception as exc:  # ConfigError and the sections' own checks

@@ -3,7 +3,8 @@
 ``RoundDriver`` is the node's learning half. Before the first round it waits
 (bounded by ``start_timeout``) until the ledger's plan is approved by every
 member of the roster and the links to the neighbours are up with their
-ledgers exchanged; it refuses to train on a plan this node has not approved.
+ledgers exchanged; it refuses to train on a plan this node has not approved,
+or on local data that break the plan's data schema (``check_local_data``).
 A round r is then:
 
 1. catch up: if every in-neighbour's ledger progress says it finished round r
@@ -37,6 +38,7 @@ import numpy as np
 from p2pfl.atomic import atomic_write_bytes
 from p2pfl.errors import ConfigError
 from p2pfl.node.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
+from p2pfl.node.data import check_local_data
 from p2pfl.node.errors import PlanError
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core, skip_core_to
@@ -141,6 +143,8 @@ class RoundDriver:
         node.update_links()
         resume = None if self._resume is None else self._resume.model
         self.learner = await Learner.load(node.config.data, plan, graph.index(self.me), resume)
+        node.set_phase("checking-data")
+        check_local_data(self.learner.data, plan.data.schema, node.record)  # before any round
         if self._resume is not None:  # the model lives in the learner now, not twice
             self._resume = dataclasses.replace(self._resume, model=np.zeros(0, np.float32))
         node.set_phase("connecting")

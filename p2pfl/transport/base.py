@@ -7,7 +7,8 @@ to one peer whose identity was proven by the Ed25519 handshake
 The contract every implementation keeps (``tests/p2pfl/test_transport.py``
 checks it against each one):
 
-- messages are whole byte strings, delivered once, in order, per direction;
+- messages are whole byte strings (``bytes``, or a read-only ``memoryview``
+  for a large one), delivered once, in order, per direction;
 - a message larger than ``max_message_size`` raises ``MessageTooLarge`` on the
   sender and the link stays usable; a peer that sends one anyway (its limit is
   higher than ours) has the link closed on it, and both ends' next ``recv``
@@ -107,8 +108,13 @@ class Connection(ABC):
         """
 
     @abstractmethod
-    async def recv(self) -> bytes:
-        """The next message; ``TransportClosed`` once the link is gone."""
+    async def recv(self) -> bytes | memoryview:
+        """The next message; ``TransportClosed`` once the link is gone.
+
+        A large message may come as a read-only ``memoryview`` of the buffer it
+        was received into (copying it into ``bytes`` would cost a model-sized
+        allocation and copy); it compares equal to the same ``bytes``.
+        """
 
     @abstractmethod
     async def close(self) -> None:

@@ -12,7 +12,9 @@
    send at once, so each figure is one direction of a full-duplex exchange;
    it includes framing, the channel tag, decoding and the mix itself. Round
    0 (torch warm-up, links settling) is left out; best and median are shown.
-   Run over ws (``--insecure``) and over wss (TLS 1.3).
+   Run over ws (``--insecure``) and over wss (TLS 1.3); raw loopback TCP
+   between two processes is measured right before and after each, with the
+   load average, as the machine's reference at that moment.
 2. Memory. The daemons' peak RSS (``getrusage``) against the model size, and
    against the peak RSS of the same daemons with a logistic regression
    (the baseline: Python, torch, websockets, the ledger).
@@ -51,6 +53,7 @@ from p2pfl.node.bootstrap import Site, local_federation  # noqa: E402
 from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint  # noqa: E402
 from p2pfl.node.status import read_status  # noqa: E402
 from p2pfl.scenario import load_scenario  # noqa: E402
+from simulations.bench.transport_bench import tcp_baseline  # noqa: E402
 
 MB = 1_000_000
 FEATURES = 37  # the heart-disease data the two sites train on
@@ -115,6 +118,17 @@ def two_daemons(scheme: str, model: dict[str, Any], rounds: int) -> dict[str, An
         return {"metas": metas, "rss": rss, "model_bytes": int(dim.nbytes)}
 
 
+def raw_tcp(size_mb: float) -> str:
+    """Raw loopback TCP between two processes now, measured as transport_bench does."""
+    timings = tcp_baseline(argparse.Namespace(size_mb=int(size_mb), repeat=3))
+    rates = [int(size_mb) * MB / wall / 1e9 for wall in timings.wall]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"raw TCP reference: best {max(rates):.2f} GB/s, median {statistics.median(rates):.2f}"
+        f" GB/s (load average {load})"
+    )
+
+
 def transfer(size_mb: float, rounds: int) -> None:
     width = hidden_for(size_mb)
     print(f"model: MLP 37-{width}-{width}-2, {size_mb:.0f} MB of float32; {rounds} rounds")
@@ -123,6 +137,7 @@ def transfer(size_mb: float, rounds: int) -> None:
     shown = ", ".join(f"{r / MB:.0f} MB" for r in baseline)
     print(f"baseline peak RSS (logistic regression daemons): {shown}")
     for scheme in ("ws", "wss"):
+        print(f"     before: {raw_tcp(size_mb)}")
         t0 = time.perf_counter()
         run = two_daemons(scheme, {"name": "mlp", "hidden": [width, width]}, rounds)
         model = run["model_bytes"]
@@ -143,6 +158,7 @@ def transfer(size_mb: float, rounds: int) -> None:
                 f"     daemon {i}: peak RSS {rss / MB:.0f} MB = baseline {base / MB:.0f} MB "
                 f"+ {over:.2f} x model (target < 3 x)"
             )
+        print(f"     after:  {raw_tcp(size_mb)}")
 
 
 def engines(rounds: int) -> None:

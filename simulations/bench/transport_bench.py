@@ -11,7 +11,8 @@ best and median of ``--repeat`` (after one warm-up message). With
 between two daemons; with ``--mode inproc`` both ends share one event loop
 (and one core). Baselines measured in the same run put the figures in
 context on a shared machine: a memory copy of the message, and raw loopback
-TCP (``sendall`` / ``recv_into``) between two processes.
+TCP (``sendall`` / ``recv_into``) between two processes, before and after
+the websocket runs, with the load average at both ends.
 
 Two figures per line: wall-clock GB/s (best and median), what the run saw on
 this machine as shared at the time; and "CPU-bound" GB/s, the size over the
@@ -212,12 +213,14 @@ def main() -> None:
     print(f"{args.size_mb} MB message, {args.repeat} runs, frames of {args.frame_kib} KiB,")
     print(f"mode {args.mode}; {os.cpu_count()} CPUs, load average {load}")
     report("memory copy (baseline)", size, memcpy_baseline(args))
-    report("raw TCP, 2 processes (baseline)", size, tcp_baseline(args))
+    report("raw TCP, 2 processes (before)", size, tcp_baseline(args))
     with tempfile.TemporaryDirectory() as tmp:
         tls_dir = Path(tmp)
         make_self_signed(tls_dir, ["127.0.0.1"])
         for scheme in ("ws", "wss"):
             report(f"{scheme} ({args.mode})", size, asyncio.run(run_ws(scheme, tls_dir, args)))
+    report("raw TCP, 2 processes (after)", size, tcp_baseline(args))
+    print(f"load average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -408,4 +408,4 @@ def test_the_example_plan_is_a_valid_plan(cli: Cli) -> None:
 
     example = Path(__file__).resolve().parents[2] / "simulations" / "plans" / "heart_disease.toml"
     plan = read_plan(str(example))
-    assert plan["model"]["name"] == "logreg" and plan["privacy"]["secure_aggregation"] is True
+    assert plan["model"]["name"] == "logreg" and plan["secure"]["enabled"] is True

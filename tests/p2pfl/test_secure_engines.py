@@ -421,9 +421,10 @@ def test_plain_report_has_no_secure_entry():
 
 @pytest.fixture(scope="module")
 def hospitals():
-    """Both sweep values (ring, complete), plain and with ``--set secure.enabled=true``."""
+    """Both topologies (ring, complete) without DP, plain and with ``secure.enabled=true``."""
+    sweep = {"topology.kind": ["ring", "complete"]}
     return {
-        secure: simulate(load_scenario(HOSPITALS, {"secure.enabled": secure}))
+        secure: simulate(load_scenario(HOSPITALS, {"secure.enabled": secure, "sweep": sweep}))
         for secure in (False, True)
     }
 

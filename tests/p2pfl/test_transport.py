@@ -343,6 +343,46 @@ def test_conformance(make_pair: MakePair, check: Callable[[MakePair], Awaitable[
 # -- per transport ------------------------------------------------------------------------
 
 
+def test_ws_large_message_arrives_in_one_read_only_buffer() -> None:
+    async def check() -> None:
+        async with ws_pair_factory(None)() as pair:
+            big = payload(3 * MiB + 1, 7)
+            async with asyncio.TaskGroup() as group:
+                receiving = group.create_task(pair.listener.recv())
+                await pair.dialer.send(memoryview(big)[1:])
+            received = receiving.result()
+            assert isinstance(received, memoryview) and received.readonly
+            assert received == big[1:]
+            await pair.dialer.send(b"small")
+            assert await pair.listener.recv() == b"small"
+
+    asyncio.run(check())
+
+
+@pytest.mark.parametrize(
+    "fragments",
+    [
+        [b"no length first", b"x"],
+        [(5).to_bytes(8, "big"), b"123456"],
+        [(9).to_bytes(8, "big"), b"12"],
+    ],
+    ids=["no-length", "longer", "shorter"],
+)
+def test_ws_fragmented_message_must_match_its_length(fragments: list[bytes]) -> None:
+    """A peer that breaks the framing gets the link closed, never a wrong message."""
+
+    async def check() -> None:
+        async with ws_pair_factory(None)() as pair:
+            raw = pair.dialer._ws  # type: ignore[attr-defined]
+            await raw.send(iter(fragments))
+            with pytest.raises(TransportClosed, match="framing"):
+                await pair.listener.recv()
+            with pytest.raises(TransportClosed):
+                await pair.dialer.recv()
+
+    asyncio.run(check())
+
+
 def test_memory_backpressure_is_exactly_the_buffer() -> None:
     async def main() -> None:
         network = MemoryNetwork()

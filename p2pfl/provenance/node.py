@@ -1,0 +1,280 @@
+"""A node's run as a crate in ``DATA_DIR/crate/`` (``write_node_crate``).
+
+Written at shutdown, once the ledger is saved and the audit log closed. The
+crate is built in a temporary directory next to it and then takes the place
+of the previous run's crate (rename), so a crash leaves the old crate, the
+new one, or none, never half of one; leftovers of an interrupted write are
+removed on the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rocrate.model import ContextEntity  # type: ignore[import-untyped]
+from rocrate.rocrate import ROCrate  # type: ignore[import-untyped]
+
+from p2pfl.provenance.crate import (
+    COMPLETED,
+    LEDGER_HASH_ID,
+    NODE_CRATE_DIR,
+    PLAN_FILE,
+    PLAN_HASH_ID,
+    add_action,
+    add_file,
+    add_value,
+    new_crate,
+    now,
+)
+
+if TYPE_CHECKING:
+    from p2pfl.node.node import Node
+
+log = logging.getLogger(__name__)
+
+
+def record_node_run(node: Node) -> Path | None:
+    """``write_node_crate`` for the node's shutdown: a failure is logged, never raised.
+
+    A crate that cannot be written must not hide how the node ended.
+    """
+    try:
+        target = write_node_crate(node)
+    except Exception as exc:  # a full disk, a vanished file: say so, keep shutting down
+        log.error("cannot write the run's RO-Crate in %s: %s", node.data_dir, exc)
+        return None
+    log.info("wrote the run's RO-Crate to %s", target)
+    return target
+
+
+def write_node_crate(node: Node, *, ended: datetime.datetime | None = None) -> Path:
+    """Package the node's run into ``DATA_DIR/crate/`` (replacing the previous run's crate).
+
+    Called when the run is over: the ledger saved, the audit log closed. The
+    crate holds the plan (``plan.json``), the newest checkpoint, ``metrics.json``
+    (rounds this node kept, the ledger's progress and published metrics), the
+    audit log, the ledger file's SHA-256 and every member's approval. Returns
+    the crate directory.
+    """
+    ended = ended or now()
+    started = datetime.datetime.fromtimestamp(node.started, datetime.UTC)
+    target = node.data_dir / NODE_CRATE_DIR
+    _remove_stale(node.data_dir)
+    staging = Path(tempfile.mkdtemp(dir=node.data_dir, prefix=f".{NODE_CRATE_DIR}-new-"))
+    try:
+        crate = _node_crate(node, staging, started, ended)
+        crate.write(staging)
+        _replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _node_crate(
+    node: Node, staging: Path, started: datetime.datetime, ended: datetime.datetime
+) -> ROCrate:
+    """The crate's metadata; the files it lists that did not exist are made in ``staging``."""
+    ledger = node.ledger
+    me = node.node_id
+    crate = new_crate(
+        f"p2pfl node run {node.config.node.name or me}",
+        f"One run of node {me} in federation {ledger.federation_id}.",
+        ended,
+    )
+    members = _add_members(crate, ledger)
+    objects = _node_inputs(crate, node, staging)
+    _add_approvals(crate, ledger, members)  # after the plan: they point at plan.json
+    add_action(
+        crate,
+        name=f"p2pfl node run {me}",
+        agent=members.get(me) or _member(crate, me, ""),
+        objects=objects,
+        results=_node_outputs(crate, node, staging),
+        times=(started, ended),
+        error=_node_error(node),
+    )
+    return crate
+
+
+def _node_inputs(crate: ROCrate, node: Node, staging: Path) -> list[Any]:
+    """The plan (file and hash) and where the site's data came from."""
+    objects = _plan_entities(crate, node.ledger, staging)
+    entry = node.config.data
+    objects.append(add_value(crate, "#data-entrypoint", "data entrypoint", entry.entrypoint))
+    if entry.args or entry.kwargs:
+        arguments = {"args": entry.args, "kwargs": entry.kwargs}
+        objects.append(add_value(crate, "#data-arguments", "data arguments", arguments))
+    return objects
+
+
+def _node_outputs(crate: ROCrate, node: Node, staging: Path) -> list[Any]:
+    """Newest checkpoint, metrics, audit log, and the ledger file's hash."""
+    checkpoints = _kept_checkpoints(node.data_dir / "checkpoints")
+    results = []
+    if checkpoints:
+        newest = checkpoints[-1]
+        results.append(
+            add_file(crate, newest.path, newest.path.name, f"model after round {newest.round}")
+        )
+    metrics = staging / "metrics.json"
+    metrics.write_text(json.dumps(_node_metrics(node, checkpoints), indent=2, sort_keys=True))
+    results.append(add_file(crate, metrics, "metrics.json", "rounds, progress and metrics"))
+    if node.audit is not None:
+        results.append(
+            add_file(crate, node.audit.path, "audit.jsonl", "hash-chained audit log (whole)")
+        )
+    ledger_file = node.config.ledger_file
+    results.append(
+        add_value(
+            crate,
+            LEDGER_HASH_ID,
+            "ledger sha256",
+            _sha256_file(ledger_file),
+            f"SHA-256 of the ledger file as saved at the end of the run: {ledger_file}",
+        )
+    )
+    return results
+
+
+def _node_error(node: Node) -> str | None:
+    """None when the run finished; otherwise why it did not."""
+    if node.phase == "finished":
+        return None
+    rounds = getattr(node, "rounds", None)
+    done = 0 if rounds is None else rounds.completed + 1
+    target = None if rounds is None else rounds.target
+    of = f" of {target}" if target else ""
+    reason = node.last_error or "stopped before the run finished"
+    return f"{reason} (phase {node.phase}, {done}{of} rounds completed; a restart resumes)"
+
+
+def _plan_entities(crate: ROCrate, ledger: Any, staging: Path) -> list[Any]:
+    """The ledger's plan as ``plan.json``, identified by its hash (what members approve)."""
+    plan, plan_hash = ledger.plan(), ledger.plan_hash()
+    if plan is None or plan_hash is None:
+        return []
+    digest = add_value(
+        crate,
+        PLAN_HASH_ID,
+        "plan hash",
+        plan_hash.hex(),
+        "SHA-256 of the plan's canonical encoding (protocols.records.plan_hash)",
+    )
+    path = staging / PLAN_FILE
+    path.write_text(json.dumps(plan, indent=2, sort_keys=True))
+    entity = add_file(crate, path, PLAN_FILE, "the training plan, from the ledger")
+    entity["identifier"] = digest
+    return [entity, digest]
+
+
+def _member(crate: ROCrate, node_id: str, institution: str) -> Any:
+    props = {"@type": "Organization", "name": institution or node_id, "identifier": node_id}
+    return crate.add(ContextEntity(crate, f"#member-{node_id}", properties=props))
+
+
+def _add_members(crate: ROCrate, ledger: Any) -> dict[str, Any]:
+    members = ledger.members(include_revoked=True)
+    return {nid: _member(crate, nid, m.institution) for nid, m in sorted(members.items())}
+
+
+def _add_approvals(crate: ROCrate, ledger: Any, members: dict[str, Any]) -> None:
+    """Each member's latest signed approval, as an ``EndorseAction`` of a plan hash."""
+    current = ledger.plan_hash()
+    for nid, approved in sorted(ledger.approvals().items()):
+        what = crate.get(PLAN_FILE) if approved == current else None
+        if what is None:  # an older plan, not in this crate: its hash stands for it
+            what = add_value(crate, f"#plan-hash-{approved.hex()}", "plan hash", approved.hex())
+        props = {
+            "@type": "EndorseAction",
+            "name": f"approval by {nid}",
+            "description": f"signed plan hash {approved.hex()}",
+            "actionStatus": {"@id": COMPLETED},
+        }
+        action = crate.add(ContextEntity(crate, f"#approval-{nid}", properties=props))
+        action["agent"] = members.get(nid) or _member(crate, nid, "")
+        action["object"] = what
+        crate.root_dataset.append_to("mentions", action)
+
+
+def _kept_checkpoints(directory: Path) -> list[Any]:
+    from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint
+    from p2pfl.node.errors import CheckpointError
+
+    kept = []
+    for _, path in list_checkpoints(directory):
+        with contextlib.suppress(CheckpointError):
+            kept.append(read_checkpoint(path))
+    return kept
+
+
+_ROUND_KEYS = (
+    "accuracy",
+    "loss",
+    "seconds",
+    "train_seconds",
+    "mix_seconds",
+    "arrived",
+    "stragglers",
+    "abandoned",
+    "bytes_sent",
+    "finished_at",
+)
+
+
+def _node_metrics(node: Node, checkpoints: list[Any]) -> dict[str, Any]:
+    ledger = node.ledger
+    rounds = getattr(node, "rounds", None)
+    completed = -1 if rounds is None else rounds.completed
+    published = {str(r): ledger.metrics(r) for r in range(completed + 1)}
+    current = ledger.plan_hash()
+    trained = None if rounds is None else rounds.plan_hash
+    return {
+        "node": node.node_id,
+        "federation": ledger.federation_id,
+        "plan_hash": None if current is None else current.hex(),
+        "trained_plan_hash": None if trained is None else trained.hex(),
+        "completed": completed + 1,
+        "target": None if rounds is None else rounds.target,
+        "resumed_from": None if rounds is None else rounds.resumed_from,
+        "rounds": [
+            {"round": c.round, **{k: c.meta.get(k) for k in _ROUND_KEYS}} for c in checkpoints
+        ],
+        "progress": ledger.progress(),
+        "published": {r: m for r, m in published.items() if m},
+    }
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _remove_stale(data_dir: Path) -> None:
+    """Staging directories of a write a crash interrupted."""
+    for entry in data_dir.glob(f".{NODE_CRATE_DIR}-*"):
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target``: a reader sees the old crate, the new one, or none."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{NODE_CRATE_DIR}-old-{uuid.uuid4().hex}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
