@@ -84,7 +84,12 @@ class DriftWatch:
             shown = {k: v for k, v in e.items() if k != "node"}
             events.append({"site": name if name in opt_in else None, **shown})
         injected = [
-            {"site": site_names[i.node], "round": i.round, "kind": i.kind, "magnitude": i.magnitude}
+            {
+                "site": site_names[i.node] if site_names[i.node] in opt_in else None,
+                "round": i.round,
+                "kind": i.kind,
+                "magnitude": i.magnitude,
+            }
             for i in self.cfg.injections()
         ]
         return {"events": events, "injected": injected}

@@ -58,6 +58,10 @@ class PrivacySection:
                 f"privacy.accountant must be one of {', '.join(ACCOUNTANTS)}, "
                 f"not {self.accountant!r}"
             )
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"privacy.delta must be in (0, 1), not {self.delta}")
+        if not self.max_noise_multiplier > 0:
+            raise ConfigError("privacy.max_noise_multiplier must be positive")
         if self.mechanism == "none":
             for key in ("epsilon", "noise_multiplier", "clip"):
                 if getattr(self, key) is not None:
@@ -86,10 +90,6 @@ class PrivacySection:
                 f"L2 norm (the {'delta' if self.mechanism == 'delta' else 'per-sample gradient'} "
                 "bound)"
             )
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"privacy.delta must be in (0, 1), not {self.delta}")
-        if not self.max_noise_multiplier > 0:
-            raise ConfigError("privacy.max_noise_multiplier must be positive")
 
     @property
     def active(self) -> bool:

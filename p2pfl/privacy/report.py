@@ -21,7 +21,7 @@ def _eps(value: float | None) -> str:
 
 def no_dp_partner(label: str, labels: list[str]) -> str | None:
     """The run of the same sweep point with ``privacy.epsilon = inf`` (no DP), if there is one."""
-    partner = re.sub(r"privacy\\.epsilon=[^,]+", NO_DP, label)
+    partner = re.sub(r"privacy\.epsilon=[^,]+", NO_DP, label)
     return partner if partner != label and partner in labels else None
 
 

@@ -23,16 +23,6 @@ TINY = Path(__file__).resolve().parents[2] / "simulations" / "tiny.toml"
 CHANCE = 0.1  # ten classes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: on a shared 2-core machine a second intra-op thread only adds
-    synchronisation (measured 3-6x slower under load), so the module runs on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data_cache() -> dict[str, object]:
     return {}

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from rocrate.rocrate import ROCrate
 
 import p2pfl
@@ -38,15 +37,6 @@ TINY = ROOT / "simulations" / "tiny.toml"
 COMPLETED = "http://schema.org/CompletedActionStatus"
 FAILED = "http://schema.org/FailedActionStatus"
 SITES = ("Cleveland", "Hungary", "Switzerland")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared machine: one intra-op thread is faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- helpers --------------------------------------------------------------------------

@@ -48,16 +48,6 @@ SECURE = {"secure.enabled": True}
 COMPLETE = {"topology.kind": "complete", **SECURE}  # d = 5, t = 3: survives 2 dropouts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on a shared 2-core machine a second intra-op thread only adds
-    synchronisation, so the module runs on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data_cache() -> dict[str, object]:
     return {}

@@ -19,16 +19,6 @@ ROUND_KEYS = {"acc_mean", "acc_min", "acc_max", "consensus", "bytes_per_node", "
 SITE_KEYS = {"site", "train_samples", "test_samples", "gossip", "pooled", "local", "personalised"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: on a shared 2-core machine a second intra-op thread only adds
-    synchronisation, so the module runs on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     """One run of the command, shared by the tests that read its files."""

@@ -26,16 +26,6 @@ from p2pfl.training import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: on a shared 2-core machine a second intra-op thread only adds
-    synchronisation (measured 3x slower under load), so the module runs on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_federated("digits", 5, "dirichlet", alpha=0.5, seed=3)
