@@ -147,7 +147,7 @@ def secure_tolerance(scenario: Scenario, topo: topology.Topology) -> dict[str, i
     """
     cfg = secagg_config_of(scenario)
     tolerance: dict[str, int] = {}
-    for step in _steps(topo):
+    for step in steps_to_check(topo):
         w = topo.mixing(step).tocsr()
         in_degree = np.diff(w.indptr) - (w.diagonal() != 0)
         degrees = {f"n{i}": int(d) for i, d in enumerate(in_degree)}
@@ -156,7 +156,7 @@ def secure_tolerance(scenario: Scenario, topo: topology.Topology) -> dict[str, i
     return tolerance
 
 
-def _steps(topo: topology.Topology, cap: int = 64) -> range:
+def steps_to_check(topo: topology.Topology, cap: int = 64) -> range:
     """The steps worth checking: one for a static graph, a schedule's period up to ``cap``."""
     return range(min(topo.period, cap) if topo.time_varying else 1)
 
@@ -177,7 +177,7 @@ def doubly_stochastic(topo: topology.Topology, tol: float = 1e-12) -> bool:
     A directed graph with such weights (one-peer exponential) mixes exactly under
     D-PSGD, so ``sync`` accepts it; plain column-stochastic weights need push-sum.
     """
-    for step in _steps(topo):
+    for step in steps_to_check(topo):
         w = topo.mixing(step)
         rows, cols = np.asarray(w.sum(axis=1)), np.asarray(w.sum(axis=0))
         if np.abs(rows - 1).max() > tol or np.abs(cols - 1).max() > tol:

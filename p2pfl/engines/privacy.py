@@ -36,12 +36,12 @@ def budget_for(
     sizes = [int(nd.x_train.shape[0]) for nd in data.nodes]
     matrices = threshold_of = None
     if scenario.secure.enabled and p.mechanism == "delta":
-        from p2pfl.engines.common import _steps
+        from p2pfl.engines.common import steps_to_check
         from p2pfl.engines.secure import secagg_config_of
         from protocols.secagg.config import threshold_for
 
         cfg = secagg_config_of(scenario)
-        matrices = [topo.mixing(s) for s in _steps(topo)]
+        matrices = [topo.mixing(s) for s in steps_to_check(topo)]
 
         def threshold_of(degree: int) -> int:
             return threshold_for(cfg, degree)

@@ -41,6 +41,7 @@ import p2pfl
 from p2pfl.engines.common import Progress, RoundRecord, RunResult, Setup, round_record
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.identity import create_identity
+from p2pfl.ledger_file import load_ledger
 from p2pfl.node.bootstrap import Site, SiteFiles, local_federation
 from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint
 from p2pfl.node.status import read_status
@@ -64,6 +65,10 @@ def plan_of(setup: Setup) -> dict[str, Any]:
         )
     if sc.topology.path is not None:
         raise ConfigError("the processes engine cannot ship topology.path to the daemons")
+    if sc.drift.inject:
+        raise ConfigError(
+            "drift.inject changes a simulated node's data; the daemons read their real data"
+        )
 
     def clean(section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
         return {
@@ -85,6 +90,7 @@ def plan_of(setup: Setup) -> dict[str, Any]:
             "round_timeout": float(sc.clock.round_timeout or DEFAULT_ROUND_TIMEOUT),
         },
         "secure": secure,
+        "privacy": clean(sc.privacy, ("opt_in",)),
     }
 
 
@@ -184,11 +190,20 @@ def prepare_federation(
             "p2pfl.node.examples:scenario_node",
             kwargs={"scenario": str(scenario_file.resolve()), "index": i},
             limits=site_limits,
+            sections=_site_sections(setup, i),
         )
         for i, (name, port) in enumerate(zip(setup.names(), ports, strict=True))
     ]
     files = local_federation(root, sites, plan, name=setup.scenario.name, identities=identities)
     return Federation(root, files, scenario_file)
+
+
+def _site_sections(setup: Setup, i: int) -> dict[str, dict[str, Any]]:
+    """A site's own ``[privacy]`` choice (from ``privacy.opt_in``) and its ``[drift]`` watch."""
+    sc = setup.scenario
+    drift = {k: v for k, v in dataclasses.asdict(sc.drift).items() if k != "inject"}
+    share = setup.data.nodes[i].name in sc.privacy.opt_in
+    return {"privacy": {"share_metrics": share}, "drift": drift}
 
 
 def wait_for(
@@ -239,6 +254,12 @@ def collect(setup: Setup, federation: Federation, label: str, wall_total: float)
         found = {r: read_checkpoint(p) for r, p in list_checkpoints(site.directory / "checkpoints")}
         ckpts.append(found)
     params = setup.initial.clone().unsqueeze(0).repeat(n, 1)
+    roster = sorted(site.node_id for site in federation.sites)
+    ledgers = (
+        [load_ledger(site.directory / "ledger") for site in federation.sites]
+        if sc.privacy.private_metrics
+        else []
+    )
     records: list[RoundRecord] = []
     t_eval = t_train = 0.0
     stragglers = abandoned = 0
@@ -258,14 +279,17 @@ def collect(setup: Setup, federation: Federation, label: str, wall_total: float)
             ends.append(float(ckpt.meta["finished_at"]))
             stragglers += len(ckpt.meta.get("stragglers", ()))
             t_train += float(ckpt.meta.get("train_seconds", 0.0))
-        acc = loss = None
+        acc = loss = aggregate = None
         t0 = time.perf_counter()
-        if (r + 1) % sc.eval.every == 0 or r == rounds - 1:
+        if sc.privacy.private_metrics:
+            aggregate = ledger_summary(ledgers, roster, r)
+        elif (r + 1) % sc.eval.every == 0 or r == rounds - 1:
             data = setup.data
             acc, loss = evaluate(setup.model, params, data.x_global_test, data.y_global_test)
         t_eval += time.perf_counter() - t0
         end = max(ends, default=previous_end)
-        records.append(round_record(r, acc, loss, params, sent / n, max(0.0, end - previous_end)))
+        wall = max(0.0, end - previous_end)
+        records.append(round_record(r, acc, loss, params, sent / n, wall, aggregate))
         previous_end = end
     for found in ckpts:
         if found:
@@ -283,8 +307,49 @@ def collect(setup: Setup, federation: Federation, label: str, wall_total: float)
         wall_eval=t_eval,
         wall_total=wall_total,
         stragglers=stragglers,
-        extra={"abandoned": abandoned, "node_ids": [s.node_id for s in federation.sites]},
+        extra={
+            "abandoned": abandoned,
+            "node_ids": [s.node_id for s in federation.sites],
+            **drift_from_audit(setup, federation),
+        },
     )
+
+
+def ledger_summary(
+    ledgers: list[Any], roster: list[str], r: int
+) -> tuple[float | None, float | None] | None:
+    """Round ``r``'s accuracy and loss from the masked records in the sites' ledgers.
+
+    What any member can compute: the sum of every member's masked figures; a round
+    some member never published has no figure (None).
+    """
+    from p2pfl.node.privacy import federation_sum
+    from p2pfl.privacy.metrics import summary
+
+    for ledger in ledgers:
+        total = federation_sum(ledger.metrics(r), roster)
+        if total is not None:
+            return summary(total)
+    return None
+
+
+def drift_from_audit(setup: Setup, federation: Federation) -> dict[str, Any]:
+    """The daemons' drift events (from their audit logs), as the simulators report them."""
+    if not setup.scenario.drift.enabled:
+        return {}
+    from p2pfl.node.audit import read_entries
+
+    sites = [nd.name for nd in setup.data.nodes]
+    opt_in = setup.scenario.privacy.opt_in
+    events = []
+    for i, site in enumerate(federation.sites):
+        for entry in read_entries(site.directory / "audit.jsonl"):
+            if entry.get("event") == "drift":
+                fields = ("round", "detector", "statistic", "value", "p_value", "threshold")
+                shown = {k: entry.get(k) for k in (*fields, "feature")}
+                events.append({"site": sites[i] if sites[i] in opt_in else None, **shown})
+    events.sort(key=lambda e: e["round"])
+    return {"drift": {"events": events, "injected": []}}
 
 
 def run_processes(

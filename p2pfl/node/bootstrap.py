@@ -37,6 +37,7 @@ class Site:
     kwargs: dict[str, Any] = field(default_factory=dict)
     address: str = ""  # what others dial (default: ``listen``)
     limits: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # more config tables
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def local_federation(
             table["tls"] = {"cert": "tls-cert.pem", "key": "tls-key.pem"}
         if site.limits:
             table["limits"] = dict(site.limits)
+        table.update({name: dict(section) for name, section in site.sections.items()})
         config = directory / "node.toml"
         config.write_text(tomli_w.dumps(table))
         files.append(SiteFiles(site.name, directory, config, identity.node_id, address))

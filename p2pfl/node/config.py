@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pfl.drift import DriftSection
 from p2pfl.errors import ConfigError
 from p2pfl.tables import build
 
@@ -101,6 +102,13 @@ class LimitsSection:
 
 
 @dataclass(frozen=True)
+class NodePrivacySection:
+    """This site's own choices; the federation's DP settings live in the plan."""
+
+    share_metrics: bool = False  # publish this site's own accuracy and loss to the ledger
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything a node needs to start; paths already resolved against ``base_dir``."""
 
@@ -108,8 +116,14 @@ class NodeConfig:
     tls: TlsSection = field(default_factory=TlsSection)
     data: DataSection = field(default_factory=DataSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    privacy: NodePrivacySection = field(default_factory=NodePrivacySection)
+    drift: DriftSection = field(default_factory=DriftSection)
     base_dir: str = "."
     insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.drift.inject:
+            raise ConfigError("[drift] inject is for simulations; a node watches its real data")
 
     def path(self, value: str) -> Path:
         """A path of the file, resolved against the config file's directory."""
@@ -250,6 +264,13 @@ replay_buffer = 67108864      # bytes per neighbour of this round's messages kep
 anti_entropy_interval = 30.0  # seconds between ledger state-vector exchanges
 status_interval = 2.0         # seconds between status file refreshes
 threads = 0                   # torch threads for training (0: torch's default)
+
+[privacy]                     # the federation's DP settings are in the plan; this is yours
+share_metrics = false         # also publish this site's own accuracy and loss to the ledger
+
+[drift]                       # watch this site's data and loss for drift (events stay here)
+enabled = false
+alpha = 0.01                  # chance of any false alarm per detector over the whole run
 """
 
 

@@ -81,6 +81,20 @@ class RoundCompleted(Event):
 
 
 @dataclass(frozen=True)
+class DriftDetected(Event):
+    """A detector of this node's drift monitor fired (``p2pfl.drift``); it stays local."""
+
+    kind: ClassVar[str] = "drift"
+    round: int
+    detector: str
+    statistic: str
+    value: float
+    p_value: float
+    threshold: float
+    feature: int | None = None
+
+
+@dataclass(frozen=True)
 class Finished(Event):
     kind: ClassVar[str] = "finished"
     rounds: int

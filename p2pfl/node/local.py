@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +38,8 @@ class Learner:
         self.data = data
         self.model = model
         self.params = params
-        self.trainer = trainer
+        self.trainer: Any = trainer  # or a DpSgdTrainer (``p2pfl.node.privacy``)
+        self.noise: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
     @classmethod
     async def load(
@@ -89,8 +92,16 @@ class Learner:
         return int(self.params.shape[1])
 
     def train(self, round: int) -> None:
-        """One round of local steps, in place (run it in a worker thread)."""
+        """One round of local steps, in place (run it in a worker thread).
+
+        With the plan's delta mechanism, ``noise(after, before)`` clips the round's
+        delta and adds this node's noise before anything is sent.
+        """
+        before = self.params.clone() if self.noise is not None else None
         self.trainer.train_round(self.params, round)
+        if self.noise is not None:
+            assert before is not None
+            self.noise(self.params, before)
 
     def set(self, model: npt.NDArray[np.float32]) -> None:
         array = np.asarray(model, dtype=np.float32)

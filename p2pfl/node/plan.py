@@ -51,6 +51,7 @@ from typing import Any
 
 import topology
 from p2pfl.node.errors import PlanError
+from p2pfl.privacy.config import PrivacySection
 from p2pfl.scenario import ModelSection, TopologySection, TrainingSection
 from p2pfl.schema import Schema, parse_schema
 from p2pfl.tables import build
@@ -93,8 +94,14 @@ class Plan:
     topology: TopologySection = field(default_factory=TopologySection)
     gossip: PlanGossip = field(default_factory=PlanGossip)
     secure: PlanSecure = field(default_factory=PlanSecure)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
 
     def __post_init__(self) -> None:
+        if self.privacy.opt_in:
+            raise PlanError(
+                "plan [privacy] opt_in: whether a site shares its own figures is its own "
+                "choice (`share_metrics` in its node config), not the plan's"
+            )
         if not self.data.input_shape or any(d < 1 for d in self.data.input_shape):
             raise PlanError("plan [data] input_shape must list the positive sizes of one sample")
         if self.data.num_classes < 2:

@@ -44,6 +44,7 @@ from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core, skip_core_to
 from p2pfl.node.local import Learner
 from p2pfl.node.plan import Graph, Plan, plan_from_ledger
+from p2pfl.node.privacy import NodePrivacy
 from protocols.gossip import RoundMixed
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class RoundDriver:
         self.resumed_from: int | None = None
         self._resume: Any = None
         self.learner: Learner | None = None
+        self.privacy: NodePrivacy | None = None
         self._train_seconds = 0.0
         self._mix_seconds = 0.0
         self.last: dict[str, Any] = {}
@@ -145,6 +147,7 @@ class RoundDriver:
         self.learner = await Learner.load(node.config.data, plan, graph.index(self.me), resume)
         node.set_phase("checking-data")
         check_local_data(self.learner.data, plan.data.schema, node.record)  # before any round
+        self.privacy = NodePrivacy(node, plan, graph, self.learner, rounds=plan.training.rounds)
         if self._resume is not None:  # the model lives in the learner now, not twice
             self._resume = dataclasses.replace(self._resume, model=np.zeros(0, np.float32))
         node.set_phase("connecting")
@@ -295,6 +298,8 @@ class RoundDriver:
         self._mix_seconds = time.perf_counter() - mixing
         learner.set(mixed.model)
         accuracy, loss = await asyncio.to_thread(learner.evaluate)
+        assert self.privacy is not None
+        figures, drift = await asyncio.to_thread(self.privacy.measure, r)
         seconds = time.perf_counter() - started
         await asyncio.to_thread(self._checkpoint, r, mixed, accuracy, loss, seconds)
         ledger = node.ledger
@@ -302,12 +307,20 @@ class RoundDriver:
         node.write_ledger(
             ledger.report_progress(node.identity.signing_key, r, clock=ledger.next_clock())
         )
+        federation = self.privacy.publish(r, figures, drift)
         node.save_ledger()
         self.completed, self.round = r, r + 1
         exchange.round = self.round
         exchange.prune()
         event = RoundCompleted(
-            r, mixed.arrived, mixed.stragglers, accuracy, loss, seconds, exchange.round_bytes
+            r,
+            mixed.arrived,
+            mixed.stragglers,
+            accuracy,
+            loss,
+            seconds,
+            exchange.round_bytes,
+            federation,
         )
         self.last = event.as_dict()
         node.record(
