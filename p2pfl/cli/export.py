@@ -10,7 +10,8 @@ metrics, never an artefact of one site. The rule, by where ``--from`` points:
   ``metrics.json`` is rewritten keeping only fields named in an allow-list of
   federation-wide aggregates (``_AGGREGATE``): per round the mean accuracy and
   loss over nodes, consensus distance, bytes per node, wall time; the pooled
-  baseline; counts of stragglers and abandoned rounds. Everything else is
+  baseline; counts of stragglers and abandoned rounds; the privacy mechanism and the
+  largest epsilon spent (not each node's); the run's energy totals. Everything else is
   dropped, and listed in ``export.json``: ``sites`` (per-site rows),
   ``baselines.local`` (one accuracy per site), ``acc_min``/``acc_max`` (each is
   one site's value), ``secure.dropout_tolerance`` (per node), ``extra``
@@ -67,6 +68,24 @@ _RUN: dict[str, Any] = {
     "wall": True,
     "baselines": {"pooled": True},
     "secure": {"abandoned": True, "stragglers": True},
+    "metrics": True,
+    "privacy": {
+        k: True
+        for k in (
+            "mechanism",
+            "target_epsilon",
+            "delta",
+            "accountant",
+            "clip",
+            "epsilon_max",
+            "private_metrics",
+            "share_of_full_noise",
+        )
+    },
+    "energy": {
+        k: True
+        for k in ("network_j", "compute_j", "total_j", "total_kwh", "bytes", "compute_seconds")
+    },
 }
 _AGGREGATE: dict[str, Any] = {"scenario": True, "engine": True, "seed": True, "runs": _RUN}
 
