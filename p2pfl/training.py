@@ -208,24 +208,33 @@ class StackedTrainer:
         y = self.y.index_select(0, rows).reshape(idx.shape)
         block = params[start:stop]
         grads = self._grad(param_views(self.model, block), x, y, mask)
-        g = torch.cat([grads[name].flatten(1) for name, _ in self.model.named_parameters()], 1)
-        self._apply(block, g, start, stop)
+        if self.schedule.optimizer == "adam":
+            self._adam_steps[start:stop] += 1
+        # Parameter by parameter, each gradient freed once applied: no model-sized
+        # concatenation of them (the update is elementwise, so the same numbers).
+        offset = 0
+        for name, parameter in self.model.named_parameters():
+            cols = slice(offset, offset + parameter.numel())
+            offset = cols.stop
+            g = grads.pop(name).flatten(1)
+            self._apply(block[:, cols], g, start, stop, cols)
+            del g
         return int(mask.sum().item())
 
-    def _apply(self, p: Tensor, g: Tensor, start: int, stop: int) -> None:
+    def _apply(self, p: Tensor, g: Tensor, start: int, stop: int, cols: slice) -> None:
+        """One optimizer step on columns ``cols`` of rows ``start:stop`` (``p`` is that block)."""
         s = self.schedule
         if s.weight_decay:
             g.add_(p, alpha=s.weight_decay)
         if s.optimizer == "sgd":
             if s.momentum:
-                buf = self._state[0][start:stop]
+                buf = self._state[0][start:stop, cols]
                 buf.mul_(s.momentum).add_(g)
                 g = buf
             p.add_(g, alpha=-s.lr)
             return
-        m, v = self._state[0][start:stop], self._state[1][start:stop]
+        m, v = self._state[0][start:stop, cols], self._state[1][start:stop, cols]
         beta1, beta2, eps = 0.9, 0.999, 1e-8
-        self._adam_steps[start:stop] += 1
         t = self._adam_steps[start:stop, None]
         m.mul_(beta1).add_(g, alpha=1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)

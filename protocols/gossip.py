@@ -120,6 +120,7 @@ class _Round:
     deadline: float | None
     neighbourhood: Neighbourhood
     arrived: dict[str, GossipMessage] = field(default_factory=dict)
+    published: bool = False  # ``start_round`` has returned the messages made from ``model``
 
 
 class _BarrierCore:
@@ -174,6 +175,8 @@ class _BarrierCore:
         for peer, message in self._early.pop(round, {}).items():
             events.extend(self._accept(peer, message))
         events.extend(self._maybe_complete(now))
+        if self._current is not None:
+            self._current.published = True
         return Output(tuple(sends), tuple(events))
 
     def receive(self, peer: str, message: GossipMessage, now: float) -> Output:
@@ -254,7 +257,29 @@ class _BarrierCore:
 
 
 class SyncGossip(_BarrierCore):
-    """Exact D-PSGD: one round is x_i <- sum_j W_ij x_j (renormalised over arrivals)."""
+    """Exact D-PSGD: one round is x_i <- sum_j W_ij x_j (renormalised over arrivals).
+
+    With ``mix_in_place`` the mix is written over the (writable) model handed to
+    ``start_round`` when the round closes in a later ``receive`` or ``poll``,
+    rather than into a new model-sized vector: the caller must be done with the
+    messages ``start_round`` returned (they refer to that model) before making
+    those calls, and must expect its model to change. A round that closes within
+    ``start_round`` (its neighbours' messages came first) mixes into a new vector.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        neighbourhood: NeighbourhoodFn,
+        *,
+        round_timeout: float | None = None,
+        max_rounds_ahead: int = 8,
+        mix_in_place: bool = False,
+    ) -> None:
+        super().__init__(
+            node_id, neighbourhood, round_timeout=round_timeout, max_rounds_ahead=max_rounds_ahead
+        )
+        self._in_place = mix_in_place
 
     def _accept(self, peer: str, message: GossipMessage) -> list[Event]:
         if message.payload.encoding is not Encoding.DENSE:
@@ -271,7 +296,9 @@ class SyncGossip(_BarrierCore):
             (weights[p], np.asarray(m.payload.values, dtype=current.model.dtype))
             for p, m in sorted(current.arrived.items())
         ]
-        return mix(current.model, current.neighbourhood.self_weight, received)
+        own = current.model
+        out = own if self._in_place and current.published and own.flags.writeable else None
+        return mix(own, current.neighbourhood.self_weight, received, out=out)
 
 
 class ChocoGossip(_BarrierCore):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl.drift import DriftSection
+from p2pfl.energy import EnergySection
 from p2pfl.errors import ConfigError
 from p2pfl.tables import build
 
@@ -118,6 +119,7 @@ class NodeConfig:
     limits: LimitsSection = field(default_factory=LimitsSection)
     privacy: NodePrivacySection = field(default_factory=NodePrivacySection)
     drift: DriftSection = field(default_factory=DriftSection)
+    energy: EnergySection = field(default_factory=EnergySection)
     base_dir: str = "."
     insecure: bool = False
 
@@ -271,6 +273,12 @@ share_metrics = false         # also publish this site's own accuracy and loss t
 [drift]                       # watch this site's data and loss for drift (events stay here)
 enabled = false
 alpha = 0.01                  # chance of any false alarm per detector over the whole run
+
+[energy]                      # factors of the energy estimate in this node's run crate
+joules_per_byte = 6.75e-6     # network transfer (an assumption: set your own)
+watts_per_core = 12.0         # one busy core
+cores = 1
+pue = 1.0                     # data centre power usage effectiveness
 """
 
 

@@ -206,7 +206,14 @@ def make_core(
     me = node.node_id
     hood_of = graph.hood_fn()
     if not plan.secure.enabled:
-        core = SyncGossip(me, lambda r: hood_of(me, r), round_timeout=plan.gossip.round_timeout)
+        # The adapter encodes (copies) a round's frame as soon as ``start_round`` returns,
+        # so the mix may go over the trained model: one model-sized vector fewer.
+        core = SyncGossip(
+            me,
+            lambda r: hood_of(me, r),
+            round_timeout=plan.gossip.round_timeout,
+            mix_in_place=True,
+        )
         core.resume_at(round)
         return GossipAdapter(core, prefix=tag(Channel.GOSSIP))
     cfg = plan.secagg_config(plan_hash)

@@ -248,11 +248,25 @@ def _node_metrics(node: Node, checkpoints: list[Any]) -> dict[str, Any]:
         "target": None if rounds is None else rounds.target,
         "resumed_from": None if rounds is None else rounds.resumed_from,
         "rounds": [
-            {"round": c.round, **{k: c.meta.get(k) for k in _ROUND_KEYS}} for c in checkpoints
+            {
+                "round": c.round,
+                **{k: c.meta.get(k) for k in _ROUND_KEYS},
+                "energy": _round_energy(node, c.meta),
+            }
+            for c in checkpoints
         ],
         "progress": ledger.progress(),
         "published": {r: m for r, m in published.items() if m},
     }
+
+
+def _round_energy(node: Node, meta: dict[str, Any]) -> dict[str, float]:
+    """This node's bytes sent and training time in a round, priced with its ``[energy]``."""
+    from p2pfl.energy import round_energy
+
+    sent = float(meta.get("bytes_sent") or 0)
+    seconds = float(meta.get("train_seconds") or 0.0)
+    return round_energy(sent, seconds, node.config.energy)
 
 
 def _sha256_file(path: Path) -> str:

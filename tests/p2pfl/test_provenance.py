@@ -273,6 +273,10 @@ def test_a_node_crate_holds_plan_model_metrics_audit_and_ledger_hash(
     metrics = json.loads((crate_dir / "metrics.json").read_text())
     assert metrics["completed"] == 2 and [r["round"] for r in metrics["rounds"]] == [0, 1]
     assert set(metrics["progress"].values()) == {1}
+    for row in metrics["rounds"]:  # bytes and training time priced with the node's factors
+        assert row["bytes_sent"] > 0 and row["train_seconds"] > 0
+        assert row["energy"]["network_j"] == pytest.approx(row["bytes_sent"] * 6.75e-6)
+        assert row["energy"]["total_j"] > row["energy"]["network_j"]
     assert software(crate, action)["pycrdt"] == importlib.metadata.version("pycrdt")
 
 
