@@ -70,7 +70,7 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         caption="pooled: all data on one machine; local-only: each node trains alone; "
         "energy: bytes sent and training time priced with the \\[energy] factors",
     )
-    key, names = _run_names([run["label"] for run in runs])
+    key, names = run_names([run["label"] for run in runs])
     for column in (key, "engine", "mean", "min", "max", "consensus", "MB sent/node", "energy kJ"):
         left = column in (key, "engine")
         table.add_column(column, justify="left" if left else "right", no_wrap=left)
@@ -114,12 +114,18 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         _drift_table(run, console)
 
 
-def _run_names(labels: list[str]) -> tuple[str, list[str]]:
-    """A column title and short row names: a one-key sweep shows its key once, values below."""
-    keys = {label.partition("=")[0] for label in labels}
-    if len(keys) == 1 and all("=" in label and ", " not in label for label in labels):
-        return keys.pop(), [label.partition("=")[2] for label in labels]
-    return "run", labels
+def run_names(labels: list[str]) -> tuple[str, list[str]]:
+    """A column title and short row names: a sweep shows its keys once, the values below.
+
+    ``topology.kind=ring, privacy.epsilon=8.0`` becomes ``ring, 8.0`` under the title
+    ``kind, epsilon``; labels that are not all ``key=value`` lists of the same keys stay.
+    """
+    split = [[part.partition("=") for part in label.split(", ")] for label in labels]
+    keys = [tuple(k for k, _, _ in parts) for parts in split]
+    if len(set(keys)) != 1 or not all(eq for parts in split for _, eq, _ in parts):
+        return "run", labels
+    title = ", ".join(k.rpartition(".")[2] for k in keys[0])
+    return title, [", ".join(v for _, _, v in parts) for parts in split]
 
 
 def _site_table(run: dict[str, Any], console: Console) -> None:

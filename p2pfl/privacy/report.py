@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from p2pfl.report import run_names
+
 NO_DP = "privacy.epsilon=inf"
 
 
@@ -33,9 +35,11 @@ def print_privacy(report: dict[str, Any], console: Console) -> None:
         caption="epsilon spent: the largest over the nodes, from the accountant; "
         "cost: accuracy points lost against the same run without DP",
     )
-    for column in ("run", "mechanism", "target eps", "eps spent", "delta", "accuracy", "cost"):
-        table.add_column(column, justify="left" if column in ("run", "mechanism") else "right")
-    for run in runs:
+    key, names = run_names([run["label"] for run in runs])
+    for column in (key, "mechanism", "target eps", "eps spent", "delta", "accuracy", "cost"):
+        left = column in (key, "mechanism")
+        table.add_column(column, justify="left" if left else "right", no_wrap=column == key)
+    for run, name in zip(runs, names, strict=True):
         p = run.get("privacy") or {}
         acc = run["final"]["acc_mean"]
         partner = no_dp_partner(run["label"], list(by_label))
@@ -44,7 +48,7 @@ def print_privacy(report: dict[str, Any], console: Console) -> None:
             base = by_label[partner]["final"]["acc_mean"]
             cost = "-" if base is None else f"{100 * (base - acc):+.1f}"
         table.add_row(
-            run["label"],
+            name,
             p.get("mechanism", "none"),
             _eps(p.get("target_epsilon")),
             _eps(p.get("epsilon_max")),

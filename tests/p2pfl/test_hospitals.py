@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from p2pfl.report import print_tables
+from p2pfl.report import print_tables, run_names
 from p2pfl.scenario import load_scenario
 from p2pfl.simulate import simulate
 
@@ -140,16 +140,26 @@ def privacy_rows(report):
         [c.strip() for c in line.strip("┃│").split("┃" if "┃" in line else "│")] for line in lines
     ]
     header, body = cells[0], cells[1:]
-    return header, {row[0]: dict(zip(header, row, strict=True)) for row in body}
+    labels = [r["label"] for r in report["runs"]]
+    by_name = dict(zip(run_names(labels)[1], labels, strict=True))
+    return header, {by_name[row[0]]: dict(zip(header, row, strict=True)) for row in body}
 
 
 def test_printed_table_has_accuracy_against_privacy_spent(report):
     header, rows = privacy_rows(report)
-    assert header == ["run", "mechanism", "target eps", "eps spent", "delta", "accuracy", "cost"]
+    assert header == [
+        "kind, epsilon",
+        "mechanism",
+        "target eps",
+        "eps spent",
+        "delta",
+        "accuracy",
+        "cost",
+    ]
     assert set(rows) == {r["label"] for r in report["runs"]}
     for run in report["runs"]:
         row = rows[run["label"]]
-        print(f"{run['label']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "run"))
+        print(f"{run['label']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k != header[0]))
         assert row["accuracy"] == f"{100 * run['final']['acc_mean']:.1f}"
         if NO_DP not in run["label"]:
             assert row["mechanism"] == "dp-sgd"
