@@ -25,7 +25,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 import numpy as np
@@ -39,6 +39,7 @@ MAGIC = b"P2PFL-CKPT\x00\x01"
 _LENGTH = struct.Struct("<I")
 MAX_METADATA = 1 << 20
 _NAME = re.compile(r"^round-(\d{6,})\.ckpt$")
+_BLOCK = 1 << 20  # bytes hashed at a time when the model is not kept
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,33 +102,56 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Load and check one checkpoint; ``CheckpointError`` if it is damaged."""
+def read_checkpoint(path: str | os.PathLike[str], *, model: bool = True) -> Checkpoint:
+    """Load and check one checkpoint; ``CheckpointError`` if it is damaged.
+
+    The model is read straight into its array (one model-sized allocation) and
+    hashed there. With ``model=False`` it is hashed as it streams from the file
+    and not kept (``Checkpoint.model`` is empty): the whole file is checked, for
+    the price of its metadata.
+    """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            meta, array = _read(path, handle, model)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {exc.strerror}") from None
+    return Checkpoint(int(meta["round"]), array, meta, path)
+
+
+def _read(path: Path, handle: BinaryIO, keep: bool) -> tuple[dict[str, Any], npt.NDArray[Any]]:
+    size = os.fstat(handle.fileno()).st_size
     start = len(MAGIC) + _LENGTH.size
-    if not data.startswith(MAGIC) or len(data) < start:
+    prefix = handle.read(start)
+    if not prefix.startswith(MAGIC) or len(prefix) < start:
         raise CheckpointError(f"{path}: not a p2pfl checkpoint")
-    (length,) = _LENGTH.unpack_from(data, len(MAGIC))
-    if length > MAX_METADATA or start + length > len(data):
+    (length,) = _LENGTH.unpack_from(prefix, len(MAGIC))
+    if length > MAX_METADATA or start + length > size:
         raise CheckpointError(f"{path}: truncated metadata")
     try:
-        meta = msgpack.unpackb(data[start : start + length], raw=False, strict_map_key=True)
+        meta = msgpack.unpackb(handle.read(length), raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise CheckpointError(f"{path}: metadata is not msgpack: {exc}") from None
     if not isinstance(meta, dict) or not all(k in meta for k in ("round", "dim", "sha256")):
         raise CheckpointError(f"{path}: metadata lacks round, dim or sha256")
-    payload = memoryview(data)[start + length :]
+    nbytes = size - start - length
     dim = meta["dim"]
-    if type(dim) is not int or payload.nbytes != 4 * dim:
-        raise CheckpointError(f"{path}: truncated model ({payload.nbytes} bytes for {dim!r})")
-    if hashlib.sha256(payload).digest() != meta["sha256"]:
+    if type(dim) is not int or nbytes != 4 * dim:
+        raise CheckpointError(f"{path}: truncated model ({nbytes} bytes for {dim!r})")
+    array = np.empty(dim if keep else 0, dtype="<f4")
+    digest = hashlib.sha256()
+    target = array.view(np.uint8).data if keep else memoryview(bytearray(min(nbytes, _BLOCK)))
+    done = 0
+    while done < nbytes:
+        window = target[done:] if keep else target[: min(len(target), nbytes - done)]
+        got = handle.readinto(window)
+        if not got:
+            raise CheckpointError(f"{path}: truncated model ({done} bytes for {dim!r})")
+        digest.update(window[:got])
+        done += got
+    if digest.digest() != meta["sha256"]:
         raise CheckpointError(f"{path}: the model does not match its hash")
-    model = np.frombuffer(payload, dtype="<f4").astype(np.float32)
-    return Checkpoint(int(meta["round"]), model, meta, path)
+    return meta, array.astype(np.float32, copy=False)
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:

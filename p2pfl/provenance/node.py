@@ -213,8 +213,8 @@ def _kept_checkpoints(directory: Path) -> list[Any]:
 
     kept = []
     for _, path in list_checkpoints(directory):
-        with contextlib.suppress(CheckpointError):
-            kept.append(read_checkpoint(path))
+        with contextlib.suppress(CheckpointError):  # checked whole, its model never held
+            kept.append(read_checkpoint(path, model=False))
     return kept
 
 

@@ -161,6 +161,18 @@ def test_a_damaged_checkpoint_is_refused_and_skipped(tmp_path: Path) -> None:
         ckpt.read_checkpoint(tmp_path / "round-000002.ckpt")
 
 
+def test_a_checkpoint_is_checked_whole_without_keeping_its_model(tmp_path: Path) -> None:
+    model = np.random.default_rng(1).standard_normal(300_001).astype(np.float32)
+    path = ckpt.write_checkpoint(tmp_path, 5, model, {"acc": 0.25})
+    checked = ckpt.read_checkpoint(path, model=False)
+    assert checked.round == 5 and checked.meta["acc"] == 0.25 and checked.model.size == 0
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its hash"):
+        ckpt.read_checkpoint(path, model=False)
+
+
 def test_checkpoints_are_pruned_to_the_newest(tmp_path: Path) -> None:
     for r in range(5):
         ckpt.write_checkpoint(tmp_path, r, np.zeros(3, dtype=np.float32))

@@ -273,6 +273,41 @@ def test_poll_without_a_timeout_never_closes() -> None:
     assert core.poll(1e12).events == () and core.phase is Phase.WAITING
 
 
+def test_mix_in_place_writes_over_the_model_once_its_messages_are_out() -> None:
+    own = np.array([0.0, 4.0], np.float32)
+    core = SyncGossip("0", schedule([PAIR], 0), mix_in_place=True)
+    (sent,) = core.start_round(0, own, 0.0).sends
+    frame = encode(sent[1])  # what a driver does before its next call into the core
+    (mixed,) = core.receive("1", wire(message("1", 0, [2.0, 0.0])), 0.0).events
+    assert isinstance(mixed, RoundMixed) and mixed.model is own
+    assert np.array_equal(own, [1.0, 2.0]) and np.array_equal(decode(frame).payload.values, [0, 4])
+
+
+def test_mix_in_place_leaves_the_published_model_alone_when_start_closes_the_round() -> None:
+    own = np.array([0.0, 4.0], np.float32)
+    core = SyncGossip("0", schedule([PAIR], 0), mix_in_place=True)
+    core.receive("1", wire(message("1", 0, [2.0, 0.0])), 0.0)  # buffered: it came first
+    out = core.start_round(0, own, 0.0)
+    (mixed,) = out.events
+    assert isinstance(mixed, RoundMixed) and mixed.model is not own
+    assert np.array_equal(mixed.model, [1.0, 2.0])
+    assert np.array_equal(out.sends[0][1].payload.values, [0.0, 4.0])  # still the trained model
+
+
+def test_mix_in_place_gives_the_same_numbers() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 1000)).astype(np.float32)
+    results = []
+    for in_place in (False, True):
+        core = SyncGossip("1", schedule([K3], 1), mix_in_place=in_place)
+        core.start_round(0, x[1].copy(), 0.0)
+        core.receive("0", wire(message("0", 0, x[0])), 0.0)
+        (mixed,) = core.receive("2", wire(message("2", 0, x[2])), 0.0).events
+        assert isinstance(mixed, RoundMixed)
+        results.append(mixed.model)
+    assert np.array_equal(results[0], results[1])
+
+
 # --- SyncGossip: errors say whose fault it is ------------------------------------------------
 
 

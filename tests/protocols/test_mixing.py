@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.errors import LocalProtocolError
-from protocols.mixing import choco_mix, consensus_distance, mix
+from protocols.mixing import BLOCK, choco_mix, consensus_distance, mix
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -60,6 +60,21 @@ def test_mix_writes_into_out() -> None:
     result = mix(own, 0.25, [(0.75, other)], out=out)
     assert result is out
     assert np.allclose(out, 2.5)
+
+
+@pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK, 2 * BLOCK + 5])
+def test_mix_in_blocks_and_in_place_gives_the_whole_vector_numbers(size: int) -> None:
+    rng = np.random.default_rng(size)
+    own = rng.standard_normal(size).astype(np.float32)
+    received = [(float(w), rng.standard_normal(size).astype(np.float32)) for w in rng.random(3)]
+    total = 0.4 + sum(w for w, _ in received)
+    whole = own * np.float32(0.4 / total)
+    for w, x in received:
+        whole += x * np.float32(w / total)
+    assert np.array_equal(mix(own, 0.4, received), whole)
+    in_place = own.copy()
+    assert mix(in_place, 0.4, received, out=in_place) is in_place
+    assert np.array_equal(in_place, whole)
 
 
 def test_mix_refuses_bad_weights_and_shapes() -> None:
