@@ -123,9 +123,18 @@ def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
         flat_parameters(model),
         topo,
         schedule,
-        pick_device(scenario.device),
+        pick_device(_device_for(scenario)),
         budget_for(scenario, data, topo, schedule),
     )
+
+
+def _device_for(scenario: Scenario) -> str:
+    """The device name asked for; ``auto`` is the CPU under DP-SGD (opacus trains one node's
+    small model at a time, where a GPU only adds transfers), a GPU otherwise when present."""
+    p = scenario.privacy
+    if p.active and p.mechanism == "dp-sgd" and scenario.device == "auto":
+        return "cpu"
+    return scenario.device
 
 
 def _check_opt_in(scenario: Scenario, data: FederatedData) -> None:

@@ -383,3 +383,13 @@ def test_share_ratio_takes_the_worst_step_of_a_schedule():
     assert ratio == pytest.approx(1.0)  # step b: a single neighbour hides nothing
     ratio, _ = share_ratio([a], lambda d: 2)
     assert ratio == pytest.approx(1 / math.sqrt(2))
+
+
+def test_dp_sgd_runs_on_the_cpu_when_the_device_is_auto():
+    """opacus trains one small model at a time: ``auto`` must not pick a GPU for it."""
+    from p2pfl.engines.common import _device_for
+
+    assert _device_for(heart(device="auto")) == "cpu"
+    assert _device_for(heart(device="auto", privacy={"mechanism": "none"})) == "auto"
+    off = {"mechanism": "dp-sgd", "epsilon": math.inf, "clip": 1.0}
+    assert _device_for(heart(device="auto", privacy=off)) == "auto"
