@@ -117,9 +117,9 @@ def run_energy(
     ``RoundRecord``, as in a report's ``runs[i]["rounds"]``): each needs
     ``bytes_per_node``, and ``round`` labels it when present. ``nodes`` is the
     number of nodes, so a round's bytes are ``bytes_per_node × nodes``.
-    ``train_seconds`` is the local-training time of all nodes together
-    (node-seconds); it is spread evenly over the rounds, since only the run's
-    total is measured.
+    A record's ``train_seconds`` (when every record has one) is that round's
+    measured local-training time of all nodes together; otherwise
+    ``train_seconds``, the run's total (node-seconds), is spread evenly.
 
     Returns ``network_j``, ``compute_j``, ``total_j``, ``total_kwh``,
     ``per_node_j``, ``bytes``, ``compute_seconds``, ``per_round`` (one dict per
@@ -129,9 +129,12 @@ def run_energy(
     if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
         raise ValueError(f"nodes must be a whole number >= 1, got {nodes!r}")
     _check_measure("train_seconds", train_seconds)
-    per_round_seconds = train_seconds / len(rounds) if rounds else 0.0
+    measured = bool(rounds) and all(r.get("train_seconds") is not None for r in rounds)
+    even = train_seconds / len(rounds) if rounds else 0.0
     per_round = [
-        _round_row(index, record, nodes, per_round_seconds, factors)
+        _round_row(
+            index, record, nodes, float(record["train_seconds"]) if measured else even, factors
+        )
         for index, record in enumerate(rounds, start=1)
     ]
     totals = {key: sum(row[key] for row in per_round) for key in _SUMMED}

@@ -248,6 +248,7 @@ class RoundRecord:
     consensus: float
     bytes_per_node: float
     wall: float
+    train_seconds: float | None = None  # local training this round, all nodes together
 
 
 @dataclass
@@ -278,6 +279,7 @@ def round_record(
     bytes_per_node: float,
     wall: float,
     aggregate: tuple[float | None, float | None] | None = None,
+    train_seconds: float | None = None,
 ) -> RoundRecord:
     """The record of round ``round_index`` (0-based): accuracy stats where evaluated.
 
@@ -294,6 +296,7 @@ def round_record(
             consensus_distance(params),
             bytes_per_node,
             wall,
+            train_seconds,
         )
     return RoundRecord(
         round=round_index + 1,
@@ -304,6 +307,7 @@ def round_record(
         consensus=consensus_distance(params),
         bytes_per_node=bytes_per_node,
         wall=wall,
+        train_seconds=train_seconds,
     )
 
 

@@ -269,6 +269,7 @@ def collect(setup: Setup, federation: Federation, label: str, wall_total: float)
     )
     for r in range(rounds):
         sent = 0
+        trained = 0.0
         ends = []
         for i in range(n):
             ckpt = ckpts[i].get(r)
@@ -278,7 +279,7 @@ def collect(setup: Setup, federation: Federation, label: str, wall_total: float)
             sent += int(ckpt.meta.get("bytes_sent", 0))
             ends.append(float(ckpt.meta["finished_at"]))
             stragglers += len(ckpt.meta.get("stragglers", ()))
-            t_train += float(ckpt.meta.get("train_seconds", 0.0))
+            trained += float(ckpt.meta.get("train_seconds", 0.0))
         acc = loss = aggregate = None
         t0 = time.perf_counter()
         if sc.privacy.private_metrics:
@@ -289,7 +290,8 @@ def collect(setup: Setup, federation: Federation, label: str, wall_total: float)
         t_eval += time.perf_counter() - t0
         end = max(ends, default=previous_end)
         wall = max(0.0, end - previous_end)
-        records.append(round_record(r, acc, loss, params, sent / n, wall, aggregate))
+        t_train += trained
+        records.append(round_record(r, acc, loss, params, sent / n, wall, aggregate, trained))
         previous_end = end
     for found in ckpts:
         if found:

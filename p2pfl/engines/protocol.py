@@ -202,6 +202,7 @@ class _Run:
         self.now = 0.0
         self.finished_at = 0.0  # virtual time of the last round completed by any node
         self.drift: DriftWatch | None = None
+        self.train_by_round: dict[int, float] = {}
 
     def execute(self, label: str) -> RunResult:
         start = time.perf_counter()
@@ -250,7 +251,9 @@ class _Run:
         if node.noise is not None:
             assert before is not None
             node.noise.apply_(node.params, before)
-        self.t_train += time.perf_counter() - t0
+        spent = time.perf_counter() - t0
+        self.t_train += spent
+        self.train_by_round[node.round] = self.train_by_round.get(node.round, 0.0) + spent
         steps = node.trainer.steps_per_node()[0]
         self.clock.at(now + steps * self.sc.clock.step_time / node.speed, "publish", index)
 
@@ -325,7 +328,16 @@ class _Run:
         wall_now = time.perf_counter()
         sent = slot.sent / len(self.nodes)
         self.records.append(
-            round_record(round, acc, loss, slot.params, sent, wall_now - self.last_wall, aggregate)
+            round_record(
+                round,
+                acc,
+                loss,
+                slot.params,
+                sent,
+                wall_now - self.last_wall,
+                aggregate,
+                self.train_by_round.pop(round, 0.0),
+            )
         )
         self.last_wall = wall_now
         if self.progress:

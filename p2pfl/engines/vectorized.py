@@ -263,7 +263,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         t_mix += t2 - t1
         t_eval += t3 - t2
         sent = _bytes_sent(setup, r)
-        records.append(round_record(r, acc, loss, params, sent, t3 - t0, aggregate))
+        records.append(round_record(r, acc, loss, params, sent, t3 - t0, aggregate, t1 - t0))
         if progress:
             progress(r + 1)
     inverse = np.argsort(order)

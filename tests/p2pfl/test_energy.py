@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,29 @@ def test_the_section_builds_from_a_toml_table() -> None:
 def test_bad_measurements_are_a_value_error(call: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()  # type: ignore[operator]
+
+
+def test_measured_training_seconds_per_round_replace_the_even_spread() -> None:
+    factors = EnergySection(joules_per_byte=0.0, watts_per_core=10.0)
+    rounds = [
+        {"round": 1, "bytes_per_node": 0.0, "train_seconds": 3.0},
+        {"round": 2, "bytes_per_node": 0.0, "train_seconds": 1.0},
+    ]
+    result = run_energy(rounds, 2, 100.0, factors)  # the total is ignored when measured
+    assert [r["compute_j"] for r in result["per_round"]] == [30.0, 10.0]
+    partly = [rounds[0], {"round": 2, "bytes_per_node": 0.0, "train_seconds": None}]
+    spread = run_energy(partly, 2, 4.0, factors)
+    assert [r["compute_j"] for r in spread["per_round"]] == [20.0, 20.0]
+
+
+def test_every_engine_measures_training_per_round() -> None:
+    from p2pfl.scenario import load_scenario
+    from p2pfl.simulate import simulate
+
+    tiny = Path(__file__).resolve().parents[2] / "simulations" / "tiny.toml"
+    for engine in ("vectorized", "protocol"):
+        scenario = load_scenario(tiny, {"training.rounds": 2, "engine": engine})
+        (run,) = simulate(scenario)["runs"]
+        seconds = [r["train_seconds"] for r in run["rounds"]]
+        assert all(s is not None and s > 0 for s in seconds), (engine, seconds)
+        assert [r["compute_seconds"] for r in run["energy"]["per_round"]] == seconds
