@@ -46,6 +46,7 @@ from p2pfl.transport import (
     RateLimiter,
     Refusal,
     TlsFiles,
+    TransferLog,
     Transport,
     WsOptions,
     WsTransport,
@@ -80,6 +81,7 @@ class Node:
         self.identity: Identity | None = None
         self.audit: AuditLog | None = None
         self.address = ""
+        self.transfers: TransferLog | None = None  # the ws transport's large transfers
         self.phase = "created"
         self.last_error = ""
         self.started = time.time()
@@ -193,7 +195,9 @@ class Node:
             frame_size=cfg.limits.frame_size,
             open_timeout=cfg.limits.handshake_timeout,
         )
-        return WsTransport(auth, tls=tls, insecure=cfg.insecure, options=options)
+        transport = WsTransport(auth, tls=tls, insecure=cfg.insecure, options=options)
+        self.transfers = transport.transfers
+        return transport
 
     def _spawn(self, name: str, coro: Any) -> None:
         assert self._tg is not None

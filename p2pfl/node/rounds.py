@@ -17,6 +17,14 @@ A round r is then:
 4. evaluate on the local test set, write the checkpoint, report progress to
    the ledger.
 
+A websocket node's checkpoint also holds what its data plane moved on the
+wire since the previous checkpoint: ``recv_wire_bytes``/``recv_wire_seconds``
+and ``sent_wire_bytes``/``sent_wire_seconds``, summed over the fragmented
+(large) messages received and sent (``p2pfl.transport.transfers``), apart
+from the time spent waiting for the neighbours, which ``mix_seconds``
+includes; a send still under way at a checkpoint counts in the next one.
+Other transports record none, and the keys are absent.
+
 The protocol core is the one the simulator drives (``GossipAdapter`` over
 ``SyncGossip``, or ``SecureNode``) with real keys: the X25519 key of the
 identity, the members' box keys from the ledger, ``os.urandom`` self-mask seeds.
@@ -45,6 +53,7 @@ from p2pfl.node.exchange import Exchange, make_core, skip_core_to
 from p2pfl.node.local import Learner
 from p2pfl.node.plan import Graph, Plan, plan_from_ledger
 from p2pfl.node.privacy import NodePrivacy
+from p2pfl.transport import wire_totals
 from protocols.gossip import RoundMixed
 
 if TYPE_CHECKING:
@@ -77,6 +86,7 @@ class RoundDriver:
         self.privacy: NodePrivacy | None = None
         self._train_seconds = 0.0
         self._mix_seconds = 0.0
+        self._wire: dict[str, int | float] = {}
         self.last: dict[str, Any] = {}
 
     # -- before training ----------------------------------------------------------------
@@ -301,6 +311,8 @@ class RoundDriver:
         assert self.privacy is not None
         figures, drift = await asyncio.to_thread(self.privacy.measure, r)
         seconds = time.perf_counter() - started
+        transfers = node.transfers
+        self._wire = {} if transfers is None else wire_totals(transfers.take())
         await asyncio.to_thread(self._checkpoint, r, mixed, accuracy, loss, seconds)
         ledger = node.ledger
         assert node.identity is not None
@@ -365,6 +377,7 @@ class RoundDriver:
             "abandoned": int(getattr(self.exchange.core, "abandoned", 0) if self.exchange else 0),
             "bytes_sent": self.exchange.round_bytes if self.exchange else 0,
             "finished_at": time.time(),
+            **self._wire,
         }
         write_checkpoint(directory, r, self.learner.params[0].numpy(), meta)
         prune_checkpoints(directory, self.node.config.limits.keep_checkpoints)

@@ -21,6 +21,7 @@ from p2pfl.transport.base import (
 from p2pfl.transport.handshake import Authenticator, MembershipCheck, RateLimiter, Refusal
 from p2pfl.transport.memory import MemoryNetwork, MemoryTransport
 from p2pfl.transport.tls import TlsFiles, make_self_signed
+from p2pfl.transport.transfers import Transfer, TransferLog, wire_totals
 from p2pfl.transport.ws import WsOptions, WsTransport
 
 __all__ = [
@@ -37,9 +38,12 @@ __all__ = [
     "RateLimiter",
     "Refusal",
     "TlsFiles",
+    "Transfer",
+    "TransferLog",
     "Transport",
     "TransportClosed",
     "WsOptions",
     "WsTransport",
     "make_self_signed",
+    "wire_totals",
 ]

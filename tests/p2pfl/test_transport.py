@@ -36,11 +36,13 @@ from p2pfl.transport import (
     MemoryNetwork,
     MessageTooLarge,
     TlsFiles,
+    TransferLog,
     Transport,
     TransportClosed,
     WsOptions,
     WsTransport,
     make_self_signed,
+    wire_totals,
 )
 from p2pfl.transport.tls import client_context, server_context
 from protocols.records import node_id_for
@@ -355,6 +357,69 @@ def test_ws_large_message_arrives_in_one_read_only_buffer() -> None:
             assert received == big[1:]
             await pair.dialer.send(b"small")
             assert await pair.listener.recv() == b"small"
+
+    asyncio.run(check())
+
+
+def test_ws_records_the_wire_time_of_large_messages_only() -> None:
+    """Each end logs a fragmented message once, with its size; small ones cost no record."""
+
+    async def check() -> None:
+        async with ws_pair_factory(None)() as pair:
+            sender = pair.dialer_transport
+            receiver = pair.listener_transport
+            assert isinstance(sender, WsTransport) and isinstance(receiver, WsTransport)
+            await pair.dialer.send(b"small")
+            assert await pair.listener.recv() == b"small"
+            assert sender.transfers.take() == [] and receiver.transfers.take() == []
+            big = payload(3 * MiB + 1, 8)
+            async with asyncio.TaskGroup() as group:
+                receiving = group.create_task(pair.listener.recv())
+                await pair.dialer.send(big)
+            assert receiving.result() == big
+            [sent] = sender.transfers.take()
+            [received] = receiver.transfers.take()
+            assert (sent.peer, sent.received, sent.size) == (pair.dialer.peer_id, False, len(big))
+            assert (received.peer, received.received, received.size) == (
+                pair.listener.peer_id,
+                True,
+                len(big),
+            )
+            assert sent.seconds > 0 and received.seconds > 0
+            assert receiver.transfers.take() == []  # taken once
+
+    asyncio.run(check())
+
+
+def test_transfer_log_is_bounded_and_sums_each_way() -> None:
+    log = TransferLog(keep=2)
+    log.record("a", received=True, size=10, seconds=1.0)
+    log.record("a", received=False, size=20, seconds=2.0)
+    log.record("b", received=True, size=30, seconds=0.5)
+    taken = log.take()
+    assert [t.size for t in taken] == [20, 30]  # the oldest fell out
+    assert wire_totals(taken) == {
+        "recv_wire_bytes": 30,
+        "recv_wire_seconds": 0.5,
+        "sent_wire_bytes": 20,
+        "sent_wire_seconds": 2.0,
+    }
+    assert wire_totals([])["recv_wire_bytes"] == 0
+    with pytest.raises(ValueError):
+        TransferLog(keep=0)
+
+
+def test_memory_transport_keeps_no_transfer_log() -> None:
+    """Other transports are untouched: a node reads the figures only where ws records them."""
+
+    async def check() -> None:
+        async with memory_pair_factory()() as pair:
+            big = payload(3 * MiB, 9)
+            async with asyncio.TaskGroup() as group:
+                receiving = group.create_task(pair.listener.recv())
+                await pair.dialer.send(big)
+            assert receiving.result() == big
+            assert not hasattr(pair.dialer_transport, "transfers")
 
     asyncio.run(check())
 
