@@ -71,7 +71,7 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         "energy: bytes sent and training time priced with the \\[energy] factors",
     )
     key, names = run_names([run["label"] for run in runs])
-    for column in (key, "engine", "mean", "min", "max", "consensus", "MB sent/node", "energy kJ"):
+    for column in (key, "engine", "mean", "min", "max", "consensus", "MB sent/node", "energy J"):
         left = column in (key, "engine")
         table.add_column(column, justify="left" if left else "right", no_wrap=left)
     table.add_column("wall s", justify="right")
@@ -85,7 +85,7 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
             _pct(f["acc_max"]),
             f"{f['consensus']:.2e}",
             f"{run['bytes_per_node'] / 1e6:.2f}",
-            f"{run['energy']['total_j'] / 1e3:.3g}" if run.get("energy") else "-",
+            f"{run['energy']['total_j']:.3g}" if run.get("energy") else "-",
             f"{run['wall']['total']:.1f}",
         )
     base = runs[0]["baselines"]
