@@ -29,7 +29,7 @@ from typing import Any, Self
 
 from torch import nn
 
-from p2pfl.node.config import NodeConfig, load_config
+from p2pfl.node.config import NodeConfig, check_safe_settings, load_config
 from p2pfl.node.errors import NodeStopped
 from p2pfl.node.events import Event
 from p2pfl.node.node import Node
@@ -51,6 +51,8 @@ class Peer:
             config = load_config(config)
         if insecure is not None:
             config = config.replace(insecure=insecure)
+        if network is None:  # over a real network, the same refusals as `p2pfl node run`
+            check_safe_settings(config)
         self._node = Node(config, network=network, passphrase=passphrase)
         self._entered = False
 

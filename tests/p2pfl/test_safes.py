@@ -186,6 +186,20 @@ def test_run_refuses_a_tls_key_open_to_others(cli: Cli) -> None:
     assert f"chmod 600 {directory / 'tls-key.pem'}" in err
 
 
+@posix_only
+def test_the_embedded_peer_refuses_what_node_run_refuses(cli: Cli) -> None:
+    import p2pfl
+    from p2pfl.errors import ConfigError
+
+    directory = site(cli, "--listen", "ws://127.0.0.1:7443")
+    config = directory / "node.toml"
+    with pytest.raises(ConfigError, match="cert and key are not set"):
+        p2pfl.Peer(config)
+    directory.chmod(0o755)
+    with pytest.raises(ConfigError, match="the data directory"):
+        p2pfl.Peer(config, insecure=True)
+
+
 def test_run_refuses_plain_websockets_without_insecure(cli: Cli) -> None:
     directory = site(cli, "--listen", "ws://127.0.0.1:7443")  # no TLS pair
     config = directory / "node.toml"
