@@ -59,7 +59,7 @@ def plot_rounds(report: dict[str, Any], key: str, ylabel: str, path: Path) -> No
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
@@ -80,9 +80,9 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         table.add_row(
             name,
             run["engine"],
-            _pct(f["acc_mean"]),
-            _pct(f["acc_min"]),
-            _pct(f["acc_max"]),
+            pct(f["acc_mean"]),
+            pct(f["acc_min"]),
+            pct(f["acc_max"]),
             f"{f['consensus']:.2e}",
             f"{run['bytes_per_node'] / 1e6:.2f}",
             f"{run['energy']['total_j']:.3g}" if run.get("energy") else "-",
@@ -90,15 +90,15 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         )
     base = runs[0]["baselines"]
     if base["pooled"] is not None:
-        table.add_row("pooled", "-", _pct(base["pooled"]), "", "", "", "", "", "")
+        table.add_row("pooled", "-", pct(base["pooled"]), "", "", "", "", "", "")
     if base["local"] is not None:
         local = base["local"]
         table.add_row(
             "local-only",
             "-",
-            _pct(sum(local) / len(local)),
-            _pct(min(local)),
-            _pct(max(local)),
+            pct(sum(local) / len(local)),
+            pct(min(local)),
+            pct(max(local)),
             "",
             "",
             "",
@@ -139,10 +139,10 @@ def _site_table(run: dict[str, Any], console: Console) -> None:
             s["site"],
             str(s["train_samples"]),
             str(s["test_samples"]),
-            _pct(s["gossip"]),
-            _pct(s["pooled"]),
-            _pct(s["local"]),
-            _pct(s["personalised"]),
+            pct(s["gossip"]),
+            pct(s["pooled"]),
+            pct(s["local"]),
+            pct(s["personalised"]),
         )
     console.print(table)
     losers = [

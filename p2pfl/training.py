@@ -80,6 +80,11 @@ def schedule_from(training: Any) -> LocalSchedule:
     )
 
 
+def derived_seed(*parts: int) -> int:
+    """A 63-bit torch seed drawn from ``parts`` (e.g. scenario seed, node, round, purpose)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def batch_plan(schedule: LocalSchedule, size: int, seed: int, node: int, round: int) -> np.ndarray:
     """Sample indices of one node's round, shape (steps, batch); -1 pads a short last batch."""
     rng = np.random.default_rng([seed, node, round])

@@ -9,7 +9,7 @@ the site only where ``privacy.opt_in`` allows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from p2pfl.drift import DriftMonitor, inject_drift
-from p2pfl.training import evaluate
+from p2pfl.training import derived_seed, evaluate
 
 if TYPE_CHECKING:
     from p2pfl.engines.common import Setup
@@ -47,12 +47,9 @@ class DriftWatch:
         trainer, position, node = self.members[index]
         for inj in self.cfg.injections_at(node, round):
             x, y = trainer.node_data(position)
-            seed = int(
-                np.random.SeedSequence([self.setup.scenario.seed, node, round, 13]).generate_state(
-                    1
-                )[0]
+            gen = torch.Generator().manual_seed(
+                derived_seed(self.setup.scenario.seed, node, round, 13)
             )
-            gen = torch.Generator().manual_seed(seed)
             new_x, new_y = inject_drift(
                 x.cpu(),
                 y.cpu(),
@@ -78,11 +75,10 @@ class DriftWatch:
         """Events in round order; a site is named only if it opted in."""
         if not self.cfg.enabled and not self.cfg.inject:
             return None
-        events = []
-        for e in sorted(self.events, key=lambda e: (e["round"], e["node"])):
-            name = site_names[e["node"]]
-            shown = {k: v for k, v in e.items() if k != "node"}
-            events.append({"site": name if name in opt_in else None, **shown})
+        events = [
+            public_event(e, site_names[e["node"]], opt_in)
+            for e in sorted(self.events, key=lambda e: (e["round"], e["node"]))
+        ]
         injected = [
             {
                 "site": site_names[i.node] if site_names[i.node] in opt_in else None,
@@ -100,14 +96,17 @@ def watch(setup: Setup, members: Sequence[Member]) -> DriftWatch | None:
     return DriftWatch(setup, members) if cfg.enabled or cfg.inject else None
 
 
-def drift_summary(*watches: DriftWatch | None, setup: Setup) -> dict[str, Any]:
+def drift_summary(drift: DriftWatch | None, setup: Setup) -> dict[str, Any]:
     """The ``extra`` entry of a run: its drift report, if drift was watched or injected."""
-    sites = [nd.name for nd in setup.data.nodes]
-    opt_in = setup.scenario.privacy.opt_in
-    found = [w for w in watches if w is not None]
-    if not found:
+    if drift is None:
         return {}
-    merged = found[0]
-    for other in found[1:]:
-        merged.events.extend(other.events)
-    return {"drift": merged.report(sites, opt_in)}
+    sites = [nd.name for nd in setup.data.nodes]
+    return {"drift": drift.report(sites, setup.scenario.privacy.opt_in)}
+
+
+EVENT_FIELDS = ("round", "detector", "statistic", "value", "p_value", "threshold", "feature")
+
+
+def public_event(record: Mapping[str, Any], site: str, opt_in: Sequence[str]) -> dict[str, Any]:
+    """A drift event as reports show it: the site named only if it opted in."""
+    return {"site": site if site in opt_in else None, **{k: record.get(k) for k in EVENT_FIELDS}}

@@ -7,7 +7,7 @@ one trainer class, private metrics from each site's own test split.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +17,8 @@ from torch import Tensor
 from p2pfl.privacy.budget import Budget, plan_budget
 from p2pfl.privacy.metrics import fixed_point_sum, site_figures, summary
 from p2pfl.privacy.noise import privatize_
-from p2pfl.training import LocalSchedule, StackedTrainer
+from p2pfl.training import LocalSchedule, StackedTrainer, derived_seed
+from protocols.secagg.config import SecAggConfig, threshold_for
 
 if TYPE_CHECKING:
     import topology
@@ -34,27 +35,33 @@ def budget_for(
     if not p.active:
         return None
     sizes = [int(nd.x_train.shape[0]) for nd in data.nodes]
-    matrices = threshold_of = None
+    secure = None
     if scenario.secure.enabled and p.mechanism == "delta":
-        from p2pfl.engines.common import steps_to_check
         from p2pfl.engines.secure import secagg_config_of
-        from protocols.secagg.config import threshold_for
 
-        cfg = secagg_config_of(scenario)
-        matrices = [topo.mixing(s) for s in steps_to_check(topo)]
-
-        def threshold_of(degree: int) -> int:
-            return threshold_for(cfg, degree)
-
+        secure = secure_graph(topo, secagg_config_of(scenario))
     return plan_budget(
         p,
         rounds=scenario.training.rounds,
         steps_per_round=[schedule.steps_for(s) for s in sizes],
         batch_size=schedule.batch_size,
         train_sizes=sizes,
-        secure_matrices=matrices,
-        threshold_of=threshold_of,
+        secure_matrices=None if secure is None else secure[0],
+        threshold_of=None if secure is None else secure[1],
     )
+
+
+def secure_graph(
+    topo: topology.Topology, cfg: SecAggConfig
+) -> tuple[list[object], Callable[[int], int]]:
+    """What distributed noise is sized by: the mixing matrices of the topology's steps,
+    and each receiver's secure-round threshold for its number of in-neighbours."""
+    from p2pfl.engines.common import steps_to_check
+
+    def threshold_of(degree: int) -> int:
+        return threshold_for(cfg, degree)
+
+    return [topo.mixing(s) for s in steps_to_check(topo)], threshold_of
 
 
 def make_trainer(setup: Setup, node_ids: Sequence[int]) -> Any:
@@ -90,7 +97,7 @@ class DeltaNoise:
         self.std = [setup.budget.nodes[i].noise_std for i in node_ids]
         device = setup.device
         self.generators = [
-            torch.Generator(device=device).manual_seed(_seed(setup.scenario.seed, i))
+            torch.Generator(device=device).manual_seed(derived_seed(setup.scenario.seed, i, 7))
             for i in node_ids
         ]
         self.norms: list[list[float]] = []
@@ -109,10 +116,6 @@ def delta_noise(setup: Setup, node_ids: Sequence[int]) -> DeltaNoise | None:
     if setup.budget is None or setup.budget.mechanism != "delta":
         return None
     return DeltaNoise(setup, node_ids)
-
-
-def _seed(seed: int, node: int) -> int:
-    return int(np.random.SeedSequence([seed, node, 7]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def site_metrics(setup: Setup, params: Tensor, node_ids: Sequence[int]) -> list[dict[str, float]]:

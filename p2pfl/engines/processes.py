@@ -339,6 +339,7 @@ def drift_from_audit(setup: Setup, federation: Federation) -> dict[str, Any]:
     """The daemons' drift events (from their audit logs), as the simulators report them."""
     if not setup.scenario.drift.enabled:
         return {}
+    from p2pfl.engines.drift import public_event
     from p2pfl.node.audit import read_entries
 
     sites = [nd.name for nd in setup.data.nodes]
@@ -347,9 +348,7 @@ def drift_from_audit(setup: Setup, federation: Federation) -> dict[str, Any]:
     for i, site in enumerate(federation.sites):
         for entry in read_entries(site.directory / "audit.jsonl"):
             if entry.get("event") == "drift":
-                fields = ("round", "detector", "statistic", "value", "p_value", "threshold")
-                shown = {k: entry.get(k) for k in (*fields, "feature")}
-                events.append({"site": sites[i] if sites[i] in opt_in else None, **shown})
+                events.append(public_event(entry, sites[i], opt_in))
     events.sort(key=lambda e: e["round"])
     return {"drift": {"events": events, "injected": []}}
 

@@ -236,7 +236,7 @@ class _Run:
                 "virtual_time": self.finished_at,
                 "abandoned": sum(getattr(n.core, "abandoned", 0) for n in self.nodes),
                 **norm_summary([n.noise for n in self.nodes]),
-                **drift_summary(self.drift, setup=self.setup),
+                **drift_summary(self.drift, self.setup),
             },
         )
 

@@ -283,7 +283,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         extra={
             **({"abandoned": abandoned} if secure is not None else {}),
             **norm_summary([noise]),
-            **drift_summary(drift, setup=setup),
+            **drift_summary(drift, setup),
         },
     )
 

@@ -55,17 +55,11 @@ def node_budget(plan: Plan, graph: Graph, index: int, train_size: int) -> NodeBu
     if not p.active:
         return None
     schedule = schedule_from(plan.training)
-    matrices = threshold_of = None
+    secure = None
     if plan.secure.enabled and p.mechanism == "delta":
-        from p2pfl.engines.common import steps_to_check
-        from protocols.secagg.config import threshold_for
+        from p2pfl.engines.privacy import secure_graph
 
-        cfg = plan.secagg_config(b"\0" * 32)
-        matrices = [graph.topo.mixing(s) for s in steps_to_check(graph.topo)]
-
-        def threshold_of(degree: int) -> int:
-            return threshold_for(cfg, degree)
-
+        secure = secure_graph(graph.topo, plan.secagg_config(b"\0" * 32))
     n = len(graph.roster)
     budget = plan_budget(
         p,
@@ -73,8 +67,8 @@ def node_budget(plan: Plan, graph: Graph, index: int, train_size: int) -> NodeBu
         steps_per_round=[schedule.steps_for(train_size)] * n,
         batch_size=schedule.batch_size,
         train_sizes=[train_size] * n,
-        secure_matrices=matrices,
-        threshold_of=threshold_of,
+        secure_matrices=None if secure is None else secure[0],
+        threshold_of=None if secure is None else secure[1],
     )
     assert budget is not None
     return budget.nodes[index]

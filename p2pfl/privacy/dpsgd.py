@@ -19,14 +19,13 @@ import copy
 import warnings
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from p2pfl.errors import ConfigError
 from p2pfl.models import flat_parameters, load_flat_parameters
-from p2pfl.training import LocalSchedule
+from p2pfl.training import LocalSchedule, derived_seed
 
 
 def check_model(model: nn.Module) -> None:
@@ -37,10 +36,6 @@ def check_model(model: nn.Module) -> None:
     if errors:
         reasons = "; ".join(str(e) for e in errors[:3])
         raise ConfigError(f"privacy.mechanism = 'dp-sgd' cannot train this model: {reasons}")
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 class _NodeTrainer:
@@ -61,7 +56,7 @@ class _NodeTrainer:
         self.schedule = schedule
         self.sample_rate = min(1.0, schedule.batch_size / self.size)
         self.module = GradSampleModule(copy.deepcopy(model))
-        self.noise = torch.Generator().manual_seed(_seed(seed, 1))
+        self.noise = torch.Generator().manual_seed(derived_seed(seed, 1))
         self.seed = seed
         self.optimizer = DPOptimizer(
             _base_optimizer(self.module, schedule),
@@ -78,7 +73,7 @@ class _NodeTrainer:
         sampler = UniformWithReplacementSampler(
             num_samples=self.size,
             sample_rate=self.sample_rate,
-            generator=torch.Generator().manual_seed(_seed(self.seed, 2, round)),
+            generator=torch.Generator().manual_seed(derived_seed(self.seed, 2, round)),
             steps=self.schedule.steps_for(self.size),
         )
         samples = 0
@@ -134,7 +129,7 @@ class DpSgdTrainer:
         if any(s == 0 for s in self.sizes):
             raise ConfigError("every node needs at least one training sample")
         self.nodes = [
-            _NodeTrainer(model, data, schedule, z, clip, _seed(seed, node))
+            _NodeTrainer(model, data, schedule, z, clip, derived_seed(seed, node))
             for data, node, z in zip(datasets, node_ids, noise_multipliers, strict=True)
         ]
 

@@ -8,13 +8,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from p2pfl.report import run_names
+from p2pfl.report import pct, run_names
 
 NO_DP = "privacy.epsilon=inf"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def _eps(value: float | None) -> str:
@@ -53,7 +49,7 @@ def print_privacy(report: dict[str, Any], console: Console) -> None:
             _eps(p.get("target_epsilon")),
             _eps(p.get("epsilon_max")),
             _eps(p.get("delta")),
-            _pct(acc),
+            pct(acc),
             cost,
         )
     console.print(table)
