@@ -27,7 +27,7 @@ from p2pfl.drift import DriftEvent, DriftMonitor
 from p2pfl.node.errors import PlanError
 from p2pfl.node.plan import federation_bytes
 from p2pfl.privacy.budget import NodeBudget, plan_budget
-from p2pfl.privacy.metrics import NAMES, site_figures, summary
+from p2pfl.privacy.metrics import NAMES, figures_of, summary
 from p2pfl.privacy.noise import privatize_
 from p2pfl.training import evaluate, schedule_from
 from protocols.secagg.metrics import mask_metrics, sum_metrics
@@ -137,18 +137,18 @@ class NodePrivacy:
 
     # -- after each round ---------------------------------------------------------------
 
-    def measure(self, r: int) -> tuple[dict[str, float] | None, list[DriftEvent]]:
+    def measure(
+        self, r: int, accuracy: float | None, loss: float | None
+    ) -> tuple[dict[str, float] | None, list[DriftEvent]]:
         """This round's own figures (if private metrics are on) and drift events.
 
-        Pure computation on the node's data, safe in a worker thread; ``publish`` then
-        acts on the results in the event loop.
+        ``accuracy`` and ``loss`` are the learner's on its test split this round.
+        Drift is computation on the node's data, safe in a worker thread; ``publish``
+        then acts on the results in the event loop.
         """
         figures = None
         if self.plan.privacy.private_metrics:
-            learner = self.learner
-            figures = site_figures(
-                learner.model, learner.params[0], learner.data.x_test, learner.data.y_test
-            )
+            figures = figures_of(accuracy, loss, int(self.learner.data.x_test.shape[0]))
         return figures, self._watch(r) if self.monitor is not None else []
 
     def publish(

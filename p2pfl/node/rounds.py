@@ -309,7 +309,7 @@ class RoundDriver:
         learner.set(mixed.model)
         accuracy, loss = await asyncio.to_thread(learner.evaluate)
         assert self.privacy is not None
-        figures, drift = await asyncio.to_thread(self.privacy.measure, r)
+        figures, drift = await asyncio.to_thread(self.privacy.measure, r, accuracy, loss)
         seconds = time.perf_counter() - started
         transfers = node.transfers
         self._wire = {} if transfers is None else wire_totals(transfers.take())

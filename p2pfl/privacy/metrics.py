@@ -24,12 +24,19 @@ def site_figures(model: nn.Module, params: Tensor, x: Tensor, y: Tensor) -> dict
     """One site's figures for the model ``params`` (D,) on its test split (x, y)."""
     n = int(x.shape[0])
     if n == 0:
-        return {"correct": 0.0, "loss_sum": 0.0, "samples": 0.0}
+        return figures_of(None, None, 0)
     acc, loss = evaluate(model, params.reshape(1, -1), x, y)
+    return figures_of(float(acc[0]), float(loss[0]), n)
+
+
+def figures_of(accuracy: float | None, loss: float | None, samples: int) -> dict[str, float]:
+    """The summable figures of an accuracy and mean loss over ``samples`` test samples."""
+    if samples == 0 or accuracy is None or loss is None:
+        return {"correct": 0.0, "loss_sum": 0.0, "samples": 0.0}
     return {
-        "correct": float(round(float(acc[0]) * n)),
-        "loss_sum": float(loss[0]) * n,
-        "samples": float(n),
+        "correct": float(round(accuracy * samples)),
+        "loss_sum": loss * samples,
+        "samples": float(samples),
     }
 
 
