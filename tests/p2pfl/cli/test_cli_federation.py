@@ -406,6 +406,6 @@ def test_missing_ledger(cli: Cli) -> None:
 def test_the_example_plan_is_a_valid_plan(cli: Cli) -> None:
     from p2pfl.cli.federation import read_plan
 
-    example = Path(__file__).resolve().parents[2] / "simulations" / "plans" / "heart_disease.toml"
+    example = Path(__file__).resolve().parents[3] / "simulations" / "plans" / "heart_disease.toml"
     plan = read_plan(str(example))
     assert plan["model"]["name"] == "logreg" and plan["secure"]["enabled"] is True

@@ -21,7 +21,7 @@ from p2pfl.ledger_file import load_ledger
 from p2pfl.node.privacy import MASKED, OWN, federation_sum
 from p2pfl.scenario import load_scenario
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ROUNDS = 3
 pytestmark = pytest.mark.slow
 

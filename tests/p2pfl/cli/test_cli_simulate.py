@@ -12,7 +12,7 @@ from p2pfl.cli import main
 from p2pfl.models import build_model, parameter_count
 from p2pfl.scenario import load_scenario
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = str(ROOT / "simulations" / "tiny.toml")
 PNG = b"\x89PNG\r\n\x1a\n"
 ROUND_KEYS = {"acc_mean", "acc_min", "acc_max", "consensus", "bytes_per_node", "wall"}

@@ -29,7 +29,7 @@ from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint
 from p2pfl.node.status import read_status
 from p2pfl.scenario import load_scenario
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from p2pfl.cli import main
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "simulations" / "graphs"
+EXAMPLES = Path(__file__).resolve().parents[3] / "simulations" / "graphs"
 KEYS = {
     "kind",
     "nodes",

@@ -32,7 +32,7 @@ from p2pfl.provenance import PROFILE, ProvenanceError, check_crate, now, write_s
 from p2pfl.scenario import load_scenario
 from p2pfl.transport import MemoryNetwork
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = ROOT / "simulations" / "tiny.toml"
 COMPLETED = "http://schema.org/CompletedActionStatus"
 FAILED = "http://schema.org/FailedActionStatus"

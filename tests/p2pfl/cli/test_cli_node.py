@@ -23,7 +23,7 @@ from p2pfl.cli import main
 from p2pfl.node.audit import read_entries, verify
 from p2pfl.node.config import load_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 PLAN = """\
 seed = 0

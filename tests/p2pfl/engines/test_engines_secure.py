@@ -38,7 +38,7 @@ from p2pfl.training import StackedTrainer
 from protocols.errors import ProtocolError
 from protocols.secagg import error_bound, threshold_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = ROOT / "simulations" / "tiny.toml"
 HOSPITALS = ROOT / "simulations" / "hospitals.toml"
 FASHION = ROOT / "simulations" / "fashion_secure.toml"

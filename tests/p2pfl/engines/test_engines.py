@@ -19,7 +19,7 @@ from p2pfl.errors import ConfigError
 from p2pfl.scenario import Scenario, load_scenario
 from topology.weights import push_sum_weights
 
-TINY = Path(__file__).resolve().parents[2] / "simulations" / "tiny.toml"
+TINY = Path(__file__).resolve().parents[3] / "simulations" / "tiny.toml"
 CHANCE = 0.1  # ten classes
 
 
