@@ -20,7 +20,7 @@ from typing import Any
 from p2pfl.drift import DriftSection
 from p2pfl.energy import EnergySection
 from p2pfl.errors import ConfigError
-from p2pfl.privacy.config import PrivacySection
+from p2pfl.spec import RunSpec
 from p2pfl.tables import build
 
 
@@ -38,45 +38,6 @@ class DataSection:
 
 
 @dataclass(frozen=True)
-class ModelSection:
-    name: str = "logreg"
-    hidden: list[int] | None = None
-
-
-@dataclass(frozen=True)
-class TrainingSection:
-    rounds: int = 20
-    local_epochs: int = 1
-    local_steps: int = 0
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-
-
-@dataclass(frozen=True)
-class TopologySection:
-    kind: str = "ring"
-    weights: str = "metropolis"
-    degree: int | None = None
-    seed: int | None = None
-    path: str | None = None
-    p: float | None = None
-    k: int | None = None
-    m: int | None = None
-
-
-@dataclass(frozen=True)
-class GossipSection:
-    mode: str = "sync"
-    compression: str = "none"
-    bits: int = 4
-    topk_fraction: float = 0.01
-    gamma: float = 1.0
-
-
-@dataclass(frozen=True)
 class ClockSection:
     """The protocol engine's virtual clock (seconds); the vectorized engine ignores it."""
 
@@ -84,34 +45,17 @@ class ClockSection:
     bandwidth: float = 1.0e9
     step_time: float = 0.002
     speeds: list[float] = field(default_factory=list)
-    round_timeout: float | None = None
 
 
 @dataclass(frozen=True)
-class SecureSection:
-    """Secure aggregation over each neighbourhood (sync mode only).
+class DropoutSection:
+    """Scheduled secure-aggregation dropouts of a simulation.
 
-    The fixed-point step is 1 / ``scale``; each contribution W_ij x_j is clipped
-    to [-``clip``, ``clip``]. The defaults (step 2^-18, clip 8) keep the codes on
-    the fast 32-bit path and neighbourhoods up to 256 without overflow.
-
-    ``dropouts`` lists [node, round] pairs: that node vanishes after dealing its
-    shares in that round (rounds count from 0). Timeouts are virtual seconds of
-    the protocol engine's clock; the share phase opens when a node starts its
-    round, before its neighbours (who may still be closing the previous round
-    over a dropout) can deal, so its timeout is the longest.
+    ``schedule`` lists [node, round] pairs: that node vanishes after dealing its
+    shares in that round (rounds count from 0), so its neighbours must recover.
     """
 
-    enabled: bool = False
-    scale: float = 262144.0
-    clip: float = 8.0
-    modulus_bits: int = 32
-    threshold: int | None = None
-    sparse_k: int | None = None
-    dropouts: list[list[int]] = field(default_factory=list)
-    share_timeout: float = 600.0
-    masked_timeout: float = 60.0
-    unmask_timeout: float = 60.0
+    schedule: list[list[int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -128,45 +72,35 @@ class EvalSection:
 
 
 @dataclass(frozen=True)
-class Scenario:
+class Scenario(RunSpec):
+    """A rehearsal: the run spec (``p2pfl.spec``) plus the simulation-only sections."""
+
     name: str = "scenario"
-    seed: int = 0
     engine: str = "vectorized"
     device: str = "auto"
     data: DataSection = field(default_factory=DataSection)
-    model: ModelSection = field(default_factory=ModelSection)
-    training: TrainingSection = field(default_factory=TrainingSection)
-    topology: TopologySection = field(default_factory=TopologySection)
-    gossip: GossipSection = field(default_factory=GossipSection)
-    secure: SecureSection = field(default_factory=SecureSection)
-    privacy: PrivacySection = field(default_factory=PrivacySection)
     drift: DriftSection = field(default_factory=DriftSection)
     energy: EnergySection = field(default_factory=EnergySection)
     clock: ClockSection = field(default_factory=ClockSection)
+    dropouts: DropoutSection = field(default_factory=DropoutSection)
     baselines: BaselineSection = field(default_factory=BaselineSection)
     eval: EvalSection = field(default_factory=EvalSection)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
-        if self.gossip.mode not in MODES:
-            raise ConfigError(f"gossip.mode must be one of {', '.join(MODES)}")
-        if self.training.rounds < 1:
-            raise ConfigError("training.rounds must be at least 1")
         if self.eval.every < 1:
             raise ConfigError("eval.every must be at least 1")
-        if self.secure.enabled and self.gossip.mode != "sync":
-            raise ConfigError("secure.enabled needs gossip.mode = 'sync'")
-        if self.secure.dropouts and not self.secure.enabled:
-            raise ConfigError("secure.dropouts are scheduled but secure.enabled is false")
-        for pair in self.secure.dropouts:
+        if self.dropouts.schedule and not self.secure.enabled:
+            raise ConfigError("dropouts.schedule is set but secure.enabled is false")
+        for pair in self.dropouts.schedule:
             if len(pair) != 2 or min(pair) < 0:
-                raise ConfigError(f"secure.dropouts entries are [node, round] pairs, got {pair}")
+                raise ConfigError(f"dropouts.schedule entries are [node, round] pairs, got {pair}")
 
 
 ENGINES = ("vectorized", "protocol", "processes")
-MODES = ("sync", "choco", "async")
 
 
 def parse_value(text: str) -> Any:

@@ -21,7 +21,9 @@ from typing import Any
 from p2pfl import baselines as bl
 from p2pfl.engines import prepare, run_engine
 from p2pfl.engines.common import RunResult, Setup
+from p2pfl.errors import ConfigError
 from p2pfl.scenario import Scenario, expand_sweep
+from p2pfl.spec import PlanError
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 """Given a run's label and its number of rounds, a callback for rounds completed."""
@@ -33,16 +35,26 @@ def simulate(
     *,
     engine: str | None = None,
     progress: ProgressFactory | None = None,
+    write_plan: str | Path | None = None,
 ) -> dict[str, Any]:
+    """Run every sweep value; ``write_plan``: also write the plan that deploys the run there."""
     if engine is not None:
         scenario = dataclasses.replace(scenario, engine=engine)
     data_cache: dict[str, Any] = {}
     baseline_cache: dict[str, bl.Baselines] = {}
     runs = []
-    for label, sc in expand_sweep(scenario):
+    sweep = expand_sweep(scenario)
+    if write_plan is not None and len(sweep) > 1:
+        raise ConfigError(
+            f"--write-plan: the sweep makes {len(sweep)} runs, each its own plan; "
+            "fix the swept keys with --set to write the plan of one"
+        )
+    for label, sc in sweep:
         key = repr(sc.data) + str(sc.seed)
         setup = prepare(sc, data_cache.get(key))
         data_cache[key] = setup.data
+        if write_plan is not None:
+            write_plan_file(setup, Path(write_plan))
         callback = progress(label, sc.training.rounds) if progress else None
         result = run_engine(sc.engine, setup, label, callback)
         base_key = key + repr(sc.model) + repr(sc.training) + repr(sc.baselines)
@@ -62,6 +74,24 @@ def simulate(
 
         write_outputs(report, scenario, Path(out_dir))
     return report
+
+
+def write_plan_file(setup: Setup, path: Path) -> bytes:
+    """Write the plan that deploys ``setup`` as TOML (atomically); its hash."""
+    import tomli_w
+
+    from p2pfl.atomic import atomic_write_bytes
+
+    plan = setup.plan()
+    digest = plan.hash()
+    header = (
+        f"# The training plan rehearsed by scenario {setup.scenario.name!r} "
+        f"(p2pfl simulate --write-plan).\n"
+        f"# Plan hash {digest.hex()}: what `p2pfl federation approve` signs.\n"
+        "# Every key is explicit; the hash covers the table, not these comments.\n\n"
+    )
+    atomic_write_bytes(path, (header + tomli_w.dumps(plan.table())).encode())
+    return digest
 
 
 def _run_report(setup: Setup, result: RunResult, base: bl.Baselines) -> dict[str, Any]:
@@ -98,6 +128,7 @@ def _run_report(setup: Setup, result: RunResult, base: bl.Baselines) -> dict[str
             if privacy.private_metrics
             else "each node's model on the global test set"
         ),
+        "plan": _plan_report(setup),
         "sites": _site_rows(setup, result, base),
         "secure": _secure_report(setup, result),
         "privacy": _privacy_report(setup, result),
@@ -105,6 +136,14 @@ def _run_report(setup: Setup, result: RunResult, base: bl.Baselines) -> dict[str
         "energy": _energy(setup, result),
         "extra": {k: v for k, v in result.extra.items() if k != "drift"},
     }
+
+
+def _plan_report(setup: Setup) -> dict[str, Any]:
+    """The hash of the plan that deploys this run, or why the daemons cannot run it."""
+    try:
+        return {"hash": setup.plan().hash().hex()}
+    except PlanError as exc:
+        return {"refused": str(exc)}
 
 
 def _energy(setup: Setup, result: RunResult) -> dict[str, Any]:
@@ -169,10 +208,8 @@ def _secure_report(setup: Setup, result: RunResult) -> dict[str, Any] | None:
     """Per node, how many neighbours may drop out of a secure round; rounds abandoned."""
     if not setup.scenario.secure.enabled:
         return None
-    from p2pfl.engines.common import secure_tolerance
-
     return {
-        "dropout_tolerance": secure_tolerance(setup.scenario, setup.topo),
+        "dropout_tolerance": setup.scenario.secure_tolerance(setup.topo, setup.names()),
         "abandoned": result.extra.get("abandoned", 0),
         "stragglers": result.stragglers,
     }

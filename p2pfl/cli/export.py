@@ -224,10 +224,10 @@ def _final_model(source: Path) -> tuple[bytes, dict[str, Any]]:
     from p2pfl.ledger_file import load_ledger
     from p2pfl.models import build_model, load_flat_parameters
     from p2pfl.node.checkpoint import latest_checkpoint
-    from p2pfl.node.plan import plan_from_ledger
+    from p2pfl.spec import plan_from_table
 
     ledger = load_ledger(_ledger_file(source))
-    plan, plan_hash = plan_from_ledger(ledger.plan()), ledger.plan_hash()
+    plan, plan_hash = plan_from_table(ledger.plan()), ledger.plan_hash()
     ckpt = latest_checkpoint(source / "checkpoints")
     if ckpt is None:
         raise P2PFLError(f"{source}: no checkpoint: the node has not completed a round")

@@ -129,8 +129,11 @@ def _refuse_dates(value: object, path: str, where: str) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
+    from p2pfl.spec import plan_from_table
+
     identity = load_key_argument(args)
     plan = read_plan(args.plan)
+    plan_from_table(plan, args.plan)  # refuse a plan no daemon could run, before anyone signs
     address = check_address(args.address) if args.address else ""
     ledger = Ledger.found(
         identity.signing_key,

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from p2pfl.errors import ConfigError, KeyFileError
 
 if TYPE_CHECKING:
-    from p2pfl.node.plan import Plan
+    from p2pfl.spec import Plan
 
 log = logging.getLogger("p2pfl.node")
 
@@ -225,8 +225,8 @@ def _plan_to_check(ledger_file: Path, plan_file: str | None) -> Plan:
     """The plan of ``plan_file`` if given, else the one in the node's ledger."""
     from p2pfl.cli.federation import read_plan
     from p2pfl.ledger_file import load_ledger
-    from p2pfl.node.plan import plan_from_ledger
+    from p2pfl.spec import plan_from_table
 
     if plan_file:
-        return plan_from_ledger(read_plan(plan_file))
-    return plan_from_ledger(load_ledger(ledger_file).plan())
+        return plan_from_table(read_plan(plan_file), plan_file)
+    return plan_from_table(load_ledger(ledger_file).plan())

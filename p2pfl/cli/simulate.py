@@ -31,6 +31,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="KEY=VALUE",
         help="override a scenario key, e.g. --set training.rounds=5 (repeatable)",
     )
+    p.add_argument(
+        "--write-plan",
+        type=Path,
+        default=None,
+        metavar="PLAN.toml",
+        help="also write the training plan that deploys this run (`p2pfl federation create "
+        "--plan`); its hash is what the members approve",
+    )
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
     p.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
@@ -94,7 +102,9 @@ def _run(args: argparse.Namespace) -> int:
 
         provenance.clear_simulation_crate(out)
         started = provenance.now()
-        report = simulate(scenario, out, engine=args.engine, progress=factory)
+        report = simulate(
+            scenario, out, engine=args.engine, progress=factory, write_plan=args.write_plan
+        )
     provenance.write_simulation_crate(
         out,
         scenario=dataclasses.replace(scenario, engine=args.engine or scenario.engine),
@@ -112,4 +122,7 @@ def _run(args: argparse.Namespace) -> int:
             f"Wrote {out}/metrics.json, scenario.toml, accuracy.png, consensus.png, model-*.pt, "
             "ro-crate-metadata.json"
         )
+    if args.write_plan is not None:
+        digest = report["runs"][0]["plan"]["hash"]
+        console.print(f"Wrote the plan {args.write_plan} (plan hash {digest})", soft_wrap=True)
     return 0

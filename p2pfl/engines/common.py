@@ -6,7 +6,6 @@ An engine gets a ``Setup`` (built once per sweep value) and returns a
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,15 +17,20 @@ from torch import Tensor, nn
 
 import topology
 from p2pfl.datasets import FederatedData, load_federated
-from p2pfl.engines.privacy import budget_for
-from p2pfl.engines.secure import secagg_config_of
 from p2pfl.errors import ConfigError
 from p2pfl.models import build_model, flat_parameters
 from p2pfl.privacy.budget import Budget
 from p2pfl.scenario import Scenario
+from p2pfl.spec import (
+    Graph,
+    Plan,
+    Rehearsal,
+    federation_bytes,
+    plan_of,
+    privacy_budget,
+    rehearsal_federation,
+)
 from p2pfl.training import LocalSchedule, schedule_from
-from protocols.gossip import Neighbourhood
-from protocols.secagg import dropout_tolerance
 from protocols.wire import Encoding, GossipMessage, Payload, dense, frame_size
 
 Progress = Callable[[int], None]
@@ -39,7 +43,7 @@ class Setup:
     data: FederatedData
     model: nn.Module
     initial: Tensor
-    topo: topology.Topology
+    graph: Graph
     schedule: LocalSchedule
     device: torch.device
     budget: Budget | None = None
@@ -52,8 +56,33 @@ class Setup:
     def dim(self) -> int:
         return int(self.initial.numel())
 
+    @property
+    def topo(self) -> topology.Topology:
+        return self.graph.topo
+
+    @property
+    def randomness(self) -> Rehearsal:
+        """Keys and seeds of a rehearsal: derived from the scenario seed."""
+        return Rehearsal(self.scenario.seed)
+
+    @property
+    def federation(self) -> bytes:
+        """The 32 bytes this rehearsal's masks are bound to."""
+        return federation_bytes(rehearsal_federation(self.scenario.name))
+
     def names(self) -> list[str]:
-        return [f"n{i}" for i in range(self.n)]
+        return list(self.graph.roster)
+
+    def plan(self) -> Plan:
+        """The plan that deploys this rehearsal: its run spec, its data's shape, its size.
+
+        ``PlanError`` where the daemons cannot run it (a mode they do not run, a graph file).
+        """
+        return plan_of(self.scenario, self.data.input_shape, self.data.num_classes, members=self.n)
+
+
+def node_names(n: int) -> list[str]:
+    return [f"n{i}" for i in range(n)]
 
 
 def pick_device(name: str) -> torch.device:
@@ -64,24 +93,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_topology(scenario: Scenario, n: int) -> topology.Topology:
-    t = scenario.topology
-    params = {
-        key: value for key, value in (("p", t.p), ("k", t.k), ("m", t.m)) if value is not None
-    }
-    return topology.build(
-        t.kind,
-        n,
-        degree=t.degree,
-        seed=scenario.seed if t.seed is None else t.seed,
-        weights=t.weights,
-        path=t.path,
-        **params,
-    )
-
-
 def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
-    """Load data, build the model and the topology; validate their combination."""
+    """Load data, build the model and the graph; validate the spec at every step of the run."""
     d = scenario.data
     if data is None:
         data = load_federated(
@@ -100,31 +113,19 @@ def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
     model = build_model(
         scenario.model.name, data.input_shape, data.num_classes, hidden=hidden, seed=scenario.seed
     )
-    topo = build_topology(scenario, len(data.nodes))
-    mode = scenario.gossip.mode
-    if mode != "async" and topo.directed and not doubly_stochastic(topo):
-        raise ConfigError(
-            f"topology {topo.kind!r} is directed and its weights are only column-stochastic: "
-            "use gossip.mode = 'async' (push-sum)"
-        )
-    if mode == "choco" and topo.time_varying:
-        raise ConfigError(
-            f"gossip.mode 'choco' keeps public copies of fixed neighbours; topology "
-            f"{topo.kind!r} changes every round (use sync or async)"
-        )
-    if scenario.secure.enabled:
-        check_secure(scenario, topo)
-    schedule = schedule_from(scenario.training)
+    graph = Graph.build(scenario, node_names(len(data.nodes)))
+    _check_dropouts(scenario, graph.n)
     _check_opt_in(scenario, data)
+    sizes = [int(nd.x_train.shape[0]) for nd in data.nodes]
     return Setup(
         scenario,
         data,
         model,
         flat_parameters(model),
-        topo,
-        schedule,
+        graph,
+        schedule_from(scenario.training),
         pick_device(_device_for(scenario)),
-        budget_for(scenario, data, topo, schedule),
+        privacy_budget(scenario, graph, sizes),
     )
 
 
@@ -146,74 +147,13 @@ def _check_opt_in(scenario: Scenario, data: FederatedData) -> None:
         )
 
 
-def secure_tolerance(scenario: Scenario, topo: topology.Topology) -> dict[str, int]:
-    """Per node, how many in-neighbours may drop out of a secure round, at worst over the steps.
-
-    Refuses, naming the node and its degree, any node secure mode cannot serve
-    at any step of the topology (up to 64 steps of a schedule): a single
-    neighbour hides nothing, and a neighbourhood too large for the fixed-point
-    range could overflow.
-    """
-    cfg = secagg_config_of(scenario)
-    tolerance: dict[str, int] = {}
-    for step in steps_to_check(topo):
-        w = topo.mixing(step).tocsr()
-        in_degree = np.diff(w.indptr) - (w.diagonal() != 0)
-        degrees = {f"n{i}": int(d) for i, d in enumerate(in_degree)}
-        for node, value in dropout_tolerance(cfg, degrees).items():
-            tolerance[node] = min(value, tolerance.get(node, value))
-    return tolerance
-
-
-def steps_to_check(topo: topology.Topology, cap: int = 64) -> range:
-    """The steps worth checking: one for a static graph, a schedule's period up to ``cap``."""
-    return range(min(topo.period, cap) if topo.time_varying else 1)
-
-
-def check_secure(scenario: Scenario, topo: topology.Topology) -> None:
-    for node, r in scenario.secure.dropouts:
-        if not 0 <= node < topo.n or not 0 <= r < scenario.training.rounds:
+def _check_dropouts(scenario: Scenario, n: int) -> None:
+    for node, r in scenario.dropouts.schedule:
+        if not 0 <= node < n or not 0 <= r < scenario.training.rounds:
             raise ConfigError(
-                f"secure.dropouts: [{node}, {r}] names no node (0..{topo.n - 1}) "
+                f"dropouts.schedule: [{node}, {r}] names no node (0..{n - 1}) "
                 f"or no round (0..{scenario.training.rounds - 1})"
             )
-    secure_tolerance(scenario, topo)
-
-
-def doubly_stochastic(topo: topology.Topology, tol: float = 1e-12) -> bool:
-    """Whether every mixing matrix of the topology (each step of a schedule) is doubly stochastic.
-
-    A directed graph with such weights (one-peer exponential) mixes exactly under
-    D-PSGD, so ``sync`` accepts it; plain column-stochastic weights need push-sum.
-    """
-    for step in steps_to_check(topo):
-        w = topo.mixing(step)
-        rows, cols = np.asarray(w.sum(axis=1)), np.asarray(w.sum(axis=0))
-        if np.abs(rows - 1).max() > tol or np.abs(cols - 1).max() > tol:
-            return False
-    return True
-
-
-def neighbourhood_fn(
-    topo: topology.Topology, names: list[str]
-) -> Callable[[int], Callable[[int], Neighbourhood]]:
-    """For node i, the function round -> its Neighbourhood, read off the mixing matrices."""
-
-    def for_node(i: int) -> Callable[[int], Neighbourhood]:
-        @functools.lru_cache(maxsize=8)
-        def at(round: int) -> Neighbourhood:
-            w = topo.mixing(round)
-            row = w[[i], :].tocoo()
-            col = w[:, [i]].tocoo()
-            in_weights = {
-                names[j]: float(v) for j, v in zip(row.col, row.data, strict=True) if j != i
-            }
-            out = {names[j]: float(v) for j, v in zip(col.row, col.data, strict=True) if j != i}
-            return Neighbourhood(float(w[i, i]), in_weights, out)
-
-        return at
-
-    return for_node
 
 
 def frame_bytes(

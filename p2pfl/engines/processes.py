@@ -14,7 +14,7 @@ the result equals the protocol engine's.
 Metrics are read back from the daemons' per-round checkpoints and evaluated
 as the protocol engine does (global test set, consensus distance, bytes sent
 per node, wall time per round). Time here is real: the scenario's timeouts
-(``clock.round_timeout``, ``secure.*_timeout``) are taken as seconds.
+(``gossip.round_timeout``, ``secure.*_timeout``) are taken as seconds.
 """
 
 from __future__ import annotations
@@ -50,48 +50,20 @@ from p2pfl.training import evaluate
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROUND_TIMEOUT = 300.0
-
 
 def plan_of(setup: Setup) -> dict[str, Any]:
-    """The training plan (as ``p2pfl federation create --plan`` reads it) of a scenario."""
+    """The training plan table (as ``p2pfl federation create --plan`` reads it) of a scenario."""
     sc = setup.scenario
-    if sc.gossip.mode != "sync":
-        raise ConfigError("the processes engine runs gossip.mode = 'sync' (the daemon's mode)")
-    if sc.secure.dropouts:
+    if sc.dropouts.schedule:
         raise ConfigError(
-            "secure.dropouts are not scheduled by the processes engine: "
+            "dropouts.schedule is not scheduled by the processes engine: "
             "kill a daemon to make one drop out"
         )
-    if sc.topology.path is not None:
-        raise ConfigError("the processes engine cannot ship topology.path to the daemons")
     if sc.drift.inject:
         raise ConfigError(
             "drift.inject changes a simulated node's data; the daemons read their real data"
         )
-
-    def clean(section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-        return {
-            k: v for k, v in dataclasses.asdict(section).items() if v is not None and k not in drop
-        }
-
-    secure = clean(sc.secure, ("dropouts",))
-    return {
-        "seed": sc.seed,
-        "data": {
-            "input_shape": [int(d) for d in setup.data.input_shape],
-            "num_classes": int(setup.data.num_classes),
-        },
-        "model": clean(sc.model),
-        "training": clean(sc.training),
-        "topology": clean(sc.topology, ("path",)),
-        "gossip": {
-            "mode": "sync",
-            "round_timeout": float(sc.clock.round_timeout or DEFAULT_ROUND_TIMEOUT),
-        },
-        "secure": secure,
-        "privacy": clean(sc.privacy, ("opt_in",)),
-    }
+    return setup.plan().table()
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:

@@ -31,7 +31,6 @@ from p2pfl.engines.common import (
     RoundRecord,
     RunResult,
     Setup,
-    neighbourhood_fn,
     round_record,
 )
 from p2pfl.engines.drift import DriftWatch, drift_summary, watch
@@ -127,8 +126,8 @@ def make_core(setup: Setup, i: int, names: list[str]) -> Adapter:
 
 def make_gossip_core(setup: Setup, i: int, names: list[str]) -> GossipCore:
     sc = setup.scenario
-    hood = neighbourhood_fn(setup.topo, names)(i)
-    timeout = sc.clock.round_timeout
+    hood = setup.graph.hood_fn(names[i])
+    timeout = sc.gossip.round_timeout
     if sc.gossip.mode == "sync":
         return SyncGossip(names[i], hood, round_timeout=timeout)
     if sc.gossip.mode == "choco":
@@ -216,7 +215,7 @@ class _Run:
         if unfinished:
             raise ConfigError(
                 f"nodes {unfinished} never finished their rounds: a neighbour stopped sending; "
-                "set clock.round_timeout to let rounds close over stragglers"
+                "set gossip.round_timeout to let rounds close over stragglers"
             )
         final = torch.cat([n.params for n in self.nodes])
         total = time.perf_counter() - start

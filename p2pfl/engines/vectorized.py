@@ -108,17 +108,15 @@ class SecureMixer:
     """
 
     def __init__(self, setup: Setup, order: list[int]) -> None:
-        from p2pfl.engines.secure import federation_id, secagg_config
-
-        self.cfg = secagg_config(setup)
-        self.federation = federation_id(setup)
+        self.cfg = setup.scenario.secagg_config()
+        self.federation = setup.federation
         self.setup, self.order = setup, order
         self.position = {node: pos for pos, node in enumerate(order)}
         self.fast = self.cfg.modulus_bits == 32 and self.cfg.max_code < 2**22
         self.work = torch.float32 if self.fast else torch.float64
         self.bits = self.cfg.modulus_bits
         self.drops: dict[int, set[int]] = {}
-        for node, r in setup.scenario.secure.dropouts:
+        for node, r in setup.scenario.dropouts.schedule:
             self.drops.setdefault(r, set()).add(self.position[node])
 
     def mix(self, w: object, r: int, x: Tensor, out: Tensor, block: int) -> tuple[int, int]:

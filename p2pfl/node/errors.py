@@ -1,6 +1,7 @@
 """The errors a node raises, in one tree (all ``P2PFLError``: the CLI prints them plainly).
 
-- ``PlanError``: the ledger's training plan is missing, not approved, or not runnable here.
+- ``PlanError`` (from ``p2pfl.spec``): the ledger's training plan is missing, not approved,
+  or not runnable here.
 - ``DataError`` (from ``p2pfl.errors``): the data entrypoint failed or returned bad data.
 - ``CheckpointError``: a checkpoint file is damaged or belongs to another federation.
 - ``NodeStopped``: the node was asked something after it stopped.
@@ -9,10 +10,7 @@
 from __future__ import annotations
 
 from p2pfl.errors import ConfigError, DataError, P2PFLError
-
-
-class PlanError(ConfigError):
-    """The training plan in the ledger cannot be run by this node (says why)."""
+from p2pfl.spec.errors import PlanError
 
 
 class CheckpointError(P2PFLError):

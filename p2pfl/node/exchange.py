@@ -26,14 +26,12 @@ import logging
 import os
 from typing import TYPE_CHECKING, cast
 
-import numpy as np
-
 from p2pfl.engines.protocol import GossipAdapter
 from p2pfl.engines.secure import SecureNode, SecureOutput
 from p2pfl.node.channels import Channel, tag, tagged
 from p2pfl.node.errors import PlanError
 from p2pfl.node.events import DropoutsDeclared
-from p2pfl.node.plan import Graph, Plan, federation_bytes
+from p2pfl.spec import Graph, Plan, federation_bytes
 from protocols import secagg
 from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError, ProtocolError
 from protocols.gossip import RoundMixed, Straggler, SyncGossip
@@ -200,11 +198,10 @@ def make_core(
 
     Plain: ``SyncGossip`` behind a ``GossipAdapter``. Secure: ``SecureNode`` with
     this identity's X25519 key, the members' box keys from the ledger and
-    ``os.urandom`` self-mask seeds; refused (``PlanError``) where some node of the
-    graph has too few neighbours for the plan's threshold.
+    ``os.urandom`` self-mask seeds (the graph was checked at every step when it was built).
     """
     me = node.node_id
-    hood_of = graph.hood_fn()
+    hood_of = graph.neighbourhood
     if not plan.secure.enabled:
         # The adapter encodes (copies) a round's frame as soon as ``start_round`` returns,
         # so the mix may go over the trained model: one model-sized vector fewer.
@@ -216,19 +213,12 @@ def make_core(
         )
         core.resume_at(round)
         return GossipAdapter(core, prefix=tag(Channel.GOSSIP))
-    cfg = plan.secagg_config(plan_hash)
+    cfg = plan.secagg_config()
     ledger = node.ledger
     keys = {member: ledger.box_key(member) for member in graph.roster}
     missing = [m for m, k in keys.items() if k is None]
     if missing:
         raise PlanError(f"members {missing} have no valid box key in the ledger")
-    w = graph.topo.mixing(0).tocsr()
-    in_degree = np.diff(w.indptr) - (w.diagonal() != 0)
-    degrees = {graph.roster[i]: int(d) for i, d in enumerate(in_degree)}
-    try:
-        secagg.dropout_tolerance(cfg, degrees)
-    except LocalProtocolError as exc:
-        raise PlanError(f"secure aggregation cannot run on this plan: {exc}") from None
     identity = node.identity
     assert identity is not None
     secure = SecureNode(

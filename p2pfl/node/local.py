@@ -25,7 +25,7 @@ from p2pfl.models import build_model, flat_parameters
 from p2pfl.node.config import DataSection
 from p2pfl.node.data import LocalData, load_local_data
 from p2pfl.node.errors import PlanError
-from p2pfl.node.plan import Plan
+from p2pfl.spec import Plan
 from p2pfl.training import StackedTrainer, evaluate, param_views, schedule_from
 
 

@@ -16,26 +16,22 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from p2pfl.drift import DriftEvent, DriftMonitor
 from p2pfl.node.errors import PlanError
-from p2pfl.node.plan import federation_bytes
-from p2pfl.privacy.budget import NodeBudget, plan_budget
+from p2pfl.privacy.budget import Budget, NodeBudget
 from p2pfl.privacy.metrics import NAMES, figures_of, summary
-from p2pfl.privacy.noise import privatize_
-from p2pfl.training import evaluate, schedule_from
+from p2pfl.spec import Graph, Plan, System, federation_bytes, privacy_budget
+from p2pfl.spec.dp import delta_noise, make_trainer
+from p2pfl.training import evaluate
 from protocols.secagg.metrics import mask_metrics, sum_metrics
 
 if TYPE_CHECKING:
     from p2pfl.node.local import Learner
     from p2pfl.node.node import Node
-    from p2pfl.node.plan import Graph, Plan
 
 log = logging.getLogger(__name__)
 
@@ -43,35 +39,6 @@ MASKED = "m:"
 """Prefix of the masked figures in a ledger metrics record (``m:correct`` ...)."""
 OWN = "site:"
 """Prefix of a site's own figures, published only when its config opts in."""
-
-
-def _os_seed() -> int:
-    return int.from_bytes(os.urandom(8), "little") >> 1
-
-
-def node_budget(plan: Plan, graph: Graph, index: int, train_size: int) -> NodeBudget | None:
-    """This node's noise and epsilon for the plan's schedule (None without DP)."""
-    p = plan.privacy
-    if not p.active:
-        return None
-    schedule = schedule_from(plan.training)
-    secure = None
-    if plan.secure.enabled and p.mechanism == "delta":
-        from p2pfl.engines.privacy import secure_graph
-
-        secure = secure_graph(graph.topo, plan.secagg_config(b"\0" * 32))
-    n = len(graph.roster)
-    budget = plan_budget(
-        p,
-        rounds=plan.training.rounds,
-        steps_per_round=[schedule.steps_for(train_size)] * n,
-        batch_size=schedule.batch_size,
-        train_sizes=[train_size] * n,
-        secure_matrices=None if secure is None else secure[0],
-        threshold_of=None if secure is None else secure[1],
-    )
-    assert budget is not None
-    return budget.nodes[index]
 
 
 class NodePrivacy:
@@ -82,13 +49,15 @@ class NodePrivacy:
     ) -> None:
         self.node, self.plan, self.graph, self.learner = node, plan, graph, learner
         self.me = node.node_id
+        self.index = graph.index(self.me)
         size = int(learner.data.x_train.shape[0])
         try:
-            self.budget = node_budget(plan, graph, graph.index(self.me), size)
+            budget = privacy_budget(plan, graph, [size] * graph.n)
         except Exception as exc:  # the budget's ConfigError: the plan cannot be run
             raise PlanError(f"plan [privacy]: {exc}") from None
-        if self.budget is not None:
-            self._install(plan, learner, self.budget)
+        self.budget: NodeBudget | None = None if budget is None else budget.nodes[self.index]
+        if budget is not None and self.budget is not None:
+            self._install(plan, learner, budget)
             log.info(
                 "differential privacy: %s, epsilon %.3g at delta %g over the run "
                 "(noise multiplier %.3g)",
@@ -104,36 +73,26 @@ class NodePrivacy:
                 learner.data.x_train,
                 learner.data.y_train,
                 rounds=rounds,
-                generator=np.random.default_rng(_os_seed()),
+                generator=np.random.default_rng(System().noise_seed(self.index)),
             )
             if drift.enabled
             else None
         )
         self.federation: dict[int, dict[str, float]] = {}
 
-    def _install(self, plan: Plan, learner: Learner, budget: NodeBudget) -> None:
-        clip = plan.privacy.clip
-        assert clip is not None
-        if plan.privacy.mechanism == "dp-sgd":
-            from p2pfl.privacy.dpsgd import DpSgdTrainer
-
+    def _install(self, plan: Plan, learner: Learner, budget: Budget) -> None:
+        """The plan's mechanism with this node's noise, seeded by the operating system."""
+        randomness = System()
+        if budget.mechanism == "dp-sgd":
             data = learner.data
-            learner.trainer = DpSgdTrainer(
-                learner.model,
-                [(data.x_train, data.y_train)],
-                [self.graph.index(self.me)],
-                schedule_from(plan.training),
-                seed=_os_seed(),
-                noise_multipliers=[budget.noise_multiplier],
-                clip=clip,
-            )
+            learner.trainer = make_trainer(
+                plan, learner.model, [(data.x_train, data.y_train)], [self.index], budget,
+                randomness,
+            )  # fmt: skip
             return
-        generator = torch.Generator().manual_seed(_os_seed())
-
-        def noise(after: Tensor, before: Tensor) -> None:
-            privatize_(after, before, clip, [budget.noise_std], [generator])
-
-        learner.noise = noise
+        noise = delta_noise(plan, budget, [self.index], randomness)
+        assert noise is not None
+        learner.noise = noise.apply_
 
     # -- after each round ---------------------------------------------------------------
 

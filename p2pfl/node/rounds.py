@@ -51,8 +51,8 @@ from p2pfl.node.errors import PlanError
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core, skip_core_to
 from p2pfl.node.local import Learner
-from p2pfl.node.plan import Graph, Plan, plan_from_ledger
 from p2pfl.node.privacy import NodePrivacy
+from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
 from protocols.gossip import RoundMixed
 
@@ -108,8 +108,8 @@ class RoundDriver:
         if self.graph is not None:
             return self.graph.links_of(self.me)
         try:
-            plan = plan_from_ledger(self.node.ledger.plan())
-            graph = Graph.build(plan, self._roster())
+            plan = plan_from_table(self.node.ledger.plan())
+            graph = plan.graph(self._roster())
             return graph.links_of(self.me) if self.me in graph.roster else set()
         except ConfigError:
             return set()
@@ -143,11 +143,11 @@ class RoundDriver:
                 f"the plan is not approved by {', '.join(self._missing_approvals()) or 'anyone'} "
                 f"after {limits.start_timeout} s; members approve with `p2pfl federation approve`"
             )
-        plan = plan_from_ledger(node.ledger.plan())
+        plan = plan_from_table(node.ledger.plan())
         plan_hash = node.ledger.plan_hash()
         assert plan_hash is not None
         self._check_resume(plan_hash)
-        graph = Graph.build(plan, self._roster())
+        graph = plan.graph(self._roster())
         if self.me not in graph.roster:
             raise PlanError(f"node {self.me} is not in the roster of this run")
         self.plan, self.plan_hash, self.graph = plan, plan_hash, graph

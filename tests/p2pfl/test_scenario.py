@@ -247,7 +247,8 @@ def test_to_table_round_trip_through_toml(tmp_path):
             "seed": 3,
             "model": {"name": "mlp", "hidden": [8, 4]},
             "training": {"rounds": 5, "lr": 0.3},
-            "clock": {"speeds": [1.0, 0.5], "round_timeout": 0.2},
+            "clock": {"speeds": [1.0, 0.5]},
+            "gossip": {"round_timeout": 0.2},
             "sweep": {"topology.kind": ["ring", "complete"]},
         }
     )

@@ -14,8 +14,8 @@ from p2pfl.datasets.heart import feature_names
 from p2pfl.errors import ConfigError
 from p2pfl.node.errors import PlanError
 from p2pfl.node.examples import HEART_SITES, heart_schema, heart_site
-from p2pfl.node.plan import plan_from_ledger
 from p2pfl.schema import parse_schema, schema_table, validate
+from p2pfl.spec import plan_from_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,22 +158,22 @@ PLAN: dict[str, Any] = {
 
 
 def test_the_schema_is_optional_in_a_plan_and_must_fit_its_shapes() -> None:
-    assert plan_from_ledger(PLAN).data.schema is None  # existing plans stay valid
-    plan = plan_from_ledger({**PLAN, "data": {**PLAN["data"], "schema": TABLE}})
+    assert plan_from_table(PLAN).data.schema is None  # existing plans stay valid
+    plan = plan_from_table({**PLAN, "data": {**PLAN["data"], "schema": TABLE}})
     assert plan.data.schema is not None and plan.data.schema.names[0] == "age"
     with pytest.raises(PlanError, match="4 features, but input_shape \\[3\\] has 3 values"):
-        plan_from_ledger({**PLAN, "data": {"input_shape": [3], "num_classes": 2, "schema": TABLE}})
+        plan_from_table({**PLAN, "data": {"input_shape": [3], "num_classes": 2, "schema": TABLE}})
     with pytest.raises(PlanError, match="classes: 2 names, but num_classes is 3"):
-        plan_from_ledger({**PLAN, "data": {"input_shape": [4], "num_classes": 3, "schema": TABLE}})
+        plan_from_table({**PLAN, "data": {"input_shape": [4], "num_classes": 3, "schema": TABLE}})
     bad = {**TABLE, "features": [{"name": "age", "kind": "float"}]}
     with pytest.raises(PlanError, match=r"plan \[data.schema\] features\[0\].*unknown key 'kind'"):
-        plan_from_ledger({**PLAN, "data": {**PLAN["data"], "schema": bad}})
+        plan_from_table({**PLAN, "data": {**PLAN["data"], "schema": bad}})
 
 
 def test_the_example_plan_carries_the_heart_schema_and_every_site_fits_it() -> None:
     table = read_plan(str(ROOT / "simulations" / "plans" / "heart_disease.toml"))
     assert table["data"]["schema"] == heart_schema()
-    plan = plan_from_ledger(table)  # the example plan is runnable by the daemon
+    plan = plan_from_table(table)  # the example plan is runnable by the daemon
     assert plan.data.schema is not None and plan.data.schema.names == feature_names()
     for site in HEART_SITES:
         data = heart_site(site)

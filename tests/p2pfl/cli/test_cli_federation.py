@@ -19,9 +19,13 @@ from p2pfl.ledger_file import load_ledger, save_ledger
 from protocols.records import seal
 
 PLAN = """\
-model = "mlp"
+[data]
+input_shape = [4]
+num_classes = 2
+[model]
+name = "mlp"
+[training]
 rounds = 20
-[optimizer]
 lr = 0.05
 """
 

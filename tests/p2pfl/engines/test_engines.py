@@ -13,10 +13,11 @@ import pytest
 import torch
 
 import topology
-from p2pfl.engines import RunResult, common, prepare, run_engine
+from p2pfl.engines import RunResult, prepare, run_engine
 from p2pfl.engines.common import Setup
 from p2pfl.errors import ConfigError
 from p2pfl.scenario import Scenario, load_scenario
+from p2pfl.spec import RunSpec
 from topology.weights import push_sum_weights
 
 TINY = Path(__file__).resolve().parents[3] / "simulations" / "tiny.toml"
@@ -183,7 +184,7 @@ def test_slow_node_with_timeout_gives_stragglers_and_completes(data_cache):
     sc = tiny(
         **{
             "clock.speeds": [1.0, 1.0, 1.0, 1.0, 1.0, 0.01],
-            "clock.round_timeout": 0.05,
+            "gossip.round_timeout": 0.05,
             "training.rounds": rounds,
         }
     )
@@ -239,7 +240,7 @@ def column_stochastic_only(n: int) -> topology.Topology:
 
 @pytest.mark.parametrize("mode", ["sync", "choco"])
 def test_directed_column_stochastic_topology_needs_async(mode, data_cache, monkeypatch):
-    monkeypatch.setattr(common, "build_topology", lambda sc, n: column_stochastic_only(n))
+    monkeypatch.setattr(RunSpec, "build_topology", lambda sc, n: column_stochastic_only(n))
     with pytest.raises(ConfigError, match="directed"):
         setup_of(tiny(**{"gossip.mode": mode}), data_cache)
     setup = setup_of(tiny(**{"gossip.mode": "async"}), data_cache)

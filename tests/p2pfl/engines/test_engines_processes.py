@@ -224,7 +224,7 @@ def test_a_plain_daemon_killed_mid_round_rejoins_its_neighbours(tmp_path: Path) 
     rounds, victim = 7, 1
     scenario = hospitals(
         rounds,
-        **{"secure.enabled": False, "training.local_epochs": 20, "clock.round_timeout": 15.0},
+        **{"secure.enabled": False, "training.local_epochs": 20, "gossip.round_timeout": 15.0},
     )
     state: dict[str, Any] = {}
 

@@ -30,12 +30,10 @@ import torch
 from p2pfl.cli import main
 from p2pfl.engines import RunResult, prepare, run_engine
 from p2pfl.engines.common import Setup
-from p2pfl.engines.secure import secagg_config, secagg_config_of
 from p2pfl.errors import ConfigError, DataError
 from p2pfl.scenario import Scenario, load_scenario
 from p2pfl.simulate import simulate
 from p2pfl.training import StackedTrainer
-from protocols.errors import ProtocolError
 from protocols.secagg import error_bound, threshold_for
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -131,7 +129,7 @@ def test_one_secure_round_is_plain_mixing_within_the_error_bound(kind, data_cach
     degree = 2 if kind == "ring" else setup.n - 1
     # the decoded sum is within error_bound; the mix then divides by sum W = 1 and
     # adds float32 rounding of values of order 1.
-    bound = error_bound(secagg_config(setup), degree) + 1e-6
+    bound = error_bound(setup.scenario.secagg_config(), degree) + 1e-6
     worst = float((secure.final_params - plain.final_params).abs().max())
     assert 0 < worst <= bound, (worst, bound)
 
@@ -162,7 +160,7 @@ def test_secure_traffic_is_counted(tiny_runs):
 
 @pytest.fixture(scope="module")
 def dropout_runs(data_cache):
-    sc = tiny(**COMPLETE, **{"secure.dropouts": [[2, 1]]})
+    sc = tiny(**COMPLETE, **{"dropouts.schedule": [[2, 1]]})
     return {engine: run(sc, engine, data_cache) for engine in ENGINES}
 
 
@@ -189,7 +187,7 @@ def test_engines_agree_over_a_dropout(dropout_runs):
 
 
 def test_two_dropouts_in_two_rounds_complete(data_cache):
-    sc = tiny(**COMPLETE, **{"secure.dropouts": [[2, 1], [4, 2]]})
+    sc = tiny(**COMPLETE, **{"dropouts.schedule": [[2, 1], [4, 2]]})
     results = {engine: run(sc, engine, data_cache) for engine in ENGINES}
     assert results["protocol"].stragglers == 10
     assert all(r.extra["abandoned"] == 0 for r in results.values())
@@ -204,7 +202,7 @@ def test_survivors_mix_without_the_dropped_model_and_it_keeps_its_own(data_cache
     """
     dropped = 2
     first = run(tiny(**COMPLETE, **{"training.rounds": 1}), "protocol", data_cache)
-    sc = tiny(**COMPLETE, **{"training.rounds": 2, "secure.dropouts": [[dropped, 1]]})
+    sc = tiny(**COMPLETE, **{"training.rounds": 2, "dropouts.schedule": [[dropped, 1]]})
     setup = setup_of(sc, data_cache)
     result = run_engine("protocol", setup, "protocol")
     trained = local_models(setup, first.final_params, 1).double()
@@ -217,7 +215,7 @@ def test_survivors_mix_without_the_dropped_model_and_it_keeps_its_own(data_cache
     expected = (weights @ trained) / weights.sum(dim=1, keepdim=True)
     expected[dropped] = trained[dropped]
     kept = float(weights.sum(dim=1).min())  # the mix divides the decoded sum by this
-    bound = error_bound(secagg_config(setup), setup.n - 2) / kept + 1e-6
+    bound = error_bound(setup.scenario.secagg_config(), setup.n - 2) / kept + 1e-6
     worst = float((result.final_params.double() - expected).abs().max())
     assert worst <= bound, (worst, bound)
     assert torch.equal(result.final_params[dropped], trained[dropped].float())
@@ -230,7 +228,7 @@ TOO_MANY = [[0, 1], [1, 1], [2, 1]]  # 3 > d - t = 2 in round 1
 
 @pytest.fixture(scope="module")
 def abandoned_runs(data_cache):
-    sc = tiny(**COMPLETE, **{"secure.dropouts": TOO_MANY})
+    sc = tiny(**COMPLETE, **{"dropouts.schedule": TOO_MANY})
     return {engine: run(sc, engine, data_cache) for engine in ENGINES}
 
 
@@ -249,7 +247,7 @@ def test_engines_agree_over_an_abandoned_round(abandoned_runs):
 
 def test_abandoning_receivers_keep_their_own_model(data_cache):
     first = run(tiny(**COMPLETE, **{"training.rounds": 1}), "protocol", data_cache)
-    sc = tiny(**COMPLETE, **{"training.rounds": 2, "secure.dropouts": TOO_MANY})
+    sc = tiny(**COMPLETE, **{"training.rounds": 2, "dropouts.schedule": TOO_MANY})
     setup = setup_of(sc, data_cache)
     for engine in ENGINES:
         result = run_engine(engine, setup, engine)
@@ -260,7 +258,7 @@ def test_abandoning_receivers_keep_their_own_model(data_cache):
 
 
 def test_simulate_reports_abandoned_rounds(data_cache):
-    sc = tiny(**COMPLETE, **{"secure.dropouts": TOO_MANY, "training.rounds": 2})
+    sc = tiny(**COMPLETE, **{"dropouts.schedule": TOO_MANY, "training.rounds": 2})
     report = simulate(sc, engine="protocol")
     assert report["runs"][0]["secure"]["abandoned"] == 3
 
@@ -269,7 +267,7 @@ def test_simulate_reports_abandoned_rounds(data_cache):
 
 
 def test_sparse_masking_engines_agree(data_cache):
-    sc = tiny(**COMPLETE, **{"secure.sparse_k": 2, "secure.dropouts": [[2, 1]]})
+    sc = tiny(**COMPLETE, **{"secure.sparse_k": 2, "dropouts.schedule": [[2, 1]]})
     protocol, vectorized = (run(sc, engine, data_cache) for engine in ENGINES)
     assert protocol.extra["abandoned"] == vectorized.extra["abandoned"] == 0
     assert relative(vectorized.final_params, protocol.final_params) <= 1e-4
@@ -281,7 +279,7 @@ def test_sparse_masking_engines_agree_over_dropouts(data_cache):
     The protocol receiver abandons where the survivors' partner graph is
     disconnected (else it would learn partial sums); the vectorized twin must too.
     """
-    sc = tiny(**COMPLETE, **{"secure.sparse_k": 2, "secure.dropouts": [[0, 1], [2, 1]]})
+    sc = tiny(**COMPLETE, **{"secure.sparse_k": 2, "dropouts.schedule": [[0, 1], [2, 1]]})
     protocol, vectorized = (run(sc, engine, data_cache) for engine in ENGINES)
     assert protocol.extra["abandoned"] > 0
     assert vectorized.extra["abandoned"] == protocol.extra["abandoned"]
@@ -313,13 +311,13 @@ def test_a_node_with_one_neighbour_is_refused_by_name_and_degree(kind, capsys, t
 
 
 def test_single_neighbour_refusal_happens_before_training(data_cache):
-    with pytest.raises(ProtocolError, match=r"node 'n0': degree 1"):
+    with pytest.raises(ConfigError, match=r"node 'n0': degree 1"):
         setup_of(tiny(**{"topology.kind": "path", **SECURE}), data_cache)
 
 
 def test_a_schedule_with_a_single_neighbour_step_is_refused_before_training(data_cache):
     """base-k (k = 2) on six nodes: two neighbours at step 0, one at step 1."""
-    with pytest.raises(ProtocolError, match=r"node 'n\d+': degree 1"):
+    with pytest.raises(ConfigError, match=r"at step 1 of its schedule: .*node 'n\d+': degree 1"):
         setup_of(tiny(**{"topology.kind": "base-k", "topology.k": 2, **SECURE}), data_cache)
 
 
@@ -341,12 +339,12 @@ def test_an_overflowing_configuration_is_refused_with_the_bound(capsys, tmp_path
     bound = float(match.group(1))
     scale = {"secure.scale": 65536}
     setup_of(tiny(**COMPLETE, **scale, **{"secure.clip": bound}), data_cache)
-    with pytest.raises(ProtocolError, match="overflow"):
+    with pytest.raises(ConfigError, match="overflow"):
         setup_of(tiny(**COMPLETE, **scale, **{"secure.clip": bound * 1.001}), data_cache)
 
 
 def test_a_huge_scale_is_refused_with_the_bound(data_cache):
-    with pytest.raises(ProtocolError, match=r"overflow.*2\^31 - 1 = 2147483647"):
+    with pytest.raises(ConfigError, match=r"overflow.*2\^31 - 1 = 2147483647"):
         setup_of(tiny(**SECURE, **{"secure.scale": 1e30}), data_cache)
 
 
@@ -365,13 +363,13 @@ def test_secure_needs_sync_gossip(mode):
 )
 def test_dropouts_naming_a_missing_node_or_round_are_refused(dropouts, match, data_cache):
     with pytest.raises(ConfigError, match=match):
-        setup_of(tiny(**SECURE, **{"secure.dropouts": dropouts}), data_cache)
+        setup_of(tiny(**SECURE, **{"dropouts.schedule": dropouts}), data_cache)
 
 
 @pytest.mark.parametrize("dropouts", [[[1]], [[1, 2, 3]], [[-1, 0]]])
 def test_malformed_dropouts_are_refused(dropouts):
     with pytest.raises(ConfigError, match="dropouts"):
-        tiny(**SECURE, **{"secure.dropouts": dropouts})
+        tiny(**SECURE, **{"dropouts.schedule": dropouts})
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -385,7 +383,7 @@ def test_report_gives_each_nodes_dropout_tolerance():
     report = simulate(sc)
     tolerance = {run["topology"]: run["secure"]["dropout_tolerance"] for run in report["runs"]}
     names = [f"n{i}" for i in range(6)]
-    cfg = secagg_config_of(sc)
+    cfg = sc.secagg_config()
     for kind, degree in (("ring", 2), ("complete", 5)):
         assert sorted(tolerance[kind]) == names
         assert set(tolerance[kind].values()) == {degree - threshold_for(cfg, degree)}

@@ -19,7 +19,7 @@ from p2pfl.node.config import config_from_table, load_config, template
 from p2pfl.node.data import load_local_data
 from p2pfl.node.errors import CheckpointError, PlanError
 from p2pfl.node.links import backoff
-from p2pfl.node.plan import Graph, plan_from_ledger
+from p2pfl.spec import plan_from_table
 
 # -- config --------------------------------------------------------------------------------
 
@@ -208,21 +208,21 @@ PLAN = {
 
 
 def test_plan_parsing_names_unknown_keys_and_refuses_what_the_daemon_cannot_run() -> None:
-    plan = plan_from_ledger(PLAN)
+    plan = plan_from_table(PLAN)
     assert plan.training.rounds == 5 and plan.gossip.mode == "sync" and not plan.secure.enabled
     with pytest.raises(PlanError, match="unknown key 'epochs'"):
-        plan_from_ledger({**PLAN, "training": {"epochs": 3}})
-    with pytest.raises(PlanError, match="'sync'"):
-        plan_from_ledger({**PLAN, "gossip": {"mode": "choco"}})
+        plan_from_table({**PLAN, "training": {"epochs": 3}})
+    with pytest.raises(PlanError, match="daemon runs sync"):
+        plan_from_table({**PLAN, "gossip": {"mode": "choco"}})
     with pytest.raises(PlanError, match="input_shape"):
-        plan_from_ledger({**PLAN, "data": {"num_classes": 2}})
+        plan_from_table({**PLAN, "data": {"num_classes": 2}})
     with pytest.raises(PlanError, match="no valid training plan"):
-        plan_from_ledger(None)
+        plan_from_table(None)
 
 
 def test_every_node_computes_the_same_graph_from_the_roster() -> None:
     roster = tuple(sorted(f"node{i:02d}" for i in range(6)))
-    graph = Graph.build(plan_from_ledger(PLAN), roster)
+    graph = plan_from_table(PLAN).graph(roster)
     for node in roster:
         hood = graph.neighbourhood(node, 0)
         assert len(hood.in_weights) == 2
@@ -230,10 +230,10 @@ def test_every_node_computes_the_same_graph_from_the_roster() -> None:
         for peer, weight in hood.in_weights.items():  # symmetric Metropolis weights
             assert graph.neighbourhood(peer, 0).in_weights[node] == pytest.approx(weight)
         assert graph.links_of(node) == set(hood.in_weights)
-    other = Graph.build(plan_from_ledger(PLAN), roster)
+    other = plan_from_table(PLAN).graph(roster)
     assert all(other.links_of(n) == graph.links_of(n) for n in roster)
     with pytest.raises(PlanError, match="sorted"):
-        Graph.build(plan_from_ledger(PLAN), roster[::-1])
+        plan_from_table(PLAN).graph(roster[::-1])
 
 
 # -- data entrypoint ------------------------------------------------------------------------

@@ -1,0 +1,189 @@
+"""The run spec: what a federation trains and how, rehearsed and deployed from the same object.
+
+A ``RunSpec`` holds the shared sections (``seed``, model, training, topology,
+gossip, secure, privacy) with one set of defaults (``p2pfl.spec.sections``). A
+scenario is a run spec plus the simulation-only sections; a plan is a run spec
+plus the data it expects. ``check(n)`` validates the spec for a federation of
+``n`` nodes at every step of its topology's schedule that the run reaches, and
+returns the topology it built; the simulators and the daemons both call it, so
+a plan that cannot run is refused before anyone trains, with the step and the
+node that fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import topology
+from p2pfl.errors import ConfigError
+from p2pfl.privacy.config import PrivacySection
+from p2pfl.spec.sections import (
+    GossipSection,
+    ModelSection,
+    SecureSection,
+    TopologySection,
+    TrainingSection,
+)
+from protocols.errors import LocalProtocolError
+from protocols.records import canonical
+from protocols.secagg import SecAggConfig, Timeouts, dropout_tolerance
+
+SPEC_FIELDS = ("seed", "model", "training", "topology", "gossip", "secure", "privacy")
+"""The keys of a run spec, in the order a plan file writes them."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    seed: int = 0
+    model: ModelSection = field(default_factory=ModelSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    topology: TopologySection = field(default_factory=TopologySection)
+    gossip: GossipSection = field(default_factory=GossipSection)
+    secure: SecureSection = field(default_factory=SecureSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
+
+    def __post_init__(self) -> None:
+        if self.secure.enabled and self.gossip.mode != "sync":
+            raise ConfigError(
+                f"secure.enabled needs gossip.mode = 'sync', not {self.gossip.mode!r}: "
+                "secure aggregation sums a whole neighbourhood's round at once"
+            )
+
+    # -- what it is ---------------------------------------------------------------------
+
+    @property
+    def run_spec(self) -> RunSpec:
+        """The shared sections alone (a scenario or a plan without its own sections)."""
+        return RunSpec(**{name: getattr(self, name) for name in SPEC_FIELDS})
+
+    def table(self) -> dict[str, Any]:
+        """The shared sections as a TOML-ready table, every key explicit (None left out)."""
+        return {name: _clean(_as_table(getattr(self, name))) for name in SPEC_FIELDS}
+
+    def digest(self) -> bytes:
+        """SHA-256 of the shared sections' canonical encoding: equal specs, equal digests."""
+        return hashlib.sha256(b"p2pfl run spec\0" + canonical(self.table())).digest()
+
+    # -- what it derives --------------------------------------------------------------------
+
+    def build_topology(self, n: int) -> topology.Topology:
+        """The topology of ``n`` nodes (``[topology]``; ``seed`` defaults to the spec's)."""
+        t = self.topology
+        params = {key: v for key, v in (("p", t.p), ("k", t.k), ("m", t.m)) if v is not None}
+        try:
+            return topology.build(
+                t.kind,
+                n,
+                degree=t.degree,
+                seed=self.seed if t.seed is None else t.seed,
+                weights=t.weights,
+                path=t.path,
+                **params,
+            )
+        except topology.TopologyError as exc:
+            raise ConfigError(f"[topology]: {exc}") from None
+
+    def secagg_config(self) -> SecAggConfig:
+        """Secure aggregation's parameters; the SecAgg+ partner graph is seeded by the digest."""
+        s = self.secure
+        try:
+            return SecAggConfig(
+                scale=float(s.scale),
+                clip=float(s.clip),
+                modulus_bits=s.modulus_bits,
+                threshold=s.threshold,
+                sparse_k=s.sparse_k,
+                graph_seed=self.digest(),
+            )
+        except LocalProtocolError as exc:
+            raise ConfigError(f"[secure]: {exc}") from None
+
+    def secagg_timeouts(self) -> Timeouts:
+        s = self.secure
+        return Timeouts(s.share_timeout, s.masked_timeout, s.unmask_timeout)
+
+    def steps(self, topo: topology.Topology) -> range:
+        """Every distinct step of the schedule the run reaches: one for a static graph."""
+        if not topo.time_varying:
+            return range(1)
+        return range(min(topo.period, self.training.rounds))
+
+    def check(self, n: int, names: list[str] | None = None) -> topology.Topology:
+        """Validate the spec for ``n`` nodes at every step the run reaches; the topology.
+
+        ``names`` (the roster) name the nodes in the errors; positions otherwise.
+        """
+        if n < 2:
+            raise ConfigError(f"a federation needs at least 2 nodes to train, not {n}")
+        topo = self.build_topology(n)
+        mode = self.gossip.mode
+        if mode != "async" and topo.directed and not self.doubly_stochastic(topo):
+            raise ConfigError(
+                f"topology {topo.kind!r} is directed and its weights are only column-stochastic: "
+                "use gossip.mode = 'async' (push-sum)"
+            )
+        if mode == "choco" and topo.time_varying:
+            raise ConfigError(
+                f"gossip.mode 'choco' keeps public copies of fixed neighbours; topology "
+                f"{topo.kind!r} changes every round (use sync or async)"
+            )
+        if self.secure.enabled:
+            self.secure_tolerance(topo, names)
+        return topo
+
+    def doubly_stochastic(self, topo: topology.Topology, tol: float = 1e-12) -> bool:
+        """Whether every mixing matrix the run uses is doubly stochastic.
+
+        A directed graph with such weights (one-peer exponential) mixes exactly under
+        D-PSGD, so ``sync`` accepts it; plain column-stochastic weights need push-sum.
+        """
+        for step in self.steps(topo):
+            w = topo.mixing(step)
+            rows, cols = np.asarray(w.sum(axis=1)), np.asarray(w.sum(axis=0))
+            if np.abs(rows - 1).max() > tol or np.abs(cols - 1).max() > tol:
+                return False
+        return True
+
+    def secure_tolerance(
+        self, topo: topology.Topology, names: list[str] | None = None
+    ) -> dict[str, int]:
+        """Per node, how many in-neighbours may drop out of a secure round, at worst over steps.
+
+        Refuses, naming the step, the node and its degree, any node secure mode cannot
+        serve at some step the run reaches: a single neighbour hides nothing, a
+        neighbourhood smaller than the threshold cannot complete, one too large for the
+        fixed-point range could overflow.
+        """
+        cfg = self.secagg_config()
+        names = names or [f"node {i}" for i in range(topo.n)]
+        tolerance: dict[str, int] = {}
+        for step in self.steps(topo):
+            w = topo.mixing(step).tocsr()
+            in_degree = np.diff(w.indptr) - (w.diagonal() != 0)
+            degrees = {names[i]: int(d) for i, d in enumerate(in_degree)}
+            try:
+                report = dropout_tolerance(cfg, degrees)
+            except LocalProtocolError as exc:
+                where = f" at step {step} of its schedule" if topo.time_varying else ""
+                raise ConfigError(
+                    f"secure aggregation cannot run on topology {topo.kind!r} of {topo.n} "
+                    f"nodes{where}: {exc}"
+                ) from None
+            for node, value in report.items():
+                tolerance[node] = min(value, tolerance.get(node, value))
+        return tolerance
+
+
+def _as_table(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items() if v is not None}
+    return obj
