@@ -182,7 +182,8 @@ def import_cycles(graph: nx.DiGraph) -> list[tuple[list[str], list[str]]]:
     cycles = []
     for group in nx.strongly_connected_components(graph):
         if len(group) > 1:
-            circle = [a for a, _ in nx.find_cycle(graph.subgraph(group), source=min(group))]
+            inside = nx.DiGraph(sorted(graph.subgraph(group).edges))  # the same circle each run
+            circle = [a for a, _ in nx.find_cycle(inside, source=min(group))]
             cycles.append(([*circle, circle[0]], sorted(group)))
     return sorted(cycles)
 
