@@ -27,5 +27,5 @@ class LedgerFileError(P2PFLError):
     """A ledger file is missing, truncated or corrupted."""
 
 
-class TransportClosed(P2PFLError):
-    """A link to a peer broke."""
+class ProvenanceError(P2PFLError):
+    """A run's crate cannot be written: a file it must list is missing."""

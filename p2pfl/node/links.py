@@ -33,8 +33,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from p2pfl.errors import ConfigError, TransportClosed
-from p2pfl.transport import AuthenticationFailed, Connection, MessageTooLarge, Transport
+from p2pfl.errors import ConfigError
+from p2pfl.transport import (
+    AuthenticationFailed,
+    Connection,
+    MessageTooLarge,
+    Transport,
+    TransportClosed,
+)
 
 log = logging.getLogger(__name__)
 

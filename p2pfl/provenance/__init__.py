@@ -21,18 +21,17 @@ files a simulation crate lists are in place before its metadata file is
 written, atomically and last; a node crate is built in a temporary directory
 that then replaces the previous crate. ``check_crate`` loads a crate with the
 ``rocrate`` library and lists what is missing or inconsistent.
+
+The node's crate is written by the node itself (``p2pfl.node.crate``, re-exported
+here), the parts every crate shares are ``p2pfl.runcrate``: both sit below the
+simulators, which this package imports.
 """
 
+from p2pfl.errors import ProvenanceError
+from p2pfl.node.crate import record_node_run, write_node_crate
 from p2pfl.provenance.check import check_crate
-from p2pfl.provenance.crate import (
-    NODE_CRATE_DIR,
-    PROFILE,
-    ProvenanceError,
-    now,
-    software_versions,
-)
-from p2pfl.provenance.node import record_node_run, write_node_crate
 from p2pfl.provenance.simulation import clear_simulation_crate, write_simulation_crate
+from p2pfl.runcrate import NODE_CRATE_DIR, PROFILE, now, software_versions
 
 __all__ = [
     "NODE_CRATE_DIR",

@@ -12,7 +12,7 @@ from urllib.parse import unquote
 
 from rocrate.rocrate import ROCrate  # type: ignore[import-untyped]
 
-from p2pfl.provenance.crate import (
+from p2pfl.runcrate import (
     COMPLETED,
     FAILED,
     LEDGER_HASH_ID,

@@ -21,7 +21,7 @@ from rocrate.model.metadata import BASENAME  # type: ignore[import-untyped]
 from rocrate.rocrate import ROCrate  # type: ignore[import-untyped]
 
 from p2pfl.atomic import atomic_write_bytes
-from p2pfl.provenance.crate import add_action, add_file, add_value, metadata_bytes, new_crate
+from p2pfl.runcrate import add_action, add_file, add_value, metadata_bytes, new_crate
 
 if TYPE_CHECKING:
     from p2pfl.scenario import Scenario

@@ -3,20 +3,17 @@
 ``WsTransport`` (websockets, wss with TLS) links institutions; ``MemoryTransport``
 links simulated peers in one process. Both run the Ed25519 handshake of
 ``handshake.Authenticator`` before a link is handed out, and both pass the one
-conformance suite in ``tests/p2pfl/test_transport.py``.
+conformance suite in ``tests/p2pfl/transport/test_transport.py``.
 """
 
 from __future__ import annotations
 
-from p2pfl.errors import TransportClosed
-from p2pfl.transport.base import (
-    DEFAULT_MAX_MESSAGE_SIZE,
+from p2pfl.transport.base import DEFAULT_MAX_MESSAGE_SIZE, Connection, Handler, Transport
+from p2pfl.transport.errors import (
     AuthenticationFailed,
-    Connection,
-    Handler,
     MessageTooLarge,
     RateLimited,
-    Transport,
+    TransportClosed,
 )
 from p2pfl.transport.handshake import Authenticator, MembershipCheck, RateLimiter, Refusal
 from p2pfl.transport.memory import MemoryNetwork, MemoryTransport

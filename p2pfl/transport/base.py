@@ -4,7 +4,7 @@ A ``Transport`` listens and dials; every link it hands out is a ``Connection``
 to one peer whose identity was proven by the Ed25519 handshake
 (``p2pfl.transport.handshake``) before the application saw a single byte.
 
-The contract every implementation keeps (``tests/p2pfl/test_transport.py``
+The contract every implementation keeps (``tests/p2pfl/transport/test_transport.py``
 checks it against each one):
 
 - messages are whole byte strings (``bytes``, or a read-only ``memoryview``
@@ -23,9 +23,9 @@ checks it against each one):
   messages do not interleave. Cancelling a ``send`` half way may close the
   link (a websocket cannot take back half a message): close it instead.
 
-Errors say whose fault it is: ``MessageTooLarge`` is the caller's misuse,
-``AuthenticationFailed`` a refused handshake (ours or the peer's refusal),
-``TransportClosed`` a link that is gone or could not be made.
+Errors say whose fault it is (``p2pfl.transport.errors``): ``MessageTooLarge``
+is the caller's misuse, ``AuthenticationFailed`` a refused handshake (ours or
+the peer's refusal), ``TransportClosed`` a link that is gone or could not be made.
 """
 
 from __future__ import annotations
@@ -36,46 +36,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection
 from typing import Self
 
-from p2pfl.errors import P2PFLError, TransportClosed
+from p2pfl.transport.errors import MessageTooLarge
 
-__all__ = [
-    "DEFAULT_MAX_MESSAGE_SIZE",
-    "AuthenticationFailed",
-    "Connection",
-    "Handler",
-    "MessageTooLarge",
-    "RateLimited",
-    "Transport",
-    "TransportClosed",
-]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Connection", "Handler", "Transport"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 256 << 20
-
-
-class MessageTooLarge(P2PFLError):
-    """We tried to send a message over the configured maximum size; nothing was sent."""
-
-
-class AuthenticationFailed(P2PFLError):
-    """A handshake was refused, by us or by the peer.
-
-    ``peer`` is the node id the peer claimed, or its address when it never said;
-    ``code`` is a short machine-readable reason (``not-member``, ``bad-signature``,
-    ``unexpected-peer``, ``malformed``, ``timeout``, ``rate-limited``, ...);
-    ``by_peer`` is true when the peer refused us rather than we it.
-    """
-
-    def __init__(self, peer: str, code: str, reason: str, *, by_peer: bool = False) -> None:
-        whom = "the peer refused us" if by_peer else "refused"
-        super().__init__(f"handshake with {peer}: {whom} ({code}): {reason}")
-        self.peer = peer
-        self.code = code
-        self.reason = reason
-        self.by_peer = by_peer
-
-
-class RateLimited(AuthenticationFailed):
-    """An address failed the handshake too often; its connections are refused for a while."""
 
 
 def _bytes_length(message: bytes | bytearray | memoryview) -> int:

@@ -42,8 +42,7 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
-from p2pfl.errors import TransportClosed
-from p2pfl.transport.base import AuthenticationFailed, RateLimited
+from p2pfl.transport.errors import AuthenticationFailed, RateLimited, TransportClosed
 from protocols.records import is_node_id, node_id_for
 
 log = logging.getLogger(__name__)

@@ -15,15 +15,14 @@ import itertools
 import logging
 from collections import deque
 
-from p2pfl.errors import TransportClosed
 from p2pfl.transport.base import (
     DEFAULT_MAX_MESSAGE_SIZE,
-    AuthenticationFailed,
     Connection,
     Handler,
     Transport,
     finish_handlers,
 )
+from p2pfl.transport.errors import AuthenticationFailed, TransportClosed
 from p2pfl.transport.handshake import Authenticator
 
 log = logging.getLogger(__name__)

@@ -54,15 +54,15 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.frames import CloseCode
 
-from p2pfl.errors import ConfigError, TransportClosed
+from p2pfl.errors import ConfigError
 from p2pfl.transport.base import (
     DEFAULT_MAX_MESSAGE_SIZE,
-    AuthenticationFailed,
     Connection,
     Handler,
     Transport,
     finish_handlers,
 )
+from p2pfl.transport.errors import AuthenticationFailed, TransportClosed
 from p2pfl.transport.handshake import Authenticator
 from p2pfl.transport.tls import TlsFiles, client_context, server_context
 from p2pfl.transport.transfers import TransferLog

@@ -50,8 +50,12 @@ INTRUDER = textwrap.dedent(
     """
     import asyncio, sys
     import nacl.signing
-    from p2pfl.transport import Authenticator, AuthenticationFailed, WsTransport
-    from p2pfl.errors import TransportClosed
+    from p2pfl.transport import (
+        Authenticator,
+        AuthenticationFailed,
+        TransportClosed,
+        WsTransport,
+    )
     from p2pfl.ledger_file import load_ledger
 
     async def main(address, member, ledger, deadline):

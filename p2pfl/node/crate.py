@@ -5,6 +5,11 @@ crate is built in a temporary directory next to it and then takes the place
 of the previous run's crate (rename), so a crash leaves the old crate, the
 new one, or none, never half of one; leftovers of an interrupted write are
 removed on the next.
+
+The node calls ``record_node_run(self)`` when it stops; what the crate reads of
+it is ``RunFacts`` (the ``Node`` fits), so this module needs nothing above it.
+Simulations write their crates with ``p2pfl.provenance``; both build on
+``p2pfl.runcrate``.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rocrate.model import ContextEntity  # type: ignore[import-untyped]
 from rocrate.rocrate import ROCrate  # type: ignore[import-untyped]
 
-from p2pfl.provenance.crate import (
+from p2pfl.energy import round_energy
+from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint
+from p2pfl.node.errors import CheckpointError
+from p2pfl.runcrate import (
     COMPLETED,
     LEDGER_HASH_ID,
     NODE_CRATE_DIR,
@@ -38,12 +46,50 @@ from p2pfl.provenance.crate import (
 )
 
 if TYPE_CHECKING:
-    from p2pfl.node.node import Node
+    from p2pfl.node.audit import AuditLog
+    from p2pfl.node.config import NodeConfig
+    from protocols.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
 
-def record_node_run(node: Node) -> Path | None:
+class RoundFacts(Protocol):
+    """What the crate reads of the node's round driver."""
+
+    @property
+    def completed(self) -> int: ...  # the last round completed (-1: none)
+    @property
+    def target(self) -> int | None: ...
+    @property
+    def resumed_from(self) -> int | None: ...
+    @property
+    def plan_hash(self) -> bytes | None: ...  # the plan the rounds trained
+
+
+class RunFacts(Protocol):
+    """What the crate reads of a node whose run is over (``p2pfl.node.node.Node`` fits)."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def config(self) -> NodeConfig: ...
+    @property
+    def ledger(self) -> Ledger: ...
+    @property
+    def audit(self) -> AuditLog | None: ...
+    @property
+    def rounds(self) -> RoundFacts: ...
+    @property
+    def started(self) -> float: ...  # a Unix time
+    @property
+    def phase(self) -> str: ...
+    @property
+    def last_error(self) -> str: ...
+
+
+def record_node_run(node: RunFacts) -> Path | None:
     """``write_node_crate`` for the node's shutdown: a failure is logged, never raised.
 
     A crate that cannot be written must not hide how the node ended.
@@ -57,7 +103,7 @@ def record_node_run(node: Node) -> Path | None:
     return target
 
 
-def write_node_crate(node: Node, *, ended: datetime.datetime | None = None) -> Path:
+def write_node_crate(node: RunFacts, *, ended: datetime.datetime | None = None) -> Path:
     """Package the node's run into ``DATA_DIR/crate/`` (replacing the previous run's crate).
 
     Called when the run is over: the ledger saved, the audit log closed. The
@@ -82,7 +128,7 @@ def write_node_crate(node: Node, *, ended: datetime.datetime | None = None) -> P
 
 
 def _node_crate(
-    node: Node, staging: Path, started: datetime.datetime, ended: datetime.datetime
+    node: RunFacts, staging: Path, started: datetime.datetime, ended: datetime.datetime
 ) -> ROCrate:
     """The crate's metadata; the files it lists that did not exist are made in ``staging``."""
     ledger = node.ledger
@@ -107,7 +153,7 @@ def _node_crate(
     return crate
 
 
-def _node_inputs(crate: ROCrate, node: Node, staging: Path) -> list[Any]:
+def _node_inputs(crate: ROCrate, node: RunFacts, staging: Path) -> list[Any]:
     """The plan (file and hash) and where the site's data came from."""
     objects = _plan_entities(crate, node.ledger, staging)
     entry = node.config.data
@@ -118,7 +164,7 @@ def _node_inputs(crate: ROCrate, node: Node, staging: Path) -> list[Any]:
     return objects
 
 
-def _node_outputs(crate: ROCrate, node: Node, staging: Path) -> list[Any]:
+def _node_outputs(crate: ROCrate, node: RunFacts, staging: Path) -> list[Any]:
     """Newest checkpoint, metrics, audit log, and the ledger file's hash."""
     checkpoints = _kept_checkpoints(node.data_dir / "checkpoints")
     results = []
@@ -147,13 +193,11 @@ def _node_outputs(crate: ROCrate, node: Node, staging: Path) -> list[Any]:
     return results
 
 
-def _node_error(node: Node) -> str | None:
+def _node_error(node: RunFacts) -> str | None:
     """None when the run finished; otherwise why it did not."""
     if node.phase == "finished":
         return None
-    rounds = getattr(node, "rounds", None)
-    done = 0 if rounds is None else rounds.completed + 1
-    target = None if rounds is None else rounds.target
+    done, target = node.rounds.completed + 1, node.rounds.target
     of = f" of {target}" if target else ""
     reason = node.last_error or "stopped before the run finished"
     return f"{reason} (phase {node.phase}, {done}{of} rounds completed; a restart resumes)"
@@ -208,9 +252,6 @@ def _add_approvals(crate: ROCrate, ledger: Any, members: dict[str, Any]) -> None
 
 
 def _kept_checkpoints(directory: Path) -> list[Any]:
-    from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint
-    from p2pfl.node.errors import CheckpointError
-
     kept = []
     for _, path in list_checkpoints(directory):
         with contextlib.suppress(CheckpointError):  # checked whole, its model never held
@@ -232,21 +273,21 @@ _ROUND_KEYS = (
 )
 
 
-def _node_metrics(node: Node, checkpoints: list[Any]) -> dict[str, Any]:
+def _node_metrics(node: RunFacts, checkpoints: list[Any]) -> dict[str, Any]:
     ledger = node.ledger
-    rounds = getattr(node, "rounds", None)
-    completed = -1 if rounds is None else rounds.completed
+    rounds = node.rounds
+    completed = rounds.completed
     published = {str(r): ledger.metrics(r) for r in range(completed + 1)}
     current = ledger.plan_hash()
-    trained = None if rounds is None else rounds.plan_hash
+    trained = rounds.plan_hash
     return {
         "node": node.node_id,
         "federation": ledger.federation_id,
         "plan_hash": None if current is None else current.hex(),
         "trained_plan_hash": None if trained is None else trained.hex(),
         "completed": completed + 1,
-        "target": None if rounds is None else rounds.target,
-        "resumed_from": None if rounds is None else rounds.resumed_from,
+        "target": rounds.target,
+        "resumed_from": rounds.resumed_from,
         "rounds": [
             {
                 "round": c.round,
@@ -260,10 +301,8 @@ def _node_metrics(node: Node, checkpoints: list[Any]) -> dict[str, Any]:
     }
 
 
-def _round_energy(node: Node, meta: dict[str, Any]) -> dict[str, float]:
+def _round_energy(node: RunFacts, meta: dict[str, Any]) -> dict[str, float]:
     """This node's bytes sent and training time in a round, priced with its ``[energy]``."""
-    from p2pfl.energy import round_energy
-
     sent = float(meta.get("bytes_sent") or 0)
     seconds = float(meta.get("train_seconds") or 0.0)
     return round_energy(sent, seconds, node.config.energy)

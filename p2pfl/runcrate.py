@@ -7,6 +7,9 @@ profile 0.5: its root dataset ``conformsTo`` the profile, and one
 inputs as ``object``, outputs as ``result``, an ``agent``, start and end
 times and an ``actionStatus``. Contexts are named in the metadata, never
 fetched; files are only ever local.
+
+Below the node and the simulators, since both write crates: ``p2pfl.node.crate``
+packages a node's run, ``p2pfl.provenance`` a simulation's and checks either.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 from rocrate.model import ContextEntity, SoftwareApplication  # type: ignore[import-untyped]
 from rocrate.rocrate import ROCrate  # type: ignore[import-untyped]
 
-from p2pfl.errors import P2PFLError
+from p2pfl.errors import ProvenanceError
 
 PROFILE = "https://w3id.org/ro/wfrun/process/0.5"
 WFRUN_CONTEXT = "https://w3id.org/ro/terms/workflow-run/context"
@@ -54,10 +57,6 @@ _FORMATS = {
     ".png": "image/png",
     ".csv": "text/csv",
 }
-
-
-class ProvenanceError(P2PFLError):
-    """A crate cannot be written: a file it must list is missing."""
 
 
 def now() -> datetime.datetime:
