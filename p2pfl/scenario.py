@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pfl.datasets import FederatedData, load_federated
 from p2pfl.drift import DriftSection
 from p2pfl.energy import EnergySection
 from p2pfl.errors import ConfigError
@@ -98,6 +99,23 @@ class Scenario(RunSpec):
         for pair in self.dropouts.schedule:
             if len(pair) != 2 or min(pair) < 0:
                 raise ConfigError(f"dropouts.schedule entries are [node, round] pairs, got {pair}")
+
+
+def load_data(scenario: Scenario) -> FederatedData:
+    """The scenario's federated data, split among its nodes as every engine sees it."""
+    d = scenario.data
+    return load_federated(
+        d.dataset,
+        d.nodes,
+        d.partition,
+        alpha=d.alpha,
+        classes_per_node=d.classes_per_node,
+        test_fraction=d.test_fraction,
+        max_train_samples=d.max_train_samples,
+        max_test_samples=d.max_test_samples,
+        seed=scenario.seed,
+        data_dir=d.data_dir,
+    )
 
 
 ENGINES = ("vectorized", "protocol", "processes")

@@ -75,8 +75,6 @@ KNOWN_UPWARD_IMPORTS = frozenset(
     {
         ("p2pfl.node.exchange", "p2pfl.engines.protocol"),
         ("p2pfl.node.exchange", "p2pfl.engines.secure"),
-        ("p2pfl.node.privacy", "p2pfl.engines.privacy"),
-        ("p2pfl.node.examples", "p2pfl.engines.common"),
     }
 )
 KNOWN_IMPORTS = KNOWN_TYPING_IMPORTS | KNOWN_UPWARD_IMPORTS

@@ -16,11 +16,11 @@ import torch
 from torch import Tensor, nn
 
 import topology
-from p2pfl.datasets import FederatedData, load_federated
+from p2pfl.datasets import FederatedData
 from p2pfl.errors import ConfigError
 from p2pfl.models import build_model, flat_parameters
 from p2pfl.privacy.budget import Budget
-from p2pfl.scenario import Scenario
+from p2pfl.scenario import Scenario, load_data
 from p2pfl.spec import (
     Graph,
     Plan,
@@ -95,20 +95,8 @@ def pick_device(name: str) -> torch.device:
 
 def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
     """Load data, build the model and the graph; validate the spec at every step of the run."""
-    d = scenario.data
     if data is None:
-        data = load_federated(
-            d.dataset,
-            d.nodes,
-            d.partition,
-            alpha=d.alpha,
-            classes_per_node=d.classes_per_node,
-            test_fraction=d.test_fraction,
-            max_train_samples=d.max_train_samples,
-            max_test_samples=d.max_test_samples,
-            seed=scenario.seed,
-            data_dir=d.data_dir,
-        )
+        data = load_data(scenario)
     hidden = tuple(scenario.model.hidden) if scenario.model.hidden is not None else None
     model = build_model(
         scenario.model.name, data.input_shape, data.num_classes, hidden=hidden, seed=scenario.seed

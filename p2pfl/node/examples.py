@@ -73,10 +73,9 @@ def heart_site(name: str, *, test_fraction: float = 0.25, seed: int = 0) -> Node
 
 def scenario_node(scenario: str, index: int) -> NodeData:
     """Node ``index`` of the scenario file ``scenario``, as the simulation engines load it."""
-    from p2pfl.engines.common import prepare
-    from p2pfl.scenario import load_scenario
+    from p2pfl.scenario import load_data, load_scenario
 
-    setup = prepare(load_scenario(scenario))
-    if not 0 <= index < setup.n:
-        raise DataError(f"scenario {scenario} has nodes 0..{setup.n - 1}, not {index}")
-    return setup.data.nodes[index]
+    nodes = load_data(load_scenario(scenario)).nodes
+    if not 0 <= index < len(nodes):
+        raise DataError(f"scenario {scenario} has nodes 0..{len(nodes) - 1}, not {index}")
+    return nodes[index]
