@@ -109,13 +109,15 @@ class Exchange:
 
     def ledger_changed(self) -> None:
         """Confirm the held declarations the ledger now holds; prune what peers are past."""
-        for key, dropped in list(self._held.items()):
-            self._confirm(key, dropped)
+        for key in list(self._held):
+            self._confirm(key)
         self.prune()
 
-    def _confirm(self, key: tuple[int, str], dropped: frozenset[str]) -> None:
+    def _confirm(self, key: tuple[int, str]) -> None:
+        """Pass a held declaration on once the ledger holds the same one (it may recurse here)."""
         round_, receiver = key
-        if self.node.ledger.secagg(round_).get(receiver) != dropped:
+        dropped = self._held.get(key)
+        if dropped is None or self.node.ledger.secagg(round_).get(receiver) != dropped:
             return
         del self._held[key]
         core = self.core
@@ -174,8 +176,7 @@ class Exchange:
             self.round_bytes += len(frame) - 1  # the channel tag is not round traffic
             node.links.send(peer, frame, round=self.round)
         for key in held:  # the ledger may hold them already
-            if key in self._held:
-                self._confirm(key, self._held[key])
+            self._confirm(key)
         node.wake_timer()
 
     def _declare(self, round_: int, peers: list[str]) -> None:
