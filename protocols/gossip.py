@@ -401,6 +401,12 @@ class PushSumGossip:
     def numerator(self) -> Vector | None:
         return self._x
 
+    def resume_at(self, round: int) -> None:
+        """Continue from step ``round`` (there is no barrier: only the step counter moves)."""
+        if round < 0:
+            raise LocalProtocolError("round must be non-negative")
+        self.next_round = round
+
     def start_round(self, round: int, model: Vector, now: float) -> Output:
         if round != self.next_round:
             raise LocalProtocolError(f"expected step {self.next_round}, got {round}")

@@ -71,12 +71,7 @@ KNOWN_TYPING_IMPORTS = frozenset(
 # Upward imports of the daemon that go when what they import moves below the node:
 # the round cores into protocols/, the secure graph of distributed noise and a
 # scenario's data into the run spec's layer. Nothing else may join these lists.
-KNOWN_UPWARD_IMPORTS = frozenset(
-    {
-        ("p2pfl.node.exchange", "p2pfl.engines.protocol"),
-        ("p2pfl.node.exchange", "p2pfl.engines.secure"),
-    }
-)
+KNOWN_UPWARD_IMPORTS = frozenset({})
 KNOWN_IMPORTS = KNOWN_TYPING_IMPORTS | KNOWN_UPWARD_IMPORTS
 
 

@@ -42,20 +42,12 @@ from p2pfl.engines.privacy import (
     norm_summary,
     site_metrics,
 )
-from p2pfl.engines.secure import SecureNode, SecureOutput, make_secure_node
 from p2pfl.errors import ConfigError
+from p2pfl.spec.cores import build_core
 from p2pfl.training import evaluate
-from protocols.compression import make_compressor
-from protocols.gossip import (
-    ChocoGossip,
-    GossipCore,
-    Output,
-    PushSumGossip,
-    RoundMixed,
-    Straggler,
-    SyncGossip,
-)
-from protocols.wire import decode, encode
+from protocols.gossip import RoundMixed, Straggler
+from protocols.rounds import RoundCore, RoundEvent, RoundOutput
+from protocols.secagg import Abandoned
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +56,7 @@ log = logging.getLogger(__name__)
 class _Node:
     index: int
     name: str
-    core: Adapter
+    core: RoundCore
     trainer: Any  # StackedTrainer, or DpSgdTrainer under DP-SGD
     params: Tensor  # (1, D)
     speed: float
@@ -81,67 +73,26 @@ class _Slot:
     sent: int = 0
 
 
-class GossipAdapter:
-    """A gossip core behind the byte-level interface the scheduler drives (as SecureNode)."""
+def make_core(setup: Setup, i: int, names: list[str]) -> RoundCore:
+    """Node ``i``'s round core: the daemon's (``p2pfl.spec.cores``), with a rehearsal's keys.
 
-    def __init__(self, core: GossipCore, prefix: bytes = b"") -> None:
-        self.core = core
-        self.prefix = prefix  # put in front of every frame (a node's channel tag), in the one copy
-
-    @property
-    def deadline(self) -> float | None:
-        return self.core.deadline
-
-    def begin_round(self, round: int, now: float) -> SecureOutput:
-        return SecureOutput()
-
-    def start_round(self, round: int, model: np.ndarray, now: float) -> SecureOutput:
-        return self._frames(self.core.start_round(round, model, now))
-
-    def receive(self, peer: str, frame: bytes, now: float) -> SecureOutput:
-        return self._frames(self.core.receive(peer, decode(frame), now))
-
-    def poll(self, now: float) -> SecureOutput:
-        return self._frames(self.core.poll(now))
-
-    def _frames(self, out: Output) -> SecureOutput:
-        encoded: dict[int, bytes] = {}  # one frame per message, however many peers get it
-        sends = []
-        for peer, message in out.sends:
-            if id(message) not in encoded:
-                encoded[id(message)] = encode(message, self.prefix)
-            sends.append((peer, encoded[id(message)]))
-        return SecureOutput(tuple(sends), out.events)
-
-
-Adapter = GossipAdapter | SecureNode
-
-
-def make_core(setup: Setup, i: int, names: list[str]) -> Adapter:
+    Keys and self-mask seeds are derived from the scenario seed, so a run is
+    reproducible; a dropout declaration goes straight from receiver to holders (a
+    daemon's core holds it until the ledger has it); a node scheduled to drop out
+    of round r deals its shares, then vanishes for that round.
+    """
     sc = setup.scenario
-    if sc.secure.enabled:
-        return make_secure_node(setup, i, names)
-    return GossipAdapter(make_gossip_core(setup, i, names))
-
-
-def make_gossip_core(setup: Setup, i: int, names: list[str]) -> GossipCore:
-    sc = setup.scenario
-    hood = setup.graph.hood_fn(names[i])
-    timeout = sc.gossip.round_timeout
-    if sc.gossip.mode == "sync":
-        return SyncGossip(names[i], hood, round_timeout=timeout)
-    if sc.gossip.mode == "choco":
-        g = sc.gossip
-        compressor = make_compressor(g.compression, bits=g.bits, fraction=g.topk_fraction)
-        return ChocoGossip(
-            names[i],
-            hood,
-            compressor=compressor,
-            gamma=g.gamma,
-            seed=sc.seed + i,
-            round_timeout=timeout,
-        )
-    return PushSumGossip(names[i], hood, dtype=np.float32)
+    rehearsal = setup.randomness
+    return build_core(
+        sc,
+        setup.graph,
+        names[i],
+        dim=setup.dim,
+        federation=setup.federation,
+        randomness=rehearsal,
+        keys=rehearsal.key_ring(names[i], names) if sc.secure.enabled else None,
+        drop_rounds=frozenset(r for node, r in sc.dropouts.schedule if node == i),
+    )
 
 
 class _Scheduler:
@@ -196,6 +147,7 @@ class _Run:
         self.slots: dict[int, _Slot] = {}
         self.records: list[RoundRecord] = []
         self.stragglers = 0
+        self.abandoned = 0
         self.t_train = self.t_eval = 0.0
         self.last_wall = 0.0
         self.now = 0.0
@@ -233,7 +185,7 @@ class _Run:
             stragglers=self.stragglers,
             extra={
                 "virtual_time": self.finished_at,
-                "abandoned": sum(getattr(n.core, "abandoned", 0) for n in self.nodes),
+                "abandoned": self.abandoned,
                 **norm_summary([n.noise for n in self.nodes]),
                 **drift_summary(self.drift, self.setup),
             },
@@ -273,7 +225,7 @@ class _Run:
         node.next_poll = None
         self._dispatch(node, now, node.core.poll(now))
 
-    def _dispatch(self, node: _Node, now: float, out: SecureOutput) -> None:
+    def _dispatch(self, node: _Node, now: float, out: RoundOutput) -> None:
         """Put a core's frames on the (virtual) wire, handle its events, arm its deadline."""
         for peer, frame in out.sends:
             node.sent_bytes[node.round] = node.sent_bytes.get(node.round, 0) + len(frame)
@@ -285,9 +237,12 @@ class _Run:
             node.next_poll = deadline
             self.clock.at(deadline, "poll", node.index)
 
-    def _handle(self, node: _Node, now: float, events: Any) -> None:
+    def _handle(self, node: _Node, now: float, events: tuple[RoundEvent, ...]) -> None:
         for event in events:
-            if isinstance(event, Straggler):
+            if isinstance(event, Abandoned):
+                self.abandoned += 1
+                log.warning("%s abandons round %d: %s", node.name, event.round, event.reason)
+            elif isinstance(event, Straggler):
                 self.stragglers += 1
                 log.info("round %d: %s closed without %s", event.round, node.name, event.peer)
             elif isinstance(event, RoundMixed):

@@ -1,40 +1,48 @@
 """Between the links and the rounds: the protocol core, fed frames, driven at deadlines.
 
-``Exchange`` wraps the core a round driver built (``GossipAdapter`` over
-``SyncGossip``, or ``SecureNode``) and does what the simulator's scheduler
-does with its outputs, for real:
+``Exchange`` wraps the round core a round driver built (``p2pfl.spec.cores``:
+the one the simulator runs, from ``protocols.rounds``)
+and does what the simulator's scheduler does with its outputs, for real:
 
-- frames go to the links, tagged with their channel (a plain core's encoder
-  writes the tag in front as it builds the frame), kept for replay with
-  the round they belong to (``LinkManager.send``);
+- frames go to the links as the core made them (it writes the channel tag in
+  front as it builds each frame), kept for replay with the round they belong
+  to (``LinkManager.send``);
 - a secure receiver's dropout declaration is signed into the ledger *before*
   its messages are queued, so on every link the ledger record precedes the
-  declaration; a holder passes a received declaration with dropouts to its
-  core only once its own ledger holds the same record (held otherwise, until
-  the unmask timeout);
+  declaration; a holder's core holds a received declaration with dropouts
+  (``DeclarationHeld``) until this node's ledger holds the same record, then
+  the exchange confirms it (``confirm_declaration``); one never recorded
+  expires at the unmask timeout and counts as the receiver's protocol error;
 - ``RoundMixed`` resolves the waiter of its round (``mixed(round)``).
 
+The exchange never decodes a frame: the core reports what it decoded.
 ``make_core`` builds the core; a resumed node's core starts at its round
-(``SyncGossip.resume_at``, ``SecureNode.skip_to``: no receiver is opened for
-the rounds it missed).
+(``resume_at``: no receiver is opened for the rounds it missed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-from p2pfl.engines.protocol import GossipAdapter
-from p2pfl.engines.secure import SecureNode, SecureOutput
-from p2pfl.node.channels import Channel, tag, tagged
+from p2pfl.node.channels import Channel, tag
 from p2pfl.node.errors import PlanError
 from p2pfl.node.events import DropoutsDeclared
-from p2pfl.spec import Graph, Plan, federation_bytes
-from protocols import secagg
+from p2pfl.spec import Graph, KeyRing, Plan, System, federation_bytes
+from p2pfl.spec.cores import build_core
 from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError, ProtocolError
-from protocols.gossip import RoundMixed, Straggler, SyncGossip
+from protocols.gossip import RoundMixed, Straggler
+from protocols.rounds import (
+    DeclarationExpired,
+    DeclarationHeld,
+    RoundCore,
+    RoundOutput,
+    SecureRoundCore,
+)
+from protocols.secagg import Abandoned
+
+Core = RoundCore
 
 if TYPE_CHECKING:
     from p2pfl.node.node import Node
@@ -45,25 +53,16 @@ log = logging.getLogger(__name__)
 class Exchange:
     """One node's protocol core and its traffic (module docstring)."""
 
-    def __init__(
-        self,
-        node: Node,
-        core: GossipAdapter | SecureNode,
-        *,
-        secure: bool,
-        unmask_timeout: float,
-        round: int,
-    ) -> None:
+    def __init__(self, node: Node, core: Core, *, secure: bool, round: int) -> None:
         self.node = node
         self.me = node.node_id
         self.core = core
         self.secure = secure
-        self.unmask_timeout = unmask_timeout
         self.round = round  # the round the node is in; tags retained frames
         self.round_bytes = 0
         self._waiters: dict[int, asyncio.Future[RoundMixed]] = {}
         self._mixed: dict[int, RoundMixed] = {}
-        self._parked: list[tuple[str, bytes, float]] = []
+        self._held: dict[tuple[int, str], frozenset[str]] = {}  # declarations the core holds
 
     @property
     def channel(self) -> Channel:
@@ -88,7 +87,6 @@ class Exchange:
 
     def poll(self, now: float) -> None:
         self.drive(self.core.poll(now))
-        self._expire_parked(now)
 
     def receive(self, peer: str, channel: int, body: memoryview) -> None:
         if channel != self.channel:
@@ -96,11 +94,8 @@ class Exchange:
             self.node.peer_error(peer, f"a {kind} round got a message on channel {channel}")
             return
         now = asyncio.get_running_loop().time()
-        if self.secure and not self._wanted(peer, body, now):
-            return
         try:
-            # The cores decode any buffer without copying (their annotation says bytes).
-            out = self.core.receive(peer, cast(bytes, body), now)
+            out = self.core.receive(peer, body, now)
         except (PeerProtocolError, DecodeError) as exc:
             self.node.peer_error(peer, str(exc))
             return
@@ -109,36 +104,31 @@ class Exchange:
             return
         self.drive(out)
 
-    def _wanted(self, peer: str, body: memoryview, now: float) -> bool:
-        """Whether a secure message goes to the core now (module docstring)."""
-        try:
-            message = secagg.decode(body)
-        except DecodeError:
-            return True  # the core reports it
-        if not isinstance(message, secagg.DropoutDeclaration) or not message.dropped:
-            return True
-        recorded = self.node.ledger.secagg(message.round).get(message.receiver)
-        if recorded == frozenset(message.dropped):
-            return True
-        self._parked.append((peer, bytes(body), now + self.unmask_timeout))
-        log.info(
-            "holding %s's dropout declaration of round %d until the ledger has it",
-            message.receiver,
-            message.round,
-        )
-        return False
-
-    def _expire_parked(self, now: float) -> None:
-        expired = [p for p in self._parked if p[2] <= now]
-        for peer, _, _ in expired:
-            self.node.peer_error(peer, "a dropout declaration never reached the ledger; ignored")
-        self._parked = [p for p in self._parked if p[2] > now]
-
     def ledger_changed(self) -> None:
-        parked, self._parked = self._parked, []
-        for peer, body, _ in parked:
-            self.receive(peer, Channel.SECAGG, memoryview(body))
+        """Confirm the held declarations the ledger now holds; prune what peers are past."""
+        for key in list(self._held):
+            self._confirm(key)
         self.prune()
+
+    def _confirm(self, key: tuple[int, str]) -> None:
+        """Pass a held declaration on once the ledger holds the same one (it may recurse here)."""
+        round_, receiver = key
+        dropped = self._held.get(key)
+        if dropped is None or self.node.ledger.secagg(round_).get(receiver) != dropped:
+            return
+        del self._held[key]
+        core = self.core
+        assert isinstance(core, SecureRoundCore)  # only a secure core holds declarations
+        now = asyncio.get_running_loop().time()
+        try:
+            out = core.confirm_declaration(round_, receiver, dropped, now)
+        except PeerProtocolError as exc:
+            self.node.peer_error(receiver, str(exc))
+            return
+        except ProtocolError as exc:
+            log.error("dropout declaration of %s not handled: %s", receiver, exc)
+            return
+        self.drive(out)
 
     def prune(self) -> None:
         """Keep only this round's frames for replay (and none a peer is known to be past)."""
@@ -146,10 +136,11 @@ class Exchange:
         for peer in list(self.node.links.links):
             self.node.links.prune(peer, max(progress.get(peer, -1) + 1, self.round))
 
-    def drive(self, out: SecureOutput) -> None:
+    def drive(self, out: RoundOutput) -> None:
         """Act on a core's output: ledger records first, then frames, then wake the timer."""
         node = self.node
         dropped: dict[int, list[str]] = {}
+        held: list[tuple[int, str]] = []
         for event in out.events:
             if isinstance(event, Straggler):
                 if self.secure:
@@ -162,15 +153,27 @@ class Exchange:
                     waiter.set_result(event)
                 else:
                     self._mixed[event.round] = event
+            elif isinstance(event, DeclarationHeld):
+                log.info(
+                    "holding %s's dropout declaration of round %d until the ledger has it",
+                    event.receiver,
+                    event.round,
+                )
+                self._held[(event.round, event.receiver)] = frozenset(event.dropped)
+                held.append((event.round, event.receiver))
+            elif isinstance(event, DeclarationExpired):
+                self._held.pop((event.round, event.receiver), None)
+                reason = "a dropout declaration never reached the ledger; ignored"
+                node.peer_error(event.peer, reason)
+            elif isinstance(event, Abandoned):
+                log.warning("abandoning round %d: %s", event.round, event.reason)
         for round_, peers in sorted(dropped.items()):
             self._declare(round_, peers)
-        framed: dict[int, bytes] = {}
-        pretagged = isinstance(self.core, GossipAdapter)  # make_core gave it the tag
         for peer, frame in out.sends:
-            if id(frame) not in framed:
-                framed[id(frame)] = frame if pretagged else tagged(self.channel, frame)
-            self.round_bytes += len(frame) - (1 if pretagged else 0)
-            node.links.send(peer, framed[id(frame)], round=self.round)
+            self.round_bytes += len(frame) - 1  # the channel tag is not round traffic
+            node.links.send(peer, frame, round=self.round)
+        for key in held:  # the ledger may hold them already
+            self._confirm(key)
         node.wake_timer()
 
     def _declare(self, round_: int, peers: list[str]) -> None:
@@ -191,54 +194,37 @@ class Exchange:
         log.warning("round %d: declared %s dropped", round_, sorted(peers))
 
 
-def make_core(
-    node: Node, plan: Plan, graph: Graph, plan_hash: bytes, *, round: int, dim: int
-) -> GossipAdapter | SecureNode:
-    """The simulator's core for this node, with real keys, starting at ``round``.
+def make_core(node: Node, plan: Plan, graph: Graph, *, round: int, dim: int) -> Core:
+    """The rehearsed core for this node (``p2pfl.spec.cores``), with real keys, at ``round``.
 
-    Plain: ``SyncGossip`` behind a ``GossipAdapter``. Secure: ``SecureNode`` with
-    this identity's X25519 key, the members' box keys from the ledger and
-    ``os.urandom`` self-mask seeds (the graph was checked at every step when it was built).
+    Secure mode takes this identity's X25519 key and the members' box keys from the
+    ledger, draws its self-mask seeds from the operating system, and holds a
+    received dropout declaration until the ledger has it. Either core writes the
+    channel tag in front of every frame it makes. A plain sync round mixes over the
+    trained model (the core encodes, so copies, a round's frame as soon as
+    ``start_round`` returns): one model-sized vector fewer.
     """
-    me = node.node_id
-    hood_of = graph.neighbourhood
-    if not plan.secure.enabled:
-        # The adapter encodes (copies) a round's frame as soon as ``start_round`` returns,
-        # so the mix may go over the trained model: one model-sized vector fewer.
-        core = SyncGossip(
-            me,
-            lambda r: hood_of(me, r),
-            round_timeout=plan.gossip.round_timeout,
-            mix_in_place=True,
-        )
-        core.resume_at(round)
-        return GossipAdapter(core, prefix=tag(Channel.GOSSIP))
-    cfg = plan.secagg_config()
-    ledger = node.ledger
-    keys = {member: ledger.box_key(member) for member in graph.roster}
-    missing = [m for m, k in keys.items() if k is None]
-    if missing:
-        raise PlanError(f"members {missing} have no valid box key in the ledger")
-    identity = node.identity
-    assert identity is not None
-    secure = SecureNode(
-        me,
-        hood_of,
-        cfg,
-        federation_id=federation_bytes(ledger.federation_id),
-        box_private=bytes(identity.box_private),
-        public_keys={m: k for m, k in keys.items() if k is not None},
-        self_seed=lambda _round, _receiver: os.urandom(32),
-        timeouts=plan.secagg_timeouts(),
+    secure = plan.secure.enabled
+    keys = None
+    if secure:
+        ledger = node.ledger
+        box = {member: ledger.box_key(member) for member in graph.roster}
+        missing = [m for m, k in box.items() if k is None]
+        if missing:
+            raise PlanError(f"members {missing} have no valid box key in the ledger")
+        identity = node.identity
+        assert identity is not None
+        keys = KeyRing(bytes(identity.box_private), {m: k for m, k in box.items() if k is not None})
+    return build_core(
+        plan,
+        graph,
+        node.node_id,
         dim=dim,
+        federation=federation_bytes(node.ledger.federation_id),
+        randomness=System(),
+        keys=keys,
+        prefix=tag(Channel.SECAGG if secure else Channel.GOSSIP),
+        hold_declarations=True,
+        mix_in_place=True,
+        start_at=round,
     )
-    secure.skip_to(round)
-    return secure
-
-
-def skip_core_to(core: GossipAdapter | SecureNode, round: int) -> None:
-    """Move an idle core to ``round`` (rounds before it are never run here)."""
-    if isinstance(core, SecureNode):
-        core.skip_to(round)
-    elif isinstance(core.core, SyncGossip):
-        core.core.resume_at(round)

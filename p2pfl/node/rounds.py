@@ -25,8 +25,8 @@ from the time spent waiting for the neighbours, which ``mix_seconds``
 includes; a send still under way at a checkpoint counts in the next one.
 Other transports record none, and the keys are absent.
 
-The protocol core is the one the simulator drives (``GossipAdapter`` over
-``SyncGossip``, or ``SecureNode``) with real keys: the X25519 key of the
+The protocol core is the one the simulator drives (``GossipRoundCore`` over
+``SyncGossip``, or ``SecureRoundCore``) with real keys: the X25519 key of the
 identity, the members' box keys from the ledger, ``os.urandom`` self-mask seeds.
 A holder acts on a receiver's dropout declaration only once the ledger holds
 the same declaration signed by that receiver.
@@ -49,7 +49,7 @@ from p2pfl.node.checkpoint import latest_checkpoint, prune_checkpoints, write_ch
 from p2pfl.node.data import check_local_data
 from p2pfl.node.errors import PlanError
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
-from p2pfl.node.exchange import Exchange, make_core, skip_core_to
+from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.local import Learner
 from p2pfl.node.privacy import NodePrivacy
 from p2pfl.spec import Graph, Plan, plan_from_table
@@ -175,9 +175,8 @@ class RoundDriver:
             self._skip_dealt_round()
         self.exchange = Exchange(
             node,
-            make_core(node, plan, graph, self.plan_hash, round=self.round, dim=self.learner.dim),
+            make_core(node, plan, graph, round=self.round, dim=self.learner.dim),
             secure=self.secure,
-            unmask_timeout=plan.secure.unmask_timeout,
             round=self.round,
         )
         self._catch_up()
@@ -274,7 +273,7 @@ class RoundDriver:
         self.node.record("rounds-skipped", first=first, last=new_round - 1)
         self.node.emit(RoundSkipped(first, new_round - 1))
         self.round = self.exchange.round = new_round
-        skip_core_to(self.exchange.core, new_round)
+        self.exchange.core.resume_at(new_round)
 
     async def _one_round(self, r: int) -> None:
         exchange = self.exchange

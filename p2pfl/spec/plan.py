@@ -119,7 +119,6 @@ class Plan(RunSpec):
         table["data"] = data
         shared = super().table()
         table.update({k: shared[k] for k in SPEC_FIELDS if k != "seed"})
-        table["privacy"].pop("opt_in", None)
         return table
 
     def hash(self) -> bytes:
@@ -172,9 +171,11 @@ def plan_of(
     schema: Schema | None = None,
 ) -> Plan:
     """The plan that deploys ``spec`` (a scenario's shared sections) for data of this shape."""
+    shared = {name: getattr(spec, name) for name in SPEC_FIELDS}
+    shared["privacy"] = dataclasses.replace(spec.privacy, opt_in=[])  # each site's own choice
     try:
         return Plan(
-            **{name: getattr(spec, name) for name in SPEC_FIELDS},
+            **shared,
             members=members,
             data=PlanData([int(d) for d in input_shape], int(num_classes), schema),
         )

@@ -62,8 +62,14 @@ class RunSpec:
         return RunSpec(**{name: getattr(self, name) for name in SPEC_FIELDS})
 
     def table(self) -> dict[str, Any]:
-        """The shared sections as a TOML-ready table, every key explicit (None left out)."""
-        return {name: _clean(_as_table(getattr(self, name))) for name in SPEC_FIELDS}
+        """The shared sections as a TOML-ready table, every key explicit (None left out).
+
+        ``privacy.opt_in`` is left out: whether a site shares its own figures is that
+        site's choice (its node config), which a scenario only stands in for.
+        """
+        table = {name: _clean(_as_table(getattr(self, name))) for name in SPEC_FIELDS}
+        table["privacy"].pop("opt_in", None)
+        return table
 
     def digest(self) -> bytes:
         """SHA-256 of the shared sections' canonical encoding: equal specs, equal digests."""

@@ -1,0 +1,30 @@
+"""Round cores: one node's round in any mode, bytes in, frames and events out.
+
+``RoundCore`` (in ``core``) is the interface; ``GossipRoundCore`` runs sync,
+CHOCO and push-sum gossip, ``SecureRoundCore`` secure aggregation over sync.
+Every call returns a ``RoundOutput``.
+"""
+
+from protocols.rounds.core import (
+    DeclarationExpired,
+    DeclarationHeld,
+    Frame,
+    RoundCore,
+    RoundEvent,
+    RoundOutput,
+)
+from protocols.rounds.gossip import GossipRoundCore
+from protocols.rounds.secure import HoodOf, SecureRoundCore, SelfSeed
+
+__all__ = [
+    "DeclarationExpired",
+    "DeclarationHeld",
+    "Frame",
+    "GossipRoundCore",
+    "HoodOf",
+    "RoundCore",
+    "RoundEvent",
+    "RoundOutput",
+    "SecureRoundCore",
+    "SelfSeed",
+]
