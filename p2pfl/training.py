@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +115,10 @@ def param_views(model: nn.Module, flat: Tensor) -> dict[str, Tensor]:
     return views
 
 
+MOMENTUM_STATE = ("momentum",)
+ADAM_STATE = ("adam_m", "adam_v")
+
+
 class StackedTrainer:
     """Trains k nodes' copies of one model together, each on its own data.
 
@@ -203,8 +207,59 @@ class StackedTrainer:
         return samples
 
     def _init_state(self, params: Tensor) -> None:
-        n_state = {"sgd": 1 if self.schedule.momentum else 0, "adam": 2}[self.schedule.optimizer]
-        self._state = [torch.zeros_like(params) for _ in range(n_state)]
+        self._state = [torch.zeros_like(params) for _ in self._state_names()]
+
+    def _state_names(self) -> tuple[str, ...]:
+        if self.schedule.optimizer == "adam":
+            return ADAM_STATE
+        return MOMENTUM_STATE if self.schedule.momentum else ()
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """The optimizer state carried from round to round, for a checkpoint.
+
+        Momentum SGD: ``momentum`` (k, D). Adam: ``adam_m``, ``adam_v`` (k, D) and
+        ``adam_steps`` (k,). Plain SGD, and any trainer before its first round,
+        carries none (empty). Arrays are float32 views of the live buffers: write
+        them out before the next round changes them.
+        """
+        if not self._state:
+            return {}
+        state = {
+            name: buffer.detach().cpu().numpy()
+            for name, buffer in zip(self._state_names(), self._state, strict=True)
+        }
+        if self.schedule.optimizer == "adam":
+            state["adam_steps"] = self._adam_steps.detach().cpu().numpy()
+        return state
+
+    def import_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from ``export_state``'s arrays (flat or shaped); empty: from scratch.
+
+        ``ValueError`` names what does not fit this trainer's optimizer and stack.
+        """
+        if not state:
+            self._state = []
+            self._adam_steps.zero_()
+            return
+        k = len(self.sizes)
+        names = self._state_names()
+        expected = set(names) | ({"adam_steps"} if self.schedule.optimizer == "adam" else set())
+        if set(state) != expected:
+            raise ValueError(
+                f"optimizer state holds {sorted(state)}, this trainer needs {sorted(expected)}"
+            )
+        shapes = {name: (k, self.dim) for name in names} | {"adam_steps": (k,)}
+        tensors = {}
+        for name in expected:
+            array = np.asarray(state[name], dtype=np.float32)
+            if array.size != math.prod(shapes[name]):
+                raise ValueError(
+                    f"optimizer state {name!r} has {array.size} values, not {shapes[name]}"
+                )
+            tensors[name] = torch.tensor(array.reshape(shapes[name]), device=self.device)
+        self._state = [tensors[name] for name in names]
+        if "adam_steps" in tensors:
+            self._adam_steps = tensors["adam_steps"]
 
     def _step(self, params: Tensor, idx: Tensor, start: int, stop: int) -> int:
         mask = (idx >= 0).to(self.x.dtype)

@@ -2,27 +2,36 @@
 
 File ``round-000012.ckpt`` in the node's ``checkpoints/`` directory::
 
-    b"P2PFL-CKPT\\x00\\x01" | metadata length (uint32 LE) | msgpack metadata | model
+    b"P2PFL-CKPT\\x00\\x02" | metadata length (uint32 LE) | msgpack metadata | model | state
 
 The model is the flat parameter vector as raw little-endian float32. The
 metadata (a msgpack map) holds at least ``round``, ``dim`` and ``sha256`` (of
 the model bytes); the node adds the federation, plan hash, roster, metrics,
-stragglers and bytes sent. Writing streams the model to a temporary file in
-the same directory, fsyncs it, renames it into place and fsyncs the
-directory, so a reader sees the whole checkpoint or none; a damaged file
-(truncated, altered) fails its hash and is skipped by ``latest`` with a
-warning. Loading never executes anything: msgpack and raw floats only.
+stragglers and bytes sent. The state is the trainer's optimizer state
+(momentum buffer, Adam moments and step count), named float32 arrays stored
+one after the other behind the model, as metadata ``state`` lists them
+(``[[name, size], ...]``), with ``state_sha256`` over their bytes; a
+checkpoint of plain SGD has none. Version 1 files (``...\\x00\\x01``, written
+before the state was kept) read back with an empty state.
+
+Writing streams the model and the state to a temporary file in the same
+directory, fsyncs it, renames it into place and fsyncs the directory, so a
+reader sees the whole checkpoint or none; a damaged file (truncated, altered)
+fails its hash and is skipped by ``latest`` with a warning. Loading never
+executes anything: msgpack and raw floats only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
 import re
 import struct
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,7 +44,9 @@ from p2pfl.node.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"P2PFL-CKPT\x00\x01"
+MAGIC = b"P2PFL-CKPT\x00\x02"
+LEGACY_MAGIC = b"P2PFL-CKPT\x00\x01"
+"""Version 1: the model only, no optimizer state (still read)."""
 _LENGTH = struct.Struct("<I")
 MAX_METADATA = 1 << 20
 _NAME = re.compile(r"^round-(\d{6,})\.ckpt$")
@@ -48,6 +59,13 @@ class Checkpoint:
     model: npt.NDArray[np.float32]
     meta: dict[str, Any]
     path: Path
+    state: dict[str, npt.NDArray[np.float32]] = dataclasses.field(default_factory=dict)
+    """The trainer's optimizer state (``StackedTrainer.export_state``); empty if none was kept."""
+
+    @property
+    def has_state(self) -> bool:
+        """Whether the file recorded the optimizer state (an empty one included)."""
+        return "state" in self.meta
 
 
 def checkpoint_name(round_: int) -> str:
@@ -59,14 +77,28 @@ def write_checkpoint(
     round_: int,
     model: npt.NDArray[np.float32],
     meta: dict[str, Any] | None = None,
+    state: Mapping[str, npt.NDArray[np.float32]] | None = None,
 ) -> Path:
-    """Write the checkpoint of ``round_`` atomically; returns its path."""
+    """Write the checkpoint of ``round_`` atomically; returns its path.
+
+    ``state`` (named arrays, flattened to float32) is stored behind the model; with
+    ``None`` the checkpoint says it holds no state (``Checkpoint.has_state`` False).
+    """
     if round_ < 0:
         raise ValueError("round must be non-negative")
-    flat = np.ascontiguousarray(model, dtype="<f4").reshape(-1)
+    flat = _flat(model)
     data = flat.view(np.uint8).data
     header = dict(meta or {})
     header.update(round=int(round_), dim=int(flat.size), sha256=hashlib.sha256(data).digest())
+    arrays = [(str(name), _flat(value)) for name, value in (state or {}).items()]
+    if state is not None:
+        digest = hashlib.sha256()
+        for _, array in arrays:
+            digest.update(array.view(np.uint8).data)
+        header.update(
+            state=[[name, int(array.size)] for name, array in arrays],
+            state_sha256=digest.digest(),
+        )
     packed = msgpack.packb(header, use_bin_type=True)
     if len(packed) > MAX_METADATA:
         raise ValueError(f"checkpoint metadata of {len(packed)} bytes is over {MAX_METADATA}")
@@ -78,6 +110,8 @@ def write_checkpoint(
         with os.fdopen(fd, "wb") as handle:
             handle.write(MAGIC + _LENGTH.pack(len(packed)) + packed)
             handle.write(data)
+            for _, array in arrays:
+                handle.write(array.view(np.uint8).data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
@@ -87,6 +121,10 @@ def write_checkpoint(
         raise
     _fsync_directory(directory)
     return target
+
+
+def _flat(array: npt.ArrayLike) -> npt.NDArray[Any]:
+    return np.ascontiguousarray(array, dtype="<f4").reshape(-1)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -105,25 +143,28 @@ def _fsync_directory(directory: Path) -> None:
 def read_checkpoint(path: str | os.PathLike[str], *, model: bool = True) -> Checkpoint:
     """Load and check one checkpoint; ``CheckpointError`` if it is damaged.
 
-    The model is read straight into its array (one model-sized allocation) and
-    hashed there. With ``model=False`` it is hashed as it streams from the file
-    and not kept (``Checkpoint.model`` is empty): the whole file is checked, for
-    the price of its metadata.
+    The model and the state are read straight into their arrays (one allocation
+    each) and hashed there. With ``model=False`` they are hashed as they stream
+    from the file and not kept (``Checkpoint.model`` and ``state`` are empty):
+    the whole file is checked, for the price of its metadata.
     """
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            meta, array = _read(path, handle, model)
+            meta, array, state = _read(path, handle, model)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {exc.strerror}") from None
-    return Checkpoint(int(meta["round"]), array, meta, path)
+    return Checkpoint(int(meta["round"]), array, meta, path, state)
 
 
-def _read(path: Path, handle: BinaryIO, keep: bool) -> tuple[dict[str, Any], npt.NDArray[Any]]:
+def _read(
+    path: Path, handle: BinaryIO, keep: bool
+) -> tuple[dict[str, Any], npt.NDArray[Any], dict[str, npt.NDArray[np.float32]]]:
     size = os.fstat(handle.fileno()).st_size
     start = len(MAGIC) + _LENGTH.size
     prefix = handle.read(start)
-    if not prefix.startswith(MAGIC) or len(prefix) < start:
+    legacy = prefix.startswith(LEGACY_MAGIC)
+    if not (prefix.startswith(MAGIC) or legacy) or len(prefix) < start:
         raise CheckpointError(f"{path}: not a p2pfl checkpoint")
     (length,) = _LENGTH.unpack_from(prefix, len(MAGIC))
     if length > MAX_METADATA or start + length > size:
@@ -134,24 +175,56 @@ def _read(path: Path, handle: BinaryIO, keep: bool) -> tuple[dict[str, Any], npt
         raise CheckpointError(f"{path}: metadata is not msgpack: {exc}") from None
     if not isinstance(meta, dict) or not all(k in meta for k in ("round", "dim", "sha256")):
         raise CheckpointError(f"{path}: metadata lacks round, dim or sha256")
+    if legacy:
+        meta.pop("state", None)
+    layout = _state_layout(path, meta)
     nbytes = size - start - length
     dim = meta["dim"]
-    if type(dim) is not int or nbytes != 4 * dim:
+    if type(dim) is not int or nbytes != 4 * (dim + sum(n for _, n in layout)):
         raise CheckpointError(f"{path}: truncated model ({nbytes} bytes for {dim!r})")
-    array = np.empty(dim if keep else 0, dtype="<f4")
+    array = _read_array(path, handle, dim, keep, meta["sha256"], "the model")
     digest = hashlib.sha256()
+    state = {
+        name: _read_array(path, handle, n, keep, digest, f"state {name!r}") for name, n in layout
+    }
+    if layout and digest.digest() != meta.get("state_sha256"):
+        raise CheckpointError(f"{path}: the optimizer state does not match its hash")
+    return meta, array, state if keep else {}
+
+
+def _state_layout(path: Path, meta: dict[str, Any]) -> list[tuple[str, int]]:
+    layout = meta.get("state", [])
+    if not isinstance(layout, list) or not all(
+        isinstance(item, list)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and type(item[1]) is int
+        and item[1] >= 0
+        for item in layout
+    ):
+        raise CheckpointError(f"{path}: metadata 'state' is not a list of [name, size]")
+    return [(name, n) for name, n in layout]
+
+
+def _read_array(
+    path: Path, handle: BinaryIO, n: int, keep: bool, check: Any, what: str
+) -> npt.NDArray[np.float32]:
+    """Read ``n`` float32 values, hashing them: against ``check`` (bytes) or into it (a hash)."""
+    array = np.empty(n if keep else 0, dtype="<f4")
+    digest = hashlib.sha256() if isinstance(check, bytes) else check
+    nbytes = 4 * n
     target = array.view(np.uint8).data if keep else memoryview(bytearray(min(nbytes, _BLOCK)))
     done = 0
     while done < nbytes:
         window = target[done:] if keep else target[: min(len(target), nbytes - done)]
         got = handle.readinto(window)
         if not got:
-            raise CheckpointError(f"{path}: truncated model ({done} bytes for {dim!r})")
+            raise CheckpointError(f"{path}: truncated {what} ({done} bytes for {n})")
         digest.update(window[:got])
         done += got
-    if digest.digest() != meta["sha256"]:
-        raise CheckpointError(f"{path}: the model does not match its hash")
-    return meta, array.astype(np.float32, copy=False)
+    if isinstance(check, bytes) and digest.digest() != check:
+        raise CheckpointError(f"{path}: {what} does not match its hash")
+    return array.astype(np.float32, copy=False)
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:

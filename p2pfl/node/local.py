@@ -4,7 +4,10 @@ The model's parameters are views into the flat ``params`` vector (shape
 ``(1, D)``) that training updates in place and gossip sends, so the node
 holds one copy of the model. Training is the simulator's ``StackedTrainer``
 with a stack of one, seeded by (plan seed, node index, round): the same
-batches as node ``index`` of a simulation.
+batches as node ``index`` of a simulation. The batches need no state across
+rounds; the optimizer's (momentum, Adam moments and steps) goes into each
+checkpoint (``optimizer_state``) and back on resume (``restore_optimizer``),
+so a restarted node trains on as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +32,8 @@ from p2pfl.node.data import LocalData, load_local_data
 from p2pfl.node.errors import PlanError
 from p2pfl.spec import Plan
 from p2pfl.training import StackedTrainer, evaluate, param_views, schedule_from
+
+log = logging.getLogger(__name__)
 
 
 class Learner:
@@ -102,6 +109,39 @@ class Learner:
         if self.noise is not None:
             assert before is not None
             self.noise(self.params, before)
+
+    def optimizer_state(self) -> dict[str, npt.NDArray[np.float32]]:
+        """The trainer's state across rounds, for the checkpoint (views: write them out now)."""
+        state: dict[str, npt.NDArray[np.float32]] = self.trainer.export_state()
+        return state
+
+    def restore_optimizer(
+        self, state: Mapping[str, npt.NDArray[np.float32]] | None, source: Path
+    ) -> None:
+        """Continue with a checkpoint's optimizer state; ``None``: the checkpoint kept none.
+
+        ``PlanError`` if the state does not fit the plan's optimizer and model. A
+        checkpoint written before the state was kept loads all the same, with a
+        warning where the optimizer has state to lose (momentum, Adam).
+        """
+        if state is None:
+            schedule = self.trainer.schedule
+            if schedule.optimizer == "adam" or schedule.momentum:
+                log.warning(
+                    "checkpoint %s holds no optimizer state (written by an older version): "
+                    "the %s state starts again from zero, so the run departs from an "
+                    "uninterrupted one",
+                    source,
+                    "Adam" if schedule.optimizer == "adam" else "momentum",
+                )
+            return
+        try:
+            self.trainer.import_state(state)
+        except ValueError as exc:
+            raise PlanError(
+                f"the checkpoint's optimizer state does not fit the plan: {exc}"
+            ) from None
+        log.info("optimizer state restored from %s (%s)", source, ", ".join(state) or "none")
 
     def set(self, model: npt.NDArray[np.float32]) -> None:
         array = np.asarray(model, dtype=np.float32)

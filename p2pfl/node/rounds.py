@@ -45,7 +45,12 @@ import numpy as np
 
 from p2pfl.atomic import atomic_write_bytes
 from p2pfl.errors import ConfigError
-from p2pfl.node.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
+from p2pfl.node.checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    prune_checkpoints,
+    write_checkpoint,
+)
 from p2pfl.node.data import check_local_data
 from p2pfl.node.errors import PlanError
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
@@ -158,8 +163,11 @@ class RoundDriver:
         node.set_phase("checking-data")
         check_local_data(self.learner.data, plan.data.schema, node.record)  # before any round
         self.privacy = NodePrivacy(node, plan, graph, self.learner, rounds=plan.training.rounds)
-        if self._resume is not None:  # the model lives in the learner now, not twice
-            self._resume = dataclasses.replace(self._resume, model=np.zeros(0, np.float32))
+        if self._resume is not None:  # model and optimizer live in the learner now, not twice
+            self._restore_optimizer(self._resume)
+            self._resume = dataclasses.replace(
+                self._resume, model=np.zeros(0, np.float32), state={}
+            )
         node.set_phase("connecting")
         fresh = self._resume is None
         wait = limits.start_timeout if fresh else limits.rejoin_timeout
@@ -198,6 +206,16 @@ class RoundDriver:
         self.resumed_from = ckpt.round
         self.node.record("resumed", round=ckpt.round, checkpoint=str(ckpt.path))
         log.info("resuming after round %d from %s", ckpt.round, ckpt.path)
+
+    def _restore_optimizer(self, ckpt: Checkpoint) -> None:
+        """The trainer (DP-SGD's too, installed by ``NodePrivacy``) continues its optimizer."""
+        assert self.learner is not None and self.plan is not None
+        self.learner.restore_optimizer(ckpt.state if ckpt.has_state else None, ckpt.path)
+        if self.plan.privacy.active:
+            log.info(
+                "differential privacy draws fresh noise and batches after a restart: "
+                "the rounds from here differ from an uninterrupted run"
+            )
 
     @property
     def _dealt_file(self) -> Path:
@@ -378,7 +396,8 @@ class RoundDriver:
             "finished_at": time.time(),
             **self._wire,
         }
-        write_checkpoint(directory, r, self.learner.params[0].numpy(), meta)
+        state = self.learner.optimizer_state()
+        write_checkpoint(directory, r, self.learner.params[0].numpy(), meta, state=state)
         prune_checkpoints(directory, self.node.config.limits.keep_checkpoints)
 
     async def _linger(self) -> None:

@@ -10,22 +10,29 @@ steps as without DP (``local_epochs`` passes in expectation, or ``local_steps``)
 Samplers and noise draw from generators seeded by (seed, node, round) for a simulation,
 so a run is reproducible and both simulation engines train a node identically; a node
 daemon passes a seed from the operating system. The optimizer (momentum, Adam moments)
-lives across rounds, as in ``p2pfl.training.StackedTrainer``.
+lives across rounds, as in ``p2pfl.training.StackedTrainer``, and is exported for a
+checkpoint under the same names (``export_state``/``import_state``). The noise and
+sampler generators are not: a restarted daemon draws fresh ones from the operating
+system (a generator's state on disk would let anyone holding the file recompute the
+noise of the rounds before it), so its later rounds differ from an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from p2pfl.errors import ConfigError
 from p2pfl.models import flat_parameters, load_flat_parameters
-from p2pfl.training import LocalSchedule, derived_seed
+from p2pfl.training import ADAM_STATE, MOMENTUM_STATE, LocalSchedule, derived_seed
+
+_TORCH_NAMES = {"momentum": "momentum_buffer", "adam_m": "exp_avg", "adam_v": "exp_avg_sq"}
 
 
 def check_model(model: nn.Module) -> None:
@@ -93,6 +100,47 @@ class _NodeTrainer:
         row.copy_(flat_parameters(self.module._module))
         return samples
 
+    def _names(self) -> tuple[str, ...]:
+        if self.schedule.optimizer == "adam":
+            return ADAM_STATE
+        return MOMENTUM_STATE if self.schedule.momentum else ()
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """The wrapped optimizer's buffers as flat (D,) vectors (empty before its first step)."""
+        state = self.optimizer.original_optimizer.state
+        params = list(self.module._module.parameters())
+        names = self._names()
+        if not names or any(p not in state for p in params):
+            return {}
+        out = {
+            name: torch.cat([state[p][_TORCH_NAMES[name]].detach().reshape(-1) for p in params])
+            .numpy()
+            .astype(np.float32, copy=False)
+            for name in names
+        }
+        if self.schedule.optimizer == "adam":
+            out["adam_steps"] = np.array([float(state[params[0]]["step"])], dtype=np.float32)
+        return out
+
+    def import_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Set the wrapped optimizer's buffers from ``export_state``'s vectors."""
+        optimizer = self.optimizer.original_optimizer
+        optimizer.state.clear()
+        if not state:
+            return
+        params = list(self.module._module.parameters())
+        for name in self._names():
+            flat = torch.tensor(np.asarray(state[name], dtype=np.float32).reshape(-1))
+            offset = 0
+            for p in params:
+                chunk = flat[offset : offset + p.numel()].view_as(p).clone()
+                optimizer.state[p][_TORCH_NAMES[name]] = chunk
+                offset += p.numel()
+        if self.schedule.optimizer == "adam":
+            step = torch.tensor(float(np.asarray(state["adam_steps"]).reshape(-1)[0]))
+            for p in params:
+                optimizer.state[p]["step"] = step.clone()
+
 
 def _base_optimizer(module: nn.Module, s: LocalSchedule) -> torch.optim.Optimizer:
     if s.optimizer == "adam":
@@ -149,3 +197,31 @@ class DpSgdTrainer:
     def train_round(self, params: Tensor, round: int, chunk: int | None = None) -> int:
         """One round of DP-SGD steps for each row of ``params`` (k, D), in place."""
         return sum(node.train(params[i], round) for i, node in enumerate(self.nodes))
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """The optimizers' state, stacked as ``StackedTrainer.export_state`` gives it."""
+        states = [node.export_state() for node in self.nodes]
+        if not states or not all(states):
+            return {}
+        return {name: np.stack([s[name] for s in states]) for name in states[0]}
+
+    def import_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from ``export_state``'s arrays; ``ValueError`` if they do not fit."""
+        names = set(self.nodes[0]._names()) if self.nodes else set()
+        if state and self.schedule.optimizer == "adam":
+            names.add("adam_steps")
+        if state and set(state) != names:
+            raise ValueError(f"optimizer state holds {sorted(state)}, DP-SGD needs {sorted(names)}")
+        k = len(self.nodes)
+        dim = sum(p.numel() for p in self.nodes[0].module._module.parameters()) if k else 0
+        rows = {}
+        for name, value in state.items():
+            width = 1 if name == "adam_steps" else dim
+            array = np.asarray(value, dtype=np.float32)
+            if array.size != k * width:
+                raise ValueError(
+                    f"optimizer state {name!r} has {array.size} values, not {k * width}"
+                )
+            rows[name] = array.reshape(k, width)
+        for i, node in enumerate(self.nodes):
+            node.import_state({name: rows[name][i] for name in rows})
