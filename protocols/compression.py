@@ -53,14 +53,16 @@ def quantize_levels(v: Array, levels: int, draw: Draw) -> tuple[Array, Array]:
     float32 for vectors of tiny norm. A row of norm zero has all levels zero.
     """
     xp = array_namespace(v)
-    wide = xp.astype(v, xp.float64)
-    norm = xp.linalg.vector_norm(wide, axis=-1, keepdims=True)
+    scaled = xp.abs(xp.astype(v, xp.float64))
+    norm = xp.linalg.vector_norm(scaled, axis=-1, keepdims=True)
     positive = norm > 0
-    factor = xp.where(positive, levels / xp.where(positive, norm, 1.0), 0.0)
-    scaled = xp.abs(wide) * factor
+    scaled *= xp.where(positive, levels / xp.where(positive, norm, 1.0), 0.0)
     floor = xp.floor(scaled)
-    up = xp.astype(draw(tuple(v.shape)) < (scaled - floor), xp.float64)
-    return xp.minimum(floor + up, float(levels)) * xp.sign(wide), norm
+    scaled -= floor  # now the fractional part: the probability of rounding up
+    floor += xp.astype(draw(tuple(v.shape)) < scaled, xp.float64)
+    floor = xp.minimum(floor, float(levels))
+    floor *= xp.sign(v)
+    return floor, norm
 
 
 def dequantize(signed_levels: Array, norm: Array, levels: int) -> Array:
