@@ -86,7 +86,7 @@ def topk_indices(v: Array, k: int) -> Array:
     xp = array_namespace(v)
     n = v.shape[-1]
     if k >= n:
-        return xp.broadcast_to(xp.arange(n), v.shape)
+        return xp.broadcast_to(xp.arange(n, device=device(v)), v.shape)
     chosen: Array
     if is_torch_array(v):
         chosen = v.abs().topk(k, dim=-1).indices

@@ -104,20 +104,6 @@ def _check_input(x: Floats) -> None:
         raise LocalProtocolError("the input must be a contiguous 1-D array (flatten the model)")
 
 
-class _Quantizer:
-    """Writes codes of ``weight * x`` chunk by chunk into a preallocated output."""
-
-    def __init__(self, x: Floats, weight: float, cfg: SecAggConfig, chunk_words: int) -> None:
-        if not math.isfinite(weight):
-            raise LocalProtocolError(f"weight must be finite, got {weight!r}")
-        self.cfg = cfg
-        self.factor = weight * cfg.scale
-        self.signed = np.dtype("<i4") if cfg.modulus_bits == 32 else np.dtype("<i8")
-
-    def write(self, x_chunk: Floats, out_chunk: Codes) -> None:
-        out_chunk.view(self.signed)[...] = fixed_codes(x_chunk, self.factor, self.cfg)
-
-
 def encode_and_mask(
     x: Floats,
     weight: float,
@@ -135,12 +121,14 @@ def encode_and_mask(
     check_codes(out)
     if out.dtype != cfg.dtype or len(out) != len(x):
         raise LocalProtocolError(f"out must hold {len(x)} words of {cfg.dtype}")
+    if not math.isfinite(weight):
+        raise LocalProtocolError(f"weight must be finite, got {weight!r}")
+    signed = np.dtype("<i4") if cfg.modulus_bits == 32 else np.dtype("<i8")
     words = chunk_words_for(cfg.dtype)
-    quantizer = _Quantizer(x, weight, cfg, words)
     adder = MaskAdder(streams, cfg.dtype, words) if streams else None
     for start in range(0, len(x), words):
         chunk = out[start : start + words]
-        quantizer.write(x[start : start + words], chunk)
+        chunk.view(signed)[...] = fixed_codes(x[start : start + words], weight * cfg.scale, cfg)
         if adder is not None:
             adder.add_next(chunk)
     return out

@@ -179,3 +179,11 @@ def test_fixed_codes_refuse_nan_on_either_backend() -> None:
         fixed_codes(torch.from_numpy(x), 3.0, SecAggConfig())
     with pytest.raises(LocalProtocolError):
         fixed_codes(x[1], 3.0, SecAggConfig())
+
+
+def test_topk_of_everything_keeps_every_entry_on_either_backend() -> None:
+    x = rows(19)
+    everything = TopKCompressor(1.0)
+    assert np.array_equal(everything.approximate(x, lambda shape: None), x)
+    kept = everything.approximate(torch.from_numpy(x), lambda shape: None)
+    assert np.array_equal(kept.numpy(), x)
