@@ -48,7 +48,7 @@ import numpy.typing as npt
 
 from protocols.compression import Compressor, NoCompression, add_payload, contraction_scale
 from protocols.errors import LocalProtocolError, PeerProtocolError
-from protocols.mixing import choco_mix, mix
+from protocols.mixing import choco_mix, mix, push_sum_absorb, push_sum_model
 from protocols.wire import Encoding, GossipMessage, Payload, dense
 
 Vector = npt.NDArray[Any]
@@ -413,9 +413,9 @@ class PushSumGossip:
         if self._x is None:
             self._x = np.array(model, dtype=self._dtype, copy=True)
         elif self._handed_out is None:  # mass arrived before our first step
-            self._x += model
+            self._x = push_sum_absorb(self._x, model, 0.0)
         else:
-            self._x += model - self._handed_out
+            self._x = push_sum_absorb(self._x, model, self._handed_out)
         hood = self._neighbourhood(round)
         sends = []
         for peer, share in sorted(hood.out_shares.items()):
@@ -446,7 +446,8 @@ class PushSumGossip:
         """The de-biased model x / w, as float32."""
         if self._x is None:
             raise LocalProtocolError("push-sum has no model before its first step")
-        return (self._x / self.weight).astype(np.float32)
+        model: Vector = push_sum_model(self._x, self.weight).astype(np.float32)
+        return model
 
 
 GossipCore = SyncGossip | ChocoGossip | PushSumGossip

@@ -1,7 +1,12 @@
-"""The maths of gossip averaging as plain functions over flat vectors.
+"""The maths of gossip averaging as plain functions.
 
-These are what the state machines in ``protocols.gossip`` call and what tests
-check directly; they hold no state and know nothing of rounds or peers.
+These are what the state machines in ``protocols.gossip`` call on one node's
+flat numpy vector, what the vectorized engine calls on a stack of torch rows
+(one row per node, weights as columns of shape (n, 1), the neighbour sums from
+its own sparse matrix product), and what tests check directly. Each formula is
+written once, in ``combine``, ``choco_step``, ``push_sum_absorb`` and
+``push_sum_model``, over arrays of the array API standard; they hold no state
+and know nothing of rounds or peers.
 """
 
 from __future__ import annotations
@@ -21,6 +26,38 @@ BLOCK = 1 << 16
 """Elements ``mix`` handles at a time: its one temporary is a block, never a whole model."""
 
 
+def combine(own: Any, own_weight: Any, weighted_sum: Any, total: Any) -> Any:
+    """D-PSGD's step renormalised over arrivals: (W_ii x_i + sum_j W_ij x_j) / sum of weights.
+
+    ``weighted_sum`` is sum_j W_ij x_j over the neighbours that arrived and
+    ``total`` is W_ii plus their weights: with every neighbour present (weights
+    summing to 1) this is one row of W x. Scalars for one vector; (n, 1)
+    columns for a stack of rows.
+    """
+    return (own * own_weight + weighted_sum) / total
+
+
+def choco_step(x: Any, own_copy: Any, weighted_copies: Any, weight_sum: Any, gamma: float) -> Any:
+    """CHOCO-SGD's consensus step, x + gamma * sum_j W_ij (x_hat_j - x_hat_i).
+
+    Written as x + gamma * (sum_j W_ij x_hat_j - (sum_j W_ij) x_hat_i), so the sum
+    may run over the neighbours only or include the node itself (its term is
+    zero): ``weighted_copies`` is sum_j W_ij x_hat_j and ``weight_sum`` sum_j W_ij
+    over the same j. Scalars for one vector; (n, 1) columns for rows.
+    """
+    return x + gamma * (weighted_copies - weight_sum * own_copy)
+
+
+def push_sum_absorb(numerator: Any, model: Any, handed_out: Any) -> Any:
+    """Stochastic gradient push: the numerator moves by what local training moved the model."""
+    return numerator + (model - handed_out)
+
+
+def push_sum_model(numerator: Any, weight: Any) -> Any:
+    """The de-biased model of push-sum, x / w (w a scalar, or a column for rows)."""
+    return numerator / weight
+
+
 def mix(
     own: Vector,
     own_weight: float,
@@ -36,9 +73,9 @@ def mix(
     The result goes into ``out`` when it is given, and ``out`` may be ``own``
     itself: the vectors are mixed ``BLOCK`` elements at a time, so a mix of
     model-sized vectors allocates nothing model-sized beyond its result (none
-    with ``out``). Each element is computed as over whole vectors (own times its
-    weight, then plus each neighbour's times its weight, in order), so the
-    result does not depend on the block size.
+    with ``out``). Each element is ``combine`` of the neighbours' weighted sum
+    taken in order, as over whole vectors, so the result does not depend on
+    the block size.
     """
     pairs = list(received)
     total = own_weight + sum(w for w, _ in pairs)
@@ -46,21 +83,23 @@ def mix(
         raise LocalProtocolError("mixing weights must have a positive sum")
     if any(vector.shape != own.shape for _, vector in pairs):
         raise LocalProtocolError("a received vector does not match the model's length")
-    scale = own_weight / total
     if out is None:
-        out = np.empty(own.shape, dtype=np.result_type(own, scale))
+        out = np.empty(own.shape, dtype=np.result_type(own, own_weight / total))
     elif out.shape != own.shape:
         raise LocalProtocolError("the output does not match the model's length")
     own_1d, out_1d = np.atleast_1d(own), np.atleast_1d(out)
     scratch = np.empty_like(out_1d[:BLOCK])
+    term = np.empty_like(scratch)
     for start in range(0, out_1d.shape[0], BLOCK):
         block = slice(start, start + BLOCK)
         target = out_1d[block]
-        np.multiply(own_1d[block], scale, out=target)
-        part = scratch[: target.shape[0]]
+        weighted = scratch[: target.shape[0]]
+        weighted.fill(0)
+        part = term[: target.shape[0]]
         for weight, vector in pairs:
-            np.multiply(np.atleast_1d(vector)[block], weight / total, out=part)
-            target += part
+            np.multiply(np.atleast_1d(vector)[block], weight, out=part)
+            weighted += part
+        target[...] = combine(own_1d[block], own_weight, weighted, total)
     return out
 
 
@@ -75,9 +114,12 @@ def choco_mix(
     ``own_copy`` is x_hat_i, the public copy of this node that its neighbours
     hold; the self term of the sum is zero and is left out.
     """
-    result = np.array(half_step, dtype=half_step.dtype, copy=True)
+    weighted = np.zeros_like(half_step)
+    weight_sum = 0.0
     for weight, copy in neighbour_copies:
-        result += (gamma * weight) * (copy - own_copy)
+        weighted += weight * copy
+        weight_sum += weight
+    result: Vector = choco_step(half_step, own_copy, weighted, weight_sum, gamma)
     return result
 
 

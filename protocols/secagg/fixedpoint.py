@@ -13,10 +13,12 @@ Two paths, both rounding half to even (tested against ``np.rint``):
 - fast: float32 input, 32-bit modulus and ``clip * scale < 2**22``; the
   product is taken in float32 and rounded by adding ``1.5 * 2**23`` and
   reading the integer out of the mantissa bits, which saves a pass;
-- general: the product in float64, ``rint`` and a cast.
-The encoding is a pure function of (x, weight, config): an engine that
-simulates secure mode without masks calls :func:`encode_fixed` and
-:func:`decode_fixed` and gets bit-identical aggregates.
+- general: the product in float64, ``round`` and a cast.
+The encoding is written once, in :func:`fixed_codes` and :func:`decode_sum`,
+over arrays of the array API standard: the sender's core calls them on one
+numpy chunk, and the vectorized engine, which simulates secure mode without
+masks (they cancel exactly), calls them on torch rows, one per (receiver,
+sender) pair, and gets bit-identical aggregates.
 
 NaN input is refused (``LocalProtocolError``): a diverged model must not be
 silently clipped into its neighbours' aggregate.
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from array_api_compat import array_namespace, device, size
 
 from protocols.errors import LocalProtocolError
 from protocols.secagg.config import SecAggConfig
@@ -37,9 +40,61 @@ from protocols.secagg.prg import Codes, MaskAdder, Stream, check_codes, chunk_wo
 
 Floats = npt.NDArray[np.floating[Any]]
 
-_MAGIC_F32 = np.float32(1.5 * 2**23)
-_MAGIC_I32 = np.int32(0x4B400000)
+_MAGIC_F32 = 1.5 * 2**23
+_MAGIC_I32 = 0x4B400000
 _FAST_LIMIT = 2**22
+
+
+def is_fast(cfg: SecAggConfig, float32_input: bool) -> bool:
+    """Whether codes of float32 input take the float32 path (see the module's notes)."""
+    return cfg.modulus_bits == 32 and float32_input and cfg.max_code < _FAST_LIMIT
+
+
+def fixed_codes(x: Any, factor: Any, cfg: SecAggConfig) -> Any:
+    """Signed codes round(clip(factor * x, -clip * scale, clip * scale)), half to even.
+
+    ``factor`` is ``weight * cfg.scale``: a scalar, or an array that broadcasts
+    against ``x`` (a column of one factor per row); it is rounded to the working
+    precision before the product. The codes are int32 on the fast path, else
+    int32 or int64 as the modulus; reduced modulo ``2**bits`` they are the words
+    a neighbour sends (before masks). NaN input raises ``LocalProtocolError``.
+    """
+    xp = array_namespace(x)
+    fast = is_fast(cfg, x.dtype == xp.float32)
+    work = xp.float32 if fast else xp.float64
+    signed = xp.int32 if cfg.modulus_bits == 32 else xp.int64
+    if size(x) == 0:
+        return xp.zeros(x.shape, dtype=signed, device=device(x))
+    tmp = xp.astype(x, work, copy=False) * xp.asarray(factor, dtype=work, device=device(x))
+    # Two reductions cost less than a clip pass, find NaN (it propagates through
+    # both) and tell whether clipping is needed at all (rarely, for real models).
+    low, high = float(xp.min(tmp)), float(xp.max(tmp))
+    if math.isnan(low) or math.isnan(high):
+        raise LocalProtocolError("the input contains NaN; refusing to encode it")
+    limit = cfg.clip * cfg.scale
+    if low < -limit or high > limit:
+        tmp = xp.clip(tmp, -limit, limit)
+    if fast:
+        tmp += _MAGIC_F32
+        codes = tmp.view(xp.int32)
+        codes -= _MAGIC_I32
+        return codes
+    return xp.astype(xp.round(tmp), signed)
+
+
+def decode_sum(total: Any, cfg: SecAggConfig, dtype: Any = None) -> Any:
+    """Floats of a sum of codes modulo ``2**bits``, read as centred two's complement.
+
+    ``total`` is integer: the wrapped words (``cfg.dtype``), or a sum of signed
+    codes in int64. The cast to the modulus's signed integer wraps (numpy and
+    torch alike), which is the reduction modulo ``2**bits`` and the centred
+    reading in one pass. ``dtype`` defaults to float32.
+    """
+    xp = array_namespace(total)
+    signed = xp.astype(total, xp.int32 if cfg.modulus_bits == 32 else xp.int64, copy=False)
+    out = xp.astype(signed, xp.float32 if dtype is None else dtype)
+    out *= cfg.step
+    return out
 
 
 def _check_input(x: Floats) -> None:
@@ -47,38 +102,6 @@ def _check_input(x: Floats) -> None:
         raise LocalProtocolError("the input must be a float32 or float64 numpy array")
     if x.ndim != 1 or not x.flags.c_contiguous:
         raise LocalProtocolError("the input must be a contiguous 1-D array (flatten the model)")
-
-
-class _Quantizer:
-    """Writes codes of ``weight * x`` chunk by chunk into a preallocated output."""
-
-    def __init__(self, x: Floats, weight: float, cfg: SecAggConfig, chunk_words: int) -> None:
-        if not math.isfinite(weight):
-            raise LocalProtocolError(f"weight must be finite, got {weight!r}")
-        self.fast = cfg.modulus_bits == 32 and x.dtype == np.float32 and cfg.max_code < _FAST_LIMIT
-        tmp_dtype = np.float32 if self.fast else np.float64
-        self.factor = tmp_dtype(weight * cfg.scale)
-        self.limit = tmp_dtype(cfg.clip * cfg.scale)
-        self.tmp = np.empty(chunk_words, dtype=tmp_dtype)
-        self.signed = np.dtype("<i4") if cfg.modulus_bits == 32 else np.dtype("<i8")
-
-    def write(self, x_chunk: Floats, out_chunk: Codes) -> None:
-        tmp = self.tmp[: len(x_chunk)]
-        np.multiply(x_chunk, self.factor, out=tmp)
-        # Two reductions cost less than a clip pass, find NaN (it propagates through
-        # both) and tell whether clipping is needed at all (rarely, for real models).
-        low, high = np.minimum.reduce(tmp), np.maximum.reduce(tmp)
-        if math.isnan(low) or math.isnan(high):
-            raise LocalProtocolError("the input contains NaN; refusing to encode it")
-        if low < -self.limit or high > self.limit:
-            np.clip(tmp, -self.limit, self.limit, out=tmp)
-        signed_out = out_chunk.view(self.signed)
-        if self.fast:
-            np.add(tmp, _MAGIC_F32, out=tmp)
-            np.subtract(tmp.view(np.int32), _MAGIC_I32, out=signed_out)
-        else:
-            np.rint(tmp, out=tmp)
-            np.copyto(signed_out, tmp, casting="unsafe")
 
 
 def encode_and_mask(
@@ -98,12 +121,14 @@ def encode_and_mask(
     check_codes(out)
     if out.dtype != cfg.dtype or len(out) != len(x):
         raise LocalProtocolError(f"out must hold {len(x)} words of {cfg.dtype}")
+    if not math.isfinite(weight):
+        raise LocalProtocolError(f"weight must be finite, got {weight!r}")
+    signed = np.dtype("<i4") if cfg.modulus_bits == 32 else np.dtype("<i8")
     words = chunk_words_for(cfg.dtype)
-    quantizer = _Quantizer(x, weight, cfg, words)
     adder = MaskAdder(streams, cfg.dtype, words) if streams else None
     for start in range(0, len(x), words):
         chunk = out[start : start + words]
-        quantizer.write(x[start : start + words], chunk)
+        chunk.view(signed)[...] = fixed_codes(x[start : start + words], weight * cfg.scale, cfg)
         if adder is not None:
             adder.add_next(chunk)
     return out
@@ -118,10 +143,10 @@ def decode_fixed(codes: Codes, cfg: SecAggConfig, dtype: npt.DTypeLike = np.floa
     """Floats of a (sum of) codes, reading them as centred two's complement values."""
     if not isinstance(codes, np.ndarray) or codes.dtype != cfg.dtype or codes.ndim != 1:
         raise LocalProtocolError(f"codes must be a 1-D {cfg.dtype} array")
+    # The words read as signed integers of their width are already reduced and centred.
     signed = codes.view(np.dtype("<i4") if cfg.modulus_bits == 32 else np.dtype("<i8"))
-    out = signed.astype(dtype)
-    out *= out.dtype.type(cfg.step)
-    return out
+    result: Floats = decode_sum(signed, cfg, np.dtype(dtype))
+    return result
 
 
 def error_bound(cfg: SecAggConfig, terms: int) -> float:
@@ -133,6 +158,6 @@ def error_bound(cfg: SecAggConfig, terms: int) -> float:
     Contributions that were clipped are excluded from this promise. Decoding
     into float32 adds its own rounding on top (relative ``2**-24``).
     """
-    fast_possible = cfg.modulus_bits == 32 and cfg.max_code < _FAST_LIMIT
+    fast_possible = is_fast(cfg, True)
     relative = 2.0**-23 if fast_possible else 2.0**-52
     return terms * (0.5 + cfg.max_code * relative) * cfg.step

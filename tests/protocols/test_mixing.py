@@ -68,9 +68,10 @@ def test_mix_in_blocks_and_in_place_gives_the_whole_vector_numbers(size: int) ->
     own = rng.standard_normal(size).astype(np.float32)
     received = [(float(w), rng.standard_normal(size).astype(np.float32)) for w in rng.random(3)]
     total = 0.4 + sum(w for w, _ in received)
-    whole = own * np.float32(0.4 / total)
+    weighted = np.zeros_like(own)
     for w, x in received:
-        whole += x * np.float32(w / total)
+        weighted += x * np.float32(w)
+    whole = (own * np.float32(0.4) + weighted) / np.float32(total)
     assert np.array_equal(mix(own, 0.4, received), whole)
     in_place = own.copy()
     assert mix(in_place, 0.4, received, out=in_place) is in_place
