@@ -1,7 +1,8 @@
 """The docs name only what exists: files in the tree, importable names, flags the CLI accepts.
 
 README.md and docs/*.md are read as text. Every path under one of the tree's
-top-level folders must exist; every dotted name of ours written as inline code
+top-level folders must exist, and so must every top-level note they name
+(``README.md``, ``BUGS_NODE.txt``); every dotted name of ours written as inline code
 (``p2pfl.spec.cores.build_core``, ``p2pfl.node.examples:heart_site``) must
 import; every ``--flag`` of a ``p2pfl ...`` command line (a fenced block's line,
 or inline code that starts with ``p2pfl``) must be an option of that
@@ -30,6 +31,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FOLDERS = ("p2pfl", "protocols", "topology", "simulations", "tests", "docs")
 
 _PATH = re.compile(rf"(?<![\w./-])(?:{'|'.join(FOLDERS)})/[\w./-]*")
+_NOTE = re.compile(r"(?<![\w./-])[A-Z][A-Z0-9_]*\.(?:md|txt)\b")
 _INLINE = re.compile(r"`([^`\n]+)`")
 _DOTTED = re.compile(r"(?<![\w./-])(?:p2pfl|protocols|topology)(?:\.\w+)+(?::\w+)?")
 _FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -39,7 +41,8 @@ _LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 def cited_paths(text: str) -> list[str]:
     """The tree paths a document names, trailing sentence punctuation dropped."""
-    return sorted({m.group().rstrip(".") for m in _PATH.finditer(text)})
+    paths = {m.group().rstrip(".") for m in _PATH.finditer(text)}
+    return sorted(paths | {m.group() for m in _NOTE.finditer(text)})
 
 
 def missing_paths(text: str, root: Path) -> list[str]:
@@ -181,8 +184,16 @@ def test_the_docs_cite_the_rehearse_then_deploy_commands() -> None:
 def test_a_missing_file_is_reported(tmp_path: Path) -> None:
     (tmp_path / "p2pfl").mkdir()
     (tmp_path / "p2pfl" / "here.py").write_text("")
-    text = "See `p2pfl/here.py` and `p2pfl/engines/gone.py`. Also simulations/none.toml."
-    assert missing_paths(text, tmp_path) == ["p2pfl/engines/gone.py", "simulations/none.toml"]
+    (tmp_path / "README.md").write_text("")
+    text = (
+        "See `p2pfl/here.py` and `p2pfl/engines/gone.py`. Also simulations/none.toml, "
+        "README.md, BUGS_NODE.txt, `PLAN.toml`."
+    )
+    assert missing_paths(text, tmp_path) == [
+        "BUGS_NODE.txt",
+        "p2pfl/engines/gone.py",
+        "simulations/none.toml",
+    ]
 
 
 def test_a_name_that_does_not_import_is_reported() -> None:
