@@ -47,7 +47,8 @@ def simulate(
     if write_plan is not None and len(sweep) > 1:
         raise ConfigError(
             f"--write-plan: the sweep makes {len(sweep)} runs, each its own plan; "
-            "fix the swept keys with --set to write the plan of one"
+            "drop the sweep and fix its keys, e.g. --set 'sweep={}' --set topology.kind=ring, "
+            "to write the plan of one"
         )
     for label, sc in sweep:
         key = repr(sc.data) + str(sc.seed)

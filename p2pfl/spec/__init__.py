@@ -1,4 +1,4 @@
-"""One run spec for rehearsal and deployment (DESIGN.md, "One run spec, one round core").
+"""One run spec for rehearsal and deployment: what a scenario simulates is what a plan deploys.
 
 - ``RunSpec`` (``run.py``): the shared sections, one set of defaults, ``check(n)``.
 - ``Graph`` (``graph.py``): the spec's topology over a roster of names.

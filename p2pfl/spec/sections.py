@@ -86,7 +86,7 @@ class SecureSection:
 
     The fixed-point step is 1 / ``scale``; each contribution W_ij x_j is clipped
     to [-``clip``, ``clip``]. The defaults (step 2^-18, clip 8) keep the codes on
-    the fast 32-bit path and neighbourhoods up to 256 without overflow; with
+    the fast 32-bit path and neighbourhoods up to 1,023 without overflow; with
     step 2^-16 one of 230 hospital predictions flipped.
 
     The share phase opens when a node starts its round, before its neighbours
