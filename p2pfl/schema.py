@@ -202,7 +202,7 @@ def validate(
 
 
 def _as_rows(x: Any) -> npt.NDArray[Any]:
-    array = np.asarray(x.numpy() if hasattr(x, "numpy") else x)
+    array = np.asarray(x)
     if array.ndim == 0:
         raise ConfigError("the data to check is a single value, not rows of samples")
     return array.reshape(array.shape[0], -1)
@@ -280,7 +280,7 @@ def _numbers(
 
 
 def _check_labels(schema: Schema, y: Any) -> list[Violation]:
-    labels = np.asarray(y.numpy() if hasattr(y, "numpy") else y).reshape(-1)
+    labels = np.asarray(y).reshape(-1)
     if not schema.classes or labels.size == 0:
         return []
     values, unreadable = _numbers(labels)

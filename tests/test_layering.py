@@ -59,15 +59,9 @@ TIERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pure", ("protocols", "topology")),
 )
 
-# Imports of the concrete ``Node`` by the round layer, for its type only. They go
-# when the round layer reaches the node through its narrow interface.
-KNOWN_TYPING_IMPORTS = frozenset(
-    {
-        ("p2pfl.node.rounds", "p2pfl.node.node"),
-        ("p2pfl.node.exchange", "p2pfl.node.node"),
-        ("p2pfl.node.privacy", "p2pfl.node.node"),
-    }
-)
+# Imports for a type only that would close a circle. The round layer reaches the node
+# through its narrow interface (``p2pfl.node.host``); nothing may join this list.
+KNOWN_TYPING_IMPORTS: frozenset[tuple[str, str]] = frozenset()
 # Upward imports of the daemon that go when what they import moves below the node:
 # the round cores into protocols/, the secure graph of distributed noise and a
 # scenario's data into the run spec's layer. Nothing else may join these lists.
@@ -269,6 +263,43 @@ def test_the_checker_catches_a_planted_cycle(tmp_path: Path) -> None:
     cycles = import_cycles(import_graph(root, "p2pfl"))
     circle = ["p2pfl.privacy.report", "p2pfl.report", "p2pfl.privacy.report"]
     assert cycles == [(circle, ["p2pfl.privacy.report", "p2pfl.report"])]
+
+
+def is_hasattr(node: ast.AST) -> bool:
+    if isinstance(node, ast.Name):
+        return node.id == "hasattr"
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "hasattr"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "builtins"
+    )
+
+
+def hasattr_uses(path: Path) -> list[int]:
+    """The lines of a source file that use ``hasattr`` (called, passed on, or ``builtins.``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return sorted({node.lineno for node in ast.walk(tree) if is_hasattr(node)})
+
+
+def test_the_runtime_never_probes_attributes_with_hasattr() -> None:
+    """What an object has is said by its type (a field set in ``__init__``, a Protocol)."""
+    found = {str(p.relative_to(ROOT)): hasattr_uses(p) for p in sources("p2pfl")}
+    found = {path: lines for path, lines in found.items() if lines}
+    assert found == {}, f"hasattr in p2pfl/ (file: lines): {found}"
+
+
+def test_the_hasattr_checker_sees_every_use(tmp_path: Path) -> None:
+    planted = tmp_path / "probe.py"
+    planted.write_text(
+        "import builtins\n"
+        "if hasattr(x, 'a'):\n"
+        "    pass\n"
+        "y = builtins.hasattr(x, 'b')\n"
+        "z = filter(hasattr, [])\n"
+        "ok = getattr(x, 'hasattr')  # a string is no use\n"
+    )
+    assert hasattr_uses(planted) == [2, 4, 5]
 
 
 # -- protocols/ and topology/ -----------------------------------------------------------

@@ -150,11 +150,12 @@ async def _daemon(config: Any, rounds: int | None) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from p2pfl.node.config import load_config
+    from p2pfl.node.phases import ENDED
     from p2pfl.node.status import process_alive, read_status
 
     config = load_config(args.config)
     status = read_status(config.data_dir)
-    alive = process_alive(status.get("pid")) and status.get("phase") not in ("stopped", "failed")
+    alive = process_alive(status.get("pid")) and str(status.get("phase")) not in ENDED
     status["running"] = alive
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))

@@ -19,7 +19,9 @@ import heapq
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -95,15 +97,24 @@ def make_core(setup: Setup, i: int, names: list[str]) -> RoundCore:
     )
 
 
+class _Kind(Enum):
+    """What a scheduled event does to a node (``_Run.handlers``)."""
+
+    TRAIN = "train"  # begin a round and train locally
+    PUBLISH = "publish"  # training is over: start the round with the trained model
+    DELIVER = "deliver"  # a frame reaches its receiver
+    POLL = "poll"  # a core's deadline
+
+
 class _Scheduler:
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, str, Any]] = []
+        self._heap: list[tuple[float, int, _Kind, Any]] = []
         self._seq = itertools.count()
 
-    def at(self, when: float, kind: str, payload: Any) -> None:
+    def at(self, when: float, kind: _Kind, payload: Any) -> None:
         heapq.heappush(self._heap, (when, next(self._seq), kind, payload))
 
-    def pop(self) -> tuple[float, str, Any] | None:
+    def pop(self) -> tuple[float, _Kind, Any] | None:
         if not self._heap:
             return None
         when, _, kind, payload = heapq.heappop(self._heap)
@@ -154,15 +165,21 @@ class _Run:
         self.finished_at = 0.0  # virtual time of the last round completed by any node
         self.drift: DriftWatch | None = None
         self.train_by_round: dict[int, float] = {}
+        self.handlers: dict[_Kind, Callable[[float, Any], None]] = {
+            _Kind.TRAIN: self._on_train,
+            _Kind.PUBLISH: self._on_publish,
+            _Kind.DELIVER: self._on_deliver,
+            _Kind.POLL: self._on_poll,
+        }
 
     def execute(self, label: str) -> RunResult:
         start = time.perf_counter()
         self.last_wall = start
         for node in self.nodes:
-            self.clock.at(0.0, "train", node.index)
+            self.clock.at(0.0, _Kind.TRAIN, node.index)
         while (item := self.clock.pop()) is not None:
             self.now, kind, payload = item
-            getattr(self, f"_on_{kind}")(self.now, payload)
+            self.handlers[kind](self.now, payload)
         unfinished = [n.name for n in self.nodes if n.round < self.sc.training.rounds]
         if unfinished:
             raise ConfigError(
@@ -206,7 +223,7 @@ class _Run:
         self.t_train += spent
         self.train_by_round[node.round] = self.train_by_round.get(node.round, 0.0) + spent
         steps = node.trainer.steps_per_node()[0]
-        self.clock.at(now + steps * self.sc.clock.step_time / node.speed, "publish", index)
+        self.clock.at(now + steps * self.sc.clock.step_time / node.speed, _Kind.PUBLISH, index)
 
     def _on_publish(self, now: float, index: int) -> None:
         node = self.nodes[index]
@@ -230,12 +247,12 @@ class _Run:
         for peer, frame in out.sends:
             node.sent_bytes[node.round] = node.sent_bytes.get(node.round, 0) + len(frame)
             delay = self.sc.clock.latency + len(frame) / self.sc.clock.bandwidth
-            self.clock.at(now + delay, "deliver", (node.name, peer, frame))
+            self.clock.at(now + delay, _Kind.DELIVER, (node.name, peer, frame))
         self._handle(node, now, out.events)
         deadline = node.core.deadline
         if deadline is not None and (node.next_poll is None or deadline < node.next_poll):
             node.next_poll = deadline
-            self.clock.at(deadline, "poll", node.index)
+            self.clock.at(deadline, _Kind.POLL, node.index)
 
     def _handle(self, node: _Node, now: float, events: tuple[RoundEvent, ...]) -> None:
         for event in events:
@@ -253,7 +270,7 @@ class _Run:
                 self._completed(node, event.round)
                 node.round = event.round + 1
                 if node.round < self.sc.training.rounds:
-                    self.clock.at(now, "train", node.index)
+                    self.clock.at(now, _Kind.TRAIN, node.index)
 
     def _completed(self, node: _Node, round: int) -> None:
         slot = self.slots.get(round)

@@ -32,6 +32,7 @@ from rocrate.rocrate import ROCrate  # type: ignore[import-untyped]
 from p2pfl.energy import round_energy
 from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint
 from p2pfl.node.errors import CheckpointError
+from p2pfl.node.phases import Phase
 from p2pfl.runcrate import (
     COMPLETED,
     LEDGER_HASH_ID,
@@ -84,7 +85,7 @@ class RunFacts(Protocol):
     @property
     def started(self) -> float: ...  # a Unix time
     @property
-    def phase(self) -> str: ...
+    def phase(self) -> Phase: ...
     @property
     def last_error(self) -> str: ...
 
@@ -195,12 +196,12 @@ def _node_outputs(crate: ROCrate, node: RunFacts, staging: Path) -> list[Any]:
 
 def _node_error(node: RunFacts) -> str | None:
     """None when the run finished; otherwise why it did not."""
-    if node.phase == "finished":
+    if node.phase is Phase.FINISHED:
         return None
     done, target = node.rounds.completed + 1, node.rounds.target
     of = f" of {target}" if target else ""
     reason = node.last_error or "stopped before the run finished"
-    return f"{reason} (phase {node.phase}, {done}{of} rounds completed; a restart resumes)"
+    return f"{reason} (phase {node.phase.value}, {done}{of} rounds completed; a restart resumes)"
 
 
 def _plan_entities(crate: ROCrate, ledger: Any, staging: Path) -> list[Any]:

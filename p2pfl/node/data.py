@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -42,6 +42,23 @@ class LocalData:
     x_test: Tensor
     y_test: Tensor
     feature_names: tuple[str, ...] | None = None
+
+
+@runtime_checkable
+class Splits(Protocol):
+    """What an entrypoint may return instead of a 4-tuple (``p2pfl.datasets.NodeData`` fits)."""
+
+    x_train: Any
+    y_train: Any
+    x_test: Any
+    y_test: Any
+
+
+@runtime_checkable
+class Named(Protocol):
+    """Data that name their features (``[data.schema]`` is matched by name)."""
+
+    feature_names: Any
 
 
 def resolve(entrypoint: str) -> Any:
@@ -95,9 +112,10 @@ def load_local_data(
     feature_names = None
     if isinstance(result, tuple | list) and len(result) == 4:
         parts = list(result)
-    elif all(hasattr(result, n) for n in names):
-        parts = [getattr(result, n) for n in names]
-        feature_names = _feature_names(getattr(result, "feature_names", None), entrypoint)
+    elif isinstance(result, Splits):
+        parts = [result.x_train, result.y_train, result.x_test, result.y_test]
+        if isinstance(result, Named):
+            feature_names = _feature_names(result.feature_names, entrypoint)
     else:
         raise DataError(
             f"the data entrypoint {entrypoint} must return (x_train, y_train, x_test, y_test), "
@@ -137,7 +155,7 @@ def schema_report(data: LocalData, schema: Schema) -> SchemaReport:
         ]
     )
     y = torch.cat([data.y_train, data.y_test])
-    return validate(schema, x, data.feature_names, y)  # fmt: skip
+    return validate(schema, x.numpy(), data.feature_names, y.numpy())
 
 
 def check_local_data(

@@ -6,7 +6,7 @@ and does what the simulator's scheduler does with its outputs, for real:
 
 - frames go to the links as the core made them (it writes the channel tag in
   front as it builds each frame), kept for replay with the round they belong
-  to (``LinkManager.send``);
+  to (``RoundHost.send``);
 - a secure receiver's dropout declaration is signed into the ledger *before*
   its messages are queued, so on every link the ledger record precedes the
   declaration; a holder's core holds a received declaration with dropouts
@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from p2pfl.node.channels import Channel, tag
 from p2pfl.node.errors import PlanError
 from p2pfl.node.events import DropoutsDeclared
+from p2pfl.node.host import RoundHost
 from p2pfl.spec import Graph, KeyRing, Plan, System, federation_bytes
 from p2pfl.spec.cores import build_core
 from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError, ProtocolError
@@ -44,22 +44,20 @@ from protocols.secagg import Abandoned
 
 Core = RoundCore
 
-if TYPE_CHECKING:
-    from p2pfl.node.node import Node
-
 log = logging.getLogger(__name__)
 
 
 class Exchange:
     """One node's protocol core and its traffic (module docstring)."""
 
-    def __init__(self, node: Node, core: Core, *, secure: bool, round: int) -> None:
+    def __init__(self, node: RoundHost, core: Core, *, secure: bool, round: int) -> None:
         self.node = node
         self.me = node.node_id
         self.core = core
         self.secure = secure
         self.round = round  # the round the node is in; tags retained frames
         self.round_bytes = 0
+        self.abandoned = 0  # rounds this node's receiver abandoned (secure mode)
         self._waiters: dict[int, asyncio.Future[RoundMixed]] = {}
         self._mixed: dict[int, RoundMixed] = {}
         self._held: dict[tuple[int, str], frozenset[str]] = {}  # declarations the core holds
@@ -133,8 +131,8 @@ class Exchange:
     def prune(self) -> None:
         """Keep only this round's frames for replay (and none a peer is known to be past)."""
         progress = self.node.ledger.progress()
-        for peer in list(self.node.links.links):
-            self.node.links.prune(peer, max(progress.get(peer, -1) + 1, self.round))
+        for peer in self.node.linked():
+            self.node.prune_replay(peer, max(progress.get(peer, -1) + 1, self.round))
 
     def drive(self, out: RoundOutput) -> None:
         """Act on a core's output: ledger records first, then frames, then wake the timer."""
@@ -166,24 +164,23 @@ class Exchange:
                 reason = "a dropout declaration never reached the ledger; ignored"
                 node.peer_error(event.peer, reason)
             elif isinstance(event, Abandoned):
+                self.abandoned += 1
                 log.warning("abandoning round %d: %s", event.round, event.reason)
         for round_, peers in sorted(dropped.items()):
             self._declare(round_, peers)
         for peer, frame in out.sends:
             self.round_bytes += len(frame) - 1  # the channel tag is not round traffic
-            node.links.send(peer, frame, round=self.round)
+            node.send(peer, frame, round=self.round)
         for key in held:  # the ledger may hold them already
             self._confirm(key)
         node.wake_timer()
 
     def _declare(self, round_: int, peers: list[str]) -> None:
         node = self.node
-        identity = node.identity
-        assert identity is not None
         ledger = node.ledger
         try:
             update = ledger.declare_dropouts(
-                identity.signing_key, round_, peers, clock=ledger.next_clock()
+                node.identity.signing_key, round_, peers, clock=ledger.next_clock()
             )
         except LocalProtocolError as exc:
             log.error("cannot record the dropouts of round %d: %s", round_, exc)
@@ -194,7 +191,7 @@ class Exchange:
         log.warning("round %d: declared %s dropped", round_, sorted(peers))
 
 
-def make_core(node: Node, plan: Plan, graph: Graph, *, round: int, dim: int) -> Core:
+def make_core(node: RoundHost, plan: Plan, graph: Graph, *, round: int, dim: int) -> Core:
     """The rehearsed core for this node (``p2pfl.spec.cores``), with real keys, at ``round``.
 
     Secure mode takes this identity's X25519 key and the members' box keys from the
@@ -213,7 +210,6 @@ def make_core(node: Node, plan: Plan, graph: Graph, *, round: int, dim: int) -> 
         if missing:
             raise PlanError(f"members {missing} have no valid box key in the ledger")
         identity = node.identity
-        assert identity is not None
         keys = KeyRing(bytes(identity.box_private), {m: k for m, k in box.items() if k is not None})
     return build_core(
         plan,

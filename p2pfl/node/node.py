@@ -8,7 +8,10 @@ caller's task (``p2pfl.node.rounds``). Nothing sleeps to coordinate: waits are
 on events (a frame, a ledger change, a deadline) bounded by timeouts.
 
 Every link carries four channels, told apart by the first byte of each
-message (``p2pfl.node.channels``): ledger sync, gossip, secure aggregation, control.
+message (``p2pfl.node.channels``): ledger sync, gossip, secure aggregation,
+control. One table routes each to its handler; the rounds get theirs through
+``RoundDriver.on_frame``, and reach the node only as a ``RoundHost``
+(``p2pfl.node.host``), which ``Node`` fits.
 
 The data directory holds the ledger (saved after every change, atomically),
 ``checkpoints/`` (one per round), ``audit.jsonl`` (hash-chained),
@@ -33,12 +36,13 @@ from p2pfl.errors import ConfigError
 from p2pfl.identity import Identity, load_identity, read_passphrase_file
 from p2pfl.ledger_file import load_ledger, save_ledger
 from p2pfl.node.audit import AuditLog
-from p2pfl.node.channels import Channel, tagged
+from p2pfl.node.channels import Channel, Router, tagged
 from p2pfl.node.config import NodeConfig
 from p2pfl.node.crate import record_node_run
 from p2pfl.node.errors import NodeStopped
 from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
 from p2pfl.node.links import LinkManager, backoff
+from p2pfl.node.phases import Phase
 from p2pfl.node.rounds import RoundDriver
 from p2pfl.node.status import write_status
 from p2pfl.transport import (
@@ -54,11 +58,11 @@ from p2pfl.transport import (
 )
 from protocols import ledger_sync
 from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError
+from protocols.ledger import Ledger
 from protocols.ledger_sync import LedgerSync
 
 log = logging.getLogger(__name__)
 
-MAX_EARLY_FRAMES = 1024
 _END = object()
 
 
@@ -79,31 +83,72 @@ class Node:
         self.config = config
         self._network = network
         self._passphrase = passphrase
-        self.identity: Identity | None = None
         self.audit: AuditLog | None = None
         self.address = ""
         self.transfers: TransferLog | None = None  # the ws transport's large transfers
-        self.phase = "created"
+        self.phase = Phase.CREATED
         self.last_error = ""
         self.started = time.time()
         self._changed = asyncio.Event()
         self._timer_wake = asyncio.Event()
         self._subscribers: list[asyncio.Queue[Any]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._early: list[tuple[str, int, bytes | memoryview]] = []
         self._ledger_dirty = False
         self._open = False
         self._closed = False
         self._stack = contextlib.AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None
+        # What ``_start`` builds; the properties below say so while it is missing.
+        self._identity: Identity | None = None
+        self._ledger: Ledger | None = None
+        self._sync: LedgerSync | None = None
+        self._links: LinkManager | None = None
+        self._rounds: RoundDriver | None = None
+        self._router = Router(
+            {
+                Channel.LEDGER: self._on_ledger_frame,
+                Channel.GOSSIP: self._on_round_frame,
+                Channel.SECAGG: self._on_round_frame,
+                Channel.CONTROL: self._on_control_frame,
+            },
+            self.peer_error,
+        )
 
     # -- properties -------------------------------------------------------------------
 
     @property
-    def node_id(self) -> str:
-        if self.identity is None:
+    def identity(self) -> Identity:
+        if self._identity is None:
             raise NodeStopped("the node is not started")
+        return self._identity
+
+    @property
+    def node_id(self) -> str:
         return self.identity.node_id
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            raise NodeStopped("the node is not started: it has no ledger yet")
+        return self._ledger
+
+    @property
+    def sync(self) -> LedgerSync:
+        if self._sync is None:
+            raise NodeStopped("the node is not started: it syncs no ledger yet")
+        return self._sync
+
+    @property
+    def links(self) -> LinkManager:
+        if self._links is None:
+            raise NodeStopped("the node is not started: it has no links yet")
+        return self._links
+
+    @property
+    def rounds(self) -> RoundDriver:
+        if self._rounds is None:
+            raise NodeStopped("the node is not started: it runs no rounds yet")
+        return self._rounds
 
     @property
     def data_dir(self) -> Path:
@@ -127,31 +172,31 @@ class Node:
         passphrase = self._passphrase
         if cfg.passphrase_file is not None:
             passphrase = read_passphrase_file(cfg.passphrase_file)
-        self.identity = load_identity(cfg.key_file, passphrase)
+        identity = self._identity = load_identity(cfg.key_file, passphrase)
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: see config
-        self.ledger = load_ledger(cfg.ledger_file)
-        if self.identity.node_id not in self.ledger.members():
+        ledger = self._ledger = load_ledger(cfg.ledger_file)
+        if identity.node_id not in ledger.members():
             raise ConfigError(
-                f"node {self.identity.node_id} is not a valid member of federation "
-                f"{self.ledger.federation_id} (or it was revoked); ask a member to invite it"
+                f"node {identity.node_id} is not a valid member of federation "
+                f"{ledger.federation_id} (or it was revoked); ask a member to invite it"
             )
-        self.sync = LedgerSync(self.ledger, max_message_size=cfg.limits.max_message_size)
+        self._sync = LedgerSync(ledger, max_message_size=cfg.limits.max_message_size)
         self.audit = AuditLog(self.data_dir / "audit.jsonl")
         self.audit.record(
             "start",
-            node=self.identity.node_id,
-            federation=self.ledger.federation_id,
+            node=identity.node_id,
+            federation=ledger.federation_id,
             pid=os.getpid(),
             listen=cfg.node.listen,
             insecure=cfg.insecure,
         )
-        self.rounds = RoundDriver(self)
-        self.rounds.resume_from_checkpoint()
+        self._rounds = RoundDriver(self)
+        self._rounds.resume_from_checkpoint()
         transport = self._transport()
-        self.links = LinkManager(
-            self.identity.node_id,
+        self._links = LinkManager(
+            identity.node_id,
             transport,
-            on_frame=self._on_frame,
+            on_frame=self._router.route,
             on_up=self._on_link_up,
             on_down=self._on_link_down,
             delays=lambda: backoff(cfg.limits.backoff_initial, cfg.limits.backoff_max),
@@ -159,16 +204,15 @@ class Node:
         )
         self._stack.push_async_callback(transport.close)
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
-        self.address = await transport.listen(cfg.node.listen, self.links.serve)
-        log.info("node %s listening at %s", self.identity.node_id, self.address)
+        self.address = await transport.listen(cfg.node.listen, self._links.serve)
+        log.info("node %s listening at %s", identity.node_id, self.address)
         self._spawn("timer", self._timer())
         self._spawn("housekeeping", self._housekeeping())
         self._open = True
         self.update_links()
-        self.set_phase("idle")
+        self.set_phase(Phase.IDLE)
 
     def _transport(self) -> Transport:
-        assert self.identity is not None
         cfg = self.config
         limiter = RateLimiter(burst=5, refill_per_second=0.2)
         auth = Authenticator(
@@ -227,14 +271,14 @@ class Node:
         finally:
             if exc is not None and not stopping:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-            if not (stopping and self.phase == "finished"):
-                self.set_phase("stopped" if stopping else "failed")
-            if self.identity is not None and hasattr(self, "ledger"):
+            if not (stopping and self.phase is Phase.FINISHED):
+                self.set_phase(Phase.STOPPED if stopping else Phase.FAILED)
+            if self._ledger is not None:
                 self.save_ledger()
             if self.audit is not None:
                 self.audit.record("stop", reason="requested" if stopping else self.last_error)
                 self.audit.close()
-            if hasattr(self, "rounds"):  # it started: package the run as an RO-Crate
+            if self._rounds is not None:  # it started: package the run as an RO-Crate
                 record_node_run(self)
             for queue in self._subscribers:
                 queue.put_nowait(_END)
@@ -291,7 +335,7 @@ class Node:
         if self.audit is not None and not self.audit.closed:
             self.audit.record(event, **fields)
 
-    def set_phase(self, phase: str) -> None:
+    def set_phase(self, phase: Phase) -> None:
         if phase != self.phase:
             self.phase = phase
             self.write_status()
@@ -355,32 +399,20 @@ class Node:
         )
         self.emit(Refused(refusal.address, refusal.peer, refusal.code, refusal.inbound))
 
-    # -- frames -----------------------------------------------------------------------
-
-    def _on_frame(self, peer: str, data: bytes | memoryview) -> None:
-        channel = data[0] if data else 0
-        if channel == Channel.LEDGER:
-            self._on_ledger_frame(peer, bytes(data[1:]))
-        elif channel in (Channel.GOSSIP, Channel.SECAGG):
-            if self.rounds.exchange is None:
-                if len(self._early) < MAX_EARLY_FRAMES:
-                    self._early.append((peer, channel, data))
-                return
-            self.rounds.exchange.receive(peer, channel, memoryview(data)[1:])
-        elif channel == Channel.CONTROL:
-            log.debug("control message from %s ignored", peer)
-        else:
-            self.peer_error(peer, f"unknown channel {channel}")
-
-    def take_early_frames(self) -> list[tuple[str, int, bytes | memoryview]]:
-        early, self._early = self._early, []
-        return early
+    # -- frames (the router's table: ``__init__``) ------------------------------------------
 
     def peer_error(self, peer: str, error: str) -> None:
         log.warning("protocol error from %s: %s", peer, error)
         self.record("peer-protocol-error", peer=peer, error=error)
 
-    def _on_ledger_frame(self, peer: str, body: bytes) -> None:
+    def _on_round_frame(self, peer: str, channel: Channel, body: memoryview) -> None:
+        self.rounds.on_frame(peer, channel, body)
+
+    def _on_control_frame(self, peer: str, channel: Channel, body: memoryview) -> None:
+        log.debug("control message from %s ignored", peer)
+
+    def _on_ledger_frame(self, peer: str, channel: Channel, frame: memoryview) -> None:
+        body = bytes(frame)
         try:
             message = ledger_sync.decode(body, max_size=self.sync.max_message_size)
             out = self.sync.receive(peer, body)
@@ -412,8 +444,7 @@ class Node:
             if peer not in members and link.session is not None:
                 self.record("link-closed", peer=peer, reason="no longer a valid member")
                 self.spawn(link.session.conn.close())
-        if self.rounds.exchange is not None:
-            self.rounds.exchange.ledger_changed()
+        self.rounds.on_ledger_changed()
         self.update_links()
         self.changed()
 
@@ -425,6 +456,24 @@ class Node:
             self.last_error = f"cannot save the ledger: {exc}"
             log.error("%s", self.last_error)
 
+    # -- the outbox -------------------------------------------------------------------
+
+    def send(self, peer: str, frame: bytes | bytearray, *, round: int) -> None:
+        """Queue a round's ``frame`` for ``peer``, kept for replay after a reconnection."""
+        self.links.send(peer, frame, round=round)
+
+    def linked(self) -> list[str]:
+        """The peers this node has (or wants) a link with."""
+        return list(self.links.links)
+
+    def synced(self, peer: str) -> bool:
+        """Whether the link to ``peer`` is up with the ledgers exchanged."""
+        link = self.links.links.get(peer)
+        return link is not None and link.synced
+
+    def prune_replay(self, peer: str, below: int) -> None:
+        self.links.prune(peer, below)
+
     # -- timers -----------------------------------------------------------------------
 
     def wake_timer(self) -> None:
@@ -433,13 +482,12 @@ class Node:
     async def _timer(self) -> None:
         """Poll the protocol core when its deadline passes."""
         loop = asyncio.get_running_loop()
+        rounds = self.rounds
         while True:
-            exchange = self.rounds.exchange
-            deadline = None if exchange is None else exchange.deadline
+            deadline = rounds.deadline
             self._timer_wake.clear()
             if deadline is not None and deadline <= loop.time():
-                assert exchange is not None
-                exchange.poll(loop.time())
+                rounds.poll(loop.time())
                 continue
             timeout = None if deadline is None else deadline - loop.time()
             with contextlib.suppress(TimeoutError):
@@ -462,17 +510,15 @@ class Node:
     # -- status -----------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        identity = self.identity
-        ledger = getattr(self, "ledger", None)
-        links = self.links.snapshot() if hasattr(self, "links") else {}
-        rounds = getattr(self, "rounds", None)
+        identity, ledger, rounds = self._identity, self._ledger, self._rounds
+        links = {} if self._links is None else self._links.snapshot()
         return {
             "node_id": None if identity is None else identity.node_id,
             "name": self.config.node.name,
             "federation": None if ledger is None else ledger.federation_id,
             "pid": os.getpid(),
             "address": self.address,
-            "phase": self.phase,
+            "phase": self.phase.value,
             "started": self.started,
             "updated": time.time(),
             "last_error": self.last_error,

@@ -22,6 +22,8 @@ import numpy as np
 
 from p2pfl.drift import DriftEvent, DriftMonitor
 from p2pfl.node.errors import PlanError
+from p2pfl.node.events import DriftDetected
+from p2pfl.node.host import RoundHost
 from p2pfl.privacy.budget import Budget, NodeBudget
 from p2pfl.privacy.metrics import NAMES, figures_of, summary
 from p2pfl.spec import Graph, Plan, System, federation_bytes, privacy_budget
@@ -31,7 +33,6 @@ from protocols.secagg.metrics import mask_metrics, sum_metrics
 
 if TYPE_CHECKING:
     from p2pfl.node.local import Learner
-    from p2pfl.node.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class NodePrivacy:
     """DP, private metrics and drift for one node; built once its learner is loaded."""
 
     def __init__(
-        self, node: Node, plan: Plan, graph: Graph, learner: Learner, *, rounds: int
+        self, node: RoundHost, plan: Plan, graph: Graph, learner: Learner, *, rounds: int
     ) -> None:
         self.node, self.plan, self.graph, self.learner = node, plan, graph, learner
         self.me = node.node_id
@@ -123,7 +124,6 @@ class NodePrivacy:
     def _publish(self, r: int, figures: dict[str, float]) -> None:
         node = self.node
         identity = node.identity
-        assert identity is not None
         ledger = node.ledger
         keys = {m: ledger.box_key(m) for m in self.graph.roster}
         masked = mask_metrics(
@@ -174,8 +174,6 @@ class NodePrivacy:
         return self.monitor.observe(r, x, y, float(loss[0]))
 
     def _report_drift(self, event: DriftEvent) -> None:
-        from p2pfl.node.events import DriftDetected
-
         record = event.to_record()
         log.warning(
             "drift at round %d: %s detector, %s = %s (p %.2e < %.2e)",

@@ -45,6 +45,7 @@ import numpy as np
 
 from p2pfl.atomic import atomic_write_bytes
 from p2pfl.errors import ConfigError
+from p2pfl.node.channels import Channel
 from p2pfl.node.checkpoint import (
     Checkpoint,
     latest_checkpoint,
@@ -55,7 +56,9 @@ from p2pfl.node.data import check_local_data
 from p2pfl.node.errors import PlanError
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core
+from p2pfl.node.host import RoundHost
 from p2pfl.node.local import Learner
+from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
 from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
@@ -64,17 +67,20 @@ from protocols.gossip import RoundMixed
 if TYPE_CHECKING:
     from torch import nn
 
-    from p2pfl.node.node import Node
-
 log = logging.getLogger(__name__)
 
 DEALT_FILE = "secure-dealt"
+MAX_EARLY_FRAMES = 1024
 
 
 class RoundDriver:
-    """The learning half of a ``Node`` (module docstring)."""
+    """The learning half of a node, which it reaches as a ``RoundHost`` (module docstring).
 
-    def __init__(self, node: Node) -> None:
+    The node calls ``on_frame`` with every round frame, ``on_ledger_changed`` after
+    every ledger change, and ``poll`` when ``deadline`` passes.
+    """
+
+    def __init__(self, node: RoundHost) -> None:
         self.node = node
         self.me = node.node_id
         self.plan: Plan | None = None
@@ -92,7 +98,31 @@ class RoundDriver:
         self._train_seconds = 0.0
         self._mix_seconds = 0.0
         self._wire: dict[str, int | float] = {}
+        self._early: list[tuple[str, Channel, memoryview]] = []  # frames before the exchange
         self.last: dict[str, Any] = {}
+
+    # -- what the node calls --------------------------------------------------------------
+
+    def on_frame(self, peer: str, channel: Channel, body: memoryview) -> None:
+        """A gossip or secure-aggregation frame; kept (a bounded number) until rounds start."""
+        if self.exchange is None:
+            if len(self._early) < MAX_EARLY_FRAMES:
+                self._early.append((peer, channel, body))
+            return
+        self.exchange.receive(peer, channel, body)
+
+    def on_ledger_changed(self) -> None:
+        if self.exchange is not None:
+            self.exchange.ledger_changed()
+
+    @property
+    def deadline(self) -> float | None:
+        """When the core wants ``poll`` (None: no deadline, or no core yet)."""
+        return None if self.exchange is None else self.exchange.deadline
+
+    def poll(self, now: float) -> None:
+        if self.exchange is not None:
+            self.exchange.poll(now)
 
     # -- before training ----------------------------------------------------------------
 
@@ -140,7 +170,7 @@ class RoundDriver:
             return
         node = self.node
         limits = node.config.limits
-        node.set_phase("waiting-approval")
+        node.set_phase(Phase.WAITING_APPROVAL)
         if not self._approved():
             log.info("waiting for the plan's approval by %s", ", ".join(self._missing_approvals()))
         if not await node.wait_until(self._approved, limits.start_timeout):
@@ -160,7 +190,7 @@ class RoundDriver:
         node.update_links()
         resume = None if self._resume is None else self._resume.model
         self.learner = await Learner.load(node.config.data, plan, graph.index(self.me), resume)
-        node.set_phase("checking-data")
+        node.set_phase(Phase.CHECKING_DATA)
         check_local_data(self.learner.data, plan.data.schema, node.record)  # before any round
         self.privacy = NodePrivacy(node, plan, graph, self.learner, rounds=plan.training.rounds)
         if self._resume is not None:  # model and optimizer live in the learner now, not twice
@@ -168,7 +198,7 @@ class RoundDriver:
             self._resume = dataclasses.replace(
                 self._resume, model=np.zeros(0, np.float32), state={}
             )
-        node.set_phase("connecting")
+        node.set_phase(Phase.CONNECTING)
         fresh = self._resume is None
         wait = limits.start_timeout if fresh else limits.rejoin_timeout
         if not self._neighbours_synced():
@@ -188,8 +218,9 @@ class RoundDriver:
             round=self.round,
         )
         self._catch_up()
-        for peer, channel, data in node.take_early_frames():
-            self.exchange.receive(peer, channel, memoryview(data)[1:])
+        early, self._early = self._early, []
+        for peer, channel, body in early:
+            self.exchange.receive(peer, channel, body)
 
     def _check_resume(self, plan_hash: bytes) -> None:
         ckpt = self._resume
@@ -244,8 +275,7 @@ class RoundDriver:
 
     def _neighbours_synced(self) -> bool:
         assert self.graph is not None
-        links = self.node.links.links
-        return all(p in links and links[p].synced for p in self.graph.links_of(self.me))
+        return all(self.node.synced(p) for p in self.graph.links_of(self.me))
 
     # -- the rounds ---------------------------------------------------------------------
 
@@ -268,7 +298,7 @@ class RoundDriver:
                 break
             await self._one_round(self.round)
         await self._linger()
-        self.node.set_phase("finished")
+        self.node.set_phase(Phase.FINISHED)
         return self.completed + 1
 
     def _catch_up(self) -> None:
@@ -305,12 +335,12 @@ class RoundDriver:
         if self.secure:
             await asyncio.to_thread(self._mark_dealt, r)
         exchange.drive(exchange.core.begin_round(r, loop.time()))
-        node.set_phase("training")
+        node.set_phase(Phase.TRAINING)
         t0 = time.perf_counter()
         await asyncio.to_thread(learner.train, r)
         self._train_seconds = time.perf_counter() - t0
         waiter = exchange.mixed(r)
-        node.set_phase("mixing")
+        node.set_phase(Phase.MIXING)
         mixing = time.perf_counter()
         trained = learner.params[0].numpy()
         # A secure sender may mask its input after our own round closed and the next
@@ -332,7 +362,6 @@ class RoundDriver:
         self._wire = {} if transfers is None else wire_totals(transfers.take())
         await asyncio.to_thread(self._checkpoint, r, mixed, accuracy, loss, seconds)
         ledger = node.ledger
-        assert node.identity is not None
         node.write_ledger(
             ledger.report_progress(node.identity.signing_key, r, clock=ledger.next_clock())
         )
@@ -391,7 +420,7 @@ class RoundDriver:
             "seconds": secs,
             "train_seconds": self._train_seconds,
             "mix_seconds": self._mix_seconds,
-            "abandoned": int(getattr(self.exchange.core, "abandoned", 0) if self.exchange else 0),
+            "abandoned": self.exchange.abandoned if self.exchange else 0,
             "bytes_sent": self.exchange.round_bytes if self.exchange else 0,
             "finished_at": time.time(),
             **self._wire,
@@ -404,7 +433,7 @@ class RoundDriver:
         """After the last round, keep serving until the neighbours have finished it too."""
         assert self.graph is not None
         node = self.node
-        node.set_phase("lingering")
+        node.set_phase(Phase.LINGERING)
         last = self.completed
         peers = self.graph.links_of(self.me)
 

@@ -2,8 +2,9 @@
 
 ``status.json`` is rewritten atomically (temp file, rename) whenever the node
 changes phase and every ``status_interval`` seconds, so a reader never sees
-half a file. It holds the node id, the federation, the phase, the current and
-last completed round, each neighbour link's state, and the last error.
+half a file. It holds the node id, the federation, the phase (the text of a
+``p2pfl.node.phases.Phase``), the current and last completed round, each
+neighbour link's state, and the last error.
 """
 
 from __future__ import annotations

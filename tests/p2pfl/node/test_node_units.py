@@ -1,4 +1,5 @@
-"""The node's parts without a network: config, audit chain, checkpoints, backoff, plan, data."""
+"""The node's parts without a network: config, audit chain, checkpoints, backoff, plan, data,
+the channel router, phases, and the round layer on a stand-in for its host."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import random
 from itertools import islice
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,11 +18,22 @@ import torch
 from p2pfl.errors import ConfigError, DataError
 from p2pfl.node import checkpoint as ckpt
 from p2pfl.node.audit import GENESIS, AuditLog, line_hash, read_entries, verify
+from p2pfl.node.channels import Channel, Router, tagged
 from p2pfl.node.config import config_from_table, load_config, template
 from p2pfl.node.data import load_local_data
-from p2pfl.node.errors import CheckpointError, PlanError
+from p2pfl.node.errors import CheckpointError, NodeStopped, PlanError
+from p2pfl.node.exchange import Exchange
+from p2pfl.node.host import RoundHost
 from p2pfl.node.links import backoff
+from p2pfl.node.node import Node
+from p2pfl.node.phases import ENDED, Phase
+from p2pfl.node.rounds import MAX_EARLY_FRAMES, RoundDriver
+from p2pfl.node.status import read_status, write_status
 from p2pfl.spec import plan_from_table
+from protocols.gossip import Straggler
+from protocols.rounds import RoundOutput
+from protocols.secagg import Abandoned
+from protocols.secagg.phases import Phase as SecAggPhase
 
 # -- config --------------------------------------------------------------------------------
 
@@ -268,3 +282,168 @@ def test_the_data_entrypoint_contract(monkeypatch: pytest.MonkeyPatch) -> None:
         load_local_data(
             "p2pfl.node.examples:heart_site", ["atlantis"], input_shape=[37], num_classes=2
         )
+
+
+def test_data_as_an_object_with_named_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    import p2pfl.node.examples as examples
+
+    x, y, xt, yt = tuple_data(4)
+    names = [f"f{i}" for i in range(37)]
+    splits = SimpleNamespace(x_train=x, y_train=y, x_test=xt, y_test=yt)
+    monkeypatch.setattr(examples, "plain", lambda: splits, raising=False)
+    monkeypatch.setattr(
+        examples, "named", lambda: SimpleNamespace(**vars(splits), feature_names=names),
+        raising=False,
+    )  # fmt: skip
+    monkeypatch.setattr(examples, "partial", lambda: SimpleNamespace(x_train=x), raising=False)
+    plain = load_local_data("p2pfl.node.examples:plain", input_shape=[37], num_classes=2)
+    assert plain.x_train.shape == (4, 37) and plain.feature_names is None
+    named = load_local_data("p2pfl.node.examples:named", input_shape=[37], num_classes=2)
+    assert named.feature_names == tuple(names)
+    with pytest.raises(DataError, match="must return"):
+        load_local_data("p2pfl.node.examples:partial", input_shape=[37], num_classes=2)
+
+
+# -- the channel router ---------------------------------------------------------------------
+
+
+class Routed:
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, str, Channel, bytes]] = []
+        self.errors: list[tuple[str, str]] = []
+
+    def handler(self, name: str) -> Any:
+        def handle(peer: str, channel: Channel, body: memoryview) -> None:
+            self.frames.append((name, peer, channel, bytes(body)))
+
+        return handle
+
+    def error(self, peer: str, error: str) -> None:
+        self.errors.append((peer, error))
+
+
+def test_the_router_hands_each_frame_to_its_channel_handler_without_the_tag() -> None:
+    seen = Routed()
+    router = Router(
+        {Channel.LEDGER: seen.handler("ledger"), Channel.GOSSIP: seen.handler("round")},
+        seen.error,
+    )
+    router.route("a", tagged(Channel.GOSSIP, b"model"))
+    router.route("b", memoryview(tagged(Channel.LEDGER, b"sync")))
+    router.route("c", tagged(Channel.LEDGER, b""))
+    assert seen.frames == [
+        ("round", "a", Channel.GOSSIP, b"model"),
+        ("ledger", "b", Channel.LEDGER, b"sync"),
+        ("ledger", "c", Channel.LEDGER, b""),
+    ]
+    assert seen.errors == []
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (b"", "empty frame"),
+        (b"\x00abc", "unknown channel 0"),
+        (b"\xffabc", "unknown channel 255"),
+        (tagged(Channel.SECAGG, b"x"), "unknown channel 3"),  # a channel with no handler here
+    ],
+)
+def test_a_frame_no_handler_takes_is_the_peers_error_not_a_crash(frame: bytes, error: str) -> None:
+    seen = Routed()
+    router = Router({Channel.GOSSIP: seen.handler("round")}, seen.error)
+    router.route("mallory", frame)
+    assert seen.frames == []
+    assert len(seen.errors) == 1
+    peer, message = seen.errors[0]
+    assert peer == "mallory" and error in message
+
+
+def test_a_node_is_only_reachable_once_started_and_routes_by_its_table(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = config_from_table({"node": {"data_dir": str(tmp_path)}}, tmp_path)
+    node = Node(config)
+    assert node.phase is Phase.CREATED
+    for missing in ("identity", "ledger", "links", "rounds", "sync"):
+        with pytest.raises(NodeStopped):
+            getattr(node, missing)
+    status = node.status()  # a node not started reports what it is, no more
+    assert status["phase"] == "created" and status["neighbours"] == {}
+    assert status["node_id"] is None and status["federation"] is None
+    caplog.set_level("DEBUG", logger="p2pfl.node.node")
+    node._router.route("mallory", b"\x09junk")
+    node._router.route("mallory", tagged(Channel.CONTROL, b"hello"))  # reserved: ignored
+    assert "protocol error from mallory: unknown channel 9" in caplog.text
+    assert "control message from mallory ignored" in caplog.text
+
+
+# -- phases ---------------------------------------------------------------------------------
+
+
+def test_phases_are_the_text_of_the_status_file(tmp_path: Path) -> None:
+    write_status(tmp_path, {"phase": Phase.WAITING_APPROVAL})
+    text = read_status(tmp_path)["phase"]
+    assert text == "waiting-approval" and Phase(text) is Phase.WAITING_APPROVAL
+    assert {p.value for p in Phase} >= {"idle", "training", "mixing", "finished", "failed"}
+    assert "stopped" in ENDED and "failed" in ENDED and "finished" not in ENDED
+
+
+# -- the round layer on a stand-in host -----------------------------------------------------
+
+
+class Host:
+    """Just enough of a ``RoundHost`` for the round layer's bookkeeping."""
+
+    node_id = "me"
+
+    def __init__(self) -> None:
+        self.ledger = SimpleNamespace(progress=lambda: {"p": 4})
+        self.records: list[tuple[str, dict[str, Any]]] = []
+        self.sent: list[tuple[str, bytes, int]] = []
+        self.pruned: list[tuple[str, int]] = []
+        self.wakes = 0
+
+    def record(self, event: str, **fields: Any) -> None:
+        self.records.append((event, fields))
+
+    def send(self, peer: str, frame: bytes | bytearray, *, round: int) -> None:
+        self.sent.append((peer, bytes(frame), round))
+
+    def linked(self) -> list[str]:
+        return ["p", "q"]
+
+    def prune_replay(self, peer: str, below: int) -> None:
+        self.pruned.append((peer, below))
+
+    def wake_timer(self) -> None:
+        self.wakes += 1
+
+
+def host() -> RoundHost:
+    return Host()  # type: ignore[return-value]
+
+
+def test_the_exchange_counts_abandoned_rounds_and_sends_through_the_host() -> None:
+    stand_in = host()
+    exchange = Exchange(stand_in, SimpleNamespace(), secure=False, round=2)  # type: ignore[arg-type]
+    assert exchange.abandoned == 0
+    abandoned = Abandoned(2, "me", SecAggPhase.MASKED, "too few survivors")
+    exchange.drive(RoundOutput((("p", b"\x02frame"),), (abandoned, Straggler(2, "q"))))
+    exchange.drive(RoundOutput((), (Abandoned(3, "me", SecAggPhase.SHARE, "alone"),)))
+    assert exchange.abandoned == 2 and exchange.round_bytes == len(b"frame")
+    assert isinstance(stand_in, Host)
+    assert stand_in.sent == [("p", b"\x02frame", 2)] and stand_in.wakes == 2
+    assert stand_in.records == [("straggler", {"round": 2, "peer": "q"})]
+    exchange.prune()  # p is known to be in round 5; q is not known to be past ours
+    assert stand_in.pruned == [("p", 5), ("q", 2)]
+
+
+def test_round_frames_before_the_exchange_wait_a_bounded_number() -> None:
+    rounds = RoundDriver(host())
+    assert rounds.deadline is None
+    rounds.poll(0.0)  # nothing to poll yet: no error
+    rounds.on_ledger_changed()
+    for i in range(MAX_EARLY_FRAMES + 5):
+        rounds.on_frame("p", Channel.GOSSIP, memoryview(bytes([i % 256])))
+    assert len(rounds._early) == MAX_EARLY_FRAMES
+    assert rounds._early[1][0] == "p" and bytes(rounds._early[1][2]) == b"\x01"
