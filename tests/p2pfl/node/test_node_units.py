@@ -20,6 +20,7 @@ from p2pfl.node.data import load_local_data
 from p2pfl.node.errors import CheckpointError, PlanError
 from p2pfl.node.links import backoff
 from p2pfl.spec import plan_from_table
+from p2pfl.spec.plan import DAEMON_MODES
 
 # -- config --------------------------------------------------------------------------------
 
@@ -212,8 +213,10 @@ def test_plan_parsing_names_unknown_keys_and_refuses_what_the_daemon_cannot_run(
     assert plan.training.rounds == 5 and plan.gossip.mode == "sync" and not plan.secure.enabled
     with pytest.raises(PlanError, match="unknown key 'epochs'"):
         plan_from_table({**PLAN, "training": {"epochs": 3}})
-    with pytest.raises(PlanError, match="daemon runs sync"):
-        plan_from_table({**PLAN, "gossip": {"mode": "choco"}})
+    for mode in DAEMON_MODES:  # every mode the simulator runs deploys
+        assert plan_from_table({**PLAN, "gossip": {"mode": mode}}).gossip.mode == mode
+    with pytest.raises(PlanError, match=r"gossip\.mode must be one of"):
+        plan_from_table({**PLAN, "gossip": {"mode": "flood"}})
     with pytest.raises(PlanError, match="input_shape"):
         plan_from_table({**PLAN, "data": {"num_classes": 2}})
     with pytest.raises(PlanError, match="no valid training plan"):
