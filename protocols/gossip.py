@@ -449,7 +449,9 @@ class PushSumGossip:
     (stochastic gradient push); then the node keeps W_ii of (x, w) and sends
     W_ji of it to each out-neighbour j. Received (x, w) shares are added
     whenever they arrive, so the sum of all x and w, held or in flight, only
-    changes by the training displacements: mass is conserved.
+    changes by the training displacements: mass is conserved. A share of a
+    step already absorbed from the same peer (a frame replayed after a
+    reconnection) is reported as a ``LateArrival`` and not added twice.
     """
 
     def __init__(
@@ -462,6 +464,7 @@ class PushSumGossip:
         self._x: Vector | None = None
         self.weight = 1.0
         self._handed_out: Vector | None = None
+        self._seen: dict[str, set[int]] = {}  # the steps absorbed from each peer
         self.phase = Phase.IDLE
         self.deadline: float | None = None
 
@@ -469,8 +472,15 @@ class PushSumGossip:
     def numerator(self) -> Vector | None:
         return self._x
 
+    def absorbed(self, peer: str) -> frozenset[int]:
+        """The steps of ``peer`` whose share this node has absorbed."""
+        return frozenset(self._seen.get(peer, ()))
+
     def export_state(self) -> CoreState:
-        """Numerator ``x``, ``weight`` and the ``handed_out`` model, as copies.
+        """Numerator ``x``, ``weight``, the ``handed_out`` model and ``seen:<peer>`` steps.
+
+        ``seen:<peer>`` lists the steps absorbed from the peer: a replayed share
+        of a step already absorbed is not added twice after a restart.
 
         ``weight`` is two float32 values whose sum is the weight to float64
         precision, so a float32 store keeps it. Empty before the node held any
@@ -484,14 +494,21 @@ class PushSumGossip:
         }
         if self._handed_out is not None:
             state["handed_out"] = self._handed_out.copy()
+        for peer, rounds in sorted(self._seen.items()):
+            state[f"seen:{peer}"] = np.asarray(sorted(rounds), dtype=np.float64)
         return state
 
     def import_state(self, state: CoreState) -> None:
         """Continue from ``export_state``'s arrays (``LocalProtocolError`` if they do not fit)."""
         if not state:
-            self._x, self.weight, self._handed_out = None, 1.0, None
+            self._x, self.weight, self._handed_out, self._seen = None, 1.0, None, {}
             return
-        unknown = set(state) - {"x", "weight", "handed_out"}
+        seen = {
+            k.partition(":")[2]: {int(r) for r in np.asarray(v).ravel()}
+            for k, v in state.items()
+            if k.startswith("seen:")
+        }
+        unknown = set(state) - {"x", "weight", "handed_out"} - {f"seen:{p}" for p in seen}
         if unknown or "x" not in state or "weight" not in state:
             raise LocalProtocolError(f"push-sum state needs x and weight, got {sorted(state)}")
         x = np.array(state["x"], dtype=self._dtype, copy=True).ravel()
@@ -502,7 +519,7 @@ class PushSumGossip:
         handed = state.get("handed_out")
         if handed is not None and np.asarray(handed).size != x.size:
             raise LocalProtocolError("push-sum handed-out model does not match x")
-        self._x, self.weight = x, weight
+        self._x, self.weight, self._seen = x, weight, seen
         self._handed_out = (
             None if handed is None else np.array(handed, dtype=np.float32, copy=True).ravel()
         )
@@ -537,12 +554,15 @@ class PushSumGossip:
     def receive(self, peer: str, message: GossipMessage, now: float) -> Output:
         if message.sender != peer:
             raise PeerProtocolError(peer, f"message claims to come from {message.sender!r}")
+        if message.round in self._seen.get(peer, ()):  # a replay after a reconnection
+            return Output(events=(LateArrival(message.round, peer, applied=False),))
         if self._x is None:
             self._x = np.zeros(message.payload.length, dtype=self._dtype)
         if message.payload.length != self._x.shape[0]:
             raise PeerProtocolError(peer, "model length does not match")
         add_payload(self._x, message.payload)
         self.weight += message.weight
+        self._seen.setdefault(peer, set()).add(message.round)
         return Output()
 
     def poll(self, now: float) -> Output:

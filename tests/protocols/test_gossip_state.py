@@ -168,3 +168,18 @@ def test_state_moves_only_between_rounds_and_sync_carries_none() -> None:
         ps.import_state({"x": np.zeros(DIM)})
     with pytest.raises(LocalProtocolError, match="positive"):
         ps.import_state({"x": np.zeros(DIM), "weight": np.zeros(2)})
+
+
+def test_a_replayed_push_sum_share_is_not_absorbed_twice_even_after_a_restart() -> None:
+    a, b = push_sum("a"), push_sum("b")
+    share = next(
+        m for peer, m in b.start_round(0, np.ones(DIM, np.float32), 0.0).sends if peer == "a"
+    )
+    a.start_round(0, np.zeros(DIM, np.float32), 0.0)
+    a.receive("b", share, 0.0)
+    weight = a.weight
+    (event,) = a.receive("b", share, 0.0).events
+    assert not event.applied and a.weight == weight and a.absorbed("b") == {0}
+    restored = push_sum("a")
+    restored.import_state(through_store(a.export_state()))
+    assert restored.receive("b", share, 0.0).events and restored.weight == pytest.approx(weight)
