@@ -43,9 +43,9 @@ from p2pfl.spec.sections import MODES
 from p2pfl.tables import build
 from protocols.records import plan_hash
 
-DAEMON_MODES = MODES
-"""The gossip modes a node daemon runs: every mode the simulator runs (``[gossip] mode``
-checks it), so any plan written from a scenario deploys."""
+DAEMON_MODES = tuple(m for m in MODES if m != "async")
+"""The gossip modes a node daemon runs: sync and CHOCO. Push-sum (``async``) is refused
+until the daemons' push-sum runs agree with the simulator's."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,11 @@ class Plan(RunSpec):
             raise PlanError("plan [data] num_classes must be at least 2")
         if self.data.schema is not None:
             _check_schema_fits(self.data.schema, self.data)
+        if self.gossip.mode not in DAEMON_MODES:
+            raise PlanError(
+                f"plan [gossip] mode {self.gossip.mode!r}: the node daemon runs "
+                f"{', '.join(DAEMON_MODES)} only"
+            )
         if self.topology.path is not None:
             raise PlanError("plan [topology] path: a graph file is not shared by the ledger")
         if self.members is not None:

@@ -1,13 +1,13 @@
-"""The parity matrix: every mode the simulator runs, run again by real daemons over wss.
+"""The parity matrix: the modes the daemon runs, run by the simulator and by real daemons.
 
-For each cell (sync, CHOCO with quantize and with top-k, push-sum; secure off
-and on where the simulator supports it, which is sync only; DP none and
-delta), one small scenario (the four heart-disease hospitals, complete graph,
+For each cell (sync, CHOCO with quantize and with top-k; secure off and on
+where the simulator supports it, which is sync only; DP none and delta), one
+small scenario (the four heart-disease hospitals, complete graph,
 logistic regression, two rounds) runs on the protocol engine and on the
-processes engine (one ``p2pfl node run`` per hospital). Sync and CHOCO must
-end with the same parameters to 1e-4 relative (norm of the difference over
-the norm); push-sum has no barrier, so what a node has absorbed when it steps
-depends on timing: there the final global accuracy must agree within one point.
+processes engine (one ``p2pfl node run`` per hospital). Both must end with
+the same parameters to 1e-4 relative (norm of the difference over the norm).
+Push-sum is not in the matrix: the daemon does not run it yet
+(``p2pfl.spec.plan.DAEMON_MODES``).
 
 DP delta: the daemons draw their noise from the operating system, the
 simulator from derived seeds, so no two runs share a draw. The cells use a
@@ -46,7 +46,6 @@ NO_DP = {"privacy.mechanism": "none", "privacy.epsilon": None, "privacy.clip": N
 SECURE = {"secure.enabled": True, "secure.share_timeout": 60.0, "secure.masked_timeout": 30.0}
 QUANTIZE = {"gossip.mode": "choco", "gossip.compression": "quantize", "gossip.bits": 4}
 TOPK = {"gossip.mode": "choco", "gossip.compression": "topk", "gossip.topk_fraction": 0.5}
-PUSH_SUM = {"gossip.mode": "async"}
 
 CELLS = {
     "sync": {},
@@ -57,8 +56,6 @@ CELLS = {
     "choco-quantize-dp": {**QUANTIZE, **DP},
     "choco-topk": TOPK,
     "choco-topk-dp": {**TOPK, **DP},
-    "push-sum": PUSH_SUM,
-    "push-sum-dp": {**PUSH_SUM, **DP},
 }
 
 
@@ -89,13 +86,8 @@ def test_the_daemons_end_where_the_protocol_engine_ends(name: str, tmp_path: Pat
 
     assert [r.round for r in result.rounds] == list(range(1, ROUNDS + 1))
     assert result.stragglers == 0 and result.extra["abandoned"] == 0
-    if cell.get("gossip.mode") == "async":
-        final, expected = result.rounds[-1].acc_mean, reference.rounds[-1].acc_mean
-        assert final is not None and expected is not None
-        assert abs(final - expected) <= 0.01, (final, expected)
-    else:
-        gap = relative(reference.final_params, result.final_params)
-        assert gap <= 1e-4, gap
+    gap = relative(reference.final_params, result.final_params)
+    assert gap <= 1e-4, gap
     if name == "sync":
         check_plan_hash(setup, tmp_path, result.extra["node_ids"])
 

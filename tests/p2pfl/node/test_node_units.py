@@ -213,8 +213,10 @@ def test_plan_parsing_names_unknown_keys_and_refuses_what_the_daemon_cannot_run(
     assert plan.training.rounds == 5 and plan.gossip.mode == "sync" and not plan.secure.enabled
     with pytest.raises(PlanError, match="unknown key 'epochs'"):
         plan_from_table({**PLAN, "training": {"epochs": 3}})
-    for mode in DAEMON_MODES:  # every mode the simulator runs deploys
+    for mode in DAEMON_MODES:  # sync and choco deploy
         assert plan_from_table({**PLAN, "gossip": {"mode": mode}}).gossip.mode == mode
+    with pytest.raises(PlanError, match="daemon runs sync, choco only"):
+        plan_from_table({**PLAN, "gossip": {"mode": "async"}})
     with pytest.raises(PlanError, match=r"gossip\.mode must be one of"):
         plan_from_table({**PLAN, "gossip": {"mode": "flood"}})
     with pytest.raises(PlanError, match="input_shape"):
