@@ -50,7 +50,7 @@ def setup_for(optimizer: dict[str, Any]) -> Any:
         "secure.enabled": False,
         "training.rounds": ROUNDS,
         "training.local_epochs": 40,  # a round's training lasts long enough to be caught in
-        "clock.round_timeout": 240.0,  # the neighbours wait for the restart, never close early
+        "gossip.round_timeout": 240.0,  # the neighbours wait for the restart, never close early
         "baselines.pooled": False,
         "baselines.local": False,
         **optimizer,
