@@ -34,6 +34,13 @@ Modes:
   Assran et al. 2019) over column-stochastic weights: no barrier, each start
   sends shares of (x, w) and the model is x / w; arrivals are absorbed whenever
   they come.
+
+State across rounds: ``export_state()`` gives what a mode carries from one
+round to the next as named arrays (``CoreState``), ``import_state(state)``
+takes it back on an idle core, so a node restarted from a checkpoint holds
+what its neighbours hold about it. Sync carries nothing; CHOCO its own public
+copy, its neighbours' copies and the rounds it still owes a straggler;
+push-sum its numerator, weight and the model it handed out last.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ from protocols.mixing import choco_mix, mix, push_sum_absorb, push_sum_model
 from protocols.wire import Encoding, GossipMessage, Payload, dense
 
 Vector = npt.NDArray[Any]
+CoreState = dict[str, Vector]
+"""Named arrays a core carries across rounds (``export_state`` / ``import_state``)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,23 @@ class _BarrierCore:
     @property
     def deadline(self) -> float | None:
         return None if self._current is None else self._current.deadline
+
+    def export_state(self) -> CoreState:
+        """What the mode carries across rounds (none here); only between rounds."""
+        self._require_idle("export")
+        return {}
+
+    def import_state(self, state: CoreState) -> None:
+        """Continue from ``export_state``'s arrays; ``LocalProtocolError`` if they do not fit."""
+        self._require_idle("import")
+        if state:
+            raise LocalProtocolError(f"this mode carries no state, got {sorted(state)}")
+
+    def _require_idle(self, what: str) -> None:
+        if self._current is not None:
+            raise LocalProtocolError(
+                f"cannot {what} the state while round {self._current.number} is open"
+            )
 
     def start_round(self, round: int, model: Vector, now: float) -> Output:
         """Publish this node's round-``round`` contribution after its local steps."""
@@ -330,6 +356,48 @@ class ChocoGossip(_BarrierCore):
     def _own_copy_length(self) -> int:
         return -1 if self._own_copy is None else int(self._own_copy.shape[0])
 
+    def export_state(self) -> CoreState:
+        """The public copies (``own``, ``copy:<peer>``) and the rounds owed (``owed:<peer>``).
+
+        Arrays are copies: the core goes on changing its own. Before the first
+        round there is nothing to carry (empty).
+        """
+        self._require_idle("export")
+        if self._own_copy is None:
+            return {}
+        state: CoreState = {"own": self._own_copy.copy()}
+        for peer, copy in sorted(self._copies.items()):
+            state[f"copy:{peer}"] = copy.copy()
+        owed: dict[str, list[int]] = {}
+        for peer, round_ in sorted(self._owed):
+            owed.setdefault(peer, []).append(round_)
+        for peer, rounds in owed.items():
+            state[f"owed:{peer}"] = np.asarray(rounds, dtype=np.float64)
+        return state
+
+    def import_state(self, state: CoreState) -> None:
+        """Continue from ``export_state``'s arrays (``LocalProtocolError`` if they do not fit)."""
+        self._require_idle("import")
+        if not state:
+            self._own_copy, self._copies, self._owed = None, {}, set()
+            return
+        if "own" not in state:
+            raise LocalProtocolError("choco state has no own copy")
+        own = np.array(state["own"], copy=True)
+        copies: dict[str, Vector] = {}
+        owed: set[tuple[str, int]] = set()
+        for name, array in state.items():
+            kind, _, peer = name.partition(":")
+            if kind == "copy" and peer:
+                if array.shape != own.shape:
+                    raise LocalProtocolError(f"choco copy of {peer} does not match the own copy")
+                copies[peer] = np.array(array, dtype=own.dtype, copy=True)
+            elif kind == "owed" and peer:
+                owed.update((peer, int(r)) for r in np.asarray(array).ravel())
+            elif name != "own":
+                raise LocalProtocolError(f"choco state has an unknown entry {name!r}")
+        self._own_copy, self._copies, self._owed = own, copies, owed
+
     def _copy_of(self, peer: str, like: Vector) -> Vector:
         if peer not in self._copies:
             self._copies[peer] = np.zeros_like(like)
@@ -381,7 +449,9 @@ class PushSumGossip:
     (stochastic gradient push); then the node keeps W_ii of (x, w) and sends
     W_ji of it to each out-neighbour j. Received (x, w) shares are added
     whenever they arrive, so the sum of all x and w, held or in flight, only
-    changes by the training displacements: mass is conserved.
+    changes by the training displacements: mass is conserved. A share of a
+    step already absorbed from the same peer (a frame replayed after a
+    reconnection) is reported as a ``LateArrival`` and not added twice.
     """
 
     def __init__(
@@ -394,12 +464,65 @@ class PushSumGossip:
         self._x: Vector | None = None
         self.weight = 1.0
         self._handed_out: Vector | None = None
+        self._seen: dict[str, set[int]] = {}  # the steps absorbed from each peer
         self.phase = Phase.IDLE
         self.deadline: float | None = None
 
     @property
     def numerator(self) -> Vector | None:
         return self._x
+
+    def absorbed(self, peer: str) -> frozenset[int]:
+        """The steps of ``peer`` whose share this node has absorbed."""
+        return frozenset(self._seen.get(peer, ()))
+
+    def export_state(self) -> CoreState:
+        """Numerator ``x``, ``weight``, the ``handed_out`` model and ``seen:<peer>`` steps.
+
+        ``seen:<peer>`` lists the steps absorbed from the peer: a replayed share
+        of a step already absorbed is not added twice after a restart.
+
+        ``weight`` is two float32 values whose sum is the weight to float64
+        precision, so a float32 store keeps it. Empty before the node held any
+        mass. What arrives later changes only the core's own arrays, never these.
+        """
+        if self._x is None:
+            return {}
+        state: CoreState = {
+            "x": self._x.copy(),
+            "weight": _split(self.weight),
+        }
+        if self._handed_out is not None:
+            state["handed_out"] = self._handed_out.copy()
+        for peer, rounds in sorted(self._seen.items()):
+            state[f"seen:{peer}"] = np.asarray(sorted(rounds), dtype=np.float64)
+        return state
+
+    def import_state(self, state: CoreState) -> None:
+        """Continue from ``export_state``'s arrays (``LocalProtocolError`` if they do not fit)."""
+        if not state:
+            self._x, self.weight, self._handed_out, self._seen = None, 1.0, None, {}
+            return
+        seen = {
+            k.partition(":")[2]: {int(r) for r in np.asarray(v).ravel()}
+            for k, v in state.items()
+            if k.startswith("seen:")
+        }
+        unknown = set(state) - {"x", "weight", "handed_out"} - {f"seen:{p}" for p in seen}
+        if unknown or "x" not in state or "weight" not in state:
+            raise LocalProtocolError(f"push-sum state needs x and weight, got {sorted(state)}")
+        x = np.array(state["x"], dtype=self._dtype, copy=True).ravel()
+        parts = np.asarray(state["weight"], dtype=np.float64).ravel()
+        weight = float(parts.sum())
+        if parts.size not in (1, 2) or not weight > 0:
+            raise LocalProtocolError("push-sum weight must be one positive value (or two parts)")
+        handed = state.get("handed_out")
+        if handed is not None and np.asarray(handed).size != x.size:
+            raise LocalProtocolError("push-sum handed-out model does not match x")
+        self._x, self.weight, self._seen = x, weight, seen
+        self._handed_out = (
+            None if handed is None else np.array(handed, dtype=np.float32, copy=True).ravel()
+        )
 
     def resume_at(self, round: int) -> None:
         """Continue from step ``round`` (there is no barrier: only the step counter moves)."""
@@ -431,12 +554,15 @@ class PushSumGossip:
     def receive(self, peer: str, message: GossipMessage, now: float) -> Output:
         if message.sender != peer:
             raise PeerProtocolError(peer, f"message claims to come from {message.sender!r}")
+        if message.round in self._seen.get(peer, ()):  # a replay after a reconnection
+            return Output(events=(LateArrival(message.round, peer, applied=False),))
         if self._x is None:
             self._x = np.zeros(message.payload.length, dtype=self._dtype)
         if message.payload.length != self._x.shape[0]:
             raise PeerProtocolError(peer, "model length does not match")
         add_payload(self._x, message.payload)
         self.weight += message.weight
+        self._seen.setdefault(peer, set()).add(message.round)
         return Output()
 
     def poll(self, now: float) -> Output:
@@ -448,6 +574,12 @@ class PushSumGossip:
             raise LocalProtocolError("push-sum has no model before its first step")
         model: Vector = push_sum_model(self._x, self.weight).astype(np.float32)
         return model
+
+
+def _split(value: float) -> Vector:
+    """``value`` as float32 ``[high, low]`` with ``high + low == value`` to float64 precision."""
+    high = np.float32(value)
+    return np.asarray([high, np.float32(value - float(high))], dtype=np.float32)
 
 
 GossipCore = SyncGossip | ChocoGossip | PushSumGossip

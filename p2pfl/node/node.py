@@ -474,6 +474,12 @@ class Node:
     def prune_replay(self, peer: str, below: int) -> None:
         self.links.prune(peer, below)
 
+    def flushed(self) -> bool:
+        """No frame of ours still waits in a link's queue."""
+        return all(
+            link.session is None or link.session.queue.empty() for link in self.links.links.values()
+        )
+
     # -- timers -----------------------------------------------------------------------
 
     def wake_timer(self) -> None:

@@ -62,7 +62,8 @@ from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
 from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
-from protocols.gossip import RoundMixed
+from protocols.gossip import PushSumGossip, RoundMixed
+from protocols.rounds import GossipRoundCore
 
 if TYPE_CHECKING:
     from torch import nn
@@ -71,6 +72,8 @@ log = logging.getLogger(__name__)
 
 DEALT_FILE = "secure-dealt"
 MAX_EARLY_FRAMES = 1024
+CORE_STATE = "gossip."
+"""Prefix of the round core's arrays in a checkpoint's ``state`` (the rest: the optimizer's)."""
 
 
 class RoundDriver:
@@ -100,6 +103,9 @@ class RoundDriver:
         self._wire: dict[str, int | float] = {}
         self._early: list[tuple[str, Channel, memoryview]] = []  # frames before the exchange
         self.last: dict[str, Any] = {}
+        self._final: tuple[int, RoundMixed, float] | None = (
+            None  # the last round this run completed
+        )
 
     # -- what the node calls --------------------------------------------------------------
 
@@ -193,8 +199,9 @@ class RoundDriver:
         node.set_phase(Phase.CHECKING_DATA)
         check_local_data(self.learner.data, plan.data.schema, node.record)  # before any round
         self.privacy = NodePrivacy(node, plan, graph, self.learner, rounds=plan.training.rounds)
+        core_state: dict[str, np.ndarray] = {}
         if self._resume is not None:  # model and optimizer live in the learner now, not twice
-            self._restore_optimizer(self._resume)
+            core_state = self._restore_optimizer(self._resume)
             self._resume = dataclasses.replace(
                 self._resume, model=np.zeros(0, np.float32), state={}
             )
@@ -211,12 +218,10 @@ class RoundDriver:
             log.warning("starting without links to every neighbour (their messages will wait)")
         if self.secure:
             self._skip_dealt_round()
-        self.exchange = Exchange(
-            node,
-            make_core(node, plan, graph, round=self.round, dim=self.learner.dim),
-            secure=self.secure,
-            round=self.round,
-        )
+        core = make_core(node, plan, graph, round=self.round, dim=self.learner.dim)
+        if isinstance(core, GossipRoundCore):
+            core.gossip.import_state(core_state)
+        self.exchange = Exchange(node, core, secure=self.secure, round=self.round)
         self._catch_up()
         early, self._early = self._early, []
         for peer, channel, body in early:
@@ -238,15 +243,21 @@ class RoundDriver:
         self.node.record("resumed", round=ckpt.round, checkpoint=str(ckpt.path))
         log.info("resuming after round %d from %s", ckpt.round, ckpt.path)
 
-    def _restore_optimizer(self, ckpt: Checkpoint) -> None:
-        """The trainer (DP-SGD's too, installed by ``NodePrivacy``) continues its optimizer."""
+    def _restore_optimizer(self, ckpt: Checkpoint) -> dict[str, np.ndarray]:
+        """The trainer (DP-SGD's too, installed by ``NodePrivacy``) continues its optimizer.
+
+        Returns the round core's part of the state (``CORE_STATE`` names, prefix off).
+        """
         assert self.learner is not None and self.plan is not None
-        self.learner.restore_optimizer(ckpt.state if ckpt.has_state else None, ckpt.path)
+        optimizer = {k: v for k, v in ckpt.state.items() if not k.startswith(CORE_STATE)}
+        core = {k[len(CORE_STATE) :]: v for k, v in ckpt.state.items() if k.startswith(CORE_STATE)}
+        self.learner.restore_optimizer(optimizer if ckpt.has_state else None, ckpt.path)
         if self.plan.privacy.active:
             log.info(
                 "differential privacy draws fresh noise and batches after a restart: "
                 "the rounds from here differ from an uninterrupted run"
             )
+        return core
 
     @property
     def _dealt_file(self) -> Path:
@@ -302,8 +313,14 @@ class RoundDriver:
         return self.completed + 1
 
     def _catch_up(self) -> None:
-        """Skip the rounds every in-neighbour finished without us (we were down)."""
-        assert self.graph is not None and self.exchange is not None
+        """Skip the rounds every in-neighbour finished without us (we were down).
+
+        Not in push-sum: with no barrier, rounds are each node's own steps, and a
+        node that was down goes on with its own from where it stopped.
+        """
+        assert self.graph is not None and self.exchange is not None and self.plan is not None
+        if self.plan.gossip.mode == "async":
+            return
         hood = self.graph.neighbourhood(self.me, self.round)
         progress = self.node.ledger.progress()
         ahead = [progress.get(j, -1) for j in hood.in_weights]
@@ -360,7 +377,8 @@ class RoundDriver:
         seconds = time.perf_counter() - started
         transfers = node.transfers
         self._wire = {} if transfers is None else wire_totals(transfers.take())
-        await asyncio.to_thread(self._checkpoint, r, mixed, accuracy, loss, seconds)
+        core_state = self._core_state()
+        await asyncio.to_thread(self._checkpoint, r, mixed, accuracy, loss, seconds, core_state)
         ledger = node.ledger
         node.write_ledger(
             ledger.report_progress(node.identity.signing_key, r, clock=ledger.next_clock())
@@ -368,6 +386,7 @@ class RoundDriver:
         federation = self.privacy.publish(r, figures, drift)
         node.save_ledger()
         self.completed, self.round = r, r + 1
+        self._final = (r, mixed, seconds)
         exchange.round = self.round
         exchange.prune()
         event = RoundCompleted(
@@ -402,8 +421,25 @@ class RoundDriver:
         node.emit(event)
         node.write_status()
 
+    def _core_state(self) -> dict[str, np.ndarray]:
+        """The round core's arrays for the checkpoint, taken in the event loop's thread.
+
+        (Frames change a push-sum core's mass whenever they come: never read it
+        from a worker thread.)
+        """
+        core = None if self.exchange is None else self.exchange.core
+        if not isinstance(core, GossipRoundCore):
+            return {}
+        return {CORE_STATE + k: v for k, v in core.gossip.export_state().items()}
+
     def _checkpoint(
-        self, r: int, mixed: RoundMixed, accuracy: float | None, loss: float | None, secs: float
+        self,
+        r: int,
+        mixed: RoundMixed,
+        accuracy: float | None,
+        loss: float | None,
+        secs: float,
+        core_state: dict[str, np.ndarray],
     ) -> None:
         assert self.learner is not None and self.graph is not None
         directory = self.node.data_dir / "checkpoints"
@@ -425,24 +461,59 @@ class RoundDriver:
             "finished_at": time.time(),
             **self._wire,
         }
-        state = self.learner.optimizer_state()
+        state = {**self.learner.optimizer_state(), **core_state}
         write_checkpoint(directory, r, self.learner.params[0].numpy(), meta, state=state)
         prune_checkpoints(directory, self.node.config.limits.keep_checkpoints)
 
     async def _linger(self) -> None:
-        """After the last round, keep serving until the neighbours have finished it too."""
-        assert self.graph is not None
+        """After the last round, keep serving until the neighbours have finished it too.
+
+        In push-sum the node also waits until it has absorbed the share of every
+        step its in-neighbours send it and its own frames have left, then takes
+        the mass it holds, x / w, as its final model (``_settle``).
+        """
+        assert self.graph is not None and self.plan is not None
         node = self.node
         node.set_phase(Phase.LINGERING)
         last = self.completed
         peers = self.graph.links_of(self.me)
+        push_sum = self._push_sum()
 
         def done() -> bool:
             progress = node.ledger.progress()
-            return all(progress.get(p, -1) >= last for p in peers)
+            if not all(progress.get(p, -1) >= last for p in peers):
+                return False
+            return push_sum is None or (self._absorbed_all(push_sum) and node.flushed())
 
         if not await node.wait_until(done, node.config.limits.linger_timeout):
             log.info("stopped waiting for neighbours to finish round %d", last)
+        if push_sum is not None and self._final is not None:
+            await self._settle(push_sum)
+
+    def _push_sum(self) -> PushSumGossip | None:
+        core = None if self.exchange is None else self.exchange.core
+        if isinstance(core, GossipRoundCore) and isinstance(core.gossip, PushSumGossip):
+            return core.gossip
+        return None
+
+    def _absorbed_all(self, core: PushSumGossip) -> bool:
+        """Every in-neighbour's share of every step up to the last, absorbed."""
+        assert self.graph is not None and self.target is not None
+        for t in range(self.target):
+            for peer in self.graph.neighbourhood(self.me, t).in_weights:
+                if t not in core.absorbed(peer):
+                    return False
+        return True
+
+    async def _settle(self, core: PushSumGossip) -> None:
+        """The push-sum node's final model: x / w of the mass it holds, checkpointed."""
+        assert self.learner is not None and self._final is not None
+        r, mixed, seconds = self._final
+        self.learner.set(core.model())
+        core_state = self._core_state()
+        accuracy, loss = await asyncio.to_thread(self.learner.evaluate)
+        await asyncio.to_thread(self._checkpoint, r, mixed, accuracy, loss, seconds, core_state)
+        self.node.record("settled", round=r, accuracy=accuracy)
 
     # -- views ------------------------------------------------------------------------
 

@@ -39,11 +39,13 @@ from p2pfl.schema import Schema, parse_schema, schema_table
 from p2pfl.spec.errors import PlanError
 from p2pfl.spec.graph import Graph
 from p2pfl.spec.run import SPEC_FIELDS, RunSpec
+from p2pfl.spec.sections import MODES
 from p2pfl.tables import build
 from protocols.records import plan_hash
 
-DAEMON_MODES = ("sync",)
-"""The gossip modes a node daemon runs."""
+DAEMON_MODES = tuple(m for m in MODES if m != "async")
+"""The gossip modes a node daemon runs: sync and CHOCO. Push-sum (``async``) is refused
+until the daemons' push-sum runs agree with the simulator's."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from p2pfl.node.phases import ENDED, Phase
 from p2pfl.node.rounds import MAX_EARLY_FRAMES, RoundDriver
 from p2pfl.node.status import read_status, write_status
 from p2pfl.spec import plan_from_table
+from p2pfl.spec.plan import DAEMON_MODES
 from protocols.gossip import Straggler
 from protocols.rounds import RoundOutput
 from protocols.secagg import Abandoned
@@ -226,8 +227,12 @@ def test_plan_parsing_names_unknown_keys_and_refuses_what_the_daemon_cannot_run(
     assert plan.training.rounds == 5 and plan.gossip.mode == "sync" and not plan.secure.enabled
     with pytest.raises(PlanError, match="unknown key 'epochs'"):
         plan_from_table({**PLAN, "training": {"epochs": 3}})
-    with pytest.raises(PlanError, match="daemon runs sync"):
-        plan_from_table({**PLAN, "gossip": {"mode": "choco"}})
+    for mode in DAEMON_MODES:  # sync and choco deploy
+        assert plan_from_table({**PLAN, "gossip": {"mode": mode}}).gossip.mode == mode
+    with pytest.raises(PlanError, match="daemon runs sync, choco only"):
+        plan_from_table({**PLAN, "gossip": {"mode": "async"}})
+    with pytest.raises(PlanError, match=r"gossip\.mode must be one of"):
+        plan_from_table({**PLAN, "gossip": {"mode": "flood"}})
     with pytest.raises(PlanError, match="input_shape"):
         plan_from_table({**PLAN, "data": {"num_classes": 2}})
     with pytest.raises(PlanError, match="no valid training plan"):
