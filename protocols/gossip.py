@@ -445,11 +445,12 @@ class PushSumGossip:
     """Push-sum over column-stochastic weights, with no round barrier.
 
     The node holds a numerator x and a weight w; its model is x / w. Local
-    training moves the model by some displacement, which is added to x
-    (stochastic gradient push); then the node keeps W_ii of (x, w) and sends
-    W_ji of it to each out-neighbour j. Received (x, w) shares are added
-    whenever they arrive, so the sum of all x and w, held or in flight, only
-    changes by the training displacements: mass is conserved. A share of a
+    training moves the model by some displacement d, which is added to x as
+    w d (stochastic gradient push, so that x / w moves by exactly d however
+    small w is while shares are in flight); then the node keeps W_ii of (x, w)
+    and sends W_ji of it to each out-neighbour j. Received (x, w) shares are
+    added whenever they arrive, so the sum of all x and w, held or in flight,
+    only changes by the training displacements: mass is conserved. A share of a
     step already absorbed from the same peer (a frame replayed after a
     reconnection) is reported as a ``LateArrival`` and not added twice.
     """
@@ -535,10 +536,10 @@ class PushSumGossip:
             raise LocalProtocolError(f"expected step {self.next_round}, got {round}")
         if self._x is None:
             self._x = np.array(model, dtype=self._dtype, copy=True)
-        elif self._handed_out is None:  # mass arrived before our first step
-            self._x = push_sum_absorb(self._x, model, 0.0)
+        elif self._handed_out is None:  # mass arrived before our first step: ours is (model, 1)
+            self._x = push_sum_absorb(self._x, 1.0, model, 0.0)
         else:
-            self._x = push_sum_absorb(self._x, model, self._handed_out)
+            self._x = push_sum_absorb(self._x, self.weight, model, self._handed_out)
         hood = self._neighbourhood(round)
         sends = []
         for peer, share in sorted(hood.out_shares.items()):

@@ -48,9 +48,18 @@ def choco_step(x: Any, own_copy: Any, weighted_copies: Any, weight_sum: Any, gam
     return x + gamma * (weighted_copies - weight_sum * own_copy)
 
 
-def push_sum_absorb(numerator: Any, model: Any, handed_out: Any) -> Any:
-    """Stochastic gradient push: the numerator moves by what local training moved the model."""
-    return numerator + (model - handed_out)
+def push_sum_absorb(numerator: Any, weight: Any, model: Any, handed_out: Any) -> Any:
+    """Stochastic gradient push: x <- x + w (model - handed_out).
+
+    The node trained its de-biased model x / w (``handed_out``) into ``model``; the
+    displacement enters the numerator scaled by the weight, so x / w moves by exactly
+    what training moved it. With w = 1 (every share of a regular graph in, lock
+    step) this is SGP's x <- x - lr g (Assran et al. 2019, Alg. 1); without a
+    barrier a node that ran ahead of its in-neighbours holds a small w until their
+    shares arrive, and an unscaled displacement would move its model by d / w.
+    ``weight`` is a scalar, or a column for rows.
+    """
+    return numerator + weight * (model - handed_out)
 
 
 def push_sum_model(numerator: Any, weight: Any) -> Any:

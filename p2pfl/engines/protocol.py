@@ -47,8 +47,8 @@ from p2pfl.engines.privacy import (
 from p2pfl.errors import ConfigError
 from p2pfl.spec.cores import build_core
 from p2pfl.training import evaluate
-from protocols.gossip import RoundMixed, Straggler
-from protocols.rounds import RoundCore, RoundEvent, RoundOutput
+from protocols.gossip import PushSumGossip, RoundMixed, Straggler
+from protocols.rounds import GossipRoundCore, RoundCore, RoundEvent, RoundOutput
 from protocols.secagg import Abandoned
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ class _Run:
                 f"nodes {unfinished} never finished their rounds: a neighbour stopped sending; "
                 "set gossip.round_timeout to let rounds close over stragglers"
             )
+        self._settle()
         final = torch.cat([n.params for n in self.nodes])
         total = time.perf_counter() - start
         return RunResult(
@@ -279,8 +280,28 @@ class _Run:
         slot.params[node.index].copy_(node.params[0])
         slot.filled += 1
         slot.sent += node.sent_bytes.pop(round, 0)
-        if slot.filled == len(self.nodes):
+        last = round == self.sc.training.rounds - 1
+        if slot.filled == len(self.nodes) and not (last and self.sc.gossip.mode == "async"):
             self._record(round, self.slots.pop(round))
+
+    def _settle(self) -> None:
+        """Push-sum: once nothing is in flight, each node's model is the x / w it holds.
+
+        Shares sent in the last round arrive after their receivers' last step; a
+        daemon absorbs them before it settles, and so does this engine, whose last
+        round is recorded with the settled models (as the lock-step vectorized
+        engine, where every share of a step is in before the next).
+        """
+        if self.sc.gossip.mode != "async":
+            return
+        for node in self.nodes:
+            core = node.core
+            assert isinstance(core, GossipRoundCore) and isinstance(core.gossip, PushSumGossip)
+            node.params[0].copy_(torch.from_numpy(core.gossip.model()))
+        last = self.sc.training.rounds - 1
+        slot = self.slots.pop(last)
+        slot.params.copy_(torch.cat([n.params for n in self.nodes]))
+        self._record(last, slot)
 
     def _record(self, round: int, slot: _Slot) -> None:
         acc = loss = aggregate = None

@@ -252,7 +252,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
             for a in range(0, dim, block):
                 cols = slice(a, a + block)
                 numerators[:, cols] = push_sum_absorb(
-                    numerators[:, cols], params[:, cols], before[:, cols]
+                    numerators[:, cols], weights, params[:, cols], before[:, cols]
                 )
             mix_into(w, numerators, spare, block)
             numerators, spare = spare, numerators

@@ -39,13 +39,8 @@ from p2pfl.schema import Schema, parse_schema, schema_table
 from p2pfl.spec.errors import PlanError
 from p2pfl.spec.graph import Graph
 from p2pfl.spec.run import SPEC_FIELDS, RunSpec
-from p2pfl.spec.sections import MODES
 from p2pfl.tables import build
 from protocols.records import plan_hash
-
-DAEMON_MODES = tuple(m for m in MODES if m != "async")
-"""The gossip modes a node daemon runs: sync and CHOCO. Push-sum (``async``) is refused
-until the daemons' push-sum runs agree with the simulator's."""
 
 
 @dataclass(frozen=True)
@@ -73,11 +68,6 @@ class Plan(RunSpec):
             raise PlanError("plan [data] num_classes must be at least 2")
         if self.data.schema is not None:
             _check_schema_fits(self.data.schema, self.data)
-        if self.gossip.mode not in DAEMON_MODES:
-            raise PlanError(
-                f"plan [gossip] mode {self.gossip.mode!r}: the node daemon runs "
-                f"{', '.join(DAEMON_MODES)} only"
-            )
         if self.topology.path is not None:
             raise PlanError("plan [topology] path: a graph file is not shared by the ledger")
         if self.members is not None:

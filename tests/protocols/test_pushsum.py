@@ -176,9 +176,10 @@ def test_training_displacement_adds_to_the_mass() -> None:
     current = run_pushsum(h, list(x), steps=3)
     before, _ = pushsum_mass(h)
     displacement = np.array([0.5, -1.0, 0.25, 2.0])
+    held = h.cores[2].weight  # the displacement enters the mass scaled by the node's weight
     h.start(2, h.cores[2].next_round, current[2] + displacement)
     after, weight = pushsum_mass(h)
-    assert np.allclose(after - before, displacement, atol=1e-9)
+    assert np.allclose(after - before, held * displacement, atol=1e-9)
     assert abs(weight - 4) <= 1e-9
 
 
@@ -204,3 +205,16 @@ def test_pushsum_frames_carry_float64_exactly() -> None:
     assert decode(env.frame).payload.values.dtype == np.float64
     h.deliver(0)
     assert np.array_equal(h.cores[1].numerator, 0.5 * x[0])
+
+
+def test_a_node_running_ahead_moves_by_its_training_displacement_alone() -> None:
+    """No shares arrive (its neighbour is behind): w halves every step, and the
+    de-biased model must still move by what training moved it, not by d / w."""
+    core = PushSumGossip("0", schedule([PAIR], 0))
+    core.start_round(0, np.array([1.0, -2.0]), 0.0)
+    displacement = np.array([0.125, 0.5])
+    for step in range(1, 6):
+        handed = core.model()
+        core.start_round(step, handed + displacement, 0.0)
+        assert core.weight == 0.5 ** (step + 1)
+        assert np.allclose(core.model(), handed + displacement, rtol=1e-6)

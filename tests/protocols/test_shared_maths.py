@@ -143,11 +143,15 @@ def test_push_sum_step_on_rows_equals_each_vector() -> None:
     x, model, before = rows(12), rows(13), rows(14)
     weights = np.random.default_rng(15).random((ROWS, 1)) + 0.5
     t = torch.from_numpy
-    stacked = push_sum_model(push_sum_absorb(t(x), t(model), t(before)), t(weights))
+    w = t(weights)
+    stacked = push_sum_model(push_sum_absorb(t(x), w, t(model), t(before)), w)
     for i in range(ROWS):
-        one = push_sum_model(push_sum_absorb(x[i], model[i], before[i]), weights[i, 0])
+        wi = weights[i, 0]
+        one = push_sum_model(push_sum_absorb(x[i], wi, model[i], before[i]), wi)
         assert np.allclose(stacked[i].numpy(), one, rtol=1e-6, atol=0)
     assert not np.allclose(stacked.numpy(), x / weights)  # the displacement was absorbed
+    # the de-biased model moves by exactly the training displacement, whatever w is
+    assert np.allclose(stacked.numpy(), x / weights + (model - before), rtol=1e-9, atol=1e-12)
 
 
 # -- secure sum ----------------------------------------------------------------------

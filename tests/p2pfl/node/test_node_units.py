@@ -29,8 +29,7 @@ from p2pfl.node.node import Node
 from p2pfl.node.phases import ENDED, Phase
 from p2pfl.node.rounds import MAX_EARLY_FRAMES, RoundDriver
 from p2pfl.node.status import read_status, write_status
-from p2pfl.spec import plan_from_table
-from p2pfl.spec.plan import DAEMON_MODES
+from p2pfl.spec import MODES, plan_from_table
 from protocols.gossip import Straggler
 from protocols.rounds import RoundOutput
 from protocols.secagg import Abandoned
@@ -227,10 +226,8 @@ def test_plan_parsing_names_unknown_keys_and_refuses_what_the_daemon_cannot_run(
     assert plan.training.rounds == 5 and plan.gossip.mode == "sync" and not plan.secure.enabled
     with pytest.raises(PlanError, match="unknown key 'epochs'"):
         plan_from_table({**PLAN, "training": {"epochs": 3}})
-    for mode in DAEMON_MODES:  # sync and choco deploy
+    for mode in MODES:  # every mode the simulator runs deploys
         assert plan_from_table({**PLAN, "gossip": {"mode": mode}}).gossip.mode == mode
-    with pytest.raises(PlanError, match="daemon runs sync, choco only"):
-        plan_from_table({**PLAN, "gossip": {"mode": "async"}})
     with pytest.raises(PlanError, match=r"gossip\.mode must be one of"):
         plan_from_table({**PLAN, "gossip": {"mode": "flood"}})
     with pytest.raises(PlanError, match="input_shape"):
