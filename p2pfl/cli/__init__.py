@@ -7,7 +7,8 @@ scipy, the ledger and key libraries) happen inside its handlers, so
 
 Exit status: 0 done, 2 bad input (one line on stderr saying what and the fix),
 130 interrupted, 141 when the reader of standard output went away (``| head``):
-the rest of the output is dropped quietly, as a killed ``cat`` would.
+the rest of the output is dropped quietly, with no traceback (a table printed by
+rich meets the closed pipe in rich, which exits 1 as quietly).
 """
 
 from __future__ import annotations

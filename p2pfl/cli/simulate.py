@@ -135,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from p2pfl import provenance
-    from p2pfl.report import print_tables
+    from p2pfl.report import print_tables, write_plots
     from p2pfl.simulate import simulate
 
     if args.threads is not None:
@@ -163,8 +163,19 @@ def _run(args: argparse.Namespace) -> int:
         provenance.clear_simulation_crate(out)
         started = provenance.now()
         report = simulate(
-            scenario, out, engine=args.engine, progress=factory, write_plan=args.write_plan
+            scenario,
+            out,
+            engine=args.engine,
+            progress=factory,
+            write_plan=args.write_plan,
+            plots=False,
         )
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        print_tables(report, console)
+    sys.stdout.flush()  # the report shows now; the plots and the crate follow
+    write_plots(report, out)
     provenance.write_simulation_crate(
         out,
         scenario=dataclasses.replace(scenario, engine=args.engine or scenario.engine),
@@ -174,10 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         ended=provenance.now(),
         overrides=overrides,
     )
-    if args.json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    else:
-        print_tables(report, console)
+    if not args.json:
         console.print(
             f"Wrote {out}/metrics.json, scenario.toml, accuracy.png, consensus.png, model-*.pt, "
             "ro-crate-metadata.json"
