@@ -5,17 +5,19 @@ Each command runs as a fresh process (best of ``--repeat``, wall clock):
 1. ``python -c pass``: the interpreter floor;
 2. ``python -c "import torch"``: what torch alone costs to import;
 3. ``p2pfl --help``: the command's start-up (target: under 0.3 s);
-4. ``p2pfl simulate SCENARIO --json``: the whole run, split into the engine's own
-   training loop (the report's ``wall.total`` of each run) and the rest, outside training
-   (imports, data, baselines, writing metrics and plots; target: under 1.5 s for
-   ``simulations/tiny.toml``).
+4. ``p2pfl simulate SCENARIO --json``: the whole run, split into training (the engines'
+   runs, the report's ``wall.total``, and the baselines: pooled, local-only, personalised)
+   and the rest, outside training (imports, data, the first calls' warm-up, metrics, plots,
+   the crate; target: under 1.5 s for ``simulations/tiny.toml``), of which the plots.
 
     python simulations/bench/cli_startup_bench.py [--scenario simulations/tiny.toml]
 
 The commands run with ``python -m p2pfl`` from this interpreter, so the figures do not
-depend on where the ``p2pfl`` script is installed. Note the machine's load (``uptime``)
-beside the figures: other processes competing for the cores slow every line alike, which
-is why the ratios to the floor are printed too. It prints figures; it asserts nothing.
+depend on where the ``p2pfl`` script is installed; ``simulate`` runs through a few lines
+that time the baselines and the plots (``HARNESS``) and then call the command as is.
+Note the machine's load (printed first) beside the figures: other processes competing for
+the cores slow every line alike, which is why the ratios to the floor are printed too.
+It prints figures; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -33,30 +35,52 @@ HELP_TARGET_S = 0.3
 OUTSIDE_TRAINING_TARGET_S = 1.5
 
 
-def run_once(command: list[str]) -> tuple[float, str]:
-    """Wall seconds of one run of ``command`` and its standard output."""
+def run_once(command: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Wall seconds of one run of ``command``, and what it printed."""
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
-    return wall, done.stdout
+    return wall, done
 
 
 def best(command: list[str], repeat: int) -> float:
     return min(run_once(command)[0] for _ in range(repeat))
 
 
-def simulate(scenario: str, repeat: int) -> tuple[float, float]:
-    """Best wall time of ``p2pfl simulate --json`` and the engine time of that run."""
+HARNESS = """
+import json, sys, time
+import p2pfl.baselines, p2pfl.report
+spent = {"baselines": 0.0, "plots": 0.0}
+def timed(name, fn):
+    def call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[name] += time.perf_counter() - start
+    return call
+p2pfl.baselines.run_baselines = timed("baselines", p2pfl.baselines.run_baselines)
+p2pfl.report.plot_rounds = timed("plots", p2pfl.report.plot_rounds)
+from p2pfl.cli import main
+status = main(sys.argv[1:])
+print("BENCH " + json.dumps(spent), file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def simulate(scenario: str, repeat: int) -> tuple[float, float, float, float]:
+    """Best wall time of ``p2pfl simulate --json``: wall, engines, baselines, plots."""
     results = []
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as out:
-            command = [sys.executable, "-m", "p2pfl", "simulate", scenario, "--out", out, "--json"]
-            wall, stdout = run_once(command)
-        report = json.loads(stdout)
+            argv = ["simulate", scenario, "--out", out, "--json"]
+            wall, done = run_once([sys.executable, "-c", HARNESS, *argv])
+        report = json.loads(done.stdout)
+        spent = json.loads(done.stderr.rpartition("BENCH ")[2])
         engine = sum(run["wall"]["total"] for run in report["runs"])
-        results.append((wall, engine))
+        results.append((wall, engine, spent["baselines"], spent["plots"]))
     return min(results)
 
 
@@ -72,8 +96,8 @@ def main() -> None:
     floor = best([python, "-c", "pass"], args.repeat)
     torch_s = best([python, "-c", "import torch"], args.repeat)
     help_s = best([python, "-m", "p2pfl", "--help"], args.repeat)
-    wall, engine = simulate(str(Path(args.scenario)), args.repeat)
-    outside = wall - engine
+    wall, engine, baselines, plots = simulate(str(Path(args.scenario)), args.repeat)
+    outside = wall - engine - baselines
 
     def line(name: str, seconds: float, target: float | None = None) -> None:
         ratio = seconds / floor if floor > 0 else float("nan")
@@ -86,8 +110,10 @@ def main() -> None:
     line("python -c 'import torch'", torch_s)
     line("p2pfl --help", help_s, HELP_TARGET_S)
     line(f"p2pfl simulate {args.scenario}", wall)
-    line("  of which the engines' runs", engine)
+    line("  training: the engines' runs", engine)
+    line("  training: the baselines", baselines)
     line("  outside training", outside, OUTSIDE_TRAINING_TARGET_S)
+    line("    of which the plots", plots)
     print(f"  p2pfl --help / import torch: {help_s / torch_s:.2f}")
 
 
