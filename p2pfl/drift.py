@@ -50,14 +50,15 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from scipy import stats
-from torch import Tensor
 
 from p2pfl.errors import ConfigError
+
+if TYPE_CHECKING:  # torch and scipy.stats load on first use: a config only reads the section
+    import torch
+    from torch import Tensor
 
 KINDS = ("shift", "noise", "label-flip")
 DETECTORS = ("data", "labels", "loss")
@@ -247,6 +248,8 @@ class DriftMonitor:
 
     def _features(self, x: Tensor) -> np.ndarray:
         """The tested features of a bounded, seed-determined subset of the rows of ``x``."""
+        import torch
+
         rows = _rows(x.shape[0], self.config.reference_size, self._seed)
         with torch.no_grad():
             flat = x.detach()[torch.as_tensor(rows, device=x.device)].reshape(len(rows), -1)
@@ -290,6 +293,8 @@ class _DataDetector:
     def _test(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         last, statistics, p_values = self._last
         if not np.array_equal(features, last, equal_nan=True):
+            from scipy import stats
+
             result = stats.ks_2samp(self._reference, features, axis=0, method="asymp")
             statistics = np.atleast_1d(result.statistic)
             p_values = np.nan_to_num(np.atleast_1d(result.pvalue), nan=1.0)
@@ -316,6 +321,8 @@ class _LabelDetector:
         table = table[:, table.sum(axis=0) > 0]
         if table.shape[1] < 2:  # a single class on both sides: nothing to compare
             return None
+        from scipy import stats
+
         result = stats.chi2_contingency(table)
         fired = bool(result.pvalue < self._threshold)
         emit, self._armed = fired and self._armed, not fired
@@ -358,6 +365,8 @@ class _LossDetector:
         if not np.any(centred):
             value, p_value = math.inf, 0.0
         else:
+            from scipy import stats
+
             result = stats.ttest_ind([loss - mean], centred, alternative="greater")
             value, p_value = float(result.statistic), float(result.pvalue)
         if not p_value < self._threshold:
@@ -384,6 +393,8 @@ def inject_drift(
     if kind not in KINDS:
         raise ValueError(f"drift kind must be one of {', '.join(KINDS)}, not {kind!r}")
     _check_magnitude(kind, magnitude, "magnitude", ValueError)
+    import torch
+
     if kind == "label-flip":
         return x.clone(), _flip(y, magnitude, generator, n_classes)
     spread = x.std(dim=0, unbiased=False) if x.shape[0] > 1 else torch.zeros_like(x[0])
@@ -395,6 +406,8 @@ def inject_drift(
 
 
 def _flip(y: Tensor, fraction: float, generator: torch.Generator, n_classes: int | None) -> Tensor:
+    import torch
+
     classes = max(2, n_classes or (int(y.max()) + 1 if y.numel() else 2))
     n = y.shape[0]
     chosen = torch.randperm(n, generator=generator, device=generator.device)[: round(fraction * n)]

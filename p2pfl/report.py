@@ -1,7 +1,11 @@
 """What a simulation leaves behind: metrics.json, scenario.toml, plots, and terminal tables.
 
 The terminal tables: accuracy per run, per site and drift events, and, when a run
-used differential privacy, what it cost and what each node spent.
+used differential privacy, what it cost and what each node spent. ``print_table``
+shows every value and header whole: on a terminal the table fits its width (text
+wraps, never a cut ``1.77e…``), or, when even that does not fit, each row is
+printed as ``header: value`` lines; elsewhere (a pipe, a file) the table has its
+natural width. matplotlib loads only when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -9,37 +13,49 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tomli_w
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from p2pfl.atomic import atomic_write_bytes
-from p2pfl.scenario import Scenario, to_table
+
+if TYPE_CHECKING:
+    from p2pfl.scenario import Scenario
+
+PLOTS = ("accuracy.png", "consensus.png")
 
 
-def write_outputs(report: dict[str, Any], scenario: Scenario, out_dir: Path) -> None:
+def write_outputs(
+    report: dict[str, Any], scenario: Scenario, out_dir: Path, *, plots: bool = True
+) -> None:
+    """metrics.json and scenario.toml, and the plots unless ``plots`` is false."""
+    import tomli_w
+
+    from p2pfl.scenario import to_table
+
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "metrics.json", json.dumps(report, indent=2).encode())
     atomic_write_bytes(out_dir / "scenario.toml", tomli_w.dumps(to_table(scenario)).encode())
-    plot_rounds(
-        report, "acc_mean", "accuracy (mean over nodes, global test set)", out_dir / "accuracy.png"
-    )
-    plot_rounds(
-        report, "consensus", "consensus distance (RMS to the average)", out_dir / "consensus.png"
-    )
+    if plots:
+        write_plots(report, out_dir)
+
+
+def write_plots(report: dict[str, Any], out_dir: Path) -> None:
+    """accuracy.png and consensus.png: one line per run, over the rounds."""
+    accuracy, consensus = (out_dir / name for name in PLOTS)
+    plot_rounds(report, "acc_mean", "accuracy (mean over nodes, global test set)", accuracy)
+    plot_rounds(report, "consensus", "consensus distance (RMS to the average)", consensus)
 
 
 def plot_rounds(report: dict[str, Any], key: str, ylabel: str, path: Path) -> None:
     import io
 
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig = Figure(figsize=(7, 4.2), dpi=110)  # no pyplot: no backend, no global figure list
+    ax = fig.subplots()
     for run in report["runs"]:
         points = [(r["round"], r[key]) for r in run["rounds"] if r[key] is not None]
         if points:
@@ -60,8 +76,76 @@ def plot_rounds(report: dict[str, Any], key: str, ylabel: str, path: Path) -> No
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def print_table(console: Console, table: Table) -> None:
+    """``table`` with every value and header whole (see the module's docstring)."""
+    if not console.is_terminal:
+        wide = console.options.update_width(1 << 16)
+        width, console.width = (
+            console.width,
+            max(console.width, console.measure(table, options=wide).maximum),
+        )
+        try:
+            console.print(table)  # print(width=) cannot widen past the console's width
+        finally:
+            console.width = width
+        return
+    texts = [[str(column.header), *map(str, column.cells)] for column in table.columns]
+    natural = [max(len(text) for text in column) for column in texts]
+    words = [max((len(w) for text in column for w in text.split()), default=1) for column in texts]
+    widths = _fit(natural, words, console.width - _decoration(table))
+    if widths is None:  # a denser layout: one space between columns
+        table.box, table.show_edge, table.padding = box.SIMPLE_HEAD, False, (0, 0, 0, 0)
+        widths = _fit(natural, words, console.width - _decoration(table))
+    if widths is None:
+        _print_records(console, table)
+        return
+    for column, width in zip(table.columns, widths, strict=True):
+        column.width = width  # text wraps between words; a word or number stays whole
+        column.no_wrap = False
+        column.overflow = "fold"
+    console.print(table)
+
+
+def _decoration(table: Table) -> int:
+    """The columns of ``table``'s lines and padding, around its cells."""
+    n = len(table.columns)
+    _, right, _, left = table.padding
+    lines = 0 if table.box is None else n + 1 if table.show_edge else n - 1
+    return (left + right) * n + lines
+
+
+def _fit(natural: list[int], least: list[int], room: int) -> list[int] | None:
+    """Column widths within ``room``: the natural ones, the widest narrowed first; else None."""
+    widths = list(natural)
+    excess = sum(widths) - room
+    while excess > 0:
+        slack = [(w - low, i) for i, (w, low) in enumerate(zip(widths, least, strict=True))]
+        spare, widest = max(slack)
+        if spare <= 0:
+            return None
+        widths[widest] -= 1
+        excess -= 1
+    return widths
+
+
+def _print_records(console: Console, table: Table) -> None:
+    """Each row as ``header: value`` lines, for a terminal too narrow for the table."""
+    headers = [str(column.header) for column in table.columns]
+    cells = [[str(cell) for cell in column.cells] for column in table.columns]
+    pad = max(len(h) for h in headers)
+    if table.title:
+        console.print(table.title)
+    for row in zip(*cells, strict=True):
+        console.print()
+        for header, value in zip(headers, row, strict=True):
+            if value:
+                line = f"  {header:<{pad}}  {value}"
+                console.print(line, highlight=False, markup=False)
+    if table.caption:
+        console.print(table.caption)
 
 
 def pct(value: float | None) -> str:
@@ -109,7 +193,7 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
             "",
             "",
         )
-    console.print(table)
+    print_table(console, table)
     if any((run.get("privacy") or {}).get("mechanism", "none") != "none" for run in runs):
         print_privacy(report, console)
     for run in runs:
@@ -147,7 +231,7 @@ def _site_table(run: dict[str, Any], console: Console) -> None:
             pct(s["local"]),
             pct(s["personalised"]),
         )
-    console.print(table)
+    print_table(console, table)
     losers = [
         s["site"] for s in run["sites"] if s["local"] is not None and s["local"] > s["gossip"]
     ]
@@ -179,7 +263,7 @@ def _drift_table(run: dict[str, Any], console: Console) -> None:
             f"{float(e['p_value']):.2e}",
             f"{float(e['threshold']):.2e}",
         )
-    console.print(table)
+    print_table(console, table)
 
 
 # -- privacy ----------------------------------------------------------------------------
@@ -226,7 +310,7 @@ def print_privacy(report: dict[str, Any], console: Console) -> None:
             pct(acc),
             cost,
         )
-    console.print(table)
+    print_table(console, table)
     for run in runs:
         _node_table(run, console)
 
@@ -248,4 +332,4 @@ def _node_table(run: dict[str, Any], console: Console) -> None:
             f"{n['sample_rate']:.3g}",
             str(n["steps"]),
         )
-    console.print(table)
+    print_table(console, table)

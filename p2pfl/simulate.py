@@ -36,8 +36,13 @@ def simulate(
     engine: str | None = None,
     progress: ProgressFactory | None = None,
     write_plan: str | Path | None = None,
+    plots: bool = True,
 ) -> dict[str, Any]:
-    """Run every sweep value; ``write_plan``: also write the plan that deploys the run there."""
+    """Run every sweep value; ``write_plan``: also write the plan that deploys the run there.
+
+    ``plots=False`` leaves the plots to the caller (``p2pfl.report.write_plots``), which the
+    command does once the report is printed.
+    """
     if engine is not None:
         scenario = dataclasses.replace(scenario, engine=engine)
     data_cache: dict[str, Any] = {}
@@ -73,7 +78,7 @@ def simulate(
     if out_dir is not None:
         from p2pfl.report import write_outputs
 
-        write_outputs(report, scenario, Path(out_dir))
+        write_outputs(report, scenario, Path(out_dir), plots=plots)
     return report
 
 

@@ -1,17 +1,25 @@
 """The ``p2pfl`` command.
 
 Each command group lives in its own module with a ``register(subparsers)``
-function; a group's heavy imports (torch, matplotlib) happen inside its
-handlers, so ``p2pfl topology list`` starts fast.
+function; a group's imports beyond the standard library (torch, matplotlib,
+scipy, the ledger and key libraries) happen inside its handlers, so
+``p2pfl --help`` and ``p2pfl topology list`` start fast.
+
+Exit status: 0 done, 2 bad input (one line on stderr saying what and the fix),
+130 interrupted, 141 when the reader of standard output went away (``| head``):
+the rest of the output is dropped quietly, with no traceback (a table printed by
+rich meets the closed pipe in rich, which exits 1 as quietly).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
+from p2pfl import __version__
 from p2pfl.cli import audit, export, federation, keys, node, simulate, tls
 from p2pfl.cli import topology as topology_cli
 from p2pfl.errors import P2PFLError
@@ -28,23 +36,44 @@ def build_parser() -> argparse.ArgumentParser:
         description="Peer-to-peer decentralized learning with no central server.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"p2pfl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in _GROUPS:
         group.register(sub)
     return parser
 
 
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
-        return int(args.handler(args) or 0)
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        status = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return status
     except (P2PFLError, TopologyError, ProtocolError) as exc:
         print(f"p2pfl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _drop_stdout() -> None:
+    """Point standard output at the null device: what is still buffered goes nowhere.
+
+    Without it the interpreter's final flush meets the closed pipe again and prints
+    a traceback ("Exception ignored ... BrokenPipeError").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)

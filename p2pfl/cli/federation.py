@@ -21,15 +21,16 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from p2pfl.atomic import atomic_write_bytes
 from p2pfl.cli.keys import add_passphrase_argument, load_key_argument
 from p2pfl.errors import ConfigError, KeyFileError, LedgerFileError, P2PFLError
-from p2pfl.identity import Identity, check_public_keys
-from p2pfl.ledger_file import ledger_from_updates, load_ledger, save_ledger
-from protocols.ledger import Ledger
+
+if TYPE_CHECKING:  # the ledger (pycrdt) and key libraries load in the handlers, not for --help
+    from p2pfl.identity import Identity
+    from protocols.ledger import Ledger
 
 INVITATION_FORMAT = "p2pfl-invitation/1"
 MAX_INVITATION = 256 << 20
@@ -129,7 +130,9 @@ def _refuse_dates(value: object, path: str, where: str) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
+    from p2pfl.ledger_file import save_ledger
     from p2pfl.spec import plan_from_table
+    from protocols.ledger import Ledger
 
     identity = load_key_argument(args)
     plan = read_plan(args.plan)
@@ -160,6 +163,8 @@ def _require_admin(ledger: Ledger, identity: Identity, action: str) -> None:
 
 
 def _invite(args: argparse.Namespace) -> int:
+    from p2pfl.ledger_file import load_ledger, save_ledger
+
     identity = load_key_argument(args)
     ledger = load_ledger(args.ledger)
     newcomer = _read_public_keys(args.member)
@@ -195,6 +200,8 @@ def _invite(args: argparse.Namespace) -> int:
 
 
 def _read_public_keys(path: str) -> dict[str, str]:
+    from p2pfl.identity import check_public_keys
+
     try:
         document = json.loads(Path(path).read_bytes())
     except OSError as exc:
@@ -210,6 +217,8 @@ def _read_public_keys(path: str) -> dict[str, str]:
 
 
 def _join(args: argparse.Namespace) -> int:
+    from p2pfl.ledger_file import ledger_from_updates, save_ledger
+
     identity = load_key_argument(args)
     federation_id, member, snapshot = _read_invitation(args.invitation)
     if member != identity.node_id:
@@ -252,6 +261,8 @@ def _read_invitation(path: str) -> tuple[str, str, bytes]:
 
 
 def _approve(args: argparse.Namespace) -> int:
+    from p2pfl.ledger_file import load_ledger, save_ledger
+
     identity = load_key_argument(args)
     ledger = load_ledger(args.ledger)
     plan_hash = ledger.plan_hash()
@@ -266,6 +277,8 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from p2pfl.ledger_file import load_ledger, save_ledger
+
     identity = load_key_argument(args)
     ledger = load_ledger(args.ledger)
     _require_admin(ledger, identity, "revoke")
@@ -321,6 +334,8 @@ def summary(ledger: Ledger) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from p2pfl.ledger_file import load_ledger
+
     info = summary(load_ledger(args.ledger))
     if args.json:
         print(json.dumps(info, indent=2))

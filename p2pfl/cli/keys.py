@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from p2pfl.identity import (
-    Identity,
-    check_public_keys,
-    create_identity,
-    load_identity,
-    read_key_document,
-    read_passphrase_file,
-    save_identity,
-)
+if TYPE_CHECKING:  # the key libraries load when a command uses a key, not for --help
+    from p2pfl.identity import Identity
 
 DEFAULT_KEY_FILE = "p2pfl-node.key"
 
@@ -41,11 +35,15 @@ def add_passphrase_argument(parser: argparse.ArgumentParser, help_text: str) -> 
 
 def load_key_argument(args: argparse.Namespace) -> Identity:
     """The identity named by ``--key`` (and ``--passphrase-file``) of a command."""
+    from p2pfl.identity import load_identity, read_passphrase_file
+
     passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
     return load_identity(args.key, passphrase)
 
 
 def _init(args: argparse.Namespace) -> int:
+    from p2pfl.identity import create_identity, read_passphrase_file, save_identity
+
     passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
     identity = create_identity()
     save_identity(identity, args.out, passphrase)
@@ -56,6 +54,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from p2pfl.identity import check_public_keys, read_key_document
+
     public = check_public_keys(read_key_document(args.file))
     if args.json:
         print(json.dumps(public, indent=2))

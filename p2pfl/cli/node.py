@@ -16,8 +16,8 @@ only, without starting a node or sending anything: exit 0 when the data fit,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
+import errno
 import json
 import logging
 import os
@@ -111,6 +111,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from p2pfl.node.config import check_safe_settings, load_config
 
     config = load_config(args.config)
@@ -126,11 +128,29 @@ def _run(args: argparse.Namespace) -> int:
     except asyncio.CancelledError:
         log.info("stopped; the next start resumes from the last completed round")
         return 0
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigError(_address_in_use(args.config, config.node.listen)) from None
     log.info("finished: %d rounds completed", done)
     return 0
 
 
+def _address_in_use(config_file: str, listen: str) -> str:
+    """The one line ``node run`` prints when its listen port is taken, with the fix."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(listen).port
+    return (
+        f"{config_file}: cannot listen on {listen}: port {port} is in use (another node or "
+        f"program holds it; `ss -ltnp 'sport = :{port}'` shows which); stop it, or give this "
+        "node another port in [node] listen and the same address in its ledger record"
+    )
+
+
 async def _daemon(config: Any, rounds: int | None) -> int:
+    import asyncio
+
     from p2pfl.node.node import Node
 
     loop = asyncio.get_running_loop()

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from p2pfl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from p2pfl.scenario import Scenario
+
+SCENARIO_DIR = Path("simulations")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,25 +54,80 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def scenario_path(name: str) -> Path:
+    """The file ``name`` names: a path, or a bare NAME for ``simulations/NAME.toml``.
+
+    When there is none, the error suggests files that exist: close matches among the
+    scenarios of the folder looked in, or else the scenarios that are there.
+    """
     path = Path(name)
-    if path.exists():
+    if path.is_file():
         return path
-    named = Path("simulations") / f"{name}.toml"
-    if named.is_file():
-        return named
-    raise ConfigError(f"no scenario file {name!r} (nor {named})")
+    if path.is_dir():
+        raise ConfigError(f"{name} is a folder, not a scenario file")
+    bare = len(path.parts) == 1 and path.suffix == ""
+    if bare:
+        named = SCENARIO_DIR / f"{name}.toml"
+        if named.is_file():
+            return named
+    folder = SCENARIO_DIR if bare else path.parent
+    tried = f"{name!r}" + (f" (nor {SCENARIO_DIR / (name + '.toml')})" if bare else "")
+    raise ConfigError(f"no scenario file {tried}{_suggestions(folder, path.stem)}")
 
 
-def _overrides(items: list[str]) -> dict[str, object]:
+def _suggestions(folder: Path, stem: str) -> str:
+    shipped = sorted(p for p in folder.glob("*.toml") if p.is_file()) if folder.is_dir() else []
+    by_stem = {p.stem: p for p in shipped}
+    close = difflib.get_close_matches(stem, list(by_stem), n=3, cutoff=0.6)
+    if close:
+        return "; did you mean " + " or ".join(str(by_stem[c]) for c in close) + "?"
+    if shipped:
+        return "; scenarios that exist: " + ", ".join(str(p) for p in shipped)
+    if folder != SCENARIO_DIR:
+        return f"; {folder}/ holds no scenario{_suggestions(SCENARIO_DIR, stem)}"
+    return f"; {folder}/ holds no scenario"
+
+
+def _overrides(items: list[str]) -> list[tuple[str, str, Any]]:
+    """Each ``--set KEY=VALUE`` as ``(item, key, value)``, in the order given."""
     from p2pfl.scenario import parse_value
 
-    result: dict[str, object] = {}
+    result = []
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"--set needs KEY=VALUE, got {item!r}")
-        result[key.strip()] = parse_value(value.strip())
+        result.append((item, key.strip(), parse_value(value.strip())))
     return result
+
+
+def load(path: Path, items: list[str]) -> tuple[Scenario, dict[str, Any]]:
+    """The scenario of ``path`` with the ``--set`` overrides, and those overrides.
+
+    An error names where the bad key came from: the file when the file alone is wrong,
+    else the first ``--set`` that makes it wrong.
+    """
+    from p2pfl.scenario import load_table, scenario_from_table
+
+    parsed = _overrides(items)
+    overrides = {key: value for _, key, value in parsed}
+    table = load_table(path)
+    try:
+        return scenario_from_table(table, str(path), overrides), overrides
+    except ConfigError:
+        if not parsed:
+            raise
+        scenario_from_table(table, str(path))  # the file alone is wrong: its error says so
+    applied: dict[str, Any] = {}
+    for item, key, value in parsed:
+        applied[key] = value
+        try:
+            scenario_from_table(table, f"--set {item}", applied)
+        except ConfigError as exc:
+            message = str(exc)
+            if not message.startswith("--set "):
+                message = f"--set {item}: {message}"
+            raise ConfigError(message) from None
+    raise AssertionError("the overrides failed together but not one by one")  # unreachable
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -73,8 +135,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from p2pfl import provenance
-    from p2pfl.report import print_tables
-    from p2pfl.scenario import load_scenario
+    from p2pfl.report import print_tables, write_plots
     from p2pfl.simulate import simulate
 
     if args.threads is not None:
@@ -84,8 +145,7 @@ def _run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     path = scenario_path(args.scenario)
-    overrides = _overrides(args.overrides)
-    scenario = load_scenario(path, overrides)
+    scenario, overrides = load(path, args.overrides)
     out = args.out or Path("runs") / scenario.name
     console = Console(stderr=args.json)
     columns = (
@@ -103,8 +163,19 @@ def _run(args: argparse.Namespace) -> int:
         provenance.clear_simulation_crate(out)
         started = provenance.now()
         report = simulate(
-            scenario, out, engine=args.engine, progress=factory, write_plan=args.write_plan
+            scenario,
+            out,
+            engine=args.engine,
+            progress=factory,
+            write_plan=args.write_plan,
+            plots=False,
         )
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        print_tables(report, console)
+    sys.stdout.flush()  # the report shows now; the plots and the crate follow
+    write_plots(report, out)
     provenance.write_simulation_crate(
         out,
         scenario=dataclasses.replace(scenario, engine=args.engine or scenario.engine),
@@ -114,10 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         ended=provenance.now(),
         overrides=overrides,
     )
-    if args.json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    else:
-        print_tables(report, console)
+    if not args.json:
         console.print(
             f"Wrote {out}/metrics.json, scenario.toml, accuracy.png, consensus.png, model-*.pt, "
             "ro-crate-metadata.json"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from p2pfl.transport.tls import DEFAULT_HOSTS, certificate_fingerprint, make_self_signed
+# What ``p2pfl.transport.tls.DEFAULT_HOSTS`` holds, written out so that ``--help`` does not
+# import the transports (a test checks the two agree).
+DEFAULT_HOSTS_HELP = "localhost 127.0.0.1 ::1"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,13 +23,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         metavar="H",
         help="a host name or IP address the certificate names (repeatable; default "
-        + " ".join(DEFAULT_HOSTS)
+        + DEFAULT_HOSTS_HELP
         + ")",
     )
     init.set_defaults(handler=_init)
 
 
 def _init(args: argparse.Namespace) -> int:
+    from p2pfl.transport.tls import DEFAULT_HOSTS, certificate_fingerprint, make_self_signed
+
     files = make_self_signed(args.out, args.host or DEFAULT_HOSTS)
     print(f"wrote {files.cert_file}")
     print(f"wrote {files.key_file} (mode 600)")
