@@ -67,7 +67,7 @@ def secure_noise_graph(spec: RunSpec, graph: Graph) -> tuple[list[object], Calla
     def threshold_of(degree: int) -> int:
         return threshold_for(cfg, degree)
 
-    return [graph.topo.mixing(s) for s in spec.steps(graph.topo)], threshold_of
+    return [graph.topo.mixing(s) for s in graph.steps], threshold_of
 
 
 class Rehearsal:

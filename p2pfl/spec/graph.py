@@ -29,7 +29,7 @@ class Graph:
 
     roster: tuple[str, ...]
     topo: topology.Topology
-    rounds: int
+    steps: range  # the distinct steps of the schedule the run reaches (``RunSpec.steps``)
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     _hoods: dict[tuple[str, int], Neighbourhood] = field(
         default_factory=dict, compare=False, repr=False
@@ -42,7 +42,7 @@ class Graph:
         if len(set(roster)) != len(roster):
             raise ConfigError("the roster names a node twice")
         topo = spec.check(len(roster), list(roster))
-        graph = cls(roster, topo, spec.training.rounds)
+        graph = cls(roster, topo, spec.steps(topo))
         graph._index.update({name: i for i, name in enumerate(roster)})
         return graph
 
@@ -87,11 +87,8 @@ class Graph:
     def links_of(self, node: str) -> set[str]:
         """Everyone ``node`` exchanges with in some round the run reaches."""
         if node not in self._links:
-            steps = self.rounds if self.topo.time_varying else 1
-            if self.topo.time_varying and self.topo.period:
-                steps = min(steps, self.topo.period)
             peers: set[str] = set()
-            for step in range(steps):
+            for step in self.steps:
                 hood = self.neighbourhood(node, step)
                 peers |= set(hood.in_weights) | set(hood.out_shares)
             self._links[node] = frozenset(peers)

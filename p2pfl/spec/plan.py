@@ -28,9 +28,10 @@ before training (``p2pfl.node.data.check_local_data``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,29 +74,23 @@ class Plan(RunSpec):
         if self.members is not None:
             self.check_for(self.members)
 
-    def check_for(self, n: int, names: list[str] | None = None) -> None:
+    def check_for(self, n: int) -> None:
         """Refuse (``PlanError``) a plan that cannot run on ``n`` members, naming the step."""
-        if self.members is not None and n != self.members:
-            raise PlanError(f"the plan was made for {self.members} members, but the roster has {n}")
-        try:
-            self.check(n, names)
-        except PlanError:
-            raise
-        except ConfigError as exc:
-            raise PlanError(f"plan for {n} members: {exc}") from None
+        self._check_size(n)
+        with plan_errors(f"plan for {n} members: "):
+            self.check(n)
 
     def graph(self, roster: tuple[str, ...]) -> Graph:
         """The members' graph: roster sorted by node id, so every member computes the same."""
         if list(roster) != sorted(set(roster)):
             raise PlanError("the roster must be sorted node ids without repeats")
-        if self.members is not None and len(roster) != self.members:
-            self.check_for(len(roster))
-        try:
+        self._check_size(len(roster))
+        with plan_errors(f"plan for {len(roster)} members: "):
             return Graph.build(self, roster)
-        except PlanError:
-            raise
-        except ConfigError as exc:
-            raise PlanError(f"plan for {len(roster)} members: {exc}") from None
+
+    def _check_size(self, n: int) -> None:
+        if self.members is not None and n != self.members:
+            raise PlanError(f"the plan was made for {self.members} members, but the roster has {n}")
 
     def table(self) -> dict[str, Any]:
         """The plan as a TOML-ready table, every key explicit (its hash is the plan hash)."""
@@ -118,6 +113,17 @@ class Plan(RunSpec):
         return plan_hash(self.table())
 
 
+@contextlib.contextmanager
+def plan_errors(prefix: str = "") -> Iterator[None]:
+    """Any ``ConfigError`` inside (a section's check, a bad key) raised as a ``PlanError``."""
+    try:
+        yield
+    except PlanError:
+        raise
+    except ConfigError as exc:
+        raise PlanError(f"{prefix}{exc}") from None
+
+
 def _check_schema_fits(schema: Schema, data: PlanData) -> None:
     """A schema names one feature per input value, and the plan's classes if any."""
     size = math.prod(data.input_shape)
@@ -137,7 +143,7 @@ def plan_from_table(table: Mapping[str, Any] | None, where: str = "plan") -> Pla
     """The ``Plan`` of a plan table (the ledger's record, or a file); ``PlanError`` if bad."""
     if table is None:
         raise PlanError("the ledger holds no valid training plan yet")
-    try:
+    with plan_errors():  # the sections' own checks, unknown keys, bad types
         table = dict(table)
         schema_table_ = None
         if isinstance(table.get("data"), dict) and "schema" in table["data"]:
@@ -148,10 +154,6 @@ def plan_from_table(table: Mapping[str, Any] | None, where: str = "plan") -> Pla
             return plan
         schema = parse_schema(schema_table_, f"{where} [data.schema]")
         return dataclasses.replace(plan, data=dataclasses.replace(plan.data, schema=schema))
-    except PlanError:
-        raise
-    except ConfigError as exc:  # the sections' own checks, unknown keys, bad types
-        raise PlanError(str(exc)) from None
 
 
 def plan_of(
@@ -165,13 +167,9 @@ def plan_of(
     """The plan that deploys ``spec`` (a scenario's shared sections) for data of this shape."""
     shared = {name: getattr(spec, name) for name in SPEC_FIELDS}
     shared["privacy"] = dataclasses.replace(spec.privacy, opt_in=[])  # each site's own choice
-    try:
+    with plan_errors():
         return Plan(
             **shared,
             members=members,
             data=PlanData([int(d) for d in input_shape], int(num_classes), schema),
         )
-    except PlanError:
-        raise
-    except ConfigError as exc:
-        raise PlanError(str(exc)) from None
