@@ -6,20 +6,29 @@ that change in the forward pass, so ``torch.func.functional_call`` under
 deterministic for a ``seed`` and leaves the global torch RNG as it was.
 
 Built-ins (``MODELS``): ``logreg``, ``mlp`` and ``cnn``. Any other name of the
-form ``module:factory`` imports ``module`` and calls
-``factory(input_shape=..., num_classes=...)`` (plus ``hidden=...`` when given),
-which must return an ``nn.Module``.
+form ``module:factory`` imports ``module`` (``p2pfl.entrypoints``: first from
+the ``search`` folders, a scenario's own and the current one, then from
+``PYTHONPATH`` and the installed packages) and calls
+``factory(input_shape=..., num_classes=..., **kwargs)`` by keyword, with
+``[model] kwargs`` (plus ``hidden=...`` when given). It must return an
+``nn.Module`` whose parameters are float and whose output for a batch of
+``b`` samples is ``(b, num_classes)`` logits; since every engine trains with
+``torch.func.vmap`` over ``functional_call``, the new model is run that way
+once on a batch of zeros (with its gradient), and a model that cannot is
+refused here, with torch's reason, rather than in the middle of a run.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
 
+from p2pfl.entrypoints import is_reference, resolve
 from p2pfl.errors import ConfigError
 
 MODELS: dict[str, str] = {
@@ -41,8 +50,14 @@ def build_model(
     *,
     hidden: tuple[int, ...] | None = None,
     seed: int = 0,
+    kwargs: Mapping[str, Any] | None = None,
+    search: Sequence[str] = (),
 ) -> nn.Module:
-    """A freshly initialised model; the same arguments always give the same weights."""
+    """A freshly initialised model; the same arguments always give the same weights.
+
+    ``kwargs`` go to a ``module:factory`` of the user's (``[model] kwargs``), looked up
+    first in the ``search`` folders.
+    """
     input_shape = tuple(int(d) for d in input_shape)
     if not input_shape or any(d < 1 for d in input_shape):
         raise ConfigError(f"input_shape must be non-empty with positive sizes; got {input_shape}")
@@ -50,7 +65,11 @@ def build_model(
         raise ConfigError(f"num_classes must be at least 2; got {num_classes}")
     if hidden is not None and any(h < 1 for h in hidden):
         raise ConfigError(f"hidden layer sizes must be positive; got {hidden}")
-    factory = _factory(name)
+    if kwargs and not is_reference(name):
+        raise ConfigError(
+            f"[model] kwargs apply to a model of your own ('module:factory'), not to {name!r}"
+        )
+    factory = _factory(name, dict(kwargs or {}), search)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = factory(input_shape, num_classes, hidden)
@@ -62,39 +81,78 @@ def build_model(
             f"model {name!r} uses {', '.join(bad)}; models must have no BatchNorm or dropout "
             "so that they run under torch.func.functional_call and vmap"
         )
-    return model.to(torch.float32)
+    model = model.to(torch.float32)
+    if is_reference(name):
+        check_functional(model, name, input_shape, num_classes)
+    return model
 
 
 Factory = Callable[[tuple[int, ...], int, tuple[int, ...] | None], object]
 
 
-def _factory(name: str) -> Factory:
+def _factory(name: str, kwargs: dict[str, Any], search: Sequence[str]) -> Factory:
     builtins: dict[str, Factory] = {"logreg": _logreg, "mlp": _mlp, "cnn": _cnn}
     if name in builtins:
         return builtins[name]
-    if ":" not in name:
+    if not is_reference(name):
         raise ConfigError(
             f"unknown model {name!r}; built-ins: {', '.join(MODELS)}, "
             "or name your own as 'module:factory'"
         )
-    module_name, _, attribute = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"model {name!r}: cannot import module {module_name!r}: {exc}") from exc
-    user_factory = getattr(module, attribute, None)
-    if not callable(user_factory):
-        raise ConfigError(f"model {name!r}: module {module_name!r} has no callable {attribute!r}")
+    entry = resolve(name, "[model] name", search)
 
     def call(
         input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] | None
     ) -> object:
-        kwargs: dict[str, object] = {"input_shape": input_shape, "num_classes": num_classes}
+        given = {"input_shape": input_shape, "num_classes": num_classes, **kwargs}
         if hidden is not None:
-            kwargs["hidden"] = hidden
-        return user_factory(**kwargs)
+            given["hidden"] = hidden
+        try:
+            return entry.call(**given)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"[model] name {name!r} raised {exc!r}") from exc
 
     return call
+
+
+def check_functional(
+    model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int
+) -> None:
+    """Run ``model`` as the engines train it (two stacked copies, a batch of two zero samples,
+    ``vmap`` of ``grad`` of ``functional_call``); ``ConfigError`` saying why it cannot."""
+    named = dict(model.named_parameters())
+    if not named:
+        raise ConfigError(f"[model] name {name!r}: the model has no parameters to train")
+    params = {k: v.detach().unsqueeze(0).repeat(2, *([1] * v.dim())) for k, v in named.items()}
+    x = torch.zeros(2, 2, *input_shape)
+
+    def forward(p: dict[str, Tensor], xb: Tensor) -> Tensor:
+        out: Tensor = functional_call(model, p, (xb,))
+        return out
+
+    def total(p: dict[str, Tensor], xb: Tensor) -> Tensor:
+        return forward(p, xb).sum()
+
+    try:
+        out = vmap(forward)(params, x)
+        vmap(grad(total))(params, x)
+    except Exception as exc:
+        raise ConfigError(
+            f"[model] name {name!r} does not run under torch.func.vmap of functional_call, "
+            f"how every engine trains: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    if tuple(out.shape[1:]) != (2, num_classes):
+        raise ConfigError(
+            f"[model] name {name!r}: for 2 samples of shape {input_shape} the model returns "
+            f"shape {tuple(out.shape[1:])}; it must return logits of shape (2, {num_classes})"
+        )
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _logreg(

@@ -5,6 +5,11 @@ error naming the key and the file, and a value of the wrong type is an error
 naming the key, the type wanted and the value given. ``[sweep]`` maps dotted
 keys to lists of values: the scenario runs once per combination, side by side.
 ``--set key=value`` overrides any dotted key before validation.
+
+``[data] dataset`` and ``[model] name`` may name the user's own code as
+``module:function`` (docs/your-data.md); the module is looked up in the
+scenario file's folder, then the current directory, then ``PYTHONPATH`` and
+the installed packages (``search_folders``).
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl.datasets import FederatedData, load_federated
+from p2pfl.datasets.user import PER_SITE_PARTITION, load_user_data
 from p2pfl.drift import DriftSection
 from p2pfl.energy import EnergySection
+from p2pfl.entrypoints import CodeSource, is_reference, resolve
 from p2pfl.errors import ConfigError
 from p2pfl.spec import RunSpec
 from p2pfl.tables import build
@@ -27,6 +34,10 @@ from p2pfl.tables import build
 
 @dataclass(frozen=True)
 class DataSection:
+    """The federation's data: a built-in ``dataset`` (``p2pfl.datasets.DATASETS``) or
+    ``module:function`` of the user's own, called with ``args`` and ``kwargs``
+    (``p2pfl.datasets.user``); ``num_classes`` only applies to the latter."""
+
     dataset: str = "heart"
     partition: str = "natural"
     nodes: int = 4
@@ -36,6 +47,9 @@ class DataSection:
     max_train_samples: int | None = None
     max_test_samples: int | None = None
     data_dir: str | None = None
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,8 @@ class Scenario(RunSpec):
     baselines: BaselineSection = field(default_factory=BaselineSection)
     eval: EvalSection = field(default_factory=EvalSection)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
+    source_file: str | None = field(default=None, compare=False)
+    """The file the scenario was read from (not a key of it, nor part of its equality)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,9 +117,29 @@ class Scenario(RunSpec):
                 raise ConfigError(f"dropouts.schedule entries are [node, round] pairs, got {pair}")
 
 
+def search_folders(scenario: Scenario) -> list[str]:
+    """Where the scenario's own modules are looked up first: its file's folder, the current one."""
+    folders = [] if scenario.source_file is None else [str(Path(scenario.source_file).parent)]
+    folders.append(".")
+    resolved = [str(Path(f).resolve()) for f in folders]
+    return list(dict.fromkeys(resolved))
+
+
+def _where(scenario: Scenario) -> str:
+    return scenario.source_file or "scenario"
+
+
 def load_data(scenario: Scenario) -> FederatedData:
     """The scenario's federated data, split among its nodes as every engine sees it."""
     d = scenario.data
+    if is_reference(d.dataset):
+        return _user_data(scenario)
+    for name, value in (("args", d.args), ("kwargs", d.kwargs), ("num_classes", d.num_classes)):
+        if value:
+            raise ConfigError(
+                f"{_where(scenario)} [data] {name} applies to a dataset of your own "
+                f"('module:function'), not to {d.dataset!r}"
+            )
     return load_federated(
         d.dataset,
         d.nodes,
@@ -116,6 +152,67 @@ def load_data(scenario: Scenario) -> FederatedData:
         seed=scenario.seed,
         data_dir=d.data_dir,
     )
+
+
+def _user_data(scenario: Scenario) -> FederatedData:
+    d = scenario.data
+    key = f"{_where(scenario)} [data] dataset"
+    if d.data_dir is not None:
+        raise ConfigError(f"{_where(scenario)} [data] data_dir applies to fashion-mnist only")
+    user = load_user_data(
+        d.dataset,
+        d.args,
+        d.kwargs,
+        nodes=d.nodes,
+        num_classes=d.num_classes,
+        search=search_folders(scenario),
+        key=key,
+    )
+    if user.sites is not None:
+        if d.partition != PER_SITE_PARTITION:
+            raise ConfigError(
+                f"{key} {d.dataset!r} returned per-site data, which keep their own split: "
+                f"[data] partition must be {PER_SITE_PARTITION!r}, not {d.partition!r}"
+            )
+        for name in ("max_train_samples", "max_test_samples"):
+            if getattr(d, name) is not None:
+                raise ConfigError(
+                    f"{key} {d.dataset!r} returned per-site data: [data] {name} only applies "
+                    "to one dataset that the scenario partitions"
+                )
+        return user.sites
+    assert user.pooled is not None
+    if d.partition == PER_SITE_PARTITION:
+        raise ConfigError(
+            f"{key} {d.dataset!r} returned one dataset to partition: set [data] partition "
+            f"to iid, dirichlet or classes ({PER_SITE_PARTITION!r} needs per-site data)"
+        )
+    return load_federated(
+        user.pooled,
+        d.nodes,
+        d.partition,
+        alpha=d.alpha,
+        classes_per_node=d.classes_per_node,
+        test_fraction=d.test_fraction,
+        max_train_samples=d.max_train_samples,
+        max_test_samples=d.max_test_samples,
+        seed=scenario.seed,
+    )
+
+
+def user_code(scenario: Scenario) -> dict[str, dict[str, str]]:
+    """The scenario's own dataset loader and model factory: reference, file and SHA-256."""
+    found: dict[str, CodeSource] = {}
+    where = _where(scenario)
+    if is_reference(scenario.data.dataset):
+        found["dataset"] = resolve(
+            scenario.data.dataset, f"{where} [data] dataset", search_folders(scenario)
+        ).source
+    if is_reference(scenario.model.name):
+        found["model"] = resolve(
+            scenario.model.name, f"{where} [model] name", search_folders(scenario)
+        ).source
+    return {role: source.as_report() for role, source in found.items()}
 
 
 ENGINES = ("vectorized", "protocol", "processes")
@@ -152,25 +249,33 @@ def load_table(path: str | Path) -> dict[str, Any]:
 
 
 def scenario_from_table(
-    table: dict[str, Any], where: str = "scenario", overrides: dict[str, Any] | None = None
+    table: dict[str, Any],
+    where: str = "scenario",
+    overrides: dict[str, Any] | None = None,
+    *,
+    source_file: str | Path | None = None,
 ) -> Scenario:
+    """The scenario of ``table``; ``source_file``: the file it came from (where own modules
+    are looked up)."""
     table = _deep_copy(table)
     for key, value in (overrides or {}).items():
         _set_dotted(table, key, value)
-    scenario = build(Scenario, table, where)
+    scenario = build(Scenario, table, where, skip=frozenset({"source_file"}))
     for key in scenario.sweep:
         _check_sweep_key(key, where)
+    if source_file is not None:
+        scenario = dataclasses.replace(scenario, source_file=str(source_file))
     return scenario
 
 
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
-    return scenario_from_table(load_table(path), str(path), overrides)
+    return scenario_from_table(load_table(path), str(path), overrides, source_file=path)
 
 
 def _check_sweep_key(key: str, where: str) -> None:
     section, _, name = key.partition(".")
     fields = {f.name: f for f in dataclasses.fields(Scenario)}
-    if section not in fields or section == "sweep":
+    if section not in fields or section in ("sweep", "source_file"):
         raise ConfigError(f"{where} [sweep]: unknown key {key!r}")
     hint = typing.get_type_hints(Scenario)[section]
     if dataclasses.is_dataclass(hint):
@@ -194,12 +299,14 @@ def expand_sweep(scenario: Scenario, where: str = "scenario") -> list[tuple[str,
     runs = []
     for values in itertools.product(*(scenario.sweep[k] for k in keys)):
         label = ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
-        runs.append((label, scenario_from_table(base, where, dict(zip(keys, values, strict=True)))))
+        overrides = dict(zip(keys, values, strict=True))
+        run = scenario_from_table(base, where, overrides, source_file=scenario.source_file)
+        runs.append((label, run))
     return runs
 
 
 def to_table(scenario: Scenario) -> dict[str, Any]:
-    """The scenario as a TOML-ready table (None values left out)."""
+    """The scenario as a TOML-ready table (None values and ``source_file`` left out)."""
 
     def clean(obj: Any) -> Any:
         if isinstance(obj, dict):
@@ -207,4 +314,5 @@ def to_table(scenario: Scenario) -> dict[str, Any]:
         return obj
 
     result: dict[str, Any] = clean(dataclasses.asdict(scenario))
+    result.pop("source_file", None)
     return result

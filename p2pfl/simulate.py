@@ -21,8 +21,9 @@ from typing import Any
 from p2pfl import baselines as bl
 from p2pfl.engines import prepare, run_engine
 from p2pfl.engines.common import RunResult, Setup
+from p2pfl.entrypoints import is_reference
 from p2pfl.errors import ConfigError
-from p2pfl.scenario import Scenario, expand_sweep
+from p2pfl.scenario import Scenario, expand_sweep, user_code
 from p2pfl.spec import PlanError
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -94,8 +95,14 @@ def write_plan_file(setup: Setup, path: Path) -> bytes:
         f"# The training plan rehearsed by scenario {setup.scenario.name!r} "
         f"(p2pfl simulate --write-plan).\n"
         f"# Plan hash {digest.hex()}: what `p2pfl federation approve` signs.\n"
-        "# Every key is explicit; the hash covers the table, not these comments.\n\n"
+        "# Every key is explicit; the hash covers the table, not these comments.\n"
     )
+    if is_reference(plan.model.name):
+        header += (
+            f"# [model] name {plan.model.name!r} is your own factory: every site must be able\n"
+            "# to import its module (on PYTHONPATH or installed) with the same source.\n"
+        )
+    header += "\n"
     atomic_write_bytes(path, (header + tomli_w.dumps(plan.table())).encode())
     return digest
 
@@ -135,6 +142,7 @@ def _run_report(setup: Setup, result: RunResult, base: bl.Baselines) -> dict[str
             else "each node's model on the global test set"
         ),
         "plan": _plan_report(setup),
+        "user_code": user_code(setup.scenario),
         "sites": _site_rows(setup, result, base),
         "secure": _secure_report(setup, result),
         "privacy": _privacy_report(setup, result),

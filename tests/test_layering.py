@@ -51,6 +51,7 @@ TIERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "p2pfl.errors",
             "p2pfl.atomic",
             "p2pfl.tables",
+            "p2pfl.entrypoints",
             "p2pfl.identity",
             "p2pfl.ledger_file",
             "p2pfl.runcrate",

@@ -241,7 +241,9 @@ def _final_model(source: Path) -> tuple[bytes, dict[str, Any]]:
         )
     hidden = tuple(plan.model.hidden) if plan.model.hidden is not None else None
     shape = tuple(plan.data.input_shape)
-    model = build_model(plan.model.name, shape, plan.data.num_classes, hidden=hidden)
+    model = build_model(
+        plan.model.name, shape, plan.data.num_classes, hidden=hidden, kwargs=plan.model.kwargs
+    )
     load_flat_parameters(model, torch.from_numpy(ckpt.model.copy()))
     buffer = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)

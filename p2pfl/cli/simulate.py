@@ -112,7 +112,7 @@ def load(path: Path, items: list[str]) -> tuple[Scenario, dict[str, Any]]:
     overrides = {key: value for _, key, value in parsed}
     table = load_table(path)
     try:
-        return scenario_from_table(table, str(path), overrides), overrides
+        return scenario_from_table(table, str(path), overrides, source_file=path), overrides
     except ConfigError:
         if not parsed:
             raise

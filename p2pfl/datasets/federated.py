@@ -72,7 +72,10 @@ class FederatedData:
 def load_source(dataset: str, data_dir: str | os.PathLike[str] | None = None) -> Source:
     """The named dataset's rows; ``data_dir`` only applies to fashion-mnist."""
     if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")
+        raise ConfigError(
+            f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}, "
+            "or name your own loader as 'module:function'"
+        )
     if dataset == "fashion-mnist":
         return fashion_mnist_source(data_dir)
     if data_dir is not None:
@@ -86,7 +89,7 @@ def load_source(dataset: str, data_dir: str | os.PathLike[str] | None = None) ->
 
 
 def load_federated(
-    dataset: str,
+    dataset: str | Source,
     nodes: int,
     partition: str = "iid",
     *,
@@ -101,14 +104,15 @@ def load_federated(
 ) -> FederatedData:
     """Load ``dataset``, partition it among ``nodes`` nodes, and split every node's share.
 
-    Deterministic for a ``seed``. ``alpha`` is used by ``dirichlet``,
-    ``classes_per_node`` by ``classes``, ``min_samples_per_node`` (the fewest
+    ``dataset`` is a name of ``DATASETS`` or the ``Source`` of one (a scenario's own
+    dataset, ``p2pfl.datasets.user``). Deterministic for a ``seed``. ``alpha`` is used
+    by ``dirichlet``, ``classes_per_node`` by ``classes``, ``min_samples_per_node`` (the fewest
     samples a node may get before its own train/test split) by ``dirichlet``.
     Raises ``ConfigError`` for bad arguments and ``DataError`` when the data is
     missing or cannot be split as asked.
     """
     _check_arguments(partition, test_fraction, max_train_samples, max_test_samples)
-    source = load_source(dataset, data_dir)
+    source = dataset if isinstance(dataset, Source) else load_source(dataset, data_dir)
     if partition == "natural" and source.sites is None:
         raise ConfigError(
             f"partition 'natural' needs a dataset with real sites (heart); {dataset!r} has none"

@@ -20,7 +20,7 @@ from p2pfl.datasets import FederatedData
 from p2pfl.errors import ConfigError
 from p2pfl.models import build_model, flat_parameters
 from p2pfl.privacy.budget import Budget
-from p2pfl.scenario import Scenario, load_data
+from p2pfl.scenario import Scenario, load_data, search_folders
 from p2pfl.spec import (
     Graph,
     Plan,
@@ -99,7 +99,13 @@ def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
         data = load_data(scenario)
     hidden = tuple(scenario.model.hidden) if scenario.model.hidden is not None else None
     model = build_model(
-        scenario.model.name, data.input_shape, data.num_classes, hidden=hidden, seed=scenario.seed
+        scenario.model.name,
+        data.input_shape,
+        data.num_classes,
+        hidden=hidden,
+        seed=scenario.seed,
+        kwargs=scenario.model.kwargs,
+        search=search_folders(scenario),
     )
     graph = Graph.build(scenario, node_names(len(data.nodes)))
     _check_dropouts(scenario, graph.n)

@@ -9,7 +9,9 @@ loads its data with ``p2pfl.node.examples:scenario_node``, so it trains on
 exactly the rows the other engines give node i, and node i of the scenario is
 the i-th member by node id (the keys are sorted before they are assigned), so
 the topology and the batch order match too: in sync mode, with no straggler,
-the result equals the protocol engine's.
+the result equals the protocol engine's. A scenario's own dataset or model
+module is found by the daemons as by the simulator: the folders it is looked
+up in (the scenario's, the current one) lead their ``PYTHONPATH``.
 
 Metrics are read back from the daemons' per-round checkpoints and evaluated
 as the protocol engine does (global test set, consensus distance, bytes sent
@@ -39,13 +41,14 @@ import torch
 
 import p2pfl
 from p2pfl.engines.common import Progress, RoundRecord, RunResult, Setup, round_record
+from p2pfl.entrypoints import is_reference
 from p2pfl.errors import ConfigError, P2PFLError
 from p2pfl.identity import create_identity
 from p2pfl.ledger_file import load_ledger
 from p2pfl.node.bootstrap import Site, SiteFiles, local_federation
 from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint
 from p2pfl.node.status import read_status
-from p2pfl.scenario import to_table
+from p2pfl.scenario import search_folders, to_table
 from p2pfl.training import evaluate
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,7 @@ class Federation:
     sites: list[SiteFiles]
     scenario_file: Path
     procs: dict[int, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
+    python_path: list[str] = dataclasses.field(default_factory=list)
 
     def start(self, i: int) -> subprocess.Popen[bytes]:
         """Start (or restart) daemon ``i``; its output goes to ``node.log`` in its directory."""
@@ -95,7 +99,7 @@ class Federation:
         package_root = str(Path(p2pfl.__file__).resolve().parent.parent)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_root, env.get("PYTHONPATH", "")) if p
+            p for p in (*self.python_path, package_root, env.get("PYTHONPATH", "")) if p
         )
         with open(site.directory / "node.log", "ab") as out:
             proc = subprocess.Popen(
@@ -167,7 +171,9 @@ def prepare_federation(
         for i, (name, port) in enumerate(zip(setup.names(), ports, strict=True))
     ]
     files = local_federation(root, sites, plan, name=setup.scenario.name, identities=identities)
-    return Federation(root, files, scenario_file)
+    own = is_reference(setup.scenario.data.dataset) or is_reference(setup.scenario.model.name)
+    python_path = search_folders(setup.scenario) if own else []
+    return Federation(root, files, scenario_file, python_path=python_path)
 
 
 def _site_sections(setup: Setup, i: int) -> dict[str, dict[str, Any]]:

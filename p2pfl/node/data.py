@@ -15,6 +15,8 @@ models trained on it do. The shapes must match the plan's ``[data]`` section.
 
 An object may also carry ``feature_names`` (one per flattened input value):
 the plan's ``[data.schema]`` is then matched by name rather than by position.
+The function is found and its result read as a scenario's own dataset is
+(``p2pfl.entrypoints``, ``p2pfl.datasets.user``).
 ``check_local_data`` checks train and test sets against that schema before
 the node trains, and refuses the data with a count-only summary (never a
 value) of what does not fit.
@@ -22,15 +24,15 @@ value) of what does not fit.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from p2pfl import entrypoints
+from p2pfl.datasets.user import SPLITS, as_tensor, split_parts
 from p2pfl.errors import ConfigError, DataError
 from p2pfl.schema import Schema, SchemaReport, validate
 
@@ -45,16 +47,6 @@ class LocalData:
 
 
 @runtime_checkable
-class Splits(Protocol):
-    """What an entrypoint may return instead of a 4-tuple (``p2pfl.datasets.NodeData`` fits)."""
-
-    x_train: Any
-    y_train: Any
-    x_test: Any
-    y_test: Any
-
-
-@runtime_checkable
 class Named(Protocol):
     """Data that name their features (``[data.schema]`` is matched by name)."""
 
@@ -63,33 +55,7 @@ class Named(Protocol):
 
 def resolve(entrypoint: str) -> Any:
     """The callable named ``module:function``; ``ConfigError`` if it cannot be found."""
-    module_name, sep, attribute = entrypoint.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigError(f"[data] entrypoint {entrypoint!r} is not of the form module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"[data] entrypoint {entrypoint!r}: cannot import: {exc}") from None
-    function: Any = module
-    for part in attribute.split("."):
-        function = getattr(function, part, None)
-    if not callable(function):
-        raise ConfigError(f"[data] entrypoint {entrypoint!r}: {attribute!r} is not callable")
-    return function
-
-
-def _tensor(value: Any, name: str, dtype: torch.dtype) -> Tensor:
-    if isinstance(value, Tensor):
-        tensor = value.detach().cpu()
-    else:
-        try:
-            tensor = torch.from_numpy(np.array(value))
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"the data entrypoint's {name} is not an array: {exc}") from None
-    integral = not tensor.is_floating_point() or torch.equal(tensor, tensor.round())
-    if dtype == torch.int64 and not integral:
-        raise DataError(f"the data entrypoint's {name} holds non-integer labels")
-    return tensor.to(dtype).contiguous()
+    return entrypoints.resolve(entrypoint, "[data] entrypoint").function
 
 
 def load_local_data(
@@ -108,21 +74,18 @@ def load_local_data(
         raise
     except Exception as exc:
         raise DataError(f"the data entrypoint {entrypoint} failed: {exc!r}") from exc
-    names = ("x_train", "y_train", "x_test", "y_test")
-    feature_names = None
-    if isinstance(result, tuple | list) and len(result) == 4:
-        parts = list(result)
-    elif isinstance(result, Splits):
-        parts = [result.x_train, result.y_train, result.x_test, result.y_test]
-        if isinstance(result, Named):
-            feature_names = _feature_names(result.feature_names, entrypoint)
-    else:
+    parts = split_parts(result)
+    if parts is None:
         raise DataError(
             f"the data entrypoint {entrypoint} must return (x_train, y_train, x_test, y_test), "
             f"got {type(result).__name__}"
         )
-    x_train, x_test = (_tensor(parts[i], names[i], torch.float32) for i in (0, 2))
-    y_train, y_test = (_tensor(parts[i], names[i], torch.int64) for i in (1, 3))
+    feature_names = None
+    if not isinstance(result, tuple | list) and isinstance(result, Named):
+        feature_names = _feature_names(result.feature_names, entrypoint)
+    who = "the data entrypoint"
+    x_train, x_test = (as_tensor(parts[i], SPLITS[i], torch.float32, who) for i in (0, 2))
+    y_train, y_test = (as_tensor(parts[i], SPLITS[i], torch.int64, who) for i in (1, 3))
     shape = tuple(int(d) for d in input_shape)
     for x, y, which in ((x_train, y_train, "train"), (x_test, y_test, "test")):
         if x.shape[0] and tuple(x.shape[1:]) != shape:

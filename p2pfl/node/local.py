@@ -72,7 +72,12 @@ class Learner:
         shape = tuple(plan.data.input_shape)
         hidden = tuple(plan.model.hidden) if plan.model.hidden is not None else None
         model = build_model(
-            plan.model.name, shape, plan.data.num_classes, hidden=hidden, seed=plan.seed
+            plan.model.name,
+            shape,
+            plan.data.num_classes,
+            hidden=hidden,
+            seed=plan.seed,
+            kwargs=plan.model.kwargs,
         )
         initial = flat_parameters(model)  # a fresh vector, shared with nothing
         if resume is not None:

@@ -69,6 +69,7 @@ def write_simulation_crate(
     for key, value in (overrides or {}).items():
         objects.append(add_value(crate, f"#set-{key}", f"--set {key}", value))
     objects += _topologies(crate, expand_sweep(scenario))
+    objects += _user_code(crate, report)
     results = [
         add_file(crate, out / "scenario.toml", "scenario.toml", "the scenario as run"),
         add_file(crate, out / "metrics.json", "metrics.json", "metrics per run and round"),
@@ -143,6 +144,40 @@ def _topologies(crate: ROCrate, runs: Iterable[tuple[str, Scenario]]) -> list[An
                 alternate=str(graph),
             )
         )
+    return entities
+
+
+def _user_code(crate: ROCrate, report: Mapping[str, Any]) -> list[Any]:
+    """The user's own dataset loader and model factory: each module's file, copied into
+    ``inputs/``, and its ``module:function`` with the file's SHA-256 as a ``PropertyValue``."""
+    entities = []
+    files: dict[str, Any] = {}
+    seen: set[tuple[str, str]] = set()
+    for run in report["runs"]:
+        for role, code in sorted(run.get("user_code", {}).items()):
+            if (role, code["reference"]) in seen:
+                continue
+            seen.add((role, code["reference"]))
+            ident = f"#user-{role}-{len(seen)}"
+            entities.append(
+                add_value(
+                    crate,
+                    ident,
+                    f"user {role}",
+                    code,
+                    "module:function of the user's own code, its file and the file's SHA-256",
+                )
+            )
+            path = code["file"]
+            if path and path not in files and Path(path).is_file():
+                files[path] = add_file(
+                    crate,
+                    Path(path),
+                    _input_name(crate, Path(path)),
+                    f"source of the user {role} {code['reference']} (sha256 {code['sha256']})",
+                    alternate=path,
+                )
+                entities.append(files[path])
     return entities
 
 

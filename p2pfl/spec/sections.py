@@ -9,6 +9,7 @@ virtual ones on the protocol engine's clock, real ones in a daemon.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from p2pfl.errors import ConfigError
 
@@ -19,8 +20,13 @@ COMPRESSIONS = ("none", "quantize", "topk")
 
 @dataclass(frozen=True)
 class ModelSection:
+    """A built-in model (``p2pfl.models.MODELS``) or ``module:factory`` of the user's own,
+    called with ``kwargs`` (docs/your-data.md). A plan that names one needs the module
+    importable at every site."""
+
     name: str = "logreg"
     hidden: list[int] | None = None
+    kwargs: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
