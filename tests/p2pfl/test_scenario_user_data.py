@@ -529,3 +529,21 @@ def test_the_processes_engine_gives_its_daemons_the_folders_searched(own, monkey
     federation.start(0)
     path = started[0]["PYTHONPATH"].split(os.pathsep)
     assert path[:2] == [str(folder.resolve()), str(Path.cwd().resolve())]
+
+
+def test_every_run_of_a_sweep_looks_in_the_scenario_folder(own) -> None:
+    from p2pfl.scenario import expand_sweep
+
+    write_module(own, "own_sweep", TABULAR)
+    path = own[0] / "sweep.toml"
+    path.write_text(
+        '[data]\ndataset = "own_sweep:load"\npartition = "iid"\n'
+        '[sweep]\n"data.kwargs" = [{ n = 40 }, { n = 60 }]\n'
+    )
+    runs = expand_sweep(load_scenario(path))
+    sizes = [
+        sum(nd.x_train.shape[0] + nd.x_test.shape[0] for nd in load_data(sc).nodes)
+        for _, sc in runs
+    ]
+    assert sizes == [40, 60]
+    assert {sc.source_file for _, sc in runs} == {str(path)}
