@@ -67,7 +67,11 @@ def is_reference(name: str) -> bool:
 
 @contextlib.contextmanager
 def search_path(folders: Sequence[str | Path]) -> Iterator[None]:
-    """``folders`` first on ``sys.path`` inside the block, ``sys.path`` restored after it."""
+    """``folders`` first on ``sys.path`` inside the block, ``sys.path`` restored after it
+    (left alone when there are none, as for a daemon's entrypoint)."""
+    if not folders:
+        yield
+        return
     saved = list(sys.path)
     sys.path[:0] = [str(Path(f).resolve()) for f in folders]
     try:
