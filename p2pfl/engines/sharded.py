@@ -37,11 +37,11 @@ from p2pfl.engines.common import Progress, RoundRecord, RunResult, Setup
 from p2pfl.engines.halo import StepHalo, exchange, step_halo
 from p2pfl.engines.privacy import delta_noise, make_trainer, norm_summary
 from p2pfl.engines.secure_shards import ShardSecureMixer
+from p2pfl.engines.uniforms import NodeUniforms
 from p2pfl.engines.vectorized import (
     COMPRESS_ELEMENTS,
-    NodeUniforms,
-    _bytes_sent,
     block_columns,
+    bytes_sent,
     choco_copies_update,
 )
 from p2pfl.engines.world import World, check_same, scenario_digest
@@ -277,7 +277,7 @@ def _round_record(
         acc_max=None if accs is None else float(accs.max()),
         loss_mean=None if losses is None else float(losses.mean()),
         consensus=consensus,
-        bytes_per_node=_bytes_sent(setup, r),
+        bytes_per_node=bytes_sent(setup, r),
         wall=wall,
         train_seconds=train_all,
     )

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -47,7 +47,8 @@ from p2pfl.engines.privacy import (
     private_summary,
     site_metrics,
 )
-from p2pfl.training import derived_seed, evaluate, nodes_per_call, stack_order
+from p2pfl.engines.uniforms import NodeUniforms
+from p2pfl.training import evaluate, nodes_per_call, stack_order
 from protocols.compression import Compressor, make_compressor
 from protocols.mixing import choco_step, combine, push_sum_absorb, push_sum_model
 from protocols.secagg import RoundContext, SecAggConfig
@@ -91,40 +92,6 @@ def mix_into(w: Tensor, x: Tensor, out: Tensor, block: int) -> None:
     """out <- W x, column block by column block, into preallocated memory."""
     for a in range(0, x.shape[1], block):
         torch.mm(w, x[:, a : a + block], out=out[:, a : a + block])
-
-
-COMPRESSION_PURPOSE = 17
-"""Tag of the compression draws among a node's derived seeds (``derived_seed``)."""
-
-
-class NodeUniforms:
-    """Each node's own stream of uniforms for stochastic compression, seeded per round.
-
-    Node ``i`` draws from a generator seeded by (seed, i, round), so what it draws
-    depends neither on its place in the stack nor on which process holds it: a
-    sharded run draws the single-process run's numbers.
-    """
-
-    def __init__(self, seed: int, node_ids: Sequence[int], device: torch.device) -> None:
-        self.seed, self.node_ids, self.device = seed, list(node_ids), device
-        self._gens = [torch.Generator(device=device) for _ in self.node_ids]
-
-    def start_round(self, round: int) -> None:
-        for gen, node in zip(self._gens, self.node_ids, strict=True):
-            gen.manual_seed(derived_seed(self.seed, node, round, COMPRESSION_PURPOSE))
-
-    def rows(self, start: int, stop: int) -> Callable[[tuple[int, ...]], Tensor]:
-        """The draw function of rows ``start:stop``: one row of uniforms per node."""
-
-        def draw(shape: tuple[int, ...]) -> Tensor:
-            return torch.stack(
-                [
-                    torch.rand(shape[1:], generator=g, device=self.device)
-                    for g in self._gens[start:stop]
-                ]
-            )
-
-        return draw
 
 
 def choco_copies_update(
@@ -339,7 +306,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         t_train += t1 - t0
         t_mix += t2 - t1
         t_eval += t3 - t2
-        sent = _bytes_sent(setup, r)
+        sent = bytes_sent(setup, r)
         records.append(round_record(r, acc, loss, params, sent, t3 - t0, aggregate, t1 - t0))
         if progress:
             progress(r + 1)
@@ -416,7 +383,7 @@ def _masked_input_bytes(setup: Setup, round: int) -> float:
     return total / setup.n
 
 
-def _bytes_sent(setup: Setup, round: int) -> float:
+def bytes_sent(setup: Setup, round: int) -> float:
     """Mean bytes a node sends in ``round``: its out-degree times its frame size."""
     if setup.scenario.secure.enabled:
         return _masked_input_bytes(setup, round)

@@ -6,7 +6,8 @@ of ``CELLS`` it runs the scenario sharded and rank 0 saves the final
 parameters (node order) as ``OUT/<cell>.pt``; it also mixes a fixed stack of
 rows once with the sharded secure mixer (``OUT/secure-mix-<topology>.pt``), and
 checks that a scenario differing between ranks is refused on every rank
-(``OUT/mismatch-<rank>.txt`` holds the error).
+(``OUT/mismatch-<rank>.txt`` holds the error); last, each rank runs the
+command ``p2pfl simulate`` (``CLI``) into ``OUT/cli-<rank>``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from p2pfl import cli
 from p2pfl.engines import prepare, sharded
 from p2pfl.engines.common import Setup
 from p2pfl.engines.halo import step_halo
@@ -57,6 +59,10 @@ CELLS["secure-dropout-regular"] = {
     "secure.enabled": True,
     "dropouts.schedule": [[3, 1]],
 }
+
+
+CLI = ["simulate", str(TINY), "--engine", "vectorized", "--threads", "1"]
+CLI += ["--set", "data.nodes=12", "--set", "training.rounds=2", "--set", "device=cpu"]
 
 
 def scenario(cell: str) -> Scenario:
@@ -108,6 +114,8 @@ def main(out: Path) -> None:
         except ConfigError as exc:
             message = str(exc)
         (out / f"mismatch-{world.rank}.txt").write_text(message)
+        status = cli.main([*CLI, "--out", str(out / f"cli-{world.rank}")])  # leaves the group
+        (out / f"cli-status-{world.rank}.txt").write_text(str(status))
     finally:
         leave()
 

@@ -14,6 +14,7 @@ and the refusals are tested in this process, without a process group.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -129,6 +130,22 @@ def test_a_scenario_that_differs_between_ranks_is_refused_on_every_rank(job: Pat
     for rank in range(RANKS):
         message = (job / f"mismatch-{rank}.txt").read_text()
         assert "did not load the same scenario" in message, message
+
+
+def test_the_command_writes_on_rank_0_only_and_records_the_world(job: Path) -> None:
+    assert [(job / f"cli-status-{r}.txt").read_text() for r in range(RANKS)] == ["0"] * RANKS
+    assert not (job / "cli-1").exists() or not any((job / "cli-1").iterdir())
+    report = json.loads((job / "cli-0" / "metrics.json").read_text())
+    assert report["world"]["size"] == RANKS and len(report["world"]["devices"]) == RANKS
+    assert report["world"]["backend"] == "gloo"
+    assert report["runs"][0]["extra"]["sharded"]["cut_edges"] == 2  # tiny.toml is a ring
+    assert report["runs"][0]["nodes"] == 12 and len(report["runs"][0]["rounds"]) == 2
+    crate = json.loads((job / "cli-0" / "ro-crate-metadata.json").read_text())["@graph"]
+    values = {e.get("name"): e.get("value") for e in crate if e.get("@type") == "PropertyValue"}
+    assert values["world size"] == RANKS
+    assert values["devices"] == ", ".join(report["world"]["devices"])
+    for name in ("accuracy.png", "consensus.png", "model-base.pt", "scenario.toml"):
+        assert (job / "cli-0" / name).is_file(), name
 
 
 # -- in this process: the halo's maths, the launcher, the refusals -------------------------
