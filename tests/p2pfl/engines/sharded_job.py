@@ -53,6 +53,8 @@ MODES: dict[str, dict[str, Any]] = {
 CELLS = {
     f"{m}-{t}": {**BASE, **tv, **mv} for t, tv in TOPOLOGIES.items() for m, mv in MODES.items()
 }
+CELLS["sync-per-round"] = {**BASE, "topology.kind": "random-regular-per-round"}  # time-varying
+CELLS["async-directed"] = {**BASE, "topology.kind": "exponential-directed", "gossip.mode": "async"}
 CELLS["secure-dropout-regular"] = {
     **BASE,
     **TOPOLOGIES["regular"],

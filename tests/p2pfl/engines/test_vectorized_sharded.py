@@ -3,7 +3,8 @@
 One job of two ranks (``sharded_job.py``, started here with the torchrun
 variables on 127.0.0.1 and a free port, bounded in time) runs every cell:
 sync, CHOCO (quantize and top-k), push-sum and secure mode (with and without a
-scheduled dropout), on a ring and on a random 4-regular graph of 12 nodes. Each
+scheduled dropout), on a ring and on a random 4-regular graph of 12 nodes, and
+sync on a graph drawn anew each round, push-sum on a directed graph. Each
 cell's final parameters must match the single-process vectorized engine to 1e-5
 relative; one secure mix of fixed rows must match the single-process secure mix
 bit for bit; a scenario that differs between the ranks must be refused on both.
