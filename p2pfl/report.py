@@ -199,6 +199,28 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
     for run in runs:
         _site_table(run, console)
         _drift_table(run, console)
+    if report.get("world"):
+        print_world(report, console)
+
+
+def print_world(report: dict[str, Any], console: Console) -> None:
+    """A sharded run: the ranks, the partition's cut edges and the bytes between ranks."""
+    world = report["world"]
+    console.print(
+        f"sharded over {world['size']} ranks ({world['backend']}): {', '.join(world['devices'])}",
+        soft_wrap=True,
+    )
+    for run in report["runs"]:
+        shard = run["extra"].get("sharded")
+        if shard is None:
+            continue
+        console.print(
+            f"  {run['label']}: {shard['partition']} partition, blocks of "
+            f"{min(shard['block_sizes'])}-{max(shard['block_sizes'])} nodes, "
+            f"{shard['cut_edges']} cut edges, "
+            f"{shard['rank_bytes_per_round'] / 1e6:.3f} MB between ranks per round",
+            soft_wrap=True,
+        )
 
 
 def run_names(labels: list[str]) -> tuple[str, list[str]]:

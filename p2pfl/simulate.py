@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl import baselines as bl
-from p2pfl.engines import prepare, run_engine
+from p2pfl.engines import prepare, run_engine, sharded
 from p2pfl.engines.common import RunResult, Setup
+from p2pfl.engines.world import World
 from p2pfl.entrypoints import is_reference
 from p2pfl.errors import ConfigError
 from p2pfl.scenario import Scenario, expand_sweep, user_code
@@ -38,14 +39,22 @@ def simulate(
     progress: ProgressFactory | None = None,
     write_plan: str | Path | None = None,
     plots: bool = True,
+    world: World | None = None,
 ) -> dict[str, Any]:
     """Run every sweep value; ``write_plan``: also write the plan that deploys the run there.
 
     ``plots=False`` leaves the plots to the caller (``p2pfl.report.write_plots``), which the
-    command does once the report is printed.
+    command does once the report is printed. ``world``: this process is one rank of a
+    sharded run (``p2pfl.engines.world``); every rank calls ``simulate`` with the same
+    scenario, rank 0 returns the report and writes the files, the others return an
+    empty dict and write nothing.
     """
     if engine is not None:
         scenario = dataclasses.replace(scenario, engine=engine)
+    if world is not None:
+        _check_world(scenario, world)
+    writes = world is None or world.leader
+    world_report = _world_report(world) if world is not None else None
     data_cache: dict[str, Any] = {}
     baseline_cache: dict[str, bl.Baselines] = {}
     runs = []
@@ -60,27 +69,49 @@ def simulate(
         key = repr(sc.data) + str(sc.seed)
         setup = prepare(sc, data_cache.get(key))
         data_cache[key] = setup.data
-        if write_plan is not None:
+        if write_plan is not None and writes:
             write_plan_file(setup, Path(write_plan))
-        callback = progress(label, sc.training.rounds) if progress else None
-        result = run_engine(sc.engine, setup, label, callback)
+        callback = progress(label, sc.training.rounds) if progress and writes else None
+        if world is None:
+            result = run_engine(sc.engine, setup, label, callback)
+        else:
+            shard_result = sharded.run(setup, label, world, callback)
+            if shard_result is None:
+                continue
+            result = shard_result
         base_key = key + repr(sc.model) + repr(sc.training) + repr(sc.baselines)
         if base_key not in baseline_cache:
             baseline_cache[base_key] = bl.run_baselines(setup)
         runs.append(_run_report(setup, result, baseline_cache[base_key]))
         if out_dir is not None:
             _save_model(setup, result, Path(out_dir))
+    if not writes:
+        return {}
     report = {
         "scenario": scenario.name,
         "engine": scenario.engine,
         "seed": scenario.seed,
         "runs": runs,
+        **({"world": world_report} if world is not None else {}),
     }
     if out_dir is not None:
         from p2pfl.report import write_outputs
 
         write_outputs(report, scenario, Path(out_dir), plots=plots)
     return report
+
+
+def _check_world(scenario: Scenario, world: World) -> None:
+    """A sharded run: the vectorized engine, and the same scenario on every rank."""
+    from p2pfl.engines.world import check_same, scenario_digest
+    from p2pfl.scenario import to_table
+
+    if scenario.engine != "vectorized":
+        raise ConfigError(
+            f"only the vectorized engine runs sharded over ranks, not {scenario.engine!r}: "
+            "use --engine vectorized, or start one process"
+        )
+    check_same(world, scenario_digest(to_table(scenario)))
 
 
 def write_plan_file(setup: Setup, path: Path) -> bytes:
@@ -105,6 +136,12 @@ def write_plan_file(setup: Setup, path: Path) -> bytes:
     header += "\n"
     atomic_write_bytes(path, (header + tomli_w.dumps(plan.table())).encode())
     return digest
+
+
+def _world_report(world: World) -> dict[str, Any]:
+    from p2pfl.engines.world import devices
+
+    return {"size": world.size, "backend": world.backend, "devices": devices(world)}
 
 
 def _run_report(setup: Setup, result: RunResult, base: bl.Baselines) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from p2pfl.errors import ConfigError
 
 if TYPE_CHECKING:
+    from p2pfl.engines.world import World
     from p2pfl.scenario import Scenario
 
 SCENARIO_DIR = Path("simulations")
@@ -131,13 +132,6 @@ def load(path: Path, items: list[str]) -> tuple[Scenario, dict[str, Any]]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from p2pfl import provenance
-    from p2pfl.report import print_tables, write_plots
-    from p2pfl.simulate import simulate
-
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError("--threads must be at least 1")
@@ -146,21 +140,59 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     path = scenario_path(args.scenario)
     scenario, overrides = load(path, args.overrides)
+    world = _join(scenario)
+    try:
+        return _simulate(args, path, scenario, overrides, world)
+    finally:
+        if world is not None:
+            from p2pfl.engines.world import leave
+
+            leave()
+
+
+def _join(scenario: Scenario) -> World | None:
+    """This process's rank when torchrun or srun started several; None for a plain run."""
+    import os
+
+    from p2pfl.engines.world import join, placement
+
+    where = placement(os.environ)
+    if where is None or where.size == 1:
+        return None
+    return join(where, scenario.device)
+
+
+def _simulate(
+    args: argparse.Namespace,
+    path: Path,
+    scenario: Scenario,
+    overrides: dict[str, Any],
+    world: World | None,
+) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from p2pfl import provenance
+    from p2pfl.report import print_tables, write_plots
+    from p2pfl.simulate import simulate
+
+    leader = world is None or world.leader
     out = args.out or Path("runs") / scenario.name
-    console = Console(stderr=args.json)
+    console = Console(stderr=args.json, quiet=not leader)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=console, transient=False, disable=not leader) as bar:
 
         def factory(label: str, rounds: int):  # type: ignore[no-untyped-def]
             task = bar.add_task(f"{label} ({args.engine or scenario.engine})", total=rounds)
             return lambda done: bar.update(task, completed=done)
 
-        provenance.clear_simulation_crate(out)
+        if leader:
+            provenance.clear_simulation_crate(out)
         started = provenance.now()
         report = simulate(
             scenario,
@@ -169,7 +201,10 @@ def _run(args: argparse.Namespace) -> int:
             progress=factory,
             write_plan=args.write_plan,
             plots=False,
+            world=world,
         )
+    if not leader:
+        return 0
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:

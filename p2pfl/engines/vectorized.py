@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor
 
@@ -45,10 +47,11 @@ from p2pfl.engines.privacy import (
     private_summary,
     site_metrics,
 )
+from p2pfl.engines.uniforms import NodeUniforms
 from p2pfl.training import evaluate, nodes_per_call, stack_order
 from protocols.compression import Compressor, make_compressor
 from protocols.mixing import choco_step, combine, push_sum_absorb, push_sum_model
-from protocols.secagg import RoundContext
+from protocols.secagg import RoundContext, SecAggConfig
 from protocols.secagg.fixedpoint import decode_sum, fixed_codes, is_fast
 from protocols.secagg.graph import is_connected
 
@@ -61,7 +64,12 @@ in cache; measured 2-4x faster than all 32 rows of 235k at once on a 2-core CPU.
 
 def to_torch_csr(matrix: object, order: list[int], device: torch.device) -> Tensor:
     """A scipy sparse matrix, rows and columns permuted to stack order, as torch CSR float32."""
-    csr = matrix[order][:, order].tocsr()  # type: ignore[index]
+    return csr_to_torch(matrix[order][:, order], device)  # type: ignore[index]
+
+
+def csr_to_torch(matrix: object, device: torch.device) -> Tensor:
+    """A scipy sparse matrix as a torch CSR float32 tensor on ``device``."""
+    csr = sp.csr_array(matrix)
     csr.sort_indices()
     with warnings.catch_warnings():
         # torch flags all of sparse CSR as "beta"; the one product used here is tested.
@@ -87,20 +95,19 @@ def mix_into(w: Tensor, x: Tensor, out: Tensor, block: int) -> None:
 
 
 def choco_copies_update(
-    copies: Tensor, params: Tensor, compressor: Compressor, gen: torch.Generator, rows: int
+    copies: Tensor, params: Tensor, compressor: Compressor, uniforms: NodeUniforms, rows: int
 ) -> None:
     """Error feedback on every row: copies += Q(params - copies), ``rows`` rows at a time.
 
-    Q is the cores' own compressor (``Compressor.approximate``), drawing its
-    uniforms from ``gen``; chunks of rows bound its float64 temporaries.
+    Q is the cores' own compressor (``Compressor.approximate``), drawing each row's
+    uniforms from that node's stream (``uniforms``, started for the round); chunks of
+    rows bound its float64 temporaries.
     """
-
-    def draw(shape: tuple[int, ...]) -> Tensor:
-        return torch.rand(shape, generator=gen, device=params.device)
-
     for a in range(0, params.shape[0], rows):
         part = slice(a, a + rows)
-        copies[part] += compressor.approximate(params[part] - copies[part], draw)
+        copies[part] += compressor.approximate(
+            params[part] - copies[part], uniforms.rows(a, a + copies[part].shape[0])
+        )
 
 
 class SecureMixer:
@@ -171,15 +178,37 @@ class SecureMixer:
     def _completes(
         self, r: int, i: int, nbrs: list[tuple[int, float]], alive: list[tuple[int, float]]
     ) -> bool:
-        """What the receiver's protocol core decides: enough survivors, masks still connected."""
-        names = self.setup.names()
-        name = names[self.order[i]]
-        hood = tuple(sorted(names[self.order[j]] for j, _ in nbrs))
-        ctx = RoundContext(self.federation, r, name, hood, self.cfg)
-        if len(alive) < ctx.threshold:
-            return False
-        survivors = [names[self.order[j]] for j, _ in alive]
-        return self.cfg.sparse_k is None or is_connected(ctx.partners(hood), survivors)
+        node = self.order
+        return completes(
+            self.setup,
+            self.cfg,
+            r,
+            node[i],
+            [(node[j], v) for j, v in nbrs],
+            [(node[j], v) for j, v in alive],
+        )
+
+
+def completes(
+    setup: Setup,
+    cfg: SecAggConfig,
+    r: int,
+    receiver: int,
+    nbrs: Sequence[tuple[int, float]],
+    alive: Sequence[tuple[int, float]],
+) -> bool:
+    """What the receiver's protocol core decides: enough survivors, masks still connected.
+
+    Nodes are global indices; ``nbrs`` are the receiver's in-neighbours and ``alive``
+    those of them that did not drop out this round.
+    """
+    names = setup.names()
+    hood = tuple(sorted(names[j] for j, _ in nbrs))
+    ctx = RoundContext(setup.federation, r, names[receiver], hood, cfg)
+    if len(alive) < ctx.threshold:
+        return False
+    survivors = [names[j] for j, _ in alive]
+    return cfg.sparse_k is None or is_connected(ctx.partners(hood), survivors)
 
 
 def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult:
@@ -205,7 +234,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
     numerators = params.clone() if mode == "async" else None
     weights = torch.ones(n, 1, device=device) if mode == "async" else None
     before = torch.empty_like(params) if mode == "async" or noise is not None else None
-    gen = torch.Generator(device=device).manual_seed(sc.seed)
+    uniforms = NodeUniforms(sc.seed, order, device) if mode == "choco" else None
     row_sums = _RowSums(n, device) if mode == "choco" else None
     matrices = _MatrixCache(setup, order)
     secure = SecureMixer(setup, order) if sc.secure.enabled else None
@@ -239,7 +268,9 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
             params, spare = spare, params
         elif mode == "choco":
             assert copies is not None and row_sums is not None and compressor is not None
-            choco_copies_update(copies, params, compressor, gen, rows)
+            assert uniforms is not None
+            uniforms.start_round(r)
+            choco_copies_update(copies, params, compressor, uniforms, rows)
             mix_into(w, copies, spare, block)  # sum_j W_ij x_hat_j, the node itself included
             sums = row_sums(w)
             for a in range(0, dim, block):
@@ -275,7 +306,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         t_train += t1 - t0
         t_mix += t2 - t1
         t_eval += t3 - t2
-        sent = _bytes_sent(setup, r)
+        sent = bytes_sent(setup, r)
         records.append(round_record(r, acc, loss, params, sent, t3 - t0, aggregate, t1 - t0))
         if progress:
             progress(r + 1)
@@ -352,7 +383,7 @@ def _masked_input_bytes(setup: Setup, round: int) -> float:
     return total / setup.n
 
 
-def _bytes_sent(setup: Setup, round: int) -> float:
+def bytes_sent(setup: Setup, round: int) -> float:
     """Mean bytes a node sends in ``round``: its out-degree times its frame size."""
     if setup.scenario.secure.enabled:
         return _masked_input_bytes(setup, round)

@@ -66,6 +66,10 @@ def write_simulation_crate(
         add_value(crate, "#engine", "engine", scenario.engine),
         add_value(crate, "#seed", "seed", scenario.seed),
     ]
+    world = report.get("world")
+    if world:
+        objects.append(add_value(crate, "#world-size", "world size", world["size"]))
+        objects.append(add_value(crate, "#devices", "devices", ", ".join(world["devices"])))
     for key, value in (overrides or {}).items():
         objects.append(add_value(crate, f"#set-{key}", f"--set {key}", value))
     objects += _topologies(crate, expand_sweep(scenario))
