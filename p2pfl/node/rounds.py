@@ -62,7 +62,7 @@ from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
 from p2pfl.node.local import Learner
-from p2pfl.node.numbering import FIRST, index
+from p2pfl.node.numbering import FIRST, index, number
 from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
 from p2pfl.spec import Graph, Plan, plan_from_table
@@ -76,6 +76,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEALT_FILE = "secure-dealt"
+NUMBERED = "numbered"
+"""The dealt file's third word: its round is a number (``_mark_dealt``)."""
 MAX_EARLY_FRAMES = 1024
 CORE_STATE = "gossip."
 """Prefix of the round core's arrays in a checkpoint's ``state`` (the rest: the optimizer's)."""
@@ -275,8 +277,11 @@ class RoundDriver:
         return self.node.data_dir / DEALT_FILE
 
     def _mark_dealt(self, r: int) -> None:
+        """``N HASH numbered``: round number N of the plan HASH (a file of two words,
+        written before rounds were numbered from 1, holds the round's index)."""
         assert self.plan_hash is not None
-        atomic_write_bytes(self._dealt_file, f"{r} {self.plan_hash.hex()}\n".encode())
+        text = f"{r} {self.plan_hash.hex()} {NUMBERED}\n"
+        atomic_write_bytes(self._dealt_file, text.encode())
 
     def _skip_dealt_round(self) -> None:
         """Never deal twice in one secure round: a restart skips the round it had begun.
@@ -286,8 +291,8 @@ class RoundDriver:
         round without this node (it is declared dropped) and it joins the next one.
         """
         try:
-            text, _, plan_hash = self._dealt_file.read_text().strip().partition(" ")
-            dealt = int(text)
+            text, plan_hash, *numbered = self._dealt_file.read_text().split()
+            dealt = int(text) if numbered == [NUMBERED] else number(int(text))
         except (OSError, ValueError):
             return
         if self.plan_hash is not None and plan_hash == self.plan_hash.hex() and dealt >= self.round:

@@ -7,7 +7,8 @@ records and ``federation show``, the node's RO-Crate and ``p2pfl export``. The
 protocol cores still count from 0: the exchange converts at its boundary
 (``p2pfl.node.numbering``), which the unit tests at the end pin down. A
 checkpoint written under the old numbering (format version 2) resumes after the
-round it holds.
+round it holds, and a secure node's record of the round it dealt in, of either
+numbering, keeps it from dealing twice.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from p2pfl.node.audit import read_entries
 from p2pfl.node.errors import CheckpointError
 from p2pfl.node.exchange import Exchange
 from p2pfl.node.numbering import index, number
+from p2pfl.node.rounds import RoundDriver
 from p2pfl.node.status import read_status
 from protocols.gossip import RoundMixed, Straggler
 from protocols.rounds import RoundOutput
@@ -237,3 +239,33 @@ def test_a_node_resumes_after_the_round_its_version_2_checkpoints_hold(tmp_path:
             f"round-{r:06d}.ckpt" for r in (3, 4)
         ]
         assert read_status(site.directory)["completed"] == 4
+
+
+class DealtHost(Host):
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+
+
+@pytest.mark.parametrize(
+    ("written", "joins"),
+    [
+        ("4 {hash} numbered", 5),  # round 4 was begun: join round 5
+        ("3 {hash} numbered", 4),  # round 3 was: round 4 is still to deal
+        ("3 {hash}", 5),  # the previous numbering: index 3 is round 4
+        ("4 {other} numbered", 4),  # another plan's
+    ],
+)
+def test_a_secure_node_never_deals_twice_in_a_round_whichever_numbering_it_wrote(
+    tmp_path: Path, written: str, joins: int
+) -> None:
+    rounds = RoundDriver(DealtHost(tmp_path))  # type: ignore[arg-type]
+    rounds.plan_hash, rounds.round = b"\x01" * 32, 4
+    text = written.format(hash=rounds.plan_hash.hex(), other="02" * 32)
+    (tmp_path / "secure-dealt").write_text(text + "\n")
+    rounds._skip_dealt_round()
+    assert rounds.round == joins
+    rounds._mark_dealt(joins)
+    rounds.round = joins
+    rounds._skip_dealt_round()  # what it writes, it reads back as the same round
+    assert rounds.round == joins + 1
