@@ -175,9 +175,10 @@ def read_checkpoint(path: str | os.PathLike[str], *, model: bool = True) -> Chec
 
 
 def _version(path: Path, prefix: bytes, start: int) -> int:
-    version = prefix[len(_PREFIX)] if len(prefix) >= start else 0
-    if not prefix.startswith(_PREFIX) or len(prefix) < start or version < 1:
+    """The format version of a file that starts with ``prefix`` (``start`` bytes long)."""
+    if len(prefix) < start or not prefix.startswith(_PREFIX) or prefix[len(_PREFIX)] < 1:
         raise CheckpointError(f"{path}: not a p2pfl checkpoint")
+    version = prefix[len(_PREFIX)]
     if version > VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {version} is newer than this p2pfl reads "
