@@ -33,6 +33,7 @@ from p2pfl.node.config import NodeConfig, check_safe_settings, load_config
 from p2pfl.node.errors import NodeStopped
 from p2pfl.node.events import Event
 from p2pfl.node.node import Node
+from p2pfl.node.numbering import FIRST
 from p2pfl.transport import MemoryNetwork
 
 
@@ -79,8 +80,8 @@ class Peer:
 
     @property
     def round(self) -> int:
-        """The next round this peer will run (rounds count from 0)."""
-        return self._node.rounds.round if self._entered else 0
+        """The round this peer is in, or will run next (rounds are numbered from 1)."""
+        return self._node.rounds.round if self._entered else FIRST
 
     async def run(self, rounds: int | None = None) -> int:
         """Train until ``rounds`` rounds are completed in all (the plan's by default)."""

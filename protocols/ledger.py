@@ -205,7 +205,8 @@ class Ledger:
         return {n for n, h in self.approvals().items() if current is not None and h == current}
 
     def progress(self) -> dict[str, int]:
-        """Each valid member's last completed round."""
+        """Each valid member's last completed round: rounds are numbered from 1, so this is
+        also how many it completed (a member with no record has completed none)."""
         return {n: r.payload["round"] for n, r in self._current("progress").items()}
 
     def secagg(self, round_: int) -> dict[str, frozenset[str]]:

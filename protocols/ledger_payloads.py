@@ -9,7 +9,8 @@ members     node id                 verify_key, box_key (32 bytes each), address
 revoked     node id                 reason (str)
 plan        ``"plan"``              plan (a map with string keys)
 approvals   node id                 plan_hash (32 bytes)
-progress    node id                 round (int >= 0), optional digest (<= 64 bytes)
+progress    node id                 round (int >= 0: the last completed, numbered from
+                                    1), optional digest (<= 64 bytes)
 secagg      ``"{round}/{node}"``    dropped (sorted list of distinct node ids)
 metrics     ``"{round}/{node}"``    values (map of str to int or float)
 ==========  ======================  =================================================

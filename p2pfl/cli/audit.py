@@ -204,7 +204,7 @@ def _summary_text(s: dict[str, Any]) -> list[str]:
     rounds, links, refused, dropouts, errors = (
         s[k] for k in ("rounds", "links", "refused", "dropouts", "errors")
     )
-    span = f" ({rounds['first']}..{rounds['last']}, counted from 0)" if rounds["completed"] else ""
+    span = f" (rounds {rounds['first']}..{rounds['last']})" if rounds["completed"] else ""
     codes = ", ".join(f"{code}: {n}" for code, n in refused["by_code"].items())
     lines = [
         f"node: {', '.join(map(str, s['nodes'])) or 'not recorded'}",

@@ -233,10 +233,9 @@ def _final_model(source: Path) -> tuple[bytes, dict[str, Any]]:
         raise P2PFLError(f"{source}: no checkpoint: the node has not completed a round")
     if ckpt.meta.get("plan_hash") != plan_hash:
         raise P2PFLError(f"{ckpt.path}: the checkpoint is of another plan than the ledger's")
-    last = plan.training.rounds - 1
-    if ckpt.round != last:
+    if ckpt.round != plan.training.rounds:  # rounds are numbered 1..R
         raise P2PFLError(
-            f"{source}: the newest checkpoint is of round {ckpt.round + 1} of "
+            f"{source}: the newest checkpoint is of round {ckpt.round} of "
             f"{plan.training.rounds}; an unfinished run's model is not the federation's result"
         )
     hidden = tuple(plan.model.hidden) if plan.model.hidden is not None else None
@@ -248,7 +247,7 @@ def _final_model(source: Path) -> tuple[bytes, dict[str, Any]]:
     buffer = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
     info = {"federation": ledger.federation_id, "plan_hash": plan_hash.hex() if plan_hash else None,
-            "rounds": plan.training.rounds}  # fmt: skip
+            "rounds": plan.training.rounds, "round": ckpt.round}  # fmt: skip
     return buffer.getvalue(), info
 
 

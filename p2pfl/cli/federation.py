@@ -327,7 +327,7 @@ def summary(ledger: Ledger) -> dict[str, Any]:
         "plan_hash": _hex(ledger.plan_hash()),
         "approved_by": sorted(approvers),
         "awaiting_approval": waiting,
-        "progress": dict(sorted(ledger.progress().items())),
+        "progress": dict(sorted(ledger.progress().items())),  # rounds completed, from 1
         "rejected": ledger.rejected_count,
         "rejections": dict(sorted(ledger.rejections().items())),
     }
@@ -358,9 +358,9 @@ def _show(args: argparse.Namespace) -> int:
             print(f"    {node_id}")
     elif info["plan_hash"]:
         print("  approved by every valid member: nodes may train")
-    print("progress:" if info["progress"] else "progress: (none)")
-    for node_id, round_ in info["progress"].items():
-        print(f"  {node_id}  round {round_}")
+    print("progress (last round completed):" if info["progress"] else "progress: (none)")
+    for node_id, completed in info["progress"].items():
+        print(f"  {node_id}  round {completed}")
     reasons = ", ".join(f"{k} {v}" for k, v in info["rejections"].items())
     print(f"rejected records: {info['rejected']}" + (f" ({reasons})" if reasons else ""))
     return 0

@@ -175,8 +175,7 @@ def _status(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     status = read_status(config.data_dir)
-    alive = process_alive(status.get("pid")) and str(status.get("phase")) not in ENDED
-    status["running"] = alive
+    status["running"] = process_alive(status.get("pid")) and str(status.get("phase")) not in ENDED
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
@@ -184,38 +183,89 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the description: any JSON object reads, missing or odd fields show as "?" ----------
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) and value else "?"
+
+
+def _count(value: object) -> int | None:
+    return value if type(value) is int else None
+
+
 def _when(stamp: object) -> str:
-    if not isinstance(stamp, int | float):
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float):
         return "?"
-    age = max(0.0, time.time() - stamp)
-    clock = datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
-    return f"{clock} ({age:.0f} s ago)"
+    try:
+        clock = datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return "?"
+    return f"{clock} ({max(0.0, time.time() - stamp):.0f} s ago)"
+
+
+def _of(done: object, rounds: object) -> str:
+    """``2 of 3`` (as much of it as the file says)."""
+    n, total = _count(done), _count(rounds)
+    text = "?" if n is None else str(n)
+    return f"{text} of {total}" if total else text
+
+
+def _state(status: dict[str, Any]) -> str:
+    phase = _text(status.get("phase"))
+    if phase in ("training", "mixing"):
+        phase = f"{phase} round {_of(status.get('round'), status.get('rounds'))}"
+    if status.get("running") is not True:
+        phase = f"not running (last phase: {phase})"
+    done = _of(status.get("completed"), status.get("rounds"))
+    pid = _count(status.get("pid")) or "?"
+    return f"{phase}: {done} rounds completed, pid {pid}, updated {_when(status.get('updated'))}"
+
+
+def _link(peer: str, link: object, running: bool) -> str:
+    """One neighbour: its link's state and what belongs to it, and the last round mixed."""
+    if not isinstance(link, dict):
+        return f"  {peer}  ?"
+    state, since = _text(link.get("state")), _when(link.get("since"))
+    error = link.get("last_error") if isinstance(link.get("last_error"), str) else ""
+    attempts = _count(link.get("attempts"))
+    if not running:
+        shown = "not connected (the node is not running)"
+    elif state == "up":
+        shown = f"up since {since}"
+    elif state == "connecting":
+        shown = f"connecting (attempt {attempts or '?'}) since {since}"
+    elif state in ("refused", "down"):
+        shown = f"{state} since {since}" + (f": {error}" if error else "")
+    else:
+        shown = state
+    last = _count(link.get("last_round"))
+    address = _text(link.get("address"))
+    return f"  {peer}  {shown}  {address}  last round mixed: {last if last is not None else '?'}"
 
 
 def _describe(status: dict[str, Any]) -> str:
-    phase = status.get("phase", "?")
-    state = phase if status.get("running") else f"not running (last phase: {phase})"
-    rounds = status.get("rounds")
-    completed = status.get("completed", -1)
+    """``node status`` for people: a best effort on any status file, never a traceback."""
+    running = status.get("running") is True
+    name = status.get("name") if isinstance(status.get("name"), str) else ""
     lines = [
-        f"node        {status.get('node_id')}  {status.get('name') or ''}".rstrip(),
-        f"federation  {status.get('federation')}",
-        f"state       {state}, pid {status.get('pid')}, updated {_when(status.get('updated'))}",
-        f"round       {status.get('round')} (completed {completed + 1}"
-        + (f" of {rounds})" if rounds else ")"),
+        f"node        {_text(status.get('node_id'))}  {name}".rstrip(),
+        f"federation  {_text(status.get('federation'))}",
+        f"state       {_state(status)}",
     ]
-    last = status.get("last_round") or {}
-    if last.get("accuracy") is not None:
-        lines.append(f"accuracy    {last['accuracy']:.4f} (local test set, round {last['round']})")
-    neighbours = status.get("neighbours") or {}
-    lines.append(f"neighbours  {len(neighbours)}")
-    for peer, link in neighbours.items():
-        error = f"  last error: {link['last_error']}" if link.get("last_error") else ""
+    last = status.get("last_round")
+    if isinstance(last, dict) and type(last.get("accuracy")) in (int, float):
+        round_ = _count(last.get("round"))
         lines.append(
-            f"  {peer}  {link.get('state', '?'):<10} since {_when(link.get('since'))}  "
-            f"{link.get('address', '')}{error}"
+            f"accuracy    {last['accuracy']:.4f} (local test set, round "
+            f"{round_ if round_ is not None else '?'})"
         )
-    lines.append(f"last error  {status.get('last_error') or '(none)'}")
+    neighbours = status.get("neighbours")
+    neighbours = neighbours if isinstance(neighbours, dict) else {}
+    lines.append(f"neighbours  {len(neighbours)}")
+    lines += [_link(str(peer), link, running) for peer, link in neighbours.items()]
+    error = status.get("last_error")
+    lines.append(f"last error  {error if isinstance(error, str) and error else '(none)'}")
     return "\n".join(lines)
 
 

@@ -47,6 +47,7 @@ from p2pfl.identity import create_identity
 from p2pfl.ledger_file import load_ledger
 from p2pfl.node.bootstrap import Site, SiteFiles, local_federation
 from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint
+from p2pfl.node.numbering import index, number
 from p2pfl.node.status import read_status
 from p2pfl.scenario import search_folders, to_table
 from p2pfl.training import evaluate
@@ -115,7 +116,7 @@ class Federation:
     def completed(self, i: int) -> int:
         """Rounds node ``i`` has completed, by its status file (0 before it writes one)."""
         try:
-            return int(read_status(self.sites[i].directory).get("completed", -1)) + 1
+            return int(read_status(self.sites[i].directory).get("completed", 0))
         except (P2PFLError, TypeError, ValueError):
             return 0
 
@@ -229,8 +230,8 @@ def collect(setup: Setup, federation: Federation, label: str, wall_total: float)
     n = setup.n
     ckpts: list[dict[int, Any]] = []
     for site in federation.sites:
-        found = {r: read_checkpoint(p) for r, p in list_checkpoints(site.directory / "checkpoints")}
-        ckpts.append(found)
+        read = [read_checkpoint(p) for _, p in list_checkpoints(site.directory / "checkpoints")]
+        ckpts.append({index(c.round): c for c in read})  # keyed as the engines count rounds
     params = setup.initial.clone().unsqueeze(0).repeat(n, 1)
     roster = sorted(site.node_id for site in federation.sites)
     ledgers = (
@@ -261,7 +262,7 @@ def collect(setup: Setup, federation: Federation, label: str, wall_total: float)
         acc = loss = aggregate = None
         t0 = time.perf_counter()
         if sc.privacy.private_metrics:
-            aggregate = ledger_summary(ledgers, roster, r)
+            aggregate = ledger_summary(ledgers, roster, number(r))
         elif (r + 1) % sc.eval.every == 0 or r == rounds - 1:
             data = setup.data
             acc, loss = evaluate(setup.model, params, data.x_global_test, data.y_global_test)
@@ -298,7 +299,7 @@ def collect(setup: Setup, federation: Federation, label: str, wall_total: float)
 def ledger_summary(
     ledgers: list[Any], roster: list[str], r: int
 ) -> tuple[float | None, float | None] | None:
-    """Round ``r``'s accuracy and loss from the masked records in the sites' ledgers.
+    """Round number ``r``'s accuracy and loss from the masked records in the sites' ledgers.
 
     What any member can compute: the sum of every member's masked figures; a round
     some member never published has no figure (None).
@@ -326,6 +327,7 @@ def drift_from_audit(setup: Setup, federation: Federation) -> dict[str, Any]:
     for i, site in enumerate(federation.sites):
         for entry in read_entries(site.directory / "audit.jsonl"):
             if entry.get("event") == "drift":
+                entry = {**entry, "round": index(entry["round"])}  # as the simulators count
                 events.append(public_event(entry, sites[i], opt_in))
     events.sort(key=lambda e: e["round"])
     return {"drift": {"events": events, "injected": []}}

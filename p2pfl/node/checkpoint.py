@@ -1,8 +1,10 @@
 """Per-round checkpoints: the model after round r, written atomically, never pickled.
 
-File ``round-000012.ckpt`` in the node's ``checkpoints/`` directory::
+File ``round-000012.ckpt`` in the node's ``checkpoints/`` directory holds the
+model after round 12, rounds numbered from 1 as everywhere a node shows them
+(``p2pfl.node.numbering``)::
 
-    b"P2PFL-CKPT\\x00\\x02" | metadata length (uint32 LE) | msgpack metadata | model | state
+    b"P2PFL-CKPT\\x00\\x03" | metadata length (uint32 LE) | msgpack metadata | model | state
 
 The model is the flat parameter vector as raw little-endian float32. The
 metadata (a msgpack map) holds at least ``round``, ``dim`` and ``sha256`` (of
@@ -11,8 +13,16 @@ stragglers and bytes sent. The state is the trainer's optimizer state
 (momentum buffer, Adam moments and step count), named float32 arrays stored
 one after the other behind the model, as metadata ``state`` lists them
 (``[[name, size], ...]``), with ``state_sha256`` over their bytes; a
-checkpoint of plain SGD has none. Version 1 files (``...\\x00\\x01``, written
-before the state was kept) read back with an empty state.
+checkpoint of plain SGD has none.
+
+Older versions still read: version 2 (``...\\x00\\x02``) and version 1
+(``...\\x00\\x01``, written before the state was kept, so read back with an
+empty state) counted rounds from 0, file names and ``round`` alike: their
+``round`` is read as the number it stands for (one more; ``Checkpoint.version``
+says which format it was), so a node upgraded in the middle of a run resumes
+after the right round. Their file names keep the old count, one below the
+round they hold; a directory's files still sort in round order, since the
+first round written afterwards is numbered after the last one read.
 
 Writing streams the model and the state to a temporary file in the same
 directory, fsyncs it, renames it into place and fsyncs the directory, so a
@@ -44,9 +54,13 @@ from p2pfl.node.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"P2PFL-CKPT\x00\x02"
-LEGACY_MAGIC = b"P2PFL-CKPT\x00\x01"
-"""Version 1: the model only, no optimizer state (still read)."""
+VERSION = 3
+MAGIC = b"P2PFL-CKPT\x00\x03"
+_PREFIX = MAGIC[:-1]
+COUNTED_FROM_ZERO = frozenset({1, 2})
+"""The versions whose ``round`` is the round's index (0 for the first), read as its number."""
+STATELESS = 1
+"""Version 1: the model only, no optimizer state."""
 _LENGTH = struct.Struct("<I")
 MAX_METADATA = 1 << 20
 _NAME = re.compile(r"^round-(\d{6,})\.ckpt$")
@@ -56,11 +70,14 @@ _BLOCK = 1 << 20  # bytes hashed at a time when the model is not kept
 @dataclass(frozen=True, eq=False)
 class Checkpoint:
     round: int
+    """The number of the round this model is the result of (1 for the first)."""
     model: npt.NDArray[np.float32]
     meta: dict[str, Any]
     path: Path
     state: dict[str, npt.NDArray[np.float32]] = dataclasses.field(default_factory=dict)
     """The trainer's optimizer state (``StackedTrainer.export_state``); empty if none was kept."""
+    version: int = VERSION
+    """The file's format version (older ones are read as the module docstring says)."""
 
     @property
     def has_state(self) -> bool:
@@ -79,13 +96,13 @@ def write_checkpoint(
     meta: dict[str, Any] | None = None,
     state: Mapping[str, npt.NDArray[np.float32]] | None = None,
 ) -> Path:
-    """Write the checkpoint of ``round_`` atomically; returns its path.
+    """Write the checkpoint of round number ``round_`` (1 or more) atomically; returns its path.
 
     ``state`` (named arrays, flattened to float32) is stored behind the model; with
     ``None`` the checkpoint says it holds no state (``Checkpoint.has_state`` False).
     """
-    if round_ < 0:
-        raise ValueError("round must be non-negative")
+    if round_ < 1:
+        raise ValueError(f"rounds are numbered from 1: no checkpoint of round {round_}")
     flat = _flat(model)
     data = flat.view(np.uint8).data
     header = dict(meta or {})
@@ -151,21 +168,32 @@ def read_checkpoint(path: str | os.PathLike[str], *, model: bool = True) -> Chec
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            meta, array, state = _read(path, handle, model)
+            version, meta, array, state = _read(path, handle, model)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {exc.strerror}") from None
-    return Checkpoint(int(meta["round"]), array, meta, path, state)
+    return Checkpoint(meta["round"], array, meta, path, state, version)
+
+
+def _version(path: Path, prefix: bytes, start: int) -> int:
+    """The format version of a file that starts with ``prefix`` (``start`` bytes long)."""
+    if len(prefix) < start or not prefix.startswith(_PREFIX) or prefix[len(_PREFIX)] < 1:
+        raise CheckpointError(f"{path}: not a p2pfl checkpoint")
+    version = prefix[len(_PREFIX)]
+    if version > VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} is newer than this p2pfl reads "
+            f"({VERSION}); upgrade p2pfl on this node"
+        )
+    return version
 
 
 def _read(
     path: Path, handle: BinaryIO, keep: bool
-) -> tuple[dict[str, Any], npt.NDArray[Any], dict[str, npt.NDArray[np.float32]]]:
+) -> tuple[int, dict[str, Any], npt.NDArray[Any], dict[str, npt.NDArray[np.float32]]]:
     size = os.fstat(handle.fileno()).st_size
     start = len(MAGIC) + _LENGTH.size
     prefix = handle.read(start)
-    legacy = prefix.startswith(LEGACY_MAGIC)
-    if not (prefix.startswith(MAGIC) or legacy) or len(prefix) < start:
-        raise CheckpointError(f"{path}: not a p2pfl checkpoint")
+    version = _version(path, prefix, start)
     (length,) = _LENGTH.unpack_from(prefix, len(MAGIC))
     if length > MAX_METADATA or start + length > size:
         raise CheckpointError(f"{path}: truncated metadata")
@@ -175,7 +203,11 @@ def _read(
         raise CheckpointError(f"{path}: metadata is not msgpack: {exc}") from None
     if not isinstance(meta, dict) or not all(k in meta for k in ("round", "dim", "sha256")):
         raise CheckpointError(f"{path}: metadata lacks round, dim or sha256")
-    if legacy:
+    if version in COUNTED_FROM_ZERO and type(meta["round"]) is int:
+        meta["round"] += 1
+    if type(meta["round"]) is not int or meta["round"] < 1:
+        raise CheckpointError(f"{path}: metadata round {meta['round']!r} is not a round number")
+    if version == STATELESS:
         meta.pop("state", None)
     layout = _state_layout(path, meta)
     nbytes = size - start - length
@@ -189,7 +221,7 @@ def _read(
     }
     if layout and digest.digest() != meta.get("state_sha256"):
         raise CheckpointError(f"{path}: the optimizer state does not match its hash")
-    return meta, array, state if keep else {}
+    return version, meta, array, state if keep else {}
 
 
 def _state_layout(path: Path, meta: dict[str, Any]) -> list[tuple[str, int]]:
@@ -228,7 +260,11 @@ def _read_array(
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """(round, path) of the checkpoint files in ``directory``, oldest first."""
+    """(number in the name, path) of the checkpoint files in ``directory``, oldest first.
+
+    The number is the round a current file holds; a version 1 or 2 file's is one less
+    (module docstring): read the file for its round.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []

@@ -32,6 +32,7 @@ from rocrate.rocrate import ROCrate  # type: ignore[import-untyped]
 from p2pfl.energy import round_energy
 from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint
 from p2pfl.node.errors import CheckpointError
+from p2pfl.node.numbering import FIRST
 from p2pfl.node.phases import Phase
 from p2pfl.runcrate import (
     COMPLETED,
@@ -58,7 +59,7 @@ class RoundFacts(Protocol):
     """What the crate reads of the node's round driver."""
 
     @property
-    def completed(self) -> int: ...  # the last round completed (-1: none)
+    def completed(self) -> int: ...  # rounds completed, the number of the last (0: none)
     @property
     def target(self) -> int | None: ...
     @property
@@ -198,7 +199,7 @@ def _node_error(node: RunFacts) -> str | None:
     """None when the run finished; otherwise why it did not."""
     if node.phase is Phase.FINISHED:
         return None
-    done, target = node.rounds.completed + 1, node.rounds.target
+    done, target = node.rounds.completed, node.rounds.target
     of = f" of {target}" if target else ""
     reason = node.last_error or "stopped before the run finished"
     return f"{reason} (phase {node.phase.value}, {done}{of} rounds completed; a restart resumes)"
@@ -278,7 +279,7 @@ def _node_metrics(node: RunFacts, checkpoints: list[Any]) -> dict[str, Any]:
     ledger = node.ledger
     rounds = node.rounds
     completed = rounds.completed
-    published = {str(r): ledger.metrics(r) for r in range(completed + 1)}
+    published = {str(r): ledger.metrics(r) for r in range(FIRST, completed + 1)}
     current = ledger.plan_hash()
     trained = rounds.plan_hash
     return {
@@ -286,7 +287,7 @@ def _node_metrics(node: RunFacts, checkpoints: list[Any]) -> dict[str, Any]:
         "federation": ledger.federation_id,
         "plan_hash": None if current is None else current.hex(),
         "trained_plan_hash": None if trained is None else trained.hex(),
-        "completed": completed + 1,
+        "completed": completed,
         "target": rounds.target,
         "resumed_from": rounds.resumed_from,
         "rounds": [

@@ -1,6 +1,8 @@
 """What a node reports while it runs (``Peer.events()``, the daemon's log lines).
 
-Small frozen dataclasses; ``kind`` names each for JSON and logs.
+Small frozen dataclasses; ``kind`` names each for JSON and logs. Every ``round``
+is a round number, 1 for the first (``p2pfl.node.numbering``): ``TrainingStarted``
+names the first round this run will train, ``Finished`` how many are completed.
 """
 
 from __future__ import annotations

@@ -18,17 +18,27 @@ and does what the simulator's scheduler does with its outputs, for real:
 The exchange never decodes a frame: the core reports what it decoded.
 ``make_core`` builds the core; a resumed node's core starts at its round
 (``resume_at``: no receiver is opened for the rounds it missed).
+
+The exchange is where round numbers meet the core's indices
+(``p2pfl.node.numbering``): it takes and gives round numbers (1..R), calls the
+core with their indices (``begin_round``, ``start_round``, ``resume_at``,
+``confirm_declaration``) and numbers every event the core reports, so the
+ledger records, audit entries, logs and events it writes all count from 1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
+
+import numpy.typing as npt
 
 from p2pfl.node.channels import Channel, tag
 from p2pfl.node.errors import PlanError
 from p2pfl.node.events import DropoutsDeclared
 from p2pfl.node.host import RoundHost
+from p2pfl.node.numbering import index, number
 from p2pfl.spec import Graph, KeyRing, Plan, System, federation_bytes
 from p2pfl.spec.cores import build_core
 from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError, ProtocolError
@@ -55,7 +65,7 @@ class Exchange:
         self.me = node.node_id
         self.core = core
         self.secure = secure
-        self.round = round  # the round the node is in; tags retained frames
+        self.round = round  # the number of the round the node is in; tags retained frames
         self.round_bytes = 0
         self.abandoned = 0  # rounds this node's receiver abandoned (secure mode)
         self._waiters: dict[int, asyncio.Future[RoundMixed]] = {}
@@ -69,6 +79,19 @@ class Exchange:
     @property
     def deadline(self) -> float | None:
         return self.core.deadline
+
+    # -- the core, by round number ---------------------------------------------------
+
+    def begin_round(self, round: int, now: float) -> None:
+        self.drive(self.core.begin_round(index(round), now))
+
+    def start_round(self, round: int, model: npt.NDArray[Any], now: float) -> None:
+        self.drive(self.core.start_round(index(round), model, now))
+
+    def resume_at(self, round: int) -> None:
+        """The node skips to round ``round``: the core opens no receiver for the rounds before."""
+        self.round = round
+        self.core.resume_at(index(round))
 
     def mixed(self, round: int) -> asyncio.Future[RoundMixed]:
         """A future resolved with round ``round``'s ``RoundMixed`` (create it before starting)."""
@@ -119,7 +142,7 @@ class Exchange:
         assert isinstance(core, SecureRoundCore)  # only a secure core holds declarations
         now = asyncio.get_running_loop().time()
         try:
-            out = core.confirm_declaration(round_, receiver, dropped, now)
+            out = core.confirm_declaration(index(round_), receiver, dropped, now)
         except PeerProtocolError as exc:
             self.node.peer_error(receiver, str(exc))
             return
@@ -132,7 +155,7 @@ class Exchange:
         """Keep only this round's frames for replay (and none a peer is known to be past)."""
         progress = self.node.ledger.progress()
         for peer in self.node.linked():
-            self.node.prune_replay(peer, max(progress.get(peer, -1) + 1, self.round))
+            self.node.prune_replay(peer, max(progress.get(peer, 0) + 1, self.round))
 
     def drive(self, out: RoundOutput) -> None:
         """Act on a core's output: ledger records first, then frames, then wake the timer."""
@@ -142,30 +165,32 @@ class Exchange:
         for event in out.events:
             if isinstance(event, Straggler):
                 if self.secure:
-                    dropped.setdefault(event.round, []).append(event.peer)
+                    dropped.setdefault(number(event.round), []).append(event.peer)
                 else:
-                    node.record("straggler", round=event.round, peer=event.peer)
+                    node.record("straggler", round=number(event.round), peer=event.peer)
             elif isinstance(event, RoundMixed):
-                waiter = self._waiters.pop(event.round, None)
+                round_ = number(event.round)
+                waiter = self._waiters.pop(round_, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(event)
                 else:
-                    self._mixed[event.round] = event
+                    self._mixed[round_] = event
             elif isinstance(event, DeclarationHeld):
+                key = (number(event.round), event.receiver)
                 log.info(
                     "holding %s's dropout declaration of round %d until the ledger has it",
                     event.receiver,
-                    event.round,
+                    key[0],
                 )
-                self._held[(event.round, event.receiver)] = frozenset(event.dropped)
-                held.append((event.round, event.receiver))
+                self._held[key] = frozenset(event.dropped)
+                held.append(key)
             elif isinstance(event, DeclarationExpired):
-                self._held.pop((event.round, event.receiver), None)
+                self._held.pop((number(event.round), event.receiver), None)
                 reason = "a dropout declaration never reached the ledger; ignored"
                 node.peer_error(event.peer, reason)
             elif isinstance(event, Abandoned):
                 self.abandoned += 1
-                log.warning("abandoning round %d: %s", event.round, event.reason)
+                log.warning("abandoning round %d: %s", number(event.round), event.reason)
         for round_, peers in sorted(dropped.items()):
             self._declare(round_, peers)
         for peer, frame in out.sends:
@@ -192,7 +217,8 @@ class Exchange:
 
 
 def make_core(node: RoundHost, plan: Plan, graph: Graph, *, round: int, dim: int) -> Core:
-    """The rehearsed core for this node (``p2pfl.spec.cores``), with real keys, at ``round``.
+    """The rehearsed core for this node (``p2pfl.spec.cores``), with real keys, at round
+    number ``round``.
 
     Secure mode takes this identity's X25519 key and the members' box keys from the
     ledger, draws its self-mask seeds from the operating system, and holds a
@@ -222,5 +248,5 @@ def make_core(node: RoundHost, plan: Plan, graph: Graph, *, round: int, dim: int
         prefix=tag(Channel.SECAGG if secure else Channel.GOSSIP),
         hold_declarations=True,
         mix_in_place=True,
-        start_at=round,
+        start_at=index(round),
     )

@@ -19,6 +19,15 @@ Rules:
   bounded per peer (``replay_budget`` bytes): a frame that does not fit is
   sent but not kept, so a large model costs no second copy; a neighbour
   that misses it closes its round without us (straggler or dropout rules).
+
+What the status file shows of a link (``Link.snapshot``) is its live state:
+``up`` while a connection is open, ``connecting`` while this end dials (with
+the attempt's number), ``refused`` when the last handshake was refused (with
+its reason), ``down`` otherwise (with the error that took it down, or why the
+last attempt failed). ``since`` moves only when a link comes up or goes down,
+so a link that keeps failing to connect says since when it has been trying.
+An error is kept only with the state it explains: a link that comes up
+forgets it. When the node stops, ``shut`` marks every link down.
 """
 
 from __future__ import annotations
@@ -71,8 +80,8 @@ def backoff(
 class LinkState(StrEnum):
     DOWN = "down"
     CONNECTING = "connecting"
+    REFUSED = "refused"
     UP = "up"
-    BACKOFF = "backoff"
 
 
 @dataclass(eq=False)
@@ -92,9 +101,10 @@ class Link:
     dials: bool = False
     state: LinkState = LinkState.DOWN
     since: float = field(default_factory=time.time)
-    last_error: str = ""
-    last_closed: str = ""
+    error: str = ""  # why the link is down or refused ("" while up or connecting)
+    attempts: int = 0  # dial attempts since the link was last up
     connects: int = 0
+    unsent: int = 0  # frames too large to send
     sent_bytes: int = 0
     received_bytes: int = 0
     synced: bool = False
@@ -104,10 +114,15 @@ class Link:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     def set_state(self, state: LinkState, error: str = "") -> None:
-        if state is not self.state:
-            self.state, self.since = state, time.time()
-        if error:
-            self.last_error = error
+        """Enter ``state``; ``error`` explains a down or refused link and is dropped otherwise."""
+        if (state is LinkState.UP) != (self.state is LinkState.UP):
+            self.since = time.time()
+        if state is LinkState.UP:
+            self.attempts = 0
+        elif state is LinkState.CONNECTING:
+            self.attempts += 1
+        self.state = state
+        self.error = error if state in (LinkState.DOWN, LinkState.REFUSED) else ""
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -115,9 +130,10 @@ class Link:
             "address": self.address,
             "dials": self.dials,
             "since": self.since,
-            "last_error": self.last_error,
-            "last_closed": self.last_closed,
+            "last_error": self.error,
+            "attempts": self.attempts,
             "connects": self.connects,
+            "unsent_frames": self.unsent,
             "sent_bytes": self.sent_bytes,
             "received_bytes": self.received_bytes,
             "retained_frames": len(self.retained),
@@ -202,13 +218,15 @@ class LinkManager:
             link.set_state(LinkState.CONNECTING)
             try:
                 conn = await self.transport.connect(link.address, expected_peer=peer)
-            except (AuthenticationFailed, TransportClosed, ConfigError, OSError) as exc:
-                link.set_state(LinkState.BACKOFF, str(exc))
+            except AuthenticationFailed as exc:
+                link.set_state(LinkState.REFUSED, str(exc))
+                log.debug("handshake with %s at %s refused: %s", peer, link.address, exc)
+            except (TransportClosed, ConfigError, OSError) as exc:
+                link.set_state(LinkState.DOWN, str(exc) or type(exc).__name__)
                 log.debug("cannot reach %s at %s: %s", peer, link.address, exc)
             else:
                 delays = self._delays()
                 await self.serve(conn)
-                link.set_state(LinkState.BACKOFF)
             await asyncio.sleep(next(delays))
 
     async def serve(self, conn: Connection) -> None:
@@ -240,8 +258,7 @@ class LinkManager:
             if link.session is session:
                 link.session = None
                 link.synced = False
-                link.last_closed = reason
-                link.set_state(LinkState.DOWN)
+                link.set_state(LinkState.DOWN, reason)
                 self._on_down(peer, reason)
                 link.ended.set()
 
@@ -261,7 +278,7 @@ class LinkManager:
             try:
                 await session.conn.send(frame)
             except MessageTooLarge as exc:
-                link.last_error = str(exc)
+                link.unsent += 1
                 log.error("not sent to %s: %s", link.peer, exc)
                 continue
             except TransportClosed:
@@ -270,10 +287,19 @@ class LinkManager:
             link.sent_bytes += len(frame)
             del frame  # nor may a sent one wait here for the next
 
+    def refused(self, peer: str, reason: str) -> None:
+        """A handshake with ``peer`` was refused (either way); an open link stays up."""
+        link = self.links.get(peer)
+        if link is not None and link.session is None:
+            link.set_state(LinkState.REFUSED, reason)
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {peer: link.snapshot() for peer, link in sorted(self.links.items())}
 
-    async def close(self) -> None:
+    def shut(self, reason: str) -> None:
+        """Every link is down: the node stopped and its transport, closed, holds none open."""
         for link in self.links.values():
-            if link.session is not None:
-                await link.session.conn.close()
+            link.session = None
+            link.synced = False
+            if link.state is not LinkState.DOWN:
+                link.set_state(LinkState.DOWN, reason)

@@ -18,6 +18,11 @@ The data directory holds the ledger (saved after every change, atomically),
 ``status.json`` and, once a run ends, ``crate/`` (its RO-Crate: ``p2pfl.provenance``).
 A node restarted after a crash or SIGTERM resumes from its newest checkpoint
 with the ledger it saved, catching up with its neighbours.
+
+The status file says what is true now: each link's live state and the last
+round mixed with that neighbour (``status``). When the node stops, it closes
+its links and then writes the status a last time, with the phase it ended in
+(finished, stopped, failed) and every link down.
 """
 
 from __future__ import annotations
@@ -272,7 +277,9 @@ class Node:
             if exc is not None and not stopping:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             if not (stopping and self.phase is Phase.FINISHED):
-                self.set_phase(Phase.STOPPED if stopping else Phase.FAILED)
+                self.phase = Phase.STOPPED if stopping else Phase.FAILED
+            if self._links is not None:  # the transport is closed: no link is open any more
+                self._links.shut(f"the node {self.phase.value}")
             if self._ledger is not None:
                 self.save_ledger()
             if self.audit is not None:
@@ -280,6 +287,7 @@ class Node:
                 self.audit.close()
             if self._rounds is not None:  # it started: package the run as an RO-Crate
                 record_node_run(self)
+            self.write_status()  # the last word: how the run ended, its links closed
             for queue in self._subscribers:
                 queue.put_nowait(_END)
 
@@ -398,6 +406,8 @@ class Node:
             by_peer=refusal.by_peer,
         )
         self.emit(Refused(refusal.address, refusal.peer, refusal.code, refusal.inbound))
+        if self._links is not None:
+            self._links.refused(refusal.peer, f"{refusal.code}: {refusal.reason}")
 
     # -- frames (the router's table: ``__init__``) ------------------------------------------
 
@@ -516,8 +526,16 @@ class Node:
     # -- status -----------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """What ``status.json`` holds: rounds numbered from 1, ``completed`` a count.
+
+        Each neighbour's entry is its link's live state (``LinkManager.snapshot``)
+        with ``last_round``, the last round whose frames from it were mixed in.
+        """
         identity, ledger, rounds = self._identity, self._ledger, self._rounds
         links = {} if self._links is None else self._links.snapshot()
+        mixed = {} if rounds is None else rounds.mixed_with
+        for peer, link in links.items():
+            link["last_round"] = mixed.get(peer, 0)
         return {
             "node_id": None if identity is None else identity.node_id,
             "name": self.config.node.name,

@@ -11,6 +11,10 @@
   says ``[privacy] share_metrics = true`` also publishes its own accuracy and loss.
 - Drift: a ``DriftMonitor`` over the node's training data; events go to the audit log, the
   log and ``peer.events()``, and stay on the node.
+
+Rounds come and go as numbers (1..R, ``p2pfl.node.numbering``): the ledger's metrics
+records and the drift events are numbered so; the masks and the drift monitor get the
+round's index, as in the simulators.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from p2pfl.drift import DriftEvent, DriftMonitor
 from p2pfl.node.errors import PlanError
 from p2pfl.node.events import DriftDetected
 from p2pfl.node.host import RoundHost
+from p2pfl.node.numbering import index, number
 from p2pfl.privacy.budget import Budget, NodeBudget
 from p2pfl.privacy.metrics import NAMES, figures_of, summary
 from p2pfl.spec import Graph, Plan, System, federation_bytes, privacy_budget
@@ -133,7 +138,7 @@ class NodePrivacy:
             my_box_private=bytes(identity.box_private),
             public_keys={m: k for m, k in keys.items() if k is not None},
             federation_id=federation_bytes(ledger.federation_id),
-            round=r,
+            round=index(r),
         )
         values: dict[str, int | float] = {MASKED + k: v for k, v in masked.items()}
         if node.config.privacy.share_metrics and figures["samples"] > 0:
@@ -151,7 +156,7 @@ class NodePrivacy:
         """
         if not self.plan.privacy.private_metrics:
             return {}
-        known = max(self.federation, default=-1)
+        known = max(self.federation, default=0)
         for r in range(upto, known, -1):
             total = federation_sum(self.node.ledger.metrics(r), self.graph.roster)
             if total is not None:
@@ -171,13 +176,13 @@ class NodePrivacy:
         x, y = learner.data.x_train, learner.data.y_train
         _, loss = evaluate(learner.model, learner.params, x, y)
         assert self.monitor is not None
-        return self.monitor.observe(r, x, y, float(loss[0]))
+        return self.monitor.observe(index(r), x, y, float(loss[0]))
 
     def _report_drift(self, event: DriftEvent) -> None:
-        record = event.to_record()
+        record = {**event.to_record(), "round": number(event.round)}
         log.warning(
             "drift at round %d: %s detector, %s = %s (p %.2e < %.2e)",
-            event.round,
+            record["round"],
             event.detector,
             event.statistic,
             record["value"],

@@ -5,6 +5,10 @@
 member of the roster and the links to the neighbours are up with their
 ledgers exchanged; it refuses to train on a plan this node has not approved,
 or on local data that break the plan's data schema (``check_local_data``).
+Rounds are numbered 1..R here, in everything the driver writes and shows;
+``completed`` is the number of rounds completed (0 before the first). The
+exchange hands the core their indices (``p2pfl.node.numbering``), and the
+driver converts where it calls the learner, the graph or the privacy masks.
 A round r is then:
 
 1. catch up: if every in-neighbour's ledger progress says it finished round r
@@ -58,6 +62,7 @@ from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
 from p2pfl.node.local import Learner
+from p2pfl.node.numbering import FIRST, index, number
 from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
 from p2pfl.spec import Graph, Plan, plan_from_table
@@ -71,6 +76,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEALT_FILE = "secure-dealt"
+NUMBERED = "numbered"
+"""The dealt file's third word: its round is a number (``_mark_dealt``)."""
 MAX_EARLY_FRAMES = 1024
 CORE_STATE = "gossip."
 """Prefix of the round core's arrays in a checkpoint's ``state`` (the rest: the optimizer's)."""
@@ -91,8 +98,8 @@ class RoundDriver:
         self.graph: Graph | None = None
         self.exchange: Exchange | None = None
         self.secure = False
-        self.round = 0  # the next round to run
-        self.completed = -1  # the last round completed
+        self.round = FIRST  # the number of the round in progress, or the next to run
+        self.completed = 0  # rounds completed: the number of the last one (0: none)
         self.target: int | None = None
         self.resumed_from: int | None = None
         self._resume: Any = None
@@ -106,6 +113,8 @@ class RoundDriver:
         self._final: tuple[int, RoundMixed, float] | None = (
             None  # the last round this run completed
         )
+        self.mixed_with: dict[str, int] = {}
+        """Per neighbour, the last round whose frames from it were mixed in."""
 
     # -- what the node calls --------------------------------------------------------------
 
@@ -138,6 +147,9 @@ class RoundDriver:
         if self._resume is not None:
             self.completed = self._resume.round
             self.round = self._resume.round + 1
+            arrived = self._resume.meta.get("arrived")
+            if isinstance(arrived, list):
+                self.mixed_with = {str(p): self._resume.round for p in arrived}
 
     def _roster(self) -> tuple[str, ...]:
         if self._resume is not None and isinstance(self._resume.meta.get("roster"), list):
@@ -237,7 +249,8 @@ class RoundDriver:
         ):
             log.warning("checkpoint %s is of another federation or plan: starting over", ckpt.path)
             self.node.record("checkpoint-ignored", path=str(ckpt.path), reason="other plan")
-            self._resume, self.round, self.completed = None, 0, -1
+            self._resume, self.round, self.completed = None, FIRST, 0
+            self.mixed_with = {}
             return
         self.resumed_from = ckpt.round
         self.node.record("resumed", round=ckpt.round, checkpoint=str(ckpt.path))
@@ -264,8 +277,11 @@ class RoundDriver:
         return self.node.data_dir / DEALT_FILE
 
     def _mark_dealt(self, r: int) -> None:
+        """``N HASH numbered``: round number N of the plan HASH (a file of two words,
+        written before rounds were numbered from 1, holds the round's index)."""
         assert self.plan_hash is not None
-        atomic_write_bytes(self._dealt_file, f"{r} {self.plan_hash.hex()}\n".encode())
+        text = f"{r} {self.plan_hash.hex()} {NUMBERED}\n"
+        atomic_write_bytes(self._dealt_file, text.encode())
 
     def _skip_dealt_round(self) -> None:
         """Never deal twice in one secure round: a restart skips the round it had begun.
@@ -275,8 +291,8 @@ class RoundDriver:
         round without this node (it is declared dropped) and it joins the next one.
         """
         try:
-            text, _, plan_hash = self._dealt_file.read_text().strip().partition(" ")
-            dealt = int(text)
+            text, plan_hash, *numbered = self._dealt_file.read_text().split()
+            dealt = int(text) if numbered == [NUMBERED] else number(int(text))
         except (OSError, ValueError):
             return
         if self.plan_hash is not None and plan_hash == self.plan_hash.hex() and dealt >= self.round:
@@ -303,14 +319,14 @@ class RoundDriver:
             )
         )
         self.node.record("training", round=self.round, rounds=self.target, neighbours=neighbours)
-        while self.round < self.target:
+        while self.round <= self.target:
             self._catch_up()
-            if self.round >= self.target:
+            if self.round > self.target:
                 break
             await self._one_round(self.round)
         await self._linger()
         self.node.set_phase(Phase.FINISHED)
-        return self.completed + 1
+        return self.completed
 
     def _catch_up(self) -> None:
         """Skip the rounds every in-neighbour finished without us (we were down).
@@ -321,14 +337,14 @@ class RoundDriver:
         assert self.graph is not None and self.exchange is not None and self.plan is not None
         if self.plan.gossip.mode == "async":
             return
-        hood = self.graph.neighbourhood(self.me, self.round)
-        progress = self.node.ledger.progress()
-        ahead = [progress.get(j, -1) for j in hood.in_weights]
+        hood = self.graph.neighbourhood(self.me, index(self.round))
+        progress = self.node.ledger.progress()  # rounds completed, per member
+        ahead = [progress.get(j, 0) for j in hood.in_weights]
         if not ahead or min(ahead) < self.round:
             return
         first, new_round = self.round, min(ahead) + 1
         if self.target is not None:
-            new_round = min(new_round, self.target)
+            new_round = min(new_round, self.target + 1)
         log.warning(
             "neighbours finished rounds %d..%d without us: joining round %d",
             first,
@@ -337,8 +353,8 @@ class RoundDriver:
         )
         self.node.record("rounds-skipped", first=first, last=new_round - 1)
         self.node.emit(RoundSkipped(first, new_round - 1))
-        self.round = self.exchange.round = new_round
-        self.exchange.core.resume_at(new_round)
+        self.round = new_round
+        self.exchange.resume_at(new_round)
 
     async def _one_round(self, r: int) -> None:
         exchange = self.exchange
@@ -351,10 +367,10 @@ class RoundDriver:
         exchange.prune()
         if self.secure:
             await asyncio.to_thread(self._mark_dealt, r)
-        exchange.drive(exchange.core.begin_round(r, loop.time()))
+        exchange.begin_round(r, loop.time())
         node.set_phase(Phase.TRAINING)
         t0 = time.perf_counter()
-        await asyncio.to_thread(learner.train, r)
+        await asyncio.to_thread(learner.train, index(r))  # batches seeded by the index
         self._train_seconds = time.perf_counter() - t0
         waiter = exchange.mixed(r)
         node.set_phase(Phase.MIXING)
@@ -362,9 +378,7 @@ class RoundDriver:
         trained = learner.params[0].numpy()
         # A secure sender may mask its input after our own round closed and the next
         # round's training changed ``params`` in place: it gets its own copy.
-        exchange.drive(
-            exchange.core.start_round(r, trained.copy() if self.secure else trained, loop.time())
-        )
+        exchange.start_round(r, trained.copy() if self.secure else trained, loop.time())
         try:
             mixed = await waiter
         finally:
@@ -387,6 +401,7 @@ class RoundDriver:
         node.save_ledger()
         self.completed, self.round = r, r + 1
         self._final = (r, mixed, seconds)
+        self.mixed_with.update(dict.fromkeys(mixed.arrived, r))
         exchange.round = self.round
         exchange.prune()
         event = RoundCompleted(
@@ -411,7 +426,7 @@ class RoundDriver:
         acc = "-" if accuracy is None else f"{accuracy:.4f}"
         log.info(
             "round %d/%d done in %.2f s: local accuracy %s, %d neighbours mixed%s",
-            r + 1,
+            r,
             self.target or 0,
             seconds,
             acc,
@@ -481,7 +496,7 @@ class RoundDriver:
 
         def done() -> bool:
             progress = node.ledger.progress()
-            if not all(progress.get(p, -1) >= last for p in peers):
+            if not all(progress.get(p, 0) >= last for p in peers):
                 return False
             return push_sum is None or (self._absorbed_all(push_sum) and node.flushed())
 
@@ -497,7 +512,10 @@ class RoundDriver:
         return None
 
     def _absorbed_all(self, core: PushSumGossip) -> bool:
-        """Every in-neighbour's share of every step up to the last, absorbed."""
+        """Every in-neighbour's share of every step up to the last, absorbed.
+
+        The core counts its steps by index (``p2pfl.node.numbering``): ``t`` is one, 0..R-1.
+        """
         assert self.graph is not None and self.target is not None
         for t in range(self.target):
             for peer in self.graph.neighbourhood(self.me, t).in_weights:
@@ -524,9 +542,11 @@ class RoundDriver:
         return self.learner.current_model()
 
     def status(self) -> dict[str, Any]:
+        """The rounds' part of ``status.json``: round numbers, ``completed`` a count."""
         graph = self.graph
+        current = self.round if self.target is None else min(self.round, self.target)
         return {
-            "round": self.round,
+            "round": current,
             "completed": self.completed,
             "rounds": self.target,
             "resumed_from": self.resumed_from,

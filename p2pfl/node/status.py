@@ -1,10 +1,16 @@
 """The status file a running node keeps in its data directory (``p2pfl node status`` reads it).
 
 ``status.json`` is rewritten atomically (temp file, rename) whenever the node
-changes phase and every ``status_interval`` seconds, so a reader never sees
-half a file. It holds the node id, the federation, the phase (the text of a
-``p2pfl.node.phases.Phase``), the current and last completed round, each
-neighbour link's state, and the last error.
+changes phase and every ``status_interval`` seconds, and once more when it
+stops, after its links are closed, so a reader never sees half a file. It
+holds the node id, the federation, the phase (the text of a
+``p2pfl.node.phases.Phase``: ``finished``, ``stopped`` or ``failed`` once the
+run is over), the round in progress (``round``, numbered from 1), the rounds
+completed (``completed``: 0 before the first), each neighbour link's live state
+with the last round mixed with it, and the last error.
+
+Readers take what they find: ``read_status`` promises a JSON object, nothing
+about its fields (another version, or a hand, may have written it).
 """
 
 from __future__ import annotations
@@ -40,11 +46,11 @@ def read_status(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def process_alive(pid: object) -> bool:
     """Whether a process with this pid exists (the daemon that wrote the status may be gone)."""
-    if not isinstance(pid, int) or pid <= 0:
+    if type(pid) is not int or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True

@@ -89,7 +89,7 @@ def test_three_peers_train_in_one_process_and_report_each_round(tmp_path: Path) 
         rounds = [e for e in site_events if isinstance(e, RoundCompleted)]
         assert len(started) == 1 and started[0].roster == tuple(sorted(ids))
         assert set(started[0].neighbours) == set(ids) - {ids[i]}
-        assert [e.round for e in rounds] == [0, 1, 2]
+        assert [e.round for e in rounds] == [1, 2, 3]
         assert all(set(e.arrived) == set(ids) - {ids[i]} and not e.stragglers for e in rounds)
         assert all(e.accuracy is not None and 0.0 <= e.accuracy <= 1.0 for e in rounds)
         assert isinstance(site_events[-1], Finished) and site_events[-1].rounds == 3
@@ -102,7 +102,7 @@ def test_three_peers_train_in_one_process_and_report_each_round(tmp_path: Path) 
         kinds = [e["event"] for e in read_entries(audit)]
         assert kinds[0] == "start" and kinds.count("round") == 3 and kinds[-1] == "stop"
         assert sorted(p.name for p in (f.directory / "checkpoints").iterdir())[-1] == (
-            "round-000002.ckpt"
+            "round-000003.ckpt"
         )
 
 
@@ -120,10 +120,10 @@ def test_a_stopped_federation_resumes_where_an_uninterrupted_one_ends(tmp_path: 
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     for site_events in events:
         started = next(e for e in site_events if isinstance(e, TrainingStarted))
-        assert started.resumed and started.round == 2
-        assert [e.round for e in site_events if isinstance(e, RoundCompleted)] == [2, 3]
+        assert started.resumed and started.round == 3
+        assert [e.round for e in site_events if isinstance(e, RoundCompleted)] == [3, 4]
     entries = read_entries(resumed[0].directory / "audit.jsonl")
-    assert [e["round"] for e in entries if e["event"] == "resumed"] == [1]
+    assert [e["round"] for e in entries if e["event"] == "resumed"] == [2]
 
 
 def test_secure_peers_end_where_plain_ones_do_up_to_fixed_point(tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ def test_a_node_refuses_to_train_until_every_member_approved(cli: Cli) -> None:
     code, _, err = cli("node", "run", "--config", a / "node.toml", "--insecure")
     assert code == 2, err
     assert f"the plan is not approved by {id_b}" in err and "federation approve" in err
-    assert read_status(a)["phase"] == "failed" and read_status(a)["completed"] == -1
+    assert read_status(a)["phase"] == "failed" and read_status(a)["completed"] == 0
     assert not (a / "checkpoints").exists() or not any((a / "checkpoints").iterdir())
 
 
@@ -276,7 +276,7 @@ def test_a_node_refuses_to_train_on_data_outside_the_schema(cli: Cli) -> None:
     assert violation["feature"] == "chol" and violation["kind"] == "out-of-range"
     status = read_status(directory)
     assert status["phase"] == "failed" and "chol" in status["last_error"]
-    assert status["completed"] == -1 and not (directory / "checkpoints").exists()
+    assert status["completed"] == 0 and not (directory / "checkpoints").exists()
 
 
 # -- safe outputs: the aggregated model and metrics, nothing per-site -----------------------
@@ -345,7 +345,7 @@ def test_export_refuses_unknown_artefacts_and_per_site_files(cli: Cli) -> None:
     source, out = simulation_dir(cli.dir), cli.dir / "out"
     code, _, err = cli("export", "--from", source, "--to", out, "--include", "plots")
     assert code == 2 and "exportable are model, metrics" in err
-    ckpt = write_checkpoint(cli.dir / "node" / "checkpoints", 0, np.zeros(4, np.float32))
+    ckpt = write_checkpoint(cli.dir / "node" / "checkpoints", 1, np.zeros(4, np.float32))
     for path in (ckpt, ckpt.parent):
         code, _, err = cli("export", "--from", path, "--to", out)
         assert code == 2 and "refusing to export" in err
@@ -364,7 +364,7 @@ def finished_node(cli: Cli, round_: int) -> Path:
 
 
 def test_export_from_a_node_writes_its_final_mixed_model_only(cli: Cli) -> None:
-    directory, out = finished_node(cli, 1), cli.dir / "out"
+    directory, out = finished_node(cli, 2), cli.dir / "out"
     cli.ok("export", "--from", directory, "--to", out)
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model-final.pt"]
     state = torch.load(out / "model-final.pt", weights_only=True)
@@ -380,7 +380,7 @@ def test_export_from_a_node_writes_its_final_mixed_model_only(cli: Cli) -> None:
 
 
 def test_export_refuses_an_unfinished_node_run(cli: Cli) -> None:
-    directory, out = finished_node(cli, 0), cli.dir / "out"
+    directory, out = finished_node(cli, 1), cli.dir / "out"
     code, _, err = cli("export", "--from", directory, "--to", out)
     assert code == 2 and "round 1 of 2" in err and "not the federation's result" in err
     assert not out.exists()

@@ -31,11 +31,11 @@ def _write_run(path: Path) -> None:
         audit.record("link-up", peer="node-b")  # line 2
         audit.record("link-up", peer="node-c")  # line 3
         audit.record("auth-refused", peer="mallory", code="not-member", inbound=True)  # 4
-        audit.record("round", round=0, arrived=["node-b", "node-c"], stragglers=[])  # 5
-        audit.record("round", round=1, arrived=["node-b", "node-c"], stragglers=[])  # 6
-        audit.record("dropouts-declared", round=2, dropped=["node-c"])  # 7
+        audit.record("round", round=1, arrived=["node-b", "node-c"], stragglers=[])  # 5
+        audit.record("round", round=2, arrived=["node-b", "node-c"], stragglers=[])  # 6
+        audit.record("dropouts-declared", round=3, dropped=["node-c"])  # 7
         audit.record("link-down", peer="node-c", reason="closed")  # 8
-        audit.record("round", round=2, arrived=["node-b"], stragglers=[])  # 9
+        audit.record("round", round=3, arrived=["node-b"], stragglers=[])  # 9
         audit.record("peer-protocol-error", peer="node-b", error="bad frame")  # 10
         audit.record("error", error="RuntimeError: disk full")  # 11
         audit.record("stop", reason="requested")  # 12
@@ -77,7 +77,7 @@ def test_an_intact_log_exits_0_and_is_summarised(
     assert f"head: {line_hash(_lines(log)[-1])}" in out
     assert "node: node-a" in out
     assert "time: 2025-01-01T12:00:00+00:00 .. 2025-01-01T12:00:11+00:00" in out
-    assert "rounds completed: 3 (0..2" in out
+    assert "rounds completed: 3 (rounds 1..3" in out
     assert "links: 2 up, 1 down" in out and "peers: node-b, node-c" in out
     assert "refused handshakes: 1 (not-member: 1)" in out
     assert "dropouts declared: 1; peers: node-c" in out
@@ -100,8 +100,8 @@ def test_json_gives_the_same_summary(log: Path, capsys: pytest.CaptureFixture[st
     )
     assert s["rounds"] == {
         "completed": 3,
-        "first": 0,
-        "last": 2,
+        "first": 1,
+        "last": 3,
         "skipped": 0,
         "abandoned": 0,
         "resumed": 0,
@@ -122,7 +122,7 @@ def _edit_field(lines: Lines) -> Lines:
 
 
 def _remove_middle(lines: Lines) -> Lines:
-    del lines[5]  # line 6: round 1
+    del lines[5]  # line 6: round 2
     return lines
 
 

@@ -188,14 +188,14 @@ def test_two_daemons_federated_with_the_cli_train_and_report(
     # b learnt a's approval through ledger sync, and a learnt b's progress.
     assert cli("federation", "show", a / "ledger", "--json") == 0
     shown = json.loads(capsys.readouterr().out)
-    assert sorted(shown["progress"].values()) == [1, 1]
+    assert sorted(shown["progress"].values()) == [2, 2]  # rounds completed
     assert cli("node", "status", "--config", b / "node.toml", "--json") == 0
     status = json.loads(capsys.readouterr().out)
     assert status["phase"] == "finished" and not status["running"]
-    assert status["completed"] == 1 and len(status["neighbours"]) == 1
+    assert status["completed"] == 2 and len(status["neighbours"]) == 1
     assert cli("node", "status", "--config", a / "node.toml") == 0
     text = capsys.readouterr().out
-    assert "not running (last phase: finished)" in text and "completed 2 of 2" in text
+    assert "not running (last phase: finished): 2 of 2 rounds completed" in text
     assert verify(a / "audit.jsonl").ok
 
 

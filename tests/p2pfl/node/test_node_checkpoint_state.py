@@ -151,7 +151,7 @@ def test_state_round_trips_through_the_file(tmp_path: Path) -> None:
 
 
 def test_altered_or_truncated_state_is_refused(tmp_path: Path) -> None:
-    path = ckpt.write_checkpoint(tmp_path, 0, np.ones(50, np.float32), state=state_arrays())
+    path = ckpt.write_checkpoint(tmp_path, 1, np.ones(50, np.float32), state=state_arrays())
     raw = bytearray(path.read_bytes())
     raw[-10] ^= 0x40  # inside the state, behind the model
     path.write_bytes(bytes(raw))
@@ -165,20 +165,20 @@ def test_altered_or_truncated_state_is_refused(tmp_path: Path) -> None:
 
 
 def write_version_1(path: Path, round_: int, model: np.ndarray) -> None:
-    """A checkpoint as written before the optimizer state was kept."""
+    """A checkpoint as written before the optimizer state was kept (rounds counted from 0)."""
     data = model.astype("<f4").tobytes()
     meta = msgpack.packb(
         {"round": round_, "dim": model.size, "sha256": hashlib.sha256(data).digest()},
         use_bin_type=True,
     )
-    path.write_bytes(ckpt.LEGACY_MAGIC + struct.pack("<I", len(meta)) + meta + data)
+    path.write_bytes(b"P2PFL-CKPT\x00\x01" + struct.pack("<I", len(meta)) + meta + data)
 
 
 def test_a_version_1_checkpoint_still_loads_without_state(tmp_path: Path) -> None:
     model = np.linspace(0, 1, 20, dtype=np.float32)
     write_version_1(tmp_path / ckpt.checkpoint_name(3), 3, model)
     loaded = ckpt.latest_checkpoint(tmp_path)
-    assert loaded is not None and loaded.round == 3
+    assert loaded is not None and loaded.round == 4 and loaded.version == 1  # index 3: round 4
     assert np.array_equal(loaded.model, model) and not loaded.has_state and loaded.state == {}
 
 

@@ -58,7 +58,7 @@ def test_the_ledger_holds_only_masked_figures_except_where_a_site_opted_in(daemo
     names = {d.name: d for d in site_dirs(workdir)}
     ledger = load_ledger(next(iter(names.values())) / "ledger")
     hungary = result.extra["node_ids"][setup.names().index(_name_of(setup, "Hungary"))]
-    for r in range(ROUNDS):
+    for r in range(1, ROUNDS + 1):  # the ledger numbers its rounds from 1
         records = ledger.metrics(r)
         assert set(records) == set(result.extra["node_ids"])
         for node, values in records.items():
@@ -76,13 +76,14 @@ def test_the_sum_of_the_masked_records_is_the_federations_figure(daemons):
     ledger = load_ledger(site_dirs(workdir)[0] / "ledger")
     roster = sorted(result.extra["node_ids"])
     total_test = sum(int(nd.x_test.shape[0]) for nd in setup.data.nodes)
-    for r in range(ROUNDS):
+    for r, row in enumerate(result.rounds, start=1):  # the ledger numbers its rounds from 1
         total = federation_sum(ledger.metrics(r), roster)
         assert total is not None
         assert total["samples"] == total_test
         assert 0 <= total["correct"] <= total_test
-        assert result.rounds[r].acc_mean == pytest.approx(total["correct"] / total_test)
-        assert result.rounds[r].acc_min is None and result.rounds[r].acc_max is None
+        assert row.acc_mean == pytest.approx(total["correct"] / total_test)
+        assert row.acc_min is None and row.acc_max is None
+    assert r == ROUNDS
     assert federation_sum(ledger.metrics(r), roster[:-1]) is not None  # a sub-roster sums...
     assert federation_sum(ledger.metrics(r), roster[:-1]) != total  # ...to garbage
 

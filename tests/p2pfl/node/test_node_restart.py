@@ -61,7 +61,7 @@ def setup_for(optimizer: dict[str, Any]) -> Any:
 
 def final_models(root: Path) -> list[np.ndarray]:
     return [
-        read_checkpoint(root / f"n{i}" / "checkpoints" / f"round-{ROUNDS - 1:06d}.ckpt").model
+        read_checkpoint(root / f"n{i}" / "checkpoints" / f"round-{ROUNDS:06d}.ckpt").model
         for i in range(NODES)
     ]
 
@@ -86,8 +86,8 @@ def kill_after_checkpoint(state: dict[str, Any]) -> Any:
         if "killed_after" in state:
             return
         phase, round_ = phase_of(federation, VICTIM)
-        k = round_ - 1
-        if phase != "training" or not FIRST_KILL <= k < ROUNDS - 2:
+        k = round_ - 1  # the last round completed (rounds are numbered from 1)
+        if phase != "training" or not FIRST_KILL < k < ROUNDS - 1:
             return
         # Everyone holds round k (so the victim's round-k frame reached them all) and the
         # victim trains k+1: nothing of round k+1 has left it yet.

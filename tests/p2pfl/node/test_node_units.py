@@ -142,24 +142,24 @@ def test_checkpoint_round_trip_is_raw_float32_and_msgpack(tmp_path: Path) -> Non
 
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = np.arange(10, dtype=np.float32)
-    ckpt.write_checkpoint(tmp_path, 0, model)
+    ckpt.write_checkpoint(tmp_path, 1, model)
 
     def crash(*_: object) -> None:
         raise OSError("disk gone")
 
     monkeypatch.setattr(ckpt.os, "replace", crash)
     with pytest.raises(OSError, match="disk gone"):
-        ckpt.write_checkpoint(tmp_path, 1, model + 1)
+        ckpt.write_checkpoint(tmp_path, 2, model + 1)
     monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["round-000000.ckpt"]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round-000001.ckpt"]  # no temp left
     latest = ckpt.latest_checkpoint(tmp_path)
-    assert latest is not None and latest.round == 0
+    assert latest is not None and latest.round == 1
 
 
 def test_a_damaged_checkpoint_is_refused_and_skipped(tmp_path: Path) -> None:
     model = np.ones(64, dtype=np.float32)
-    ckpt.write_checkpoint(tmp_path, 0, model)
-    path = ckpt.write_checkpoint(tmp_path, 1, model * 2)
+    ckpt.write_checkpoint(tmp_path, 1, model)
+    path = ckpt.write_checkpoint(tmp_path, 2, model * 2)
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -169,10 +169,10 @@ def test_a_damaged_checkpoint_is_refused_and_skipped(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="truncated"):
         ckpt.read_checkpoint(path)
     latest = ckpt.latest_checkpoint(tmp_path)
-    assert latest is not None and latest.round == 0 and np.array_equal(latest.model, model)
-    (tmp_path / "round-000002.ckpt").write_bytes(b"not a checkpoint")
+    assert latest is not None and latest.round == 1 and np.array_equal(latest.model, model)
+    (tmp_path / "round-000003.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a p2pfl checkpoint"):
-        ckpt.read_checkpoint(tmp_path / "round-000002.ckpt")
+        ckpt.read_checkpoint(tmp_path / "round-000003.ckpt")
 
 
 def test_a_checkpoint_is_checked_whole_without_keeping_its_model(tmp_path: Path) -> None:
@@ -188,10 +188,10 @@ def test_a_checkpoint_is_checked_whole_without_keeping_its_model(tmp_path: Path)
 
 
 def test_checkpoints_are_pruned_to_the_newest(tmp_path: Path) -> None:
-    for r in range(5):
+    for r in range(1, 6):
         ckpt.write_checkpoint(tmp_path, r, np.zeros(3, dtype=np.float32))
     ckpt.prune_checkpoints(tmp_path, 2)
-    assert [r for r, _ in ckpt.list_checkpoints(tmp_path)] == [3, 4]
+    assert [r for r, _ in ckpt.list_checkpoints(tmp_path)] == [4, 5]
     ckpt.prune_checkpoints(tmp_path, 0)  # 0 keeps all
     assert len(ckpt.list_checkpoints(tmp_path)) == 2
 
@@ -435,7 +435,8 @@ def test_the_exchange_counts_abandoned_rounds_and_sends_through_the_host() -> No
     assert exchange.abandoned == 2 and exchange.round_bytes == len(b"frame")
     assert isinstance(stand_in, Host)
     assert stand_in.sent == [("p", b"\x02frame", 2)] and stand_in.wakes == 2
-    assert stand_in.records == [("straggler", {"round": 2, "peer": "q"})]
+    # The core's round index 2 is round number 3 (``p2pfl.node.numbering``).
+    assert stand_in.records == [("straggler", {"round": 3, "peer": "q"})]
     exchange.prune()  # p is known to be in round 5; q is not known to be past ours
     assert stand_in.pruned == [("p", 5), ("q", 2)]
 

@@ -264,15 +264,15 @@ def test_a_node_crate_holds_plan_model_metrics_audit_and_ledger_hash(
     assert {"plan.json", "#plan-hash"} <= set(ids(action, "object"))
 
     results = ids(action, "result")
-    assert {"round-000001.ckpt", "metrics.json", "audit.jsonl", "#ledger-sha256"} == set(results)
-    checkpoint = site.directory / "checkpoints" / "round-000001.ckpt"
-    assert (crate_dir / "round-000001.ckpt").read_bytes() == checkpoint.read_bytes()
+    assert {"round-000002.ckpt", "metrics.json", "audit.jsonl", "#ledger-sha256"} == set(results)
+    checkpoint = site.directory / "checkpoints" / "round-000002.ckpt"
+    assert (crate_dir / "round-000002.ckpt").read_bytes() == checkpoint.read_bytes()
     assert (crate_dir / "audit.jsonl").read_bytes() == (site.directory / "audit.jsonl").read_bytes()
     ledger_bytes = (site.directory / "ledger").read_bytes()
     assert crate.get("#ledger-sha256")["value"] == hashlib.sha256(ledger_bytes).hexdigest()
     metrics = json.loads((crate_dir / "metrics.json").read_text())
-    assert metrics["completed"] == 2 and [r["round"] for r in metrics["rounds"]] == [0, 1]
-    assert set(metrics["progress"].values()) == {1}
+    assert metrics["completed"] == 2 and [r["round"] for r in metrics["rounds"]] == [1, 2]
+    assert set(metrics["progress"].values()) == {2}
     for row in metrics["rounds"]:  # bytes and training time priced with the node's factors
         assert row["bytes_sent"] > 0 and row["train_seconds"] > 0
         assert row["energy"]["network_j"] == pytest.approx(row["bytes_sent"] * 6.75e-6)
@@ -324,7 +324,7 @@ def test_a_failed_run_leaves_a_failed_crate_with_the_old_approvals(tmp_path: Pat
     action = the_action(crate)
     assert ids(action, "actionStatus") == [FAILED]
     assert "has not approved" in action["error"]
-    assert "round-000000.ckpt" not in ids(action, "result")
+    assert "round-000001.ckpt" not in ids(action, "result")
     for approval in crate.get_by_type("EndorseAction"):
         (old,) = ids(approval, "object")
         assert old.startswith("#plan-hash-") and old != "#plan-hash"
