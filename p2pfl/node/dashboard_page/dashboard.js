@@ -124,7 +124,7 @@
   }
 
   function lineChart(chart, points) {
-    const w = 640, h = 220, left = 44, right = 48, top = 12, bottom = 28;
+    const w = 1100, h = 260, left = 44, right = 52, top = 22, bottom = 28;
     chart.replaceChildren();
     const xs = points.map((p) => p.round);
     const lo = Math.min(...xs, 0), hi = Math.max(...xs, 1);
@@ -155,8 +155,8 @@
         chart.append(dot);
       }
     }
-    chart.append(svg("text", { x: left, y: top - 2, class: "legend acc" }, "accuracy"));
-    chart.append(svg("text", { x: w - right, y: top - 2, class: "legend loss", "text-anchor": "end" }, "loss"));
+    chart.append(svg("text", { x: left + 6, y: top - 6, class: "legend acc" }, "accuracy"));
+    chart.append(svg("text", { x: w - right - 6, y: top - 6, class: "legend loss", "text-anchor": "end" }, "loss"));
   }
 
   function costs(snap) {
@@ -174,9 +174,9 @@
     );
     const chart = $("costs-chart");
     chart.replaceChildren();
-    const w = 640, h = 160, left = 44, bottom = 24, top = 8;
+    const w = 1100, h = 170, left = 60, bottom = 24, top = 8;
     const most = Math.max(...snap.costs.map((c) => c.bytes_sent), 1);
-    const width = (w - left - 8) / Math.max(1, snap.costs.length);
+    const width = Math.min(90, (w - left - 8) / Math.max(1, snap.costs.length));
     snap.costs.forEach((c, i) => {
       const height = (c.bytes_sent / most) * (h - top - bottom);
       const bar = svg("rect", { x: left + i * width + 2, y: h - bottom - height, width: Math.max(1, width - 4), height, class: "bar" });
@@ -208,11 +208,12 @@
     const a = snap.audit;
     const state = $("audit-state");
     state.dataset.ok = a.ok;
+    state.dataset.lines = a.lines ?? "";
     state.textContent = a.error ? "unreadable" : a.ok ? "verified" : "damaged";
     const detail = a.error
       ? a.error
       : a.ok
-        ? `hash chain intact over ${a.lines} lines (head ${String(a.head).slice(0, 16)}…)`
+        ? `hash chain intact over lines 1 to ${a.lines} (head ${String(a.head).slice(0, 16)}…)`
         : `${a.problem_count} problem(s): ` + a.problems.map((p) => `line ${p.line} ${p.kind}: ${p.detail}`).join("; ");
     $("audit-detail").textContent = detail;
     const tail = [...a.tail].reverse();

@@ -42,7 +42,7 @@ def plan(rounds: int, *, dp: bool = False) -> dict[str, Any]:
         "privacy": {"private_metrics": True},
     }
     if dp:
-        table["privacy"].update(mechanism="delta", epsilon=8.0, clip=5.0)
+        table["privacy"].update(mechanism="delta", epsilon=50.0, clip=5.0)
     return table
 
 
