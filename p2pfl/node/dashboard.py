@@ -153,6 +153,7 @@ class Dashboard:
         self._version, self._text = 0, ""
         self._fresh = asyncio.Event()
         self._failures = 0
+        self._assets: dict[str, tuple[bytes, str]] = {}
 
     @property
     def url(self) -> str:
@@ -165,6 +166,10 @@ class Dashboard:
 
     async def open(self) -> None:
         """Bind and serve; ``ConfigError`` when the address cannot be had."""
+        query = "" if self.token is None else f"?token={self.token}"
+        for path, (name, kind) in _ASSETS.items():
+            body = (_PAGE / name).read_bytes().replace(_QUERY.encode(), query.encode())
+            self._assets[path] = (body, kind)
         if self.token is not None:
             atomic_write_bytes(self._token_file, self.token.encode() + b"\n", mode=0o600)
         try:
@@ -222,15 +227,10 @@ class Dashboard:
             if len(self._clients) >= MAX_CLIENTS:
                 return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many dashboards open\n")
             return None  # the WebSocket handshake: ``_push``
-        asset = _ASSETS.get(url.path)
+        asset = self._assets.get(url.path)
         if asset is None:
             return _text(http.HTTPStatus.NOT_FOUND, "not found\n")
-        name, kind = asset
-        body = (_PAGE / name).read_bytes()
-        if name == "index.html":
-            query = "" if self.token is None else f"?token={self.token}"
-            body = body.replace(_QUERY.encode(), query.encode())
-        return _response(http.HTTPStatus.OK, body, kind)
+        return _response(http.HTTPStatus.OK, *asset)
 
     def _refusal(self, request: Request, query: str) -> tuple[http.HTTPStatus, str] | None:
         if self.token is None:

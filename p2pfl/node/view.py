@@ -113,19 +113,16 @@ class NodeView:
     def _metrics(
         self, ledger: Ledger, roster: list[str]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        if roster:
-            top = max(ledger.progress().values(), default=-1)
-            for r in range(top + 1):
-                if r not in self._sums:
-                    self._round_metrics(ledger, roster, r)
+        if roster:  # one pass over the ledger's records, summed rounds left out
+            for r, records in ledger.metrics_by_round(skip=self._sums).items():
+                self._round_metrics(records, roster, r)
         sums = [self._sums[r] for r in sorted(self._sums)]
         shared = [row for r in sorted(self._shared) for row in self._shared[r]]
         return sums, shared
 
-    def _round_metrics(self, ledger: Ledger, roster: list[str], r: int) -> None:
-        records = ledger.metrics(r)
-        if not records:
-            return
+    def _round_metrics(
+        self, records: dict[str, dict[str, int | float]], roster: list[str], r: int
+    ) -> None:
         self._shared[r] = [
             {
                 "round": r,
