@@ -27,10 +27,13 @@ import p2pfl
 from p2pfl.cli import build_parser
 from p2pfl.cli.node import _with_dashboard
 from p2pfl.errors import ConfigError
+from p2pfl.identity import load_identity
+from p2pfl.ledger_file import load_ledger
 from p2pfl.node.audit import verify
 from p2pfl.node.config import config_from_table, load_config
 from p2pfl.node.dashboard import TOKEN_FILE, Dashboard, DashboardSection, split_listen
 from p2pfl.node.privacy import federation_sum
+from p2pfl.node.view import members
 from p2pfl.privacy.metrics import summary
 
 PAGE = files("p2pfl.node") / "dashboard_page"
@@ -314,3 +317,22 @@ def test_the_snapshot_shows_the_federations_sums_and_only_opted_in_sites(tmp_pat
     assert 0 < privacy["epsilon_spent"] == pytest.approx(privacy["epsilon_run"])
     assert snapshot["audit"]["ok"] == verify(files_[0].directory / "audit.jsonl").ok is True
     assert {link["peer"] for link in snapshot["links"]} == {f.node_id for f in files_[1:]}
+
+
+def test_members_show_approvals_revocations_and_progress_as_the_ledger_has_them(
+    tmp_path: Path,
+) -> None:
+    files_ = loopback_federation(tmp_path, rounds=1)
+    ledger = load_ledger(files_[0].directory / "ledger")
+    founder = load_identity(files_[0].directory / "node.key")
+    a, b, c = (f.node_id for f in files_)
+    ledger.revoke(founder.signing_key, c, clock=ledger.next_clock(), reason="left")
+    ledger.set_plan(founder.signing_key, {**ledger.plan(), "seed": 1}, clock=ledger.next_clock())
+    ledger.approve(founder.signing_key, ledger.plan_hash(), clock=ledger.next_clock())
+    ledger.report_progress(founder.signing_key, 0, clock=ledger.next_clock())
+    shown = {m["node_id"]: m for m in members(ledger, {"node_id": b, "neighbours": {a: {}}})}
+    assert set(shown) == {a, b, c}  # a revoked member stays on the page, marked
+    assert [shown[n]["approved"] for n in (a, b, c)] == [True, False, False]
+    assert [shown[n]["revoked"] for n in (a, b, c)] == [False, False, True]
+    assert [shown[n]["progress"] for n in (a, b, c)] == [0, None, None]
+    assert shown[b]["me"] and shown[a]["neighbour"] and not shown[c]["neighbour"]
