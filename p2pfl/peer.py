@@ -18,11 +18,14 @@ A ``Peer`` is exactly the daemon's node (``p2pfl.node.node.Node``): same
 config file, same data directory (ledger, checkpoints, audit log, status),
 same links, same protocol cores; ``p2pfl node run`` is a thin CLI around it.
 Pass ``network=MemoryNetwork()`` and ``listen = "memory://NAME"`` to run a
-whole federation inside one process, with no sockets.
+whole federation inside one process, with no sockets. ``dashboard="127.0.0.1:8080"``
+serves the node's live page (``p2pfl.node.dashboard``) while the peer runs, as
+``[dashboard] listen`` in its config does; ``peer.dashboard_url`` says where.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from typing import Any, Self
@@ -47,11 +50,15 @@ class Peer:
         network: MemoryNetwork | None = None,
         passphrase: bytes | None = None,
         insecure: bool | None = None,
+        dashboard: str | None = None,
     ) -> None:
         if not isinstance(config, NodeConfig):
             config = load_config(config)
         if insecure is not None:
             config = config.replace(insecure=insecure)
+        if dashboard is not None:
+            section = dataclasses.replace(config.dashboard, listen=dashboard)
+            config = config.replace(dashboard=section)
         if network is None:  # over a real network, the same refusals as `p2pfl node run`
             check_safe_settings(config)
         self._node = Node(config, network=network, passphrase=passphrase)
@@ -77,6 +84,12 @@ class Peer:
     def address(self) -> str:
         """Where this peer listens (with the port the system chose, for port 0)."""
         return self._node.address
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The live page's URL (with its token where one is required), when it is served."""
+        dashboard = self._node.dashboard
+        return None if dashboard is None else dashboard.url
 
     @property
     def round(self) -> int:

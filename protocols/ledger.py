@@ -26,7 +26,7 @@ checks stay cached).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 import nacl.signing
@@ -44,6 +44,7 @@ from protocols.records import (
     federation_id_for,
     node_id_for,
     open_record,
+    parse_round_slot,
     plan_hash,
     round_slot,
     seal,
@@ -224,6 +225,18 @@ class Ledger:
             for slot, r in self._current("metrics").items()
             if slot.startswith(f"{round_}/")
         }
+
+    def metrics_by_round(
+        self, skip: Container[int] = ()
+    ) -> dict[int, dict[str, dict[str, int | float]]]:
+        """Per round not in ``skip``, per node, the metrics it published: ``metrics`` of
+        every round in one pass over the map (a reader following a long run)."""
+        out: dict[int, dict[str, dict[str, int | float]]] = {}
+        for slot, record in self.view().current["metrics"].items():
+            parsed = parse_round_slot(slot)  # valid records have a round slot
+            if parsed is not None and parsed[0] not in skip:
+                out.setdefault(parsed[0], {})[parsed[1]] = dict(record.payload["values"])
+        return out
 
     def _current(self, map_name: str) -> dict[str, Record]:
         return dict(self.view().current[map_name])

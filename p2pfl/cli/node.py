@@ -2,6 +2,7 @@
 
 p2pfl node init DIR [--tls]           key (0600), TLS pair, commented node.toml
 p2pfl node run --config FILE          the daemon: logs, a line per round; SIGTERM stops it
+               [--dashboard HOST:PORT]  ...and its live page (p2pfl.node.dashboard)
 p2pfl node status --config FILE       round, neighbours and their state, last error
 p2pfl node check-data --config FILE   the data entrypoint against the plan's data schema
 
@@ -57,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--insecure", action="store_true", help="allow plain ws:// links (unencrypted; logged)"
     )
     run.add_argument("--rounds", type=int, default=None, help="rounds to complete (default: plan)")
+    run.add_argument(
+        "--dashboard",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve a live page of the node there (a bare port: loopback; elsewhere a token)",
+    )
     run.set_defaults(handler=_run)
 
     status = sub.add_parser("status", help="what a node is doing (read from its status file)")
@@ -118,6 +125,8 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.insecure:
         config = config.replace(insecure=True)
+    if args.dashboard is not None:
+        config = _with_dashboard(config, args.dashboard)
     check_safe_settings(config, args.config)
     if config.limits.threads:
         import torch
@@ -134,6 +143,16 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(_address_in_use(args.config, config.node.listen)) from None
     log.info("finished: %d rounds completed", done)
     return 0
+
+
+def _with_dashboard(config: Any, listen: str) -> Any:
+    """``--dashboard`` overrides the config's ``[dashboard] listen`` (checked: ``ConfigError``)."""
+    from p2pfl.node.dashboard import DashboardSection
+
+    old = config.dashboard
+    return config.replace(
+        dashboard=DashboardSection(listen=listen, interval=old.interval, token=old.token)
+    )
 
 
 def _address_in_use(config_file: str, listen: str) -> str:

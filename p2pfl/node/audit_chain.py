@@ -241,7 +241,8 @@ class ChainCheck:
 
     def _expected_seq(self, number: int) -> int:
         """The ``seq`` line ``number`` should have, counting from the nearest entry above."""
-        for above in reversed(self.lines[: number - 1]):
+        for index in range(number - 2, -1, -1):  # walk up without copying: one step, mostly
+            above = self.lines[index]
             if above.entry is not None:
                 return int(above.entry["seq"]) + number - above.number
         return number - 1

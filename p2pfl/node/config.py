@@ -6,6 +6,7 @@ Sections (``p2pfl node init`` writes a commented template)::
     [tls]     cert, key, cafile
     [data]    entrypoint ("module:function"), args, kwargs
     [limits]  message sizes, timeouts, reconnect backoff, checkpoints kept, threads
+    [dashboard]  listen (off when empty), interval, token: the live page (``p2pfl.node.dashboard``)
 
 An unknown key is an error naming it. Relative paths are read against the
 directory of the config file, so a node directory can be moved as a whole.
@@ -34,6 +35,7 @@ from typing import Any
 from p2pfl.drift import DriftSection
 from p2pfl.energy import EnergySection
 from p2pfl.errors import ConfigError
+from p2pfl.node.dashboard import DashboardSection
 from p2pfl.tables import build
 
 
@@ -120,6 +122,7 @@ class NodeConfig:
     privacy: NodePrivacySection = field(default_factory=NodePrivacySection)
     drift: DriftSection = field(default_factory=DriftSection)
     energy: EnergySection = field(default_factory=EnergySection)
+    dashboard: DashboardSection = field(default_factory=DashboardSection)
     base_dir: str = "."
     insecure: bool = False
 
@@ -279,6 +282,11 @@ joules_per_byte = 6.75e-6     # network transfer (an assumption: set your own)
 watts_per_core = 12.0         # one busy core
 cores = 1
 pue = 1.0                     # data centre power usage effectiveness
+
+[dashboard]                   # a live page of this node (or: p2pfl node run --dashboard ...)
+listen = ""                   # "127.0.0.1:8080" serves it; off loopback it requires a token
+interval = 0.5                # seconds: at most one update per interval
+token = false                 # also require the token on loopback (a shared machine)
 """
 
 

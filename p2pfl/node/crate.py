@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rocrate.model import ContextEntity  # type: ignore[import-untyped]
 from rocrate.rocrate import ROCrate  # type: ignore[import-untyped]
 
-from p2pfl.energy import round_energy
+from p2pfl.energy import EnergySection, round_energy
 from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint
 from p2pfl.node.errors import CheckpointError
 from p2pfl.node.numbering import FIRST
@@ -304,10 +304,15 @@ def _node_metrics(node: RunFacts, checkpoints: list[Any]) -> dict[str, Any]:
 
 
 def _round_energy(node: RunFacts, meta: dict[str, Any]) -> dict[str, float]:
-    """This node's bytes sent and training time in a round, priced with its ``[energy]``."""
+    return round_cost(meta, node.config.energy)
+
+
+def round_cost(meta: dict[str, Any], factors: EnergySection) -> dict[str, float]:
+    """This node's bytes sent and training time in a round (a checkpoint's metadata),
+    priced with ``factors`` (its ``[energy]``); the dashboard shows the same figures."""
     sent = float(meta.get("bytes_sent") or 0)
     seconds = float(meta.get("train_seconds") or 0.0)
-    return round_energy(sent, seconds, node.config.energy)
+    return round_energy(sent, seconds, factors)
 
 
 def _sha256_file(path: Path) -> str:

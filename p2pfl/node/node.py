@@ -16,6 +16,8 @@ control. One table routes each to its handler; the rounds get theirs through
 The data directory holds the ledger (saved after every change, atomically),
 ``checkpoints/`` (one per round), ``audit.jsonl`` (hash-chained),
 ``status.json`` and, once a run ends, ``crate/`` (its RO-Crate: ``p2pfl.provenance``).
+With ``[dashboard] listen`` set, the node also serves a live page of itself
+(``p2pfl.node.dashboard``), started and stopped with it.
 A node restarted after a crash or SIGTERM resumes from its newest checkpoint
 with the ledger it saved, catching up with its neighbours.
 
@@ -44,12 +46,14 @@ from p2pfl.node.audit import AuditLog
 from p2pfl.node.channels import Channel, Router, tagged
 from p2pfl.node.config import NodeConfig
 from p2pfl.node.crate import record_node_run
+from p2pfl.node.dashboard import Dashboard
 from p2pfl.node.errors import NodeStopped
 from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
 from p2pfl.node.links import LinkManager, backoff
 from p2pfl.node.phases import Phase
 from p2pfl.node.rounds import RoundDriver
 from p2pfl.node.status import write_status
+from p2pfl.node.view import NodeView
 from p2pfl.transport import (
     Authenticator,
     MemoryNetwork,
@@ -91,10 +95,12 @@ class Node:
         self.audit: AuditLog | None = None
         self.address = ""
         self.transfers: TransferLog | None = None  # the ws transport's large transfers
+        self.dashboard: Dashboard | None = None
         self.phase = Phase.CREATED
         self.last_error = ""
         self.started = time.time()
         self._changed = asyncio.Event()
+        self._shown = asyncio.Event()  # something the dashboard shows may have changed
         self._timer_wake = asyncio.Event()
         self._subscribers: list[asyncio.Queue[Any]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -213,9 +219,21 @@ class Node:
         log.info("node %s listening at %s", identity.node_id, self.address)
         self._spawn("timer", self._timer())
         self._spawn("housekeeping", self._housekeeping())
+        if cfg.dashboard.listen:
+            await self._open_dashboard()
         self._open = True
         self.update_links()
         self.set_phase(Phase.IDLE)
+
+    async def _open_dashboard(self) -> None:
+        """The live page of this node, in its task group; closed with the node."""
+        dashboard = Dashboard(
+            self.config.dashboard, NodeView(self).snapshot, self._shown, self.data_dir
+        )
+        await dashboard.open()
+        self._stack.push_async_callback(dashboard.close)
+        self.dashboard = dashboard
+        self._spawn("dashboard", dashboard.publish())
 
     def _transport(self) -> Transport:
         cfg = self.config
@@ -338,14 +356,17 @@ class Node:
     def emit(self, event: Event) -> None:
         for queue in self._subscribers:
             queue.put_nowait(event)
+        self._shown.set()
 
     def record(self, event: str, **fields: Any) -> None:
         if self.audit is not None and not self.audit.closed:
             self.audit.record(event, **fields)
+            self._shown.set()
 
     def set_phase(self, phase: Phase) -> None:
         if phase != self.phase:
             self.phase = phase
+            self._shown.set()
             self.write_status()
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -361,6 +382,7 @@ class Node:
 
     def changed(self) -> None:
         self._changed.set()
+        self._shown.set()
 
     # -- links ------------------------------------------------------------------------
 

@@ -88,6 +88,9 @@ def test_views_of_a_small_federation() -> None:
     assert ledger.secagg(4) == {nid(C): frozenset({nid(B)})} and ledger.secagg(5) == {}
     assert ledger.metrics(4) == {nid(C): {"loss": 0.5, "n": 10}}
     assert isinstance(ledger.metrics(4)[nid(C)]["n"], int)
+    ledger.publish_metrics(B, 5, {"loss": 0.25, "n": 3}, clock=ledger.next_clock())
+    assert ledger.metrics_by_round() == {4: ledger.metrics(4), 5: ledger.metrics(5)}
+    assert ledger.metrics_by_round(skip={4}) == {5: {nid(B): {"loss": 0.25, "n": 3}}}
     assert ledger.box_key(nid(B)) == bytes(B.to_curve25519_private_key().public_key)
     assert ledger.box_key(nid(OUT)) is None
     assert ledger.rejected_count == 0
