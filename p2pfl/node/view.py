@@ -197,7 +197,7 @@ class NodeView:
             return None
         budget, section = privacy.budget, plan.privacy
         planned = plan.training.rounds
-        done = min(planned, max(0, int(status.get("completed", -1)) + 1))
+        done = min(planned, max(0, int(status.get("completed", 0))))  # rounds completed
         steps = budget.steps * done // planned if planned else 0
         spent = (
             0.0
