@@ -7,7 +7,9 @@ Rules:
   (the newest wins), so a restarted peer is never locked out by a dead link.
 - A dialler that fails or loses its link waits ``next(delays)`` from
   ``backoff()``, a generator of delays (it never sleeps itself: the caller
-  does), and tries again, forever, until the node stops.
+  does), and tries again, forever, until the node stops. The first failed dial
+  in a row is logged at INFO with its reason, and so is the dial that recovers;
+  the retries between them at DEBUG.
 - Each link has one reader and one writer; frames for a peer go through its
   queue in order, so a ledger record sent before a protocol message arrives
   before it.
@@ -194,6 +196,7 @@ class LinkManager:
         """Keep a link to ``peer`` up, dialling with backoff; runs until cancelled."""
         link = self.link(peer)
         delays = self._delays()
+        failed = 0  # dials failed in a row: the first is logged at INFO, the rest at DEBUG
         while True:
             if link.session is not None:  # the peer dialled us: wait for that link to end
                 link.ended.clear()
@@ -204,8 +207,13 @@ class LinkManager:
                 conn = await self.transport.connect(link.address, expected_peer=peer)
             except (AuthenticationFailed, TransportClosed, ConfigError, OSError) as exc:
                 link.set_state(LinkState.BACKOFF, str(exc))
-                log.debug("cannot reach %s at %s: %s", peer, link.address, exc)
+                failed += 1
+                level = logging.INFO if failed == 1 else logging.DEBUG
+                log.log(level, "cannot reach %s at %s: %s (retrying)", peer, link.address, exc)
             else:
+                if failed:
+                    log.info("reached %s at %s after %d failed dials", peer, link.address, failed)
+                failed = 0
                 delays = self._delays()
                 await self.serve(conn)
                 link.set_state(LinkState.BACKOFF)
