@@ -15,7 +15,10 @@ control. One table routes each to its handler; the rounds get theirs through
 
 The data directory holds the ledger (saved after every change, atomically),
 ``checkpoints/`` (one per round), ``audit.jsonl`` (hash-chained),
-``status.json`` and, once a run ends, ``crate/`` (its RO-Crate: ``p2pfl.provenance``).
+``status.json``, ``node.lock`` while a node holds it and, once a run ends,
+``crate/`` (its RO-Crate: ``p2pfl.provenance``). A start takes the lock, runs
+the checks of ``p2pfl.node.preflight`` and binds its listener before it writes
+any of them: a start refused on the way leaves the directory as it was.
 A node restarted after a crash or SIGTERM resumes from its newest checkpoint
 with the ledger it saved, catching up with its neighbours.
 """

@@ -18,7 +18,10 @@ scenario) and::
 With ``members`` set, ``federation create`` checks the plan for that many nodes
 at every step of its topology, and a daemon refuses to train with a roster of
 another size. Without it, each daemon checks the plan for its roster's size when
-training starts.
+training starts. Either check refuses secure neighbourhoods that tolerate no
+dropout unless ``[secure] allow_no_dropout = true`` says the federation accepts
+them (``_check_dropouts``), and ``check_rounds`` refuses a node asked for more
+rounds than the plan's.
 
 A plan without ``[data.schema]`` stays valid (only shapes and labels are
 checked); with one, it must name one feature per input value and, if it names

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,35 @@ def test_node_run_refuses_an_entrypoint_it_cannot_import(
     a, _ = sites(tmp_path, entrypoint="hospital_loader_not_installed:load")
     line = refused(capsys, a)
     assert "cannot import" in line and "PYTHONPATH" in line and "p2pfl node check-data" in line
+
+
+# -- the documented plan ----------------------------------------------------------------------
+
+
+def documented_plan() -> dict[str, Any]:
+    """The example plan of docs/node.md ("The training plan"), as TOML."""
+    text = (ROOT / "docs" / "node.md").read_text()
+    section = text.split("## The training plan", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    return tomllib.loads(block)
+
+
+def test_the_documented_plan_tolerates_a_dropout_or_says_it_does_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = documented_plan()
+    save_identity(create_identity(), tmp_path / "f.key")
+
+    def create(table: dict[str, Any], name: str) -> int:
+        (tmp_path / f"{name}.toml").write_text(tomli_w.dumps(table))
+        argv = ["federation", "create", "--key", str(tmp_path / "f.key"), "--name", name]
+        out = str(tmp_path / f"{name}.ledger")
+        return main([*argv, "--plan", str(tmp_path / f"{name}.toml"), "--out", out])
+
+    assert plan["secure"]["enabled"] and plan["secure"]["allow_no_dropout"] is False
+    assert create(plan, "four") == 0, capsys.readouterr().err
+    three = {**plan, "members": 3}
+    assert create(three, "three") == 2
+    assert "tolerate no dropout" in capsys.readouterr().err
+    accepted = {**three, "secure": {**plan["secure"], "allow_no_dropout": True}}
+    assert create(accepted, "accepted") == 0, capsys.readouterr().err
