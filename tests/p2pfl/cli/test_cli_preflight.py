@@ -30,7 +30,9 @@ from p2pfl.transport.tls import make_self_signed
 from protocols.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[3]
-QUIET = {"status_interval": 3600.0, "backoff_max": 5.0}
+# A started daemon rewrites nothing while a test looks; one that should have been refused
+# (a regression) gives up waiting for its neighbours and ends its short run in bounded time.
+QUIET = {"status_interval": 3600.0, "backoff_max": 5.0, "start_timeout": 60.0}
 
 PLAN: dict[str, Any] = {
     "seed": 0,
@@ -38,7 +40,7 @@ PLAN: dict[str, Any] = {
     "model": {"name": "logreg"},
     "training": {"rounds": 2, "local_epochs": 1, "lr": 0.05},
     "topology": {"kind": "complete"},
-    "gossip": {"mode": "sync", "round_timeout": 60.0},
+    "gossip": {"mode": "sync", "round_timeout": 5.0},
 }
 
 
@@ -159,8 +161,8 @@ def test_node_run_refuses_rounds_beyond_the_plan(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     a, _ = sites(tmp_path)
-    line = refused(capsys, a, "--rounds", "300")
-    assert "300 rounds asked, but the approved plan has 2" in line
+    line = refused(capsys, a, "--rounds", "3")
+    assert "3 rounds asked, but the approved plan has 2" in line
 
 
 # -- the data directory and the port ----------------------------------------------------------
