@@ -21,6 +21,13 @@ Pass ``network=MemoryNetwork()`` and ``listen = "memory://NAME"`` to run a
 whole federation inside one process, with no sockets. ``dashboard="127.0.0.1:8080"``
 serves the node's live page (``p2pfl.node.dashboard``) while the peer runs, as
 ``[dashboard] listen`` in its config does; ``peer.dashboard_url`` says where.
+
+Entering raises what ``p2pfl node run`` refuses with, before anything is
+written (``p2pfl.node.preflight``): ``DataDirInUse`` (another node holds the
+data directory), ``PlanError`` (the ledger's plan cannot run), ``ConfigError``
+(the listen address is not the ledger record, the TLS pair does not match, the
+data entrypoint cannot be imported) or ``DataError`` (the entrypoint fails or
+its data do not fit the plan); all are in ``p2pfl.node.errors``.
 """
 
 from __future__ import annotations
@@ -97,7 +104,10 @@ class Peer:
         return self._node.rounds.round if self._entered else FIRST
 
     async def run(self, rounds: int | None = None) -> int:
-        """Train until ``rounds`` rounds are completed in all (the plan's by default)."""
+        """Train until ``rounds`` rounds are completed in all (the plan's by default).
+
+        ``PlanError`` before anything else when ``rounds`` is beyond the plan's.
+        """
         if not self._entered:
             raise NodeStopped("use `async with Peer(config) as peer:` before run()")
         return await self._node.run(rounds)

@@ -262,6 +262,8 @@ def _read_invitation(path: str) -> tuple[str, str, bytes]:
 
 def _approve(args: argparse.Namespace) -> int:
     from p2pfl.ledger_file import load_ledger, save_ledger
+    from p2pfl.node.preflight import ledger_plan
+    from p2pfl.spec import PlanError
 
     identity = load_key_argument(args)
     ledger = load_ledger(args.ledger)
@@ -270,6 +272,10 @@ def _approve(args: argparse.Namespace) -> int:
         raise P2PFLError(f"{args.ledger}: the ledger holds no valid plan to approve")
     if identity.node_id not in ledger.members():
         raise P2PFLError(f"node {identity.node_id} is not a member of this federation")
+    try:
+        ledger_plan(ledger)  # the check `create` ran: never sign a plan no daemon could run
+    except PlanError as exc:
+        raise PlanError(f"{args.ledger}: not approved: {exc}") from None
     ledger.approve(identity.signing_key, plan_hash, clock=ledger.next_clock())
     save_ledger(ledger, args.ledger)
     print(f"{identity.node_id} approved plan {plan_hash.hex()}")

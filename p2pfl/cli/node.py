@@ -8,7 +8,11 @@ p2pfl node check-data --config FILE   the data entrypoint against the plan's dat
 
 ``run`` refuses to start (exit 2) when the key file, passphrase file, TLS key
 or data directory is open to group/others, or without TLS unless
-``--insecure`` is given (``p2pfl.node.config.check_safe_settings``).
+``--insecure`` is given (``p2pfl.node.config.check_safe_settings``); then, having
+written nothing, when another node holds the data directory, the ledger's plan
+is invalid, ``--rounds`` is beyond the plan's, the listen address is not the
+node's ledger record, the TLS pair does not match, or the data entrypoint fails
+or its data do not fit the plan (``p2pfl.node.preflight``), or the port is taken.
 ``check-data`` loads the local data and prints the schema report, counts
 only, without starting a node or sending anything: exit 0 when the data fit,
 1 when they do not.
@@ -182,9 +186,9 @@ async def _daemon(config: Any, rounds: int | None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig.name)
-    async with Node(config) as node:
+    async with Node(config, rounds=rounds) as node:  # ``rounds`` is checked before it binds
         log.info("node %s of federation %s", node.node_id, node.ledger.federation_id)
-        return await node.run(rounds)
+        return await node.run()
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ drive; ``NodeConfig`` / ``load_config`` read its TOML file. See docs/node.md.
 from __future__ import annotations
 
 from p2pfl.node.config import NodeConfig, config_from_table, load_config
-from p2pfl.node.errors import CheckpointError, NodeStopped, PlanError
+from p2pfl.node.errors import CheckpointError, DataDirInUse, NodeStopped, PlanError
 from p2pfl.node.events import (
     DropoutsDeclared,
     Event,
@@ -22,6 +22,7 @@ from p2pfl.node.events import (
 
 __all__ = [
     "CheckpointError",
+    "DataDirInUse",
     "DropoutsDeclared",
     "Event",
     "Finished",

@@ -24,6 +24,7 @@ value) of what does not fit.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -66,7 +67,15 @@ def load_local_data(
     input_shape: Sequence[int],
     num_classes: int,
 ) -> LocalData:
-    """Call the entrypoint and check what it returned against the plan's data schema."""
+    """Call the entrypoint and check what it returned against the plan's shapes and labels."""
+    data = call_entrypoint(entrypoint, args, kwargs)
+    return fit_plan(data, input_shape, num_classes)
+
+
+def call_entrypoint(
+    entrypoint: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
+) -> LocalData:
+    """Import and call ``module:function``; its result as tensors, not yet checked."""
     function = resolve(entrypoint)
     try:
         result = function(*args, **(kwargs or {}))
@@ -86,8 +95,20 @@ def load_local_data(
     who = "the data entrypoint"
     x_train, x_test = (as_tensor(parts[i], SPLITS[i], torch.float32, who) for i in (0, 2))
     y_train, y_test = (as_tensor(parts[i], SPLITS[i], torch.int64, who) for i in (1, 3))
+    return LocalData(x_train, y_train, x_test, y_test, feature_names)
+
+
+def fit_plan(data: LocalData, input_shape: Sequence[int], num_classes: int) -> LocalData:
+    """``data`` if its samples have the plan's shape and its labels its classes; else ``DataError``.
+
+    Cheap, and the same data pass again unchanged: a node checks the data it loaded at
+    start once more against the plan it trains on.
+    """
     shape = tuple(int(d) for d in input_shape)
-    for x, y, which in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+    for x, y, which in (
+        (data.x_train, data.y_train, "train"),
+        (data.x_test, data.y_test, "test"),
+    ):
         if x.shape[0] and tuple(x.shape[1:]) != shape:
             raise DataError(
                 f"{which} samples have shape {tuple(x.shape[1:])}; the plan says {shape}"
@@ -96,9 +117,10 @@ def load_local_data(
             raise DataError(f"{which} labels must be one per sample ({x.shape[0]})")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
             raise DataError(f"{which} labels must lie in [0, {num_classes}) as the plan says")
-    if x_train.shape[0] == 0:
+    if data.x_train.shape[0] == 0:
         raise DataError("the data entrypoint returned no training samples")
-    return LocalData(x_train, y_train, x_test.reshape(-1, *shape), y_test, feature_names)
+    x_test = data.x_test.reshape(-1, *shape)
+    return dataclasses.replace(data, x_test=x_test)
 
 
 def _feature_names(value: Any, entrypoint: str) -> tuple[str, ...] | None:

@@ -5,7 +5,8 @@ and the node's privacy (``p2pfl.node.privacy``) never see the ``Node``; they get
 this interface, which ``p2pfl.node.node.Node`` fits once started:
 
 - identity and settings: ``node_id``, ``identity`` (to sign ledger records and
-  derive masks), ``config`` (its limits), ``data_dir``;
+  derive masks), ``config`` (its limits), ``data_dir``, ``local_data`` (loaded
+  and checked when the node started: the rounds train on them, never load twice);
 - the ledger: ``ledger`` to read, ``write_ledger`` to flood a record this node
   signed, ``save_ledger`` to put it on disk;
 - the journal: ``emit`` (an event for ``Peer.events()``), ``record`` (the audit
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from p2pfl.identity import Identity
     from p2pfl.node.config import NodeConfig
+    from p2pfl.node.data import LocalData
     from p2pfl.node.events import Event
     from p2pfl.node.phases import Phase
     from p2pfl.transport import TransferLog
@@ -44,6 +46,8 @@ class RoundHost(Protocol):
     def config(self) -> NodeConfig: ...
     @property
     def data_dir(self) -> Path: ...
+    @property
+    def local_data(self) -> LocalData: ...
     @property
     def ledger(self) -> Ledger: ...
     @property

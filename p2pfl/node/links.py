@@ -7,7 +7,9 @@ Rules:
   (the newest wins), so a restarted peer is never locked out by a dead link.
 - A dialler that fails or loses its link waits ``next(delays)`` from
   ``backoff()``, a generator of delays (it never sleeps itself: the caller
-  does), and tries again, forever, until the node stops.
+  does), and tries again, forever, until the node stops. The first failed dial
+  in a row is logged at INFO with its reason, and so is the dial that recovers;
+  the retries between them at DEBUG.
 - Each link has one reader and one writer; frames for a peer go through its
   queue in order, so a ledger record sent before a protocol message arrives
   before it.
@@ -210,6 +212,7 @@ class LinkManager:
         """Keep a link to ``peer`` up, dialling with backoff; runs until cancelled."""
         link = self.link(peer)
         delays = self._delays()
+        failed = 0  # dials failed in a row: the first is logged at INFO, the rest at DEBUG
         while True:
             if link.session is not None:  # the peer dialled us: wait for that link to end
                 link.ended.clear()
@@ -218,13 +221,18 @@ class LinkManager:
             link.set_state(LinkState.CONNECTING)
             try:
                 conn = await self.transport.connect(link.address, expected_peer=peer)
-            except AuthenticationFailed as exc:
-                link.set_state(LinkState.REFUSED, str(exc))
-                log.debug("handshake with %s at %s refused: %s", peer, link.address, exc)
-            except (TransportClosed, ConfigError, OSError) as exc:
-                link.set_state(LinkState.DOWN, str(exc) or type(exc).__name__)
-                log.debug("cannot reach %s at %s: %s", peer, link.address, exc)
+            except (AuthenticationFailed, TransportClosed, ConfigError, OSError) as exc:
+                refused = isinstance(exc, AuthenticationFailed)
+                reason = str(exc) or type(exc).__name__
+                link.set_state(LinkState.REFUSED if refused else LinkState.DOWN, reason)
+                failed += 1
+                level = logging.INFO if failed == 1 else logging.DEBUG
+                what = "handshake refused by" if refused else "cannot reach"
+                log.log(level, "%s %s at %s: %s (retrying)", what, peer, link.address, reason)
             else:
+                if failed:
+                    log.info("reached %s at %s after %d failed dials", peer, link.address, failed)
+                failed = 0
                 delays = self._delays()
                 await self.serve(conn)
             await asyncio.sleep(next(delays))

@@ -25,10 +25,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from p2pfl.errors import ConfigError
 from p2pfl.models import build_model, flat_parameters
-from p2pfl.node.config import DataSection
-from p2pfl.node.data import LocalData, load_local_data
+from p2pfl.node.data import LocalData, fit_plan
 from p2pfl.node.errors import PlanError
 from p2pfl.spec import Plan
 from p2pfl.training import StackedTrainer, evaluate, param_views, schedule_from
@@ -51,22 +49,17 @@ class Learner:
     @classmethod
     async def load(
         cls,
-        source: DataSection,
+        data: LocalData,
         plan: Plan,
         index: int,
         resume: npt.NDArray[np.float32] | None = None,
     ) -> Learner:
-        """Call the data entrypoint, build the plan's model (or take ``resume``), warm up."""
-        if not source.entrypoint:
-            raise ConfigError("[data] entrypoint is not set: name the function giving local data")
-        data = await asyncio.to_thread(
-            load_local_data,
-            source.entrypoint,
-            source.args,
-            source.kwargs,
-            input_shape=plan.data.input_shape,
-            num_classes=plan.data.num_classes,
-        )
+        """Build the plan's model (or take ``resume``) over ``data``, and warm up.
+
+        ``data`` are those the node loaded when it started (``p2pfl.node.preflight``),
+        checked here once more against the shapes of the plan it trains on.
+        """
+        data = fit_plan(data, plan.data.input_shape, plan.data.num_classes)
         # Models are built here, in the event loop's thread: ``build_model`` seeds torch's
         # global generator, which a worker thread must not touch at the same time.
         shape = tuple(plan.data.input_shape)

@@ -15,7 +15,10 @@ control. One table routes each to its handler; the rounds get theirs through
 
 The data directory holds the ledger (saved after every change, atomically),
 ``checkpoints/`` (one per round), ``audit.jsonl`` (hash-chained),
-``status.json`` and, once a run ends, ``crate/`` (its RO-Crate: ``p2pfl.provenance``).
+``status.json``, ``node.lock`` while a node holds it and, once a run ends,
+``crate/`` (its RO-Crate: ``p2pfl.provenance``). A start takes the lock, runs
+the checks of ``p2pfl.node.preflight`` and binds its listener before it writes
+any of them: a start refused on the way leaves the directory as it was.
 With ``[dashboard] listen`` set, the node also serves a live page of itself
 (``p2pfl.node.dashboard``), started and stopped with it.
 A node restarted after a crash or SIGTERM resumes from its newest checkpoint
@@ -47,10 +50,12 @@ from p2pfl.node.channels import Channel, Router, tagged
 from p2pfl.node.config import NodeConfig
 from p2pfl.node.crate import record_node_run
 from p2pfl.node.dashboard import Dashboard
+from p2pfl.node.data import LocalData
 from p2pfl.node.errors import NodeStopped
 from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
 from p2pfl.node.links import LinkManager, backoff
 from p2pfl.node.phases import Phase
+from p2pfl.node.preflight import DataDirLock, Ready, preflight, tls_files
 from p2pfl.node.rounds import RoundDriver
 from p2pfl.node.status import write_status
 from p2pfl.node.view import NodeView
@@ -59,7 +64,6 @@ from p2pfl.transport import (
     MemoryNetwork,
     RateLimiter,
     Refusal,
-    TlsFiles,
     TransferLog,
     Transport,
     WsOptions,
@@ -79,7 +83,9 @@ class Node:
     """One federation member at work (module docstring). Build it with a ``NodeConfig``.
 
     ``network`` links nodes of one process in memory (``listen = "memory://NAME"``);
-    ``passphrase`` opens a sealed key when the config names no passphrase file.
+    ``passphrase`` opens a sealed key when the config names no passphrase file;
+    ``rounds``, what ``run()`` completes by default, is checked against the plan
+    when the node starts.
     """
 
     def __init__(
@@ -88,10 +94,14 @@ class Node:
         *,
         network: MemoryNetwork | None = None,
         passphrase: bytes | None = None,
+        rounds: int | None = None,
     ) -> None:
         self.config = config
         self._network = network
         self._passphrase = passphrase
+        self._rounds_asked = rounds
+        self._lock: DataDirLock | None = None
+        self._ready: Ready | None = None
         self.audit: AuditLog | None = None
         self.address = ""
         self.transfers: TransferLog | None = None  # the ws transport's large transfers
@@ -165,6 +175,13 @@ class Node:
     def data_dir(self) -> Path:
         return self.config.data_dir
 
+    @property
+    def local_data(self) -> LocalData:
+        """The data the node loaded and checked when it started (``p2pfl.node.preflight``)."""
+        if self._ready is None:
+            raise NodeStopped("the node is not started: it has loaded no data yet")
+        return self._ready.data
+
     # -- lifecycle --------------------------------------------------------------------
 
     async def __aenter__(self) -> Node:
@@ -179,30 +196,23 @@ class Node:
         await self._shutdown(exc)
 
     async def _start(self) -> None:
+        """Lock, check, bind; only then write (``p2pfl.node.preflight``).
+
+        A start refused before the listener is bound leaves the data directory as
+        it was: no audit line, no status file, no crate, the ledger file untouched.
+        """
         cfg = self.config
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: see config
+        self._lock = DataDirLock.acquire(self.data_dir)
         passphrase = self._passphrase
         if cfg.passphrase_file is not None:
             passphrase = read_passphrase_file(cfg.passphrase_file)
         identity = self._identity = load_identity(cfg.key_file, passphrase)
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: see config
-        ledger = self._ledger = load_ledger(cfg.ledger_file)
-        if identity.node_id not in ledger.members():
-            raise ConfigError(
-                f"node {identity.node_id} is not a valid member of federation "
-                f"{ledger.federation_id} (or it was revoked); ask a member to invite it"
-            )
+        ledger = load_ledger(cfg.ledger_file)
+        self._ready = await preflight(cfg, identity, ledger, rounds=self._rounds_asked)
+        self._ledger = ledger
         self._sync = LedgerSync(ledger, max_message_size=cfg.limits.max_message_size)
-        self.audit = AuditLog(self.data_dir / "audit.jsonl")
-        self.audit.record(
-            "start",
-            node=identity.node_id,
-            federation=ledger.federation_id,
-            pid=os.getpid(),
-            listen=cfg.node.listen,
-            insecure=cfg.insecure,
-        )
         self._rounds = RoundDriver(self)
-        self._rounds.resume_from_checkpoint()
         transport = self._transport()
         self._links = LinkManager(
             identity.node_id,
@@ -216,7 +226,18 @@ class Node:
         self._stack.push_async_callback(transport.close)
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
         self.address = await transport.listen(cfg.node.listen, self._links.serve)
+        # The node runs from here on (no await before the record: no link is up yet).
+        self.audit = AuditLog(self.data_dir / "audit.jsonl")
+        self.audit.record(
+            "start",
+            node=identity.node_id,
+            federation=ledger.federation_id,
+            pid=os.getpid(),
+            listen=cfg.node.listen,
+            insecure=cfg.insecure,
+        )
         log.info("node %s listening at %s", identity.node_id, self.address)
+        self._rounds.resume_from_checkpoint()
         self._spawn("timer", self._timer())
         self._spawn("housekeeping", self._housekeeping())
         if cfg.dashboard.listen:
@@ -249,15 +270,7 @@ class Node:
             if self._network is None:
                 raise ConfigError("listen = 'memory://...' needs a MemoryNetwork (Peer(network=))")
             return self._network.transport(auth, max_message_size=cfg.limits.max_message_size)
-        tls = None
-        if cfg.tls.cert or cfg.tls.key:
-            if not (cfg.tls.cert and cfg.tls.key):
-                raise ConfigError("[tls] needs both cert and key")
-            tls = TlsFiles(
-                cfg.path(cfg.tls.cert),
-                cfg.path(cfg.tls.key),
-                cfg.path(cfg.tls.cafile) if cfg.tls.cafile else None,
-            )
+        tls = tls_files(cfg)
         options = WsOptions(
             max_message_size=cfg.limits.max_message_size,
             frame_size=cfg.limits.frame_size,
@@ -292,22 +305,28 @@ class Node:
         try:
             await self._stack.__aexit__(type(cancelled) if cancelled else None, cancelled, None)
         finally:
-            if exc is not None and not stopping:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-            if not (stopping and self.phase is Phase.FINISHED):
-                self.phase = Phase.STOPPED if stopping else Phase.FAILED
-            if self._links is not None:  # the transport is closed: no link is open any more
-                self._links.shut(f"the node {self.phase.value}")
-            if self._ledger is not None:
-                self.save_ledger()
-            if self.audit is not None:
-                self.audit.record("stop", reason="requested" if stopping else self.last_error)
-                self.audit.close()
-            if self._rounds is not None:  # it started: package the run as an RO-Crate
-                record_node_run(self)
-            self.write_status()  # the last word: how the run ended, its links closed
-            for queue in self._subscribers:
-                queue.put_nowait(_END)
+            try:
+                if exc is not None and not stopping:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.audit is not None:  # it ran: leave its status, ledger, log and crate
+                    self._record_the_end(stopping)
+                for queue in self._subscribers:
+                    queue.put_nowait(_END)
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+
+    def _record_the_end(self, stopping: bool) -> None:
+        assert self.audit is not None
+        if not (stopping and self.phase is Phase.FINISHED):
+            self.phase = Phase.STOPPED if stopping else Phase.FAILED
+        if self._links is not None:  # the transport is closed: no link is open any more
+            self._links.shut(f"the node {self.phase.value}")
+        self.save_ledger()
+        self.audit.record("stop", reason="requested" if stopping else self.last_error)
+        self.audit.close()
+        record_node_run(self)  # the run as an RO-Crate
+        self.write_status()  # the last word: how the run ended, its links closed
 
     # -- running ----------------------------------------------------------------------
 
@@ -315,11 +334,15 @@ class Node:
         """Train until ``rounds`` rounds are completed in all (the plan's count by default).
 
         A resumed node counts the rounds it completed before. Returns the number
-        of rounds completed. Raises ``PlanError`` when the plan cannot run here
-        or is not approved in time.
+        of rounds completed. Raises ``PlanError`` when ``rounds`` is beyond the
+        plan's (before anything else), when the plan cannot run here or is not
+        approved in time.
         """
-        if not self._open:
+        if not self._open or self._ready is None:
             raise NodeStopped("run() needs a started node: use `async with Node(config)`")
+        if rounds is None:
+            rounds = self._rounds_asked
+        self._ready.plan.check_rounds(rounds)
         try:
             done = await self.rounds.run(rounds)
         except asyncio.CancelledError:

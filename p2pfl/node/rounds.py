@@ -207,7 +207,7 @@ class RoundDriver:
         self.secure = plan.secure.enabled
         node.update_links()
         resume = None if self._resume is None else self._resume.model
-        self.learner = await Learner.load(node.config.data, plan, graph.index(self.me), resume)
+        self.learner = await Learner.load(node.local_data, plan, graph.index(self.me), resume)
         node.set_phase(Phase.CHECKING_DATA)
         check_local_data(self.learner.data, plan.data.schema, node.record)  # before any round
         self.privacy = NodePrivacy(node, plan, graph, self.learner, rounds=plan.training.rounds)
@@ -309,9 +309,7 @@ class RoundDriver:
     async def run(self, rounds: int | None) -> int:
         await self.prepare()
         assert self.plan is not None and self.graph is not None
-        self.target = self.plan.training.rounds if rounds is None else rounds
-        if self.target < 1:
-            raise ConfigError(f"rounds must be at least 1, not {self.target}")
+        self.target = self.plan.check_rounds(rounds)
         neighbours = tuple(sorted(self.graph.links_of(self.me)))
         self.node.emit(
             TrainingStarted(

@@ -18,7 +18,10 @@ scenario) and::
 With ``members`` set, ``federation create`` checks the plan for that many nodes
 at every step of its topology, and a daemon refuses to train with a roster of
 another size. Without it, each daemon checks the plan for its roster's size when
-training starts.
+training starts. Either check refuses secure neighbourhoods that tolerate no
+dropout unless ``[secure] allow_no_dropout = true`` says the federation accepts
+them (``_check_dropouts``), and ``check_rounds`` refuses a node asked for more
+rounds than the plan's.
 
 A plan without ``[data.schema]`` stays valid (only shapes and labels are
 checked); with one, it must name one feature per input value and, if it names
@@ -35,6 +38,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import topology
 from p2pfl.errors import ConfigError
 from p2pfl.schema import Schema, parse_schema, schema_table
 from p2pfl.spec.errors import PlanError
@@ -78,7 +82,8 @@ class Plan(RunSpec):
         """Refuse (``PlanError``) a plan that cannot run on ``n`` members, naming the step."""
         self._check_size(n)
         with plan_errors(f"plan for {n} members: "):
-            self.check(n)
+            topo = self.check(n)
+            self._check_dropouts(topo, None)
 
     def graph(self, roster: tuple[str, ...]) -> Graph:
         """The members' graph: roster sorted by node id, so every member computes the same."""
@@ -86,7 +91,46 @@ class Plan(RunSpec):
             raise PlanError("the roster must be sorted node ids without repeats")
         self._check_size(len(roster))
         with plan_errors(f"plan for {len(roster)} members: "):
-            return Graph.build(self, roster)
+            graph = Graph.build(self, roster)
+            self._check_dropouts(graph.topo, list(roster))
+            return graph
+
+    def check_rounds(self, rounds: int | None) -> int:
+        """The rounds a node is asked to complete in all: the plan's, or fewer; else ``PlanError``.
+
+        Every member approved ``training.rounds``: a node that trained beyond them
+        would hold checkpoints of rounds no plan covers (``p2pfl export`` refuses them).
+        """
+        planned = self.training.rounds
+        if rounds is None:
+            return planned
+        if not 1 <= rounds <= planned:
+            raise PlanError(
+                f"{rounds} rounds asked, but the approved plan has {planned} "
+                f"(training.rounds): ask for 1 to {planned}, or publish a plan with more rounds"
+            )
+        return rounds
+
+    def _check_dropouts(self, topo: topology.Topology, names: list[str] | None) -> None:
+        """Refuse secure neighbourhoods that tolerate no dropout, unless the plan accepts them.
+
+        A node with d in-neighbours and threshold t completes a secure round with up to
+        d - t of them missing; at zero, one neighbour down or restarting makes it abandon
+        the round (it keeps its own model), after waiting out the secure timeouts.
+        """
+        secure = self.secure
+        if not secure.enabled or secure.allow_no_dropout:
+            return
+        tolerance = self.secure_tolerance(topo, names)
+        fragile = sorted(node for node, value in tolerance.items() if value < 1)
+        if fragile:
+            raise PlanError(
+                f"plan [secure]: on topology {topo.kind!r} of {topo.n} nodes, {len(fragile)} "
+                f"of {topo.n} secure neighbourhoods tolerate no dropout (first: {fragile[0]}): "
+                "one neighbour down or restarting makes them abandon that round's "
+                "aggregation; choose a topology with more neighbours per node (or a lower "
+                "[secure] threshold), or set [secure] allow_no_dropout = true to accept it"
+            )
 
     def _check_size(self, n: int) -> None:
         if self.members is not None and n != self.members:

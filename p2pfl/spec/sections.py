@@ -98,6 +98,11 @@ class SecureSection:
     The share phase opens when a node starts its round, before its neighbours
     (who may still be closing the previous round over a dropout) can deal, so
     its timeout is the longest.
+
+    ``allow_no_dropout``: a plan whose neighbourhoods tolerate no dropout (a node
+    with d neighbours and threshold t survives d - t) is refused for deployment
+    (``Plan.check_for``, ``Plan.graph``) unless it says so here: one neighbour down
+    or restarting then makes a node abandon that round's aggregation.
     """
 
     enabled: bool = False
@@ -109,6 +114,7 @@ class SecureSection:
     share_timeout: float = 600.0
     masked_timeout: float = 120.0
     unmask_timeout: float = 60.0
+    allow_no_dropout: bool = False
 
     def __post_init__(self) -> None:
         for key in ("share_timeout", "masked_timeout", "unmask_timeout"):

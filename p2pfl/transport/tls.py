@@ -32,8 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificatePublicKeyTypes,
+    PublicKeyTypes,
+)
 from cryptography.x509.oid import NameOID
 
 from p2pfl.atomic import atomic_write_bytes
@@ -130,6 +135,56 @@ def certificate_fingerprint(cert_file: str | os.PathLike[str]) -> str:
     except ValueError as exc:
         raise ConfigError(f"{cert_file} is not a PEM certificate: {exc}") from None
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def check_tls_pair(files: TlsFiles, now: datetime.datetime | None = None) -> None:
+    """Refuse (``ConfigError``, one line with the fix) a pair a node could not serve with.
+
+    The certificate must be readable PEM and valid at ``now`` (default: the clock's
+    time), the key readable, unencrypted PEM, and the certificate's key: a mismatched
+    pair otherwise shows only when a neighbour's TLS handshake fails.
+    """
+    remake = "make a new pair with `p2pfl tls init --out DIR` and name it in [tls]"
+    try:
+        cert = x509.load_pem_x509_certificate(_read(files.cert_file))
+    except ValueError:
+        raise ConfigError(
+            f"{files.cert_file}: not a PEM certificate ([tls] cert); {remake}"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(_read(files.key_file), password=None)
+    except TypeError:
+        raise ConfigError(
+            f"{files.key_file}: the TLS key is encrypted; a node reads it unencrypted "
+            f"(mode 0600): {remake}"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(
+            f"{files.key_file}: not a PEM private key ([tls] key); {remake}"
+        ) from None
+    if _public_der(cert.public_key()) != _public_der(key.public_key()):
+        raise ConfigError(
+            f"[tls] key {files.key_file} is not the key of certificate {files.cert_file} "
+            f"(files of two different pairs?): name the matching pair in [tls], or {remake}"
+        )
+    now = now or datetime.datetime.now(datetime.UTC)
+    if now < cert.not_valid_before_utc:
+        raise ConfigError(
+            f"{files.cert_file}: the TLS certificate is not valid before "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is this clock right?); {remake}"
+        )
+    if now >= cert.not_valid_after_utc:
+        raise ConfigError(
+            f"{files.cert_file}: the TLS certificate expired on "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; {remake}"
+        )
+
+
+def _public_der(key: CertificatePublicKeyTypes | PublicKeyTypes) -> bytes:
+    """A public key's SubjectPublicKeyInfo (DER): equal bytes, equal keys, whatever the type."""
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def server_context(files: TlsFiles) -> ssl.SSLContext:

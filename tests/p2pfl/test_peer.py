@@ -38,7 +38,13 @@ def plan(rounds: int = 3, *, secure: bool = False) -> dict[str, Any]:
         "training": {"rounds": rounds, "local_epochs": 1, "batch_size": 32, "lr": 0.05},
         "topology": {"kind": "complete"},
         "gossip": {"mode": "sync", "round_timeout": 60.0},
-        "secure": {"enabled": secure, "share_timeout": 60.0, "masked_timeout": 60.0},
+        "secure": {
+            "enabled": secure,
+            "share_timeout": 60.0,
+            "masked_timeout": 60.0,
+            # Three sites: two neighbours each, threshold 2, so no dropout is tolerated.
+            "allow_no_dropout": secure,
+        },
     }
 
 
