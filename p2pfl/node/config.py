@@ -284,7 +284,7 @@ cores = 1
 pue = 1.0                     # data centre power usage effectiveness
 
 [dashboard]                   # a live page of this node (or: p2pfl node run --dashboard ...)
-listen = ""                   # "127.0.0.1:8080" serves it; off loopback it requires a token
+# listen = "127.0.0.1:8080"   # serves it (off while unset); off loopback it requires a token
 interval = 0.5                # seconds: at most one update per interval
 token = false                 # also require the token on loopback (a shared machine)
 """

@@ -82,7 +82,9 @@ def call_entrypoint(
     except (ConfigError, DataError):
         raise
     except Exception as exc:
-        raise DataError(f"the data entrypoint {entrypoint} failed: {exc!r}") from exc
+        raise DataError(
+            f"the data entrypoint {entrypoint} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     parts = split_parts(result)
     if parts is None:
         raise DataError(

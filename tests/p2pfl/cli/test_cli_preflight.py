@@ -250,7 +250,7 @@ def test_node_run_refuses_an_entrypoint_it_cannot_import(
 ) -> None:
     a, _ = sites(tmp_path, entrypoint="hospital_loader_not_installed:load")
     line = refused(capsys, a)
-    assert "cannot import" in line and "PYTHONPATH" in line and "p2pfl node check-data" in line
+    assert "no module" in line and "PYTHONPATH" in line and "p2pfl node check-data" in line
 
 
 # -- the documented plan ----------------------------------------------------------------------

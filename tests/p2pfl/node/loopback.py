@@ -38,7 +38,12 @@ def plan(rounds: int, *, dp: bool = False) -> dict[str, Any]:
         "training": {"rounds": rounds, "local_epochs": 1, "batch_size": 32, "lr": 0.05},
         "topology": {"kind": "complete"},
         "gossip": {"mode": "sync", "round_timeout": 60.0},
-        "secure": {"enabled": True, "share_timeout": 60.0, "masked_timeout": 60.0},
+        "secure": {
+            "enabled": True,
+            "share_timeout": 60.0,
+            "masked_timeout": 60.0,
+            "allow_no_dropout": True,  # three sites on a complete graph: no one may drop
+        },
         "privacy": {"private_metrics": True},
     }
     if dp:
