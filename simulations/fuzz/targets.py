@@ -163,12 +163,22 @@ def _federation() -> tuple[Ledger, list[bytes]]:
 
 
 def _replica() -> Ledger:
+    """A fresh replica holding the federation's first four updates."""
+    return Ledger.from_updates(_federation()[0].federation_id, [_base()], client_id=7)
+
+
+@functools.cache
+def _base() -> bytes:
     ledger, updates = _federation()
-    return Ledger.from_updates(ledger.federation_id, updates[:4], client_id=7)
+    return Ledger.from_updates(ledger.federation_id, updates[:4], client_id=7).encode_state()
 
 
 def ledger_update(data: bytes) -> None:
-    """``Ledger.apply_update``: ``DecodeError``, and then the replica is as it was."""
+    """``Ledger.apply_update``: ``DecodeError``, and then the replica is as it was.
+
+    An update it takes in must leave a replica that still reads and still takes
+    the federation's later updates.
+    """
     replica = _replica()
     before = replica.encode_state()
     with guarded(()):
@@ -177,8 +187,9 @@ def ledger_update(data: bytes) -> None:
         except DecodeError:
             if replica.encode_state() != before:
                 raise Bug("a refused update changed the document") from None
-        replica.view()
-        replica.apply_update(_federation()[0].encode_state())  # still a working replica
+            return
+        for update in _federation()[1][4:]:
+            replica.apply_update(update)
         replica.view()
 
 
