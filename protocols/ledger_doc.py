@@ -146,14 +146,15 @@ class LedgerDoc:
         with _foreign("not a Yjs state vector"):
             return bytes(self.doc.get_update(state_vector))
 
-    def apply_update(self, update: bytes) -> list[bytes]:
+    def apply_update(self, update: bytes, *, limits: Limits | None = None) -> list[bytes]:
         """Merge a Yjs update; return the updates of what it changed (empty: nothing new).
 
-        Raises ``DecodeError`` when the bytes are not a Yjs update within the
-        limits, or when pycrdt fails on them; the document is then as it was.
+        Raises ``DecodeError`` when the bytes are not a Yjs update within
+        ``limits`` (``None``: the document's), or when pycrdt fails on them; the
+        document is then as it was.
         """
         update = bytes(update)
-        check_update(update, self.limits)
+        check_update(update, self.limits if limits is None else limits)
         before = self.encode_state()
         self._txn_updates = []
         try:
