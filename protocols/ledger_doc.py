@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 from pycrdt import Doc, Map, TransactionEvent, merge_updates
@@ -33,7 +32,7 @@ MAPS = ("members", "revoked", "plan", "approvals", "progress", "secagg", "metric
 EMPTY_UPDATE = b"\x00\x00"
 
 
-@contextmanager
+@contextlib.contextmanager
 def _foreign(what: str) -> Iterator[None]:
     """Turn whatever pycrdt raises on foreign bytes, a Rust panic included, into ``DecodeError``."""
     try:
