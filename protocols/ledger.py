@@ -123,8 +123,12 @@ class Ledger:
         peer's); a file of the whole ledger may need larger ones.
         """
         ledger = cls(federation_id, client_id=client_id)
-        for update in updates:
-            ledger.store.apply_update(update, limits=limits)
+        try:
+            for update in updates:
+                ledger.store.apply_update(update, limits=limits)
+        except DecodeError:
+            ledger.store.close()
+            raise
         return ledger
 
     def encode_state(self) -> bytes:

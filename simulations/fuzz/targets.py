@@ -170,7 +170,9 @@ def _replica() -> Ledger:
 @functools.cache
 def _base() -> bytes:
     ledger, updates = _federation()
-    return Ledger.from_updates(ledger.federation_id, updates[:4], client_id=7).encode_state()
+    first = Ledger.from_updates(ledger.federation_id, updates[:4], client_id=7)
+    with _closing(first):
+        return first.encode_state()
 
 
 def ledger_update(data: bytes) -> None:
@@ -181,7 +183,7 @@ def ledger_update(data: bytes) -> None:
     """
     replica = _replica()
     before = replica.encode_state()
-    with guarded(()):
+    with guarded(()), _closing(replica):
         try:
             replica.apply_update(data)
         except DecodeError:
@@ -191,6 +193,15 @@ def ledger_update(data: bytes) -> None:
         for update in _federation()[1][4:]:
             replica.apply_update(update)
         replica.view()
+
+
+@contextmanager
+def _closing(ledger: Ledger) -> Iterator[None]:
+    """Close the replica's document at the end, so that a long campaign does not grow."""
+    try:
+        yield
+    finally:
+        ledger.store.close()
 
 
 def ledger_state_vector(data: bytes) -> None:
@@ -204,7 +215,7 @@ def ledger_sync(data: bytes) -> None:
     """``LedgerSync.receive`` of a peer's message: ``PeerProtocolError``."""
     sync = LedgerSync(_replica())
     sync.connect("peer")
-    with guarded((PeerProtocolError,)):
+    with guarded((PeerProtocolError,)), _closing(sync.ledger):
         sync.receive("peer", data)
         sync.ledger.view()
 
@@ -212,7 +223,9 @@ def ledger_sync(data: bytes) -> None:
 def ledger_file(data: bytes) -> None:
     """A whole ledger file's bytes: ``LedgerFileError``."""
     with guarded((LedgerFileError,)):
-        ledger_from_bytes(data, "fuzz.ledger", client_id=7).view()
+        ledger = ledger_from_bytes(data, "fuzz.ledger", client_id=7)
+        with _closing(ledger):
+            ledger.view()
 
 
 def ledger_file_content(data: bytes) -> None:
