@@ -23,8 +23,10 @@ timeout back it up).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -95,9 +97,27 @@ def main(argv: list[str] | None = None) -> int:
         flags.append(f"-max_total_time={args.seconds}")
     if args.runs is not None:
         flags.append(f"-runs={args.runs}")
-    atheris.Setup([sys.argv[0], *flags, str(corpus)], target)
+    atheris.Setup([sys.argv[0], *flags, str(corpus)], _saving(target, crashes))
     atheris.Fuzz()
     return 0
+
+
+def _saving(target: Callable[[bytes], None], crashes: Path) -> Callable[[bytes], None]:
+    """The target, saving any input it fails on before libFuzzer sees the failure.
+
+    libFuzzer writes the input too, but not when a signal ends the process
+    while it reports (seen with an exception raised near a timeout).
+    """
+
+    def run(data: bytes) -> None:
+        try:
+            target(data)
+        except BaseException:
+            name = hashlib.sha1(data).hexdigest()
+            (crashes / f"failed-{name}").write_bytes(data)
+            raise
+
+    return run
 
 
 if __name__ == "__main__":
