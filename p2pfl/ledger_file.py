@@ -19,10 +19,13 @@ from p2pfl.errors import LedgerFileError
 from protocols.errors import DecodeError
 from protocols.ledger import Ledger
 from protocols.records import canonical, unpack
+from protocols.yjs_bounds import Limits
 
 MAGIC = b"P2PFL-LEDGER\x00\x01"
 DIGEST_SIZE = 32
 MAX_LEDGER_FILE = 1 << 30
+FILE_LIMITS = Limits(max_bytes=MAX_LEDGER_FILE, max_elements=1 << 24)
+"""What one update of a ledger file may hold: a whole ledger, larger than a peer may send."""
 
 
 def encode_ledger_file(federation_id: str, updates: list[bytes]) -> bytes:
@@ -80,7 +83,9 @@ def ledger_from_updates(
 ) -> Ledger:
     """A ledger from updates; ``LedgerFileError`` unless they hold the federation's genesis."""
     try:
-        ledger = Ledger.from_updates(federation_id, updates, client_id=client_id)
+        ledger = Ledger.from_updates(
+            federation_id, updates, client_id=client_id, limits=FILE_LIMITS
+        )
     except DecodeError as exc:
         raise LedgerFileError(f"{where}: holds an invalid Yjs update ({exc})") from None
     if ledger.founder is None:

@@ -50,6 +50,7 @@ from protocols.records import (
     seal,
     unpack,
 )
+from protocols.yjs_bounds import Limits
 
 
 class Ledger:
@@ -110,12 +111,25 @@ class Ledger:
 
     @classmethod
     def from_updates(
-        cls, federation_id: str, updates: Iterable[bytes], *, client_id: int | None = None
+        cls,
+        federation_id: str,
+        updates: Iterable[bytes],
+        *,
+        client_id: int | None = None,
+        limits: Limits | None = None,
     ) -> Ledger:
-        """A replica rebuilt from Yjs updates (a file, an invitation's snapshot)."""
+        """A replica rebuilt from Yjs updates (a file, an invitation's snapshot).
+
+        ``limits`` bound each of these updates (``None``: the defaults, as for a
+        peer's); a file of the whole ledger may need larger ones.
+        """
         ledger = cls(federation_id, client_id=client_id)
-        for update in updates:
-            ledger.apply_update(update)
+        try:
+            for update in updates:
+                ledger.store.apply_update(update, limits=limits)
+        except DecodeError:
+            ledger.store.close()
+            raise
         return ledger
 
     def encode_state(self) -> bytes:

@@ -4,37 +4,91 @@
 Yjs updates, and keeps a plain copy of every map (key -> stored value) that it
 brings up to date after each change, reporting which keys changed so that the
 validated view (``protocols.ledger``) is recomputed for those entries only.
+
+Foreign bytes (a peer's update or state vector, a file's updates) reach pycrdt
+only here, and only through ``_foreign``: they are first bounded
+(``protocols.yjs_bounds``: a few bytes can otherwise make Yrs reserve
+gigabytes), and any failure inside pycrdt, a Rust panic included, comes out as
+``DecodeError``. A Rust panic surfaces as ``pyo3_runtime.PanicException``, a
+``BaseException`` that passes every ``except Exception``; left alone it would
+end the daemon. An update that fails, or that leaves maps which cannot be read
+back, is undone: the document is rebuilt from its encoding taken just before
+(pycrdt can leave a panicked transaction half applied), so a failed apply
+leaves the document exactly as it was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pycrdt import Doc, Map, TransactionEvent, merge_updates
 
 from protocols.errors import DecodeError
+from protocols.yjs_bounds import DEFAULT_LIMITS, Limits, check_state_vector, check_update
 
 MAPS = ("members", "revoked", "plan", "approvals", "progress", "secagg", "metrics")
 EMPTY_UPDATE = b"\x00\x00"
 
 
+@contextlib.contextmanager
+def _foreign(what: str) -> Iterator[None]:
+    """Turn whatever pycrdt raises on foreign bytes, a Rust panic included, into ``DecodeError``."""
+    try:
+        yield
+    except ValueError as exc:
+        raise DecodeError(f"{what}: {exc}") from exc
+    except BaseException as exc:
+        if not _is_panic(exc):
+            raise
+        raise DecodeError(f"{what}: pycrdt panicked ({exc})") from None
+
+
+def _is_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Rust panic (pyo3 exports its class from no importable module)."""
+    kind = type(exc)
+    return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
+
+
 class LedgerDoc:
     """A Yjs document of the ledger's maps, with garbage collection on."""
 
-    def __init__(self, *, client_id: int | None = None) -> None:
+    def __init__(self, *, client_id: int | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         """``client_id`` is the Yjs client id (``None``: pycrdt draws one).
 
         Two live replicas must never share a client id; pass distinct ids to make
-        a simulation reproducible.
+        a simulation reproducible. ``limits`` bounds what one foreign update or
+        state vector may cost.
         """
-        self.doc: Doc[Any] = Doc(client_id=client_id)
-        self._maps: dict[str, Map[Any]] = {name: self.doc.get(name, type=Map) for name in MAPS}
+        self.limits = limits
+        self._open(Doc(client_id=client_id))
         self._entries: dict[str, dict[str, object]] = {name: {} for name in MAPS}
         self._changed: dict[str, set[str]] = {name: set() for name in MAPS}
         self._stale = False
         self._txn_updates: list[bytes] = []
-        self._subscription = self.doc.observe(self._on_transaction)
+
+    def _open(self, doc: Doc[Any]) -> None:
+        """Take ``doc`` as the document; its observer holds this object weakly.
+
+        pycrdt keeps the observer alive as long as the document, and the
+        document lives as long as this object: a strong reference would be a
+        cycle through Rust that Python's collector cannot see. pycrdt 0.14 also
+        keeps about 7 KiB of a document that still has an observer when it is
+        dropped; ``close`` (and ``_restore``, for the document it replaces)
+        removes the observer first.
+        """
+        self.doc: Doc[Any] = doc
+        self._maps: dict[str, Map[Any]] = {name: doc.get(name, type=Map) for name in MAPS}
+        handler = weakref.WeakMethod(self._on_transaction)
+
+        def observe(event: TransactionEvent) -> None:
+            method = handler()
+            if method is not None:
+                method(event)
+
+        self._subscription = doc.observe(observe)
 
     def _on_transaction(self, event: TransactionEvent) -> None:
         self._stale = True
@@ -45,7 +99,7 @@ class LedgerDoc:
     @property
     def stale(self) -> bool:
         """Whether the document changed since the copy of the maps was last refreshed."""
-        return self._stale
+        return self._stale or any(self._changed.values())
 
     def refresh(self) -> dict[str, set[str]]:
         """Re-read the maps after a change; return (and forget) the keys that changed.
@@ -57,6 +111,12 @@ class LedgerDoc:
         can even panic inside Yrs 0.28 (``event_keys``: ``unwrap`` on ``None``),
         which a peer could trigger at will by reordering updates.
         """
+        self._update_copy()
+        changed, self._changed = self._changed, {name: set() for name in MAPS}
+        return changed
+
+    def _update_copy(self) -> None:
+        """Re-read the maps if stale, adding the keys that changed to those not yet returned."""
         if self._stale:
             fresh = self._read_maps()
             for name, new in fresh.items():
@@ -65,8 +125,6 @@ class LedgerDoc:
                 keys.update(k for k in old if k not in new)
             self._entries = fresh
             self._stale = False
-        changed, self._changed = self._changed, {name: set() for name in MAPS}
-        return changed
 
     def _read_maps(self) -> dict[str, dict[str, object]]:
         """Every map's entries, read in one transaction.
@@ -99,23 +157,49 @@ class LedgerDoc:
 
     def diff(self, state_vector: bytes) -> bytes:
         """What a replica at ``state_vector`` lacks, as one update; ``DecodeError`` if bad."""
-        try:
-            return bytes(self.doc.get_update(bytes(state_vector)))
-        except ValueError as exc:
-            raise DecodeError(f"not a Yjs state vector: {exc}") from exc
+        state_vector = bytes(state_vector)
+        check_state_vector(state_vector, self.limits)
+        with _foreign("not a Yjs state vector"):
+            return bytes(self.doc.get_update(state_vector))
 
-    def apply_update(self, update: bytes) -> list[bytes]:
+    def apply_update(self, update: bytes, *, limits: Limits | None = None) -> list[bytes]:
         """Merge a Yjs update; return the updates of what it changed (empty: nothing new).
 
-        Raises ``DecodeError`` when the bytes are not a Yjs update.
+        Raises ``DecodeError`` when the bytes are not a Yjs update within
+        ``limits`` (``None``: the document's), or when pycrdt fails on them; the
+        document is then as it was.
         """
+        update = bytes(update)
+        check_update(update, self.limits if limits is None else limits)
+        before = self.encode_state()
         self._txn_updates = []
         try:
-            self.doc.apply_update(bytes(update))
-        except ValueError as exc:
-            raise DecodeError(f"not a Yjs update: {exc}") from exc
-        changed, self._txn_updates = self._txn_updates, []
+            with _foreign("not a Yjs update"):
+                self.doc.apply_update(update)
+            with _foreign("the update leaves maps that cannot be read"):
+                self._update_copy()
+        except DecodeError:
+            self._restore(before)
+            raise
+        finally:
+            changed, self._txn_updates = self._txn_updates, []
         return changed
+
+    def _restore(self, state: bytes) -> None:
+        """Put back the document encoded as ``state``, unless it is still exactly that."""
+        with contextlib.suppress(DecodeError), _foreign("reading the document back"):
+            if self.encode_state() == state:
+                return
+        doc: Doc[Any] = Doc(client_id=self.doc.client_id)
+        doc.apply_update(state)
+        self.close()
+        self._open(doc)
+        self._stale = True
+
+    def close(self) -> None:
+        """Stop observing the document, so that pycrdt frees it once it is dropped."""
+        with contextlib.suppress(DecodeError), _foreign("closing the document"):
+            self.doc.unobserve(self._subscription)
 
     def transact(self, map_name: str, puts: Mapping[str, bytes], deletes: Iterable[str]) -> bytes:
         """Delete then put entries of one map in one transaction; return its update."""

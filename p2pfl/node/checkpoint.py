@@ -201,18 +201,17 @@ def _read(
         meta = msgpack.unpackb(handle.read(length), raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise CheckpointError(f"{path}: metadata is not msgpack: {exc}") from None
-    if not isinstance(meta, dict) or not all(k in meta for k in ("round", "dim", "sha256")):
-        raise CheckpointError(f"{path}: metadata lacks round, dim or sha256")
-    if version in COUNTED_FROM_ZERO and type(meta["round"]) is int:
+    _check_fields(path, meta)
+    if version in COUNTED_FROM_ZERO:
         meta["round"] += 1
-    if type(meta["round"]) is not int or meta["round"] < 1:
+    if meta["round"] < 1:
         raise CheckpointError(f"{path}: metadata round {meta['round']!r} is not a round number")
     if version == STATELESS:
         meta.pop("state", None)
     layout = _state_layout(path, meta)
     nbytes = size - start - length
     dim = meta["dim"]
-    if type(dim) is not int or nbytes != 4 * (dim + sum(n for _, n in layout)):
+    if nbytes != 4 * (dim + sum(n for _, n in layout)):
         raise CheckpointError(f"{path}: truncated model ({nbytes} bytes for {dim!r})")
     array = _read_array(path, handle, dim, keep, meta["sha256"], "the model")
     digest = hashlib.sha256()
@@ -222,6 +221,20 @@ def _read(
     if layout and digest.digest() != meta.get("state_sha256"):
         raise CheckpointError(f"{path}: the optimizer state does not match its hash")
     return version, meta, array, state if keep else {}
+
+
+def _check_fields(path: Path, meta: object) -> None:
+    """The fields every checkpoint has, with the types the reader relies on."""
+    if not isinstance(meta, dict) or not all(k in meta for k in ("round", "dim", "sha256")):
+        raise CheckpointError(f"{path}: metadata lacks round, dim or sha256")
+    for name in ("round", "dim"):
+        value = meta[name]
+        if type(value) is not int or value < 0:
+            raise CheckpointError(f"{path}: metadata {name!r} is not a non-negative integer")
+    for name in ("sha256", "state_sha256"):
+        digest = meta.get(name, b"\0" * 32)
+        if not isinstance(digest, bytes) or len(digest) != 32:
+            raise CheckpointError(f"{path}: metadata {name!r} is not a SHA-256 digest")
 
 
 def _state_layout(path: Path, meta: dict[str, Any]) -> list[tuple[str, int]]:
