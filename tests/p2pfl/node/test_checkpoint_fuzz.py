@@ -65,7 +65,7 @@ values = st.one_of(
     st.binary(max_size=40),
     st.lists(st.integers(-5, 5), max_size=3),
     st.lists(st.tuples(st.text(max_size=3), st.integers(-5, 5)).map(list), max_size=3),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(-(2**63), 2**64 - 1), max_size=2),
 )
 fields = st.sampled_from(["round", "dim", "sha256", "state", "state_sha256"])
 
