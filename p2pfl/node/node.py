@@ -208,6 +208,7 @@ class Node:
             on_down=self._on_link_down,
             delays=lambda: backoff(cfg.limits.backoff_initial, cfg.limits.backoff_max),
             replay_budget=cfg.limits.replay_buffer,
+            on_fault=lambda peer, error: self.peer_error(peer, error, kind="framing"),
         )
         self._stack.push_async_callback(transport.close)
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())

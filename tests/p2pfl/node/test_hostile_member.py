@@ -33,6 +33,7 @@ from protocols.wire import GossipMessage, Payload, dense, encode
 
 TIMEOUT = 60
 FLOOD = 300
+LIMIT = 1 << 20  # the honest nodes' max_message_size (their model is far smaller)
 
 
 def plan(rounds: int, round_timeout: float) -> dict[str, Any]:
@@ -47,14 +48,22 @@ def plan(rounds: int, round_timeout: float) -> dict[str, Any]:
     }
 
 
-def federation(root: Path, limits: dict[str, Any], round_timeout: float) -> list[SiteFiles]:
+def federation(
+    root: Path, limits: dict[str, Any], round_timeout: float, mallory: dict[str, Any] | None = None
+) -> list[SiteFiles]:
+    """Four sites; the last one, mallory, with ``mallory`` over its limits."""
     sites = [
         Site(
             f"s{i}",
             f"memory://s{i}",
             "p2pfl.node.examples:heart_site",
             [name],
-            limits={"backoff_initial": 0.1, "backoff_max": 0.3, **limits},
+            limits={
+                "backoff_initial": 0.1,
+                "backoff_max": 0.3,
+                **limits,
+                **((mallory or {}) if i == 3 else {}),
+            },
         )
         for i, name in enumerate(HEART_SITES)
     ]
@@ -107,7 +116,8 @@ def faults_of(node: Node, peer: str) -> dict[str, Any]:
 def test_a_hostile_members_frames_are_dropped_audited_once_per_kind_and_rounds_complete(
     tmp_path: Path,
 ) -> None:
-    files = federation(tmp_path, {"peer_faults": 100_000, "linger_timeout": 5.0}, 20.0)
+    limits = {"peer_faults": 100_000, "linger_timeout": 5.0, "max_message_size": LIMIT}
+    files = federation(tmp_path, limits, 20.0, {"max_message_size": 4 * LIMIT})
     mallory_id = files[3].node_id
     honest = range(3)
 
@@ -125,6 +135,7 @@ def test_a_hostile_members_frames_are_dropped_audited_once_per_kind_and_rounds_c
                     mallory.links.send(peer, frame)
                 for _ in range(FLOOD):
                     mallory.links.send(peer, tag(Channel.GOSSIP) + b"flood")
+                mallory.links.send(peer, tag(Channel.GOSSIP) + bytes(2 * LIMIT))  # closes the link
             async with asyncio.timeout(TIMEOUT):
                 done = list(await asyncio.gather(*runs))
                 await own
@@ -132,7 +143,7 @@ def test_a_hostile_members_frames_are_dropped_audited_once_per_kind_and_rounds_c
 
     done, faults = asyncio.run(scenario())
     assert done == [2, 2, 2]
-    bad = sum(1 for kind, _ in bad_frames("a", "b", 4) if "accepted" not in kind)
+    bad = sum(1 for kind, _ in bad_frames("a", "b", 4) if "accepted" not in kind) + 1
     for i, counted in zip(honest, faults, strict=True):
         assert counted["faults"] >= bad + FLOOD and not counted["banned"]
         entries = read_entries(files[i].directory / "audit.jsonl")
@@ -140,7 +151,7 @@ def test_a_hostile_members_frames_are_dropped_audited_once_per_kind_and_rounds_c
         assert errors and {e["peer"] for e in errors} == {mallory_id}
         assert len(errors) <= len(counted["kinds"])  # one record per kind in the window
         assert sum(e["count"] for e in errors) <= counted["faults"]
-        assert {"malformed", "round", "channel", "frame"} <= set(counted["kinds"])
+        assert {"malformed", "round", "channel", "frame", "framing"} <= set(counted["kinds"])
         assert [e["round"] for e in entries if e["event"] == "round"] == [0, 1]
 
 
