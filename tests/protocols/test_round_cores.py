@@ -586,6 +586,9 @@ def test_a_secure_core_refuses_rounds_outside_its_window() -> None:
         with pytest.raises(PeerProtocolError, match="outside the window"):
             core.receive(peer, share_keys(far), now)
     assert len(core._receivers) == opened + 1
+    core.resume_at(100)
+    with pytest.raises(PeerProtocolError, match="outside the window"):  # long past
+        core.receive(peer, share_keys(50), now)
 
 
 def test_sync_gossip_refuses_nan_and_rejects_a_buffered_model_of_the_wrong_length() -> None:
