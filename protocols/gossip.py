@@ -18,6 +18,11 @@ Rules every mode follows:
 - A message for a round already closed is reported (``LateArrival``): ``sync``
   discards it, ``choco`` applies it to the sender's public copy so the copies
   stay equal on both ends. Nothing is dropped without an event.
+- A payload holding NaN or infinite values breaks the protocol as it arrives
+  (one such vector would poison every model it is mixed into). A buffered
+  message that proves wrong only when its round starts (a model of the wrong
+  length) is dropped with a ``Rejected`` event naming its sender, so one
+  member's bad frame never fails the receiver's round.
 
 Modes:
 
@@ -106,7 +111,16 @@ class Buffered:
     peer: str
 
 
-Event = RoundMixed | Straggler | LateArrival | Buffered
+@dataclass(frozen=True)
+class Rejected:
+    """A buffered message dropped when its round started: ``peer`` broke the protocol."""
+
+    round: int
+    peer: str
+    reason: str
+
+
+Event = RoundMixed | Straggler | LateArrival | Buffered | Rejected
 
 
 @dataclass(frozen=True)
@@ -199,7 +213,10 @@ class _BarrierCore:
         sends = self._publish(self._current)
         events: list[Event] = []
         for peer, message in self._early.pop(round, {}).items():
-            events.extend(self._accept(peer, message))
+            try:
+                events.extend(self._accept(peer, message))
+            except PeerProtocolError as exc:
+                events.append(Rejected(round, peer, str(exc)))
         events.extend(self._maybe_complete(now))
         if self._current is not None:
             self._current.published = True
@@ -209,6 +226,7 @@ class _BarrierCore:
         """Take one decoded message that arrived from ``peer``."""
         if message.sender != peer:
             raise PeerProtocolError(peer, f"message claims to come from {message.sender!r}")
+        check_finite(peer, message)
         current = self._current.number if self._current is not None else self.next_round
         if message.round < current:
             return Output(events=(self._late(peer, message),))
@@ -557,6 +575,7 @@ class PushSumGossip:
             raise PeerProtocolError(peer, f"message claims to come from {message.sender!r}")
         if message.round in self._seen.get(peer, ()):  # a replay after a reconnection
             return Output(events=(LateArrival(message.round, peer, applied=False),))
+        check_finite(peer, message)
         if self._x is None:
             self._x = np.zeros(message.payload.length, dtype=self._dtype)
         if message.payload.length != self._x.shape[0]:
@@ -575,6 +594,13 @@ class PushSumGossip:
             raise LocalProtocolError("push-sum has no model before its first step")
         model: Vector = push_sum_model(self._x, self.weight).astype(np.float32)
         return model
+
+
+def check_finite(peer: str, message: GossipMessage) -> None:
+    """``PeerProtocolError`` if ``message`` carries a NaN or an infinity (module docstring)."""
+    values = message.payload.values
+    if values.dtype.kind == "f" and not bool(np.isfinite(values).all()):
+        raise PeerProtocolError(peer, "the payload holds NaN or infinite values")
 
 
 def _split(value: float) -> Vector:

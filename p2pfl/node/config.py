@@ -5,7 +5,8 @@ Sections (``p2pfl node init`` writes a commented template)::
     [node]    key, passphrase_file, ledger, data_dir, listen, name
     [tls]     cert, key, cafile
     [data]    entrypoint ("module:function"), args, kwargs
-    [limits]  message sizes, timeouts, reconnect backoff, checkpoints kept, threads
+    [limits]  message sizes, timeouts, reconnect backoff, checkpoints kept, threads,
+              faults a member may commit before it is disconnected (``p2pfl.node.faults``)
     [dashboard]  listen (off when empty), interval, token: the live page (``p2pfl.node.dashboard``)
 
 An unknown key is an error naming it. Relative paths are read against the
@@ -80,6 +81,9 @@ class LimitsSection:
     anti_entropy_interval: float = 30.0
     status_interval: float = 2.0
     threads: int = 0
+    peer_faults: int = 20
+    peer_fault_window: float = 60.0
+    peer_ban_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         for name in ("max_message_size", "frame_size"):
@@ -93,6 +97,8 @@ class LimitsSection:
             "backoff_max",
             "anti_entropy_interval",
             "status_interval",
+            "peer_fault_window",
+            "peer_ban_seconds",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"[limits] {name} must be positive")
@@ -100,6 +106,8 @@ class LimitsSection:
             raise ConfigError(
                 "[limits] linger_timeout, keep_checkpoints, replay_buffer, threads must be >= 0"
             )
+        if self.peer_faults < 1:
+            raise ConfigError("[limits] peer_faults must be at least 1")
         if self.backoff_max < self.backoff_initial:
             raise ConfigError("[limits] backoff_max must be at least backoff_initial")
 
@@ -269,6 +277,9 @@ replay_buffer = 67108864      # bytes per neighbour of this round's messages kep
 anti_entropy_interval = 30.0  # seconds between ledger state-vector exchanges
 status_interval = 2.0         # seconds between status file refreshes
 threads = 0                   # torch threads for training (0: torch's default)
+peer_faults = 20              # protocol faults a member may commit within peer_fault_window
+peer_fault_window = 60.0      # seconds; also one audit record per kind of fault per window
+peer_ban_seconds = 300.0      # a member past peer_faults is disconnected and refused this long
 
 [privacy]                     # the federation's DP settings are in the plan; this is yours
 share_metrics = false         # also publish this site's own accuracy and loss to the ledger

@@ -42,7 +42,7 @@ from p2pfl.node.numbering import index, number
 from p2pfl.spec import Graph, KeyRing, Plan, System, federation_bytes
 from p2pfl.spec.cores import build_core
 from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError, ProtocolError
-from protocols.gossip import RoundMixed, Straggler
+from protocols.gossip import Rejected, RoundMixed, Straggler
 from protocols.rounds import (
     DeclarationExpired,
     DeclarationHeld,
@@ -112,13 +112,18 @@ class Exchange:
     def receive(self, peer: str, channel: int, body: memoryview) -> None:
         if channel != self.channel:
             kind = "secure" if self.secure else "plain"
-            self.node.peer_error(peer, f"a {kind} round got a message on channel {channel}")
+            self.node.peer_error(
+                peer, f"a {kind} round got a message on channel {channel}", kind="channel"
+            )
             return
         now = asyncio.get_running_loop().time()
         try:
             out = self.core.receive(peer, body, now)
-        except (PeerProtocolError, DecodeError) as exc:
-            self.node.peer_error(peer, str(exc))
+        except DecodeError as exc:
+            self.node.peer_error(peer, str(exc), kind="malformed")
+            return
+        except PeerProtocolError as exc:
+            self.node.peer_error(peer, str(exc), kind="round")
             return
         except ProtocolError as exc:
             log.error("round message from %s not handled: %s", peer, exc)
@@ -144,7 +149,7 @@ class Exchange:
         try:
             out = core.confirm_declaration(index(round_), receiver, dropped, now)
         except PeerProtocolError as exc:
-            self.node.peer_error(receiver, str(exc))
+            self.node.peer_error(receiver, str(exc), kind="declaration")
             return
         except ProtocolError as exc:
             log.error("dropout declaration of %s not handled: %s", receiver, exc)
@@ -187,7 +192,9 @@ class Exchange:
             elif isinstance(event, DeclarationExpired):
                 self._held.pop((number(event.round), event.receiver), None)
                 reason = "a dropout declaration never reached the ledger; ignored"
-                node.peer_error(event.peer, reason)
+                node.peer_error(event.peer, reason, kind="declaration")
+            elif isinstance(event, Rejected):
+                node.peer_error(event.peer, event.reason, kind="round")
             elif isinstance(event, Abandoned):
                 self.abandoned += 1
                 log.warning("abandoning round %d: %s", number(event.round), event.reason)

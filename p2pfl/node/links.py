@@ -48,6 +48,7 @@ from p2pfl.errors import ConfigError
 from p2pfl.transport import (
     AuthenticationFailed,
     Connection,
+    FramingError,
     MessageTooLarge,
     Transport,
     TransportClosed,
@@ -161,8 +162,10 @@ class LinkManager:
         on_down: DownHandler,
         delays: Callable[[], Iterator[float]],
         replay_budget: int = 64 << 20,
+        on_fault: DownHandler | None = None,
     ) -> None:
         self.me = me
+        self._on_fault = on_fault  # (peer, error): a link closed for the peer's framing
         self.replay_budget = replay_budget
         self.transport = transport
         self._on_frame = on_frame
@@ -274,6 +277,10 @@ class LinkManager:
         while True:
             try:
                 data = await session.conn.recv()
+            except FramingError as exc:
+                if self._on_fault is not None:
+                    self._on_fault(link.peer, str(exc))
+                return str(exc)
             except TransportClosed as exc:
                 return str(exc)
             link.received_bytes += len(data)

@@ -53,6 +53,7 @@ from p2pfl.node.dashboard import Dashboard
 from p2pfl.node.data import LocalData
 from p2pfl.node.errors import NodeStopped
 from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
+from p2pfl.node.faults import Faults
 from p2pfl.node.links import LinkManager, backoff
 from p2pfl.node.phases import Phase
 from p2pfl.node.preflight import DataDirLock, Ready, preflight, tls_files
@@ -125,6 +126,12 @@ class Node:
         self._sync: LedgerSync | None = None
         self._links: LinkManager | None = None
         self._rounds: RoundDriver | None = None
+        limits = config.limits
+        self.faults = Faults(
+            limit=limits.peer_faults,
+            window=limits.peer_fault_window,
+            ban_seconds=limits.peer_ban_seconds,
+        )
         self._router = Router(
             {
                 Channel.LEDGER: self._on_ledger_frame,
@@ -132,7 +139,7 @@ class Node:
                 Channel.SECAGG: self._on_round_frame,
                 Channel.CONTROL: self._on_control_frame,
             },
-            self.peer_error,
+            lambda peer, error: self.peer_error(peer, error, kind="frame"),
         )
 
     # -- properties -------------------------------------------------------------------
@@ -217,11 +224,12 @@ class Node:
         self._links = LinkManager(
             identity.node_id,
             transport,
-            on_frame=self._router.route,
+            on_frame=self._on_frame,
             on_up=self._on_link_up,
             on_down=self._on_link_down,
             delays=lambda: backoff(cfg.limits.backoff_initial, cfg.limits.backoff_max),
             replay_budget=cfg.limits.replay_buffer,
+            on_fault=lambda peer, error: self.peer_error(peer, error, kind="framing"),
         )
         self._stack.push_async_callback(transport.close)
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
@@ -265,6 +273,7 @@ class Node:
             limiter=limiter,
             timeout=cfg.limits.handshake_timeout,
             on_refusal=self._on_refusal,
+            banned=self.faults.banned,
         )
         if cfg.node.listen.startswith("memory://"):
             if self._network is None:
@@ -456,9 +465,44 @@ class Node:
 
     # -- frames (the router's table: ``__init__``) ------------------------------------------
 
-    def peer_error(self, peer: str, error: str) -> None:
-        log.warning("protocol error from %s: %s", peer, error)
-        self.record("peer-protocol-error", peer=peer, error=error)
+    def _on_frame(self, peer: str, data: bytes | bytearray | memoryview) -> None:
+        if self.faults.banned(peer):
+            return  # what a banned member sent before its link closed
+        self._router.route(peer, data)
+
+    def peer_error(self, peer: str, error: str, *, kind: str = "protocol") -> None:
+        """``peer`` broke the protocol: the frame is dropped; count, audit sparingly, ban.
+
+        One audit record per (peer, kind) per ``peer_fault_window`` (``p2pfl.node.faults``),
+        with the count since the last one; past ``peer_faults`` the link is closed and
+        the handshake refuses the member for ``peer_ban_seconds``.
+        """
+        verdict = self.faults.fault(peer, kind)
+        if verdict.audit:
+            log.warning("protocol error from %s: %s [%s]", peer, error, kind)
+            self.record(
+                "peer-protocol-error", peer=peer, kind=kind, error=error, count=verdict.count
+            )
+        else:
+            log.debug("protocol error from %s: %s [%s]", peer, error, kind)
+        if verdict.banned:
+            limits = self.config.limits
+            log.warning(
+                "disconnecting %s for %.0f s: too many protocol errors",
+                peer,
+                limits.peer_ban_seconds,
+            )
+            self.record(
+                "peer-banned",
+                peer=peer,
+                faults=limits.peer_faults,
+                window=limits.peer_fault_window,
+                seconds=limits.peer_ban_seconds,
+            )
+            link = None if self._links is None else self._links.links.get(peer)
+            if link is not None and link.session is not None:
+                self.spawn(link.session.conn.close())
+            self.write_status()
 
     def _on_round_frame(self, peer: str, channel: Channel, body: memoryview) -> None:
         self.rounds.on_frame(peer, channel, body)
@@ -472,7 +516,7 @@ class Node:
             message = ledger_sync.decode(body, max_size=self.sync.max_message_size)
             out = self.sync.receive(peer, body)
         except (PeerProtocolError, DecodeError) as exc:
-            self.peer_error(peer, f"ledger sync: {exc}")
+            self.peer_error(peer, f"ledger sync: {exc}", kind="ledger")
             return
         except LocalProtocolError:
             return  # the link went down under us
@@ -593,6 +637,7 @@ class Node:
             "last_error": self.last_error,
             "peak_rss_bytes": peak_rss(),
             "neighbours": links,
+            "peer_faults": self.faults.snapshot(),
             **({} if rounds is None else rounds.status()),
         }
 

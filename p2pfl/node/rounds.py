@@ -79,6 +79,9 @@ DEALT_FILE = "secure-dealt"
 NUMBERED = "numbered"
 """The dealt file's third word: its round is a number (``_mark_dealt``)."""
 MAX_EARLY_FRAMES = 1024
+MAX_EARLY_FRAMES_PER_PEER = 64
+"""Frames kept from one peer before rounds start; with ``2 * max_message_size`` bytes at
+most, so one member cannot fill the buffer the others' first frames need."""
 CORE_STATE = "gossip."
 """Prefix of the round core's arrays in a checkpoint's ``state`` (the rest: the optimizer's)."""
 
@@ -121,10 +124,17 @@ class RoundDriver:
     def on_frame(self, peer: str, channel: Channel, body: memoryview) -> None:
         """A gossip or secure-aggregation frame; kept (a bounded number) until rounds start."""
         if self.exchange is None:
-            if len(self._early) < MAX_EARLY_FRAMES:
-                self._early.append((peer, channel, body))
+            self._keep_early(peer, channel, body)
             return
         self.exchange.receive(peer, channel, body)
+
+    def _keep_early(self, peer: str, channel: Channel, body: memoryview) -> None:
+        mine = [len(b) for p, _, b in self._early if p == peer]
+        budget = 2 * self.node.config.limits.max_message_size
+        if len(mine) >= MAX_EARLY_FRAMES_PER_PEER or sum(mine) + len(body) > budget:
+            self.node.peer_error(peer, "too many frames before the rounds started", kind="flood")
+        elif len(self._early) < MAX_EARLY_FRAMES:
+            self._early.append((peer, channel, body))
 
     def on_ledger_changed(self) -> None:
         if self.exchange is not None:

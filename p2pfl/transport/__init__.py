@@ -11,6 +11,7 @@ from __future__ import annotations
 from p2pfl.transport.base import DEFAULT_MAX_MESSAGE_SIZE, Connection, Handler, Transport
 from p2pfl.transport.errors import (
     AuthenticationFailed,
+    FramingError,
     MessageTooLarge,
     RateLimited,
     TransportClosed,
@@ -26,6 +27,7 @@ __all__ = [
     "AuthenticationFailed",
     "Authenticator",
     "Connection",
+    "FramingError",
     "Handler",
     "MembershipCheck",
     "MemoryNetwork",

@@ -5,7 +5,8 @@ They say whose fault it is:
 - ``MessageTooLarge``: our misuse, a message over the configured maximum (nothing sent);
 - ``AuthenticationFailed``: a refused handshake, by us or by the peer
   (``RateLimited``: an address refused for a while after too many failures);
-- ``TransportClosed``: a link that is gone or could not be made.
+- ``TransportClosed``: a link that is gone or could not be made
+  (``FramingError``: closed by us because the peer broke the framing).
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from p2pfl.errors import P2PFLError
 
 class TransportClosed(P2PFLError):
     """A link to a peer broke, or could not be made."""
+
+
+class FramingError(TransportClosed):
+    """We closed a link because the peer broke the framing: a message over our limit,
+    or a fragmented one longer or shorter than it announced. The peer's fault."""
 
 
 class MessageTooLarge(P2PFLError):
@@ -43,4 +49,10 @@ class RateLimited(AuthenticationFailed):
     """An address failed the handshake too often; its connections are refused for a while."""
 
 
-__all__ = ["AuthenticationFailed", "MessageTooLarge", "RateLimited", "TransportClosed"]
+__all__ = [
+    "AuthenticationFailed",
+    "FramingError",
+    "MessageTooLarge",
+    "RateLimited",
+    "TransportClosed",
+]

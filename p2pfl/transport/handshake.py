@@ -22,9 +22,29 @@ Both ends speak at once; each message is a small msgpack map::
    learn the outcome: a dialer gets ``AuthenticationFailed`` from ``connect``,
    not a link that dies on its first read.
 
+A member the node has banned for repeated protocol faults (``banned(id)``,
+``p2pfl.node.faults``) is refused at step 1 too (code ``banned``), before
+anything is signed for it.
+
 ``Handshake`` is the sans-I/O state of one end; ``Authenticator`` drives it
 over a transport's raw channel, logs refusals, and rate-limits addresses that
 keep failing with a ``RateLimiter`` (a token bucket per address, clock injected).
+
+Why a rate-limited address is not simply refused: members share hosts (and
+addresses behind a NAT, or 127.0.0.1 on a test machine) with strangers, and a
+stranger failing handshakes from that address must not lock a member out. So
+an address with no token left still gets a handshake, on probation: at most
+``max_probation`` such handshakes run at once (beyond that: refused at once),
+and any failure in one is answered and reported as ``rate-limited``, exactly
+as before. A stranger gains nothing by it: its hello names an id that is not a
+member (or is one it cannot sign for), so it is refused at step 1 without a
+signature of ours, or at step 3 with one bound to nonces it will never see
+again; only an end that proves a member's key gets through, and a bucket keyed
+by a claimed id would have let a stranger lock that member out by claiming it.
+Failures still drain the address's bucket, and every inbound handshake, on
+probation or not, counts against ``max_pending`` (unauthenticated handshakes
+under way at once), so neither a flood nor slow peers make us hold more than
+that many.
 """
 
 from __future__ import annotations
@@ -52,6 +72,7 @@ TAG = b"p2pfl-handshake/1"
 NONCE_SIZE = 32
 MAX_HANDSHAKE_MESSAGE = 1024
 INITIATOR, RESPONDER = b"initiator", b"responder"
+_LIMITED = "too many failed handshakes"
 
 MembershipCheck = Callable[[str], bytes | None]
 """``is_member(node_id)``: the member's Ed25519 verify key (32 bytes), or None if not one now."""
@@ -103,6 +124,7 @@ class Handshake:
         binding: bytes = b"",
         expected_peer: str | None = None,
         address: str = "?",
+        banned: Callable[[str], bool] | None = None,
     ) -> None:
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"a handshake nonce has {NONCE_SIZE} bytes, not {len(nonce)}")
@@ -113,6 +135,7 @@ class Handshake:
         self.nonce = nonce
         self.binding = binding
         self.expected_peer = expected_peer
+        self._banned = banned
         self.peer = expected_peer or address  # who we are talking to, for errors
         self.peer_id: str | None = None
         self._peer_nonce = b""
@@ -140,6 +163,8 @@ class Handshake:
             self._refuse("not-member", "not a member of the federation, or revoked")
         if len(key) != 32 or node_id_for(bytes(key)) != peer_id:
             self._refuse("bad-key", "the ledger's key for this id does not match it")
+        if self._banned is not None and self._banned(peer_id):
+            self._refuse("banned", "disconnected for a while after repeated protocol errors")
         self.peer_id, self._peer_nonce, self._peer_key = peer_id, nonce, bytes(key)
         signature = self._key.sign(self._transcript(self.initiator)).signature
         return _pack({"t": "proof", "sig": bytes(signature)})
@@ -278,7 +303,12 @@ class Authenticator:
         timeout: float = 10.0,
         on_refusal: Callable[[Refusal], None] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        banned: Callable[[str], bool] | None = None,
+        max_pending: int = 64,
+        max_probation: int = 4,
     ) -> None:
+        if max_pending < 1 or max_probation < 1:
+            raise ValueError("an authenticator needs max_pending >= 1 and max_probation >= 1")
         self._key = signing_key
         self._is_member = is_member
         self.node_id = node_id_for(bytes(signing_key.verify_key))
@@ -286,26 +316,42 @@ class Authenticator:
         self.timeout = timeout
         self._on_refusal = on_refusal
         self._random = random_bytes
+        self._banned = banned
+        self.max_pending = max_pending
+        self.max_probation = max_probation
+        self.pending = 0  # inbound handshakes under way
+        self.on_probation = 0  # of which from rate-limited addresses
 
     async def accept(
         self, channel: Channel, *, address: str, limit_key: str, binding: bytes = b""
     ) -> str:
         """Authenticate an incoming link; the peer's id, or ``AuthenticationFailed``.
 
-        ``limit_key`` (the remote host) is what the rate limiter counts failures by.
+        ``limit_key`` (the remote host) is what the rate limiter counts failures by;
+        a limited one gets a handshake on probation (module docstring).
         """
-        if not self.limiter.allowed(limit_key):
-            log.debug("dropped a connection from %s: rate-limited", address)
-            reason = "too many failed handshakes"
-            self._report(address, address, "rate-limited", reason, True, False)
-            await _send_quietly(channel, refusal_message("rate-limited", reason))
-            raise RateLimited(address, "rate-limited", reason)
+        limited = not self.limiter.allowed(limit_key)
+        busy = self.pending >= self.max_pending
+        if busy or (limited and self.on_probation >= self.max_probation):
+            code = "busy" if busy and not limited else "rate-limited"
+            reason = "too many handshakes under way" if code == "busy" else _LIMITED
+            log.debug("dropped a connection from %s: %s", address, code)
+            self._report(address, address, code, reason, True, False)
+            await _send_quietly(channel, refusal_message(code, reason))
+            raise RateLimited(address, code, reason)
+        self.pending += 1
+        self.on_probation += limited
         try:
-            return await self._run(channel, address, binding, initiator=False, expected=None)
+            return await self._run(
+                channel, address, binding, initiator=False, expected=None, limited=limited
+            )
         except (AuthenticationFailed, TransportClosed):
             if self.limiter.record_failure(limit_key):
                 log.warning("rate-limiting %s after repeated failed handshakes", limit_key)
             raise
+        finally:
+            self.pending -= 1
+            self.on_probation -= limited
 
     async def dial(
         self,
@@ -326,6 +372,7 @@ class Authenticator:
         *,
         initiator: bool,
         expected: str | None,
+        limited: bool = False,
     ) -> str:
         shake = Handshake(
             self._key,
@@ -335,6 +382,7 @@ class Authenticator:
             binding=binding,
             expected_peer=expected,
             address=address,
+            banned=self._banned,
         )
         try:
             # A failed send is not the end: the peer may have refused us and closed, and the
@@ -348,13 +396,20 @@ class Authenticator:
                 return shake.receive_verdict(await channel.recv(MAX_HANDSHAKE_MESSAGE))
         except TimeoutError:
             error = AuthenticationFailed(shake.peer, "timeout", f"no answer in {self.timeout} s")
+            if limited:
+                error = RateLimited(address, "rate-limited", _LIMITED)
             self._refused(error, address, not initiator)
             raise error from None
-        except AuthenticationFailed as error:
+        except AuthenticationFailed as failed:
+            error = failed
+            if limited and not failed.by_peer:  # on probation: the refusal it had before
+                error = RateLimited(address, "rate-limited", _LIMITED)
             self._refused(error, address, not initiator)
             if not error.by_peer:
                 await _send_quietly(channel, refusal_message(error.code, error.reason))
-            raise
+            if error is failed:
+                raise
+            raise error from None
 
     def _refused(self, error: AuthenticationFailed, address: str, inbound: bool) -> None:
         direction = "from" if inbound else "to"

@@ -22,7 +22,7 @@ from p2pfl.transport.base import (
     Transport,
     finish_handlers,
 )
-from p2pfl.transport.errors import AuthenticationFailed, TransportClosed
+from p2pfl.transport.errors import AuthenticationFailed, FramingError, TransportClosed
 from p2pfl.transport.handshake import Authenticator
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class MemoryConnection(Connection):
             )
             log.warning("closing the link to %s: %s", self._peer_id, reason)
             self._end.close(reason)
-            raise TransportClosed(reason)
+            raise FramingError(reason)
         return data
 
     async def close(self) -> None:

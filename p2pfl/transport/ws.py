@@ -62,7 +62,7 @@ from p2pfl.transport.base import (
     Transport,
     finish_handlers,
 )
-from p2pfl.transport.errors import AuthenticationFailed, TransportClosed
+from p2pfl.transport.errors import AuthenticationFailed, FramingError, TransportClosed
 from p2pfl.transport.handshake import Authenticator
 from p2pfl.transport.tls import TlsFiles, client_context, server_context
 from p2pfl.transport.transfers import TransferLog
@@ -271,7 +271,7 @@ class WsConnection(Connection):
 
     async def _refuse(self, code: CloseCode, reason: str) -> NoReturn:
         await self._ws.close(code, reason)
-        raise TransportClosed(f"{self._peer_id} broke the framing ({reason}); link closed")
+        raise FramingError(f"{self._peer_id} broke the framing ({reason}); link closed")
 
     async def close(self) -> None:
         self._closed = True

@@ -26,6 +26,12 @@ holds for that (round, receiver), and dropped with a ``DeclarationExpired``
 event if ``timeouts.unmask`` passes first. A receiver that sends two
 different declarations for one round breaks the protocol.
 
+Rounds are bounded to a window: a message for a round more than
+``max_rounds_ahead`` past the newest round this node has begun (or below it by
+more than the rounds whose sender state is kept) breaks the protocol, so a
+neighbour cannot make us open a receiver, and hold its state, for every round
+number it can write.
+
 ``drop_rounds`` (simulation only): in those rounds the node deals its shares
 (so recovery is needed), then vanishes: it sends no masked input, answers no
 reveal, ignores what is sent to it and keeps its own trained model.
@@ -65,6 +71,9 @@ from protocols.secagg import (
 )
 from protocols.secagg import Output as SecAggOutput
 
+_KEEP = 4
+"""Rounds closed this long ago still answer a late reveal; older ones are forgotten."""
+
 HoodOf = Callable[[str, int], Neighbourhood]
 """(node, round) -> that node's neighbourhood in that round."""
 
@@ -97,6 +106,7 @@ class SecureRoundCore:
         drop_rounds: frozenset[int] = frozenset(),
         declarations_need_confirmation: bool = False,
         prefix: bytes = b"",
+        max_rounds_ahead: int = 8,
     ) -> None:
         self.name = name
         self._hood_of = hood_of
@@ -117,6 +127,8 @@ class SecureRoundCore:
         self._held: dict[tuple[int, str], _Held] = {}
         self._closed: set[int] = set()  # rounds whose receiver finished: late messages are moot
         self._floor = 0  # rounds below it are never opened (see resume_at)
+        self._begun = 0  # the newest round begun here: the window's anchor
+        self._max_ahead = max_rounds_ahead
         self.abandoned = 0  # rounds this node's receiver abandoned
 
     # -- the round-core interface ------------------------------------------------------
@@ -130,11 +142,13 @@ class SecureRoundCore:
     def resume_at(self, round: int) -> None:
         """Never open a receiver for rounds before ``round`` (a node resumed from a checkpoint)."""
         self._floor = max(self._floor, round)
+        self._begun = max(self._begun, round)
         for r in [r for r in self._receivers if r < round]:
             del self._receivers[r]
 
     def begin_round(self, round: int, now: float) -> RoundOutput:
         """Before local training: open our receiver and deal our shares to each receiver we feed."""
+        self._begun = max(self._begun, round)
         self._receiver(round, now)
         outputs: list[SecAggOutput] = []
         for receiver in sorted(self._hood_of(self.name, round).out_shares):
@@ -168,6 +182,10 @@ class SecureRoundCore:
     def receive(self, peer: str, frame: Frame, now: float) -> RoundOutput:
         message = secagg.decode(frame)
         round = message.round
+        if not self._begun - _KEEP <= round <= self._begun + self._max_ahead:
+            raise PeerProtocolError(
+                peer, f"round {round} is outside the window around round {self._begun}"
+            )
         if round in self._drops:
             return RoundOutput()
         kind = type(message).__name__
@@ -287,7 +305,7 @@ class SecureRoundCore:
         mixed = (hood.self_weight * own + outcome.total) / np.float32(total_weight)
         return [RoundMixed(round, mixed.astype(np.float32), outcome.contributors, outcome.missing)]
 
-    def _forget(self, round: int, keep: int = 4) -> None:
+    def _forget(self, round: int, keep: int = _KEEP) -> None:
         """Drop sender state of rounds long closed (they may still answer a late reveal)."""
         for key in [k for k in self._senders if k[0] < round - keep]:
             del self._senders[key]

@@ -38,6 +38,7 @@ from protocols.gossip import (
     LateArrival,
     Neighbourhood,
     PushSumGossip,
+    Rejected,
     RoundMixed,
     Straggler,
     SyncGossip,
@@ -565,3 +566,40 @@ def test_the_reference_frames_cover_every_kind() -> None:
             kinds.add(type(wire.decode(frame)).__name__)
     assert {"ShareKeys", "ShareRelay", "MaskedInput", "DropoutDeclaration", "Reveal"} <= kinds
     assert "GossipMessage" in kinds
+
+
+# --- a hostile neighbour ------------------------------------------------------------------
+
+
+def test_a_secure_core_refuses_rounds_outside_its_window() -> None:
+    core, _, now = held_core()  # node 0, round 0 begun
+    hood = sorted(hoods(metropolis_weights(small_graph()))("0", 0).in_weights)
+    peer = hood[0]
+
+    def share_keys(round_: int) -> bytes:
+        return secagg.ShareKeys(round_, "0", peer, {h: b"sealed" for h in hood}).encode()
+
+    opened = len(core._receivers)
+    core.receive(peer, share_keys(2), now)  # a neighbour a little ahead: kept
+    assert len(core._receivers) == opened + 1
+    for far in (1000, 10**9):
+        with pytest.raises(PeerProtocolError, match="outside the window"):
+            core.receive(peer, share_keys(far), now)
+    assert len(core._receivers) == opened + 1
+    core.resume_at(100)
+    with pytest.raises(PeerProtocolError, match="outside the window"):  # long past
+        core.receive(peer, share_keys(50), now)
+
+
+def test_sync_gossip_refuses_nan_and_rejects_a_buffered_model_of_the_wrong_length() -> None:
+    w = metropolis_weights(small_graph())
+    core = SyncGossip("0", lambda r: hoods(w)("0", r), round_timeout=5.0)
+    peer = sorted(neighbourhood(w, 0).in_weights)[0]
+    for bad in (np.nan, np.inf, -np.inf):
+        poisoned = np.full(4, bad, np.float32)
+        with pytest.raises(PeerProtocolError, match="NaN or infinite"):
+            core.receive(peer, wire.GossipMessage(peer, 0, wire.dense(poisoned)), 0.0)
+    long = wire.GossipMessage(peer, 0, wire.dense(np.ones(7, np.float32)))
+    assert core.receive(peer, long, 0.0).events == (Buffered(0, peer),)
+    out = core.start_round(0, np.zeros(4, np.float32), 0.0)  # once raised out of here
+    assert Rejected(0, peer, f"peer {peer!r}: model length does not match") in out.events

@@ -10,6 +10,7 @@ from itertools import islice
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from p2pfl.node.host import RoundHost
 from p2pfl.node.links import backoff
 from p2pfl.node.node import Node
 from p2pfl.node.phases import ENDED, Phase
-from p2pfl.node.rounds import MAX_EARLY_FRAMES, RoundDriver
+from p2pfl.node.rounds import MAX_EARLY_FRAMES, MAX_EARLY_FRAMES_PER_PEER, RoundDriver
 from p2pfl.node.status import read_status, write_status
 from p2pfl.spec import MODES, plan_from_table
 from protocols.gossip import Straggler
@@ -397,10 +398,12 @@ class Host:
     """Just enough of a ``RoundHost`` for the round layer's bookkeeping."""
 
     node_id = "me"
+    config = SimpleNamespace(limits=SimpleNamespace(max_message_size=1 << 20))
 
     def __init__(self) -> None:
         self.ledger = SimpleNamespace(progress=lambda: {"p": 4})
         self.records: list[tuple[str, dict[str, Any]]] = []
+        self.errors: list[tuple[str, str, str]] = []
         self.sent: list[tuple[str, bytes, int]] = []
         self.pruned: list[tuple[str, int]] = []
         self.wakes = 0
@@ -419,6 +422,9 @@ class Host:
 
     def wake_timer(self) -> None:
         self.wakes += 1
+
+    def peer_error(self, peer: str, error: str, *, kind: str = "protocol") -> None:
+        self.errors.append((peer, error, kind))
 
 
 def host() -> RoundHost:
@@ -447,6 +453,19 @@ def test_round_frames_before_the_exchange_wait_a_bounded_number() -> None:
     rounds.poll(0.0)  # nothing to poll yet: no error
     rounds.on_ledger_changed()
     for i in range(MAX_EARLY_FRAMES + 5):
-        rounds.on_frame("p", Channel.GOSSIP, memoryview(bytes([i % 256])))
+        rounds.on_frame(f"p{i % 40}", Channel.GOSSIP, memoryview(bytes([i % 256])))
     assert len(rounds._early) == MAX_EARLY_FRAMES
-    assert rounds._early[1][0] == "p" and bytes(rounds._early[1][2]) == b"\x01"
+    assert rounds._early[1][0] == "p1" and bytes(rounds._early[1][2]) == b"\x01"
+
+
+def test_one_member_cannot_fill_the_frames_kept_before_the_rounds() -> None:
+    stand_in = Host()
+    rounds = RoundDriver(stand_in)  # type: ignore[arg-type]
+    for i in range(MAX_EARLY_FRAMES):
+        rounds.on_frame("mallory", Channel.GOSSIP, memoryview(bytes([i % 256])))
+    rounds.on_frame("mallory", Channel.GOSSIP, memoryview(bytes(1 << 20)))
+    rounds.on_frame("honest", Channel.GOSSIP, memoryview(bytes(1 << 20)))
+    kept = [peer for peer, _, _ in rounds._early]
+    assert kept.count("mallory") == MAX_EARLY_FRAMES_PER_PEER and kept[-1] == "honest"
+    flood = MAX_EARLY_FRAMES - MAX_EARLY_FRAMES_PER_PEER + 1
+    assert stand_in.errors == [("mallory", ANY, "flood")] * flood

@@ -346,17 +346,61 @@ def test_repeated_failures_from_one_address_are_rate_limited(
                 codes.append(refused.value.code)
             assert isinstance(refused.value, RateLimited)
             ledger.admit(1)
-            with pytest.raises(RateLimited):  # even a member, from a blocked address
-                await dialer.connect(bound)
-            clock.now += 100  # one token back
+            # A member proves its key on probation: a blocked address does not lock it out.
             link = await dialer.connect(bound)
             assert link.peer_id == nid(2)
         return codes
 
     assert asyncio.run(main()) == ["not-member", "not-member", "rate-limited"]
-    assert [r.code for r in refusals] == [
-        "not-member",
-        "not-member",
-        "rate-limited",
-        "rate-limited",
-    ]
+    assert [r.code for r in refusals] == ["not-member", "not-member", "rate-limited"]
+
+
+def test_a_banned_member_is_refused_before_a_signature() -> None:
+    banned = {nid(1)}
+    initiator = Handshake(key(1), Ledger(2), initiator=True, nonce=nonce(1))
+    responder = Handshake(
+        key(2), Ledger(1), initiator=False, nonce=nonce(2), banned=banned.__contains__
+    )
+    with pytest.raises(AuthenticationFailed) as refused:
+        responder.receive_hello(initiator.hello())
+    assert refused.value.code == "banned"
+    banned.clear()
+    assert run(initiator, responder) == (nid(2), nid(1))
+
+
+class Blocked(RateLimiter):
+    """A limiter that has run out of tokens for every address."""
+
+    def allowed(self, address: str) -> bool:
+        return False
+
+
+def test_probation_handshakes_are_capped_and_their_failures_look_rate_limited() -> None:
+    async def main() -> list[str]:
+        listener_auth = Authenticator(key(2), Ledger(1, 2), limiter=Blocked(), max_probation=1)
+        network = MemoryNetwork()
+        listener, stranger = (
+            network.transport(listener_auth),
+            network.transport(Authenticator(key(3), Ledger(2))),
+        )
+        async with listener, stranger:
+
+            async def handler(connection: Connection) -> None:
+                await asyncio.sleep(0)
+
+            bound = await listener.listen("node", handler)
+            listener_auth.on_probation = 1  # one handshake on probation under way
+            codes = []
+            with pytest.raises(RateLimited) as refused:
+                await stranger.connect(bound)
+            codes.append(refused.value.code)
+            listener_auth.on_probation = 0
+            with pytest.raises(RateLimited) as refused:  # on probation: refused as before
+                await stranger.connect(bound)
+            codes.append(refused.value.code)
+            async with network.transport(Authenticator(key(1), Ledger(2))) as member:
+                link = await member.connect(bound)  # a member proves its key and gets in
+                assert link.peer_id == nid(2) and listener_auth.on_probation == 0
+        return codes
+
+    assert asyncio.run(main()) == ["rate-limited", "rate-limited"]

@@ -33,6 +33,7 @@ from p2pfl.errors import ConfigError, KeyFileError
 from p2pfl.transport import (
     Authenticator,
     Connection,
+    FramingError,
     MemoryNetwork,
     MessageTooLarge,
     TlsFiles,
@@ -241,7 +242,7 @@ async def check_receiver_enforces_max_size(make_pair: MakePair) -> None:
         with contextlib.suppress(TransportClosed):  # the link may close while it sends
             async with asyncio.TaskGroup() as group:
                 group.create_task(pair.dialer.send(bytes(3 * MiB)))
-                with pytest.raises(TransportClosed, match="too big"):
+                with pytest.raises(FramingError, match="too big"):  # the peer's fault
                     await pair.listener.recv()
         with pytest.raises(TransportClosed):
             await pair.dialer.recv()
