@@ -33,6 +33,7 @@ round cores call, from ``protocols.compression``, ``protocols.mixing`` and
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 from collections.abc import Sequence
@@ -117,17 +118,23 @@ def mix_into(w: Tensor, x: Tensor, out: Tensor, block: int) -> None:
 
 
 def robust_mix_into(w: object, x: Tensor, out: Tensor, rule: RobustRule, block: int) -> None:
-    """out <- every node's robust mix of the rows ``x`` (``w``: scipy, in stack order)."""
+    """out <- every node's robust mix of the rows ``x`` (``w``: scipy, in stack order).
+
+    The edges are W's off-diagonal CSR entries, sorted by row, so node i's are the
+    slice ``starts[i]:starts[i + 1]``.
+    """
     csr = sp.csr_array(w)
     csr.sort_indices()
     n = x.shape[0]
     rows_np = np.repeat(np.arange(n), np.diff(csr.indptr))
     keep = rows_np != csr.indices
+    starts = np.concatenate([[0], np.cumsum(np.bincount(rows_np[keep], minlength=n))])
     rows = torch.as_tensor(rows_np[keep], dtype=torch.int64, device=x.device)
     cols = torch.as_tensor(csr.indices[keep], dtype=torch.int64, device=x.device)
+    hoods = [slice(int(a), int(b)) for a, b in itertools.pairwise(starts)]
     if rule.kind == "trimmed":
-        for i in range(n):
-            nbrs = cols[rows == i]
+        for i, hood in enumerate(hoods):
+            nbrs = cols[hood]
             out[i] = x[i] if nbrs.numel() == 0 else trimmed_mix(x[i], x[nbrs], rule.byzantine)
         return
     weights = torch.as_tensor(csr.data[keep], dtype=torch.float32, device=x.device)
@@ -139,12 +146,10 @@ def robust_mix_into(w: object, x: Tensor, out: Tensor, rule: RobustRule, block: 
     if rule.radius is not None:
         tau = torch.full_like(norms, rule.radius)
     else:
-        per_node = torch.zeros(n, dtype=torch.float32, device=x.device)
-        for i in range(n):
-            mine = rows == i
-            if bool(mine.any()):
-                per_node[i] = adaptive_radius(norms[mine], rule.byzantine)
-        tau = per_node[rows]
+        radii = [
+            adaptive_radius(norms[h], rule.byzantine) if h.stop > h.start else 0.0 for h in hoods
+        ]
+        tau = torch.as_tensor(radii, dtype=torch.float32, device=x.device)[rows]
     factor = (weights * clip_factor(norms, tau))[:, None]
     for a in range(0, x.shape[1], block):
         diff = x[cols, a : a + block] - x[rows, a : a + block]
