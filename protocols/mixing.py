@@ -17,8 +17,10 @@ the sync core runs it on numpy vectors and the vectorized engine on torch rows:
   learning via ClippedGossip", ICLR 2023, Algorithm 1):
   x_i <- x_i + sum_j W_ij clip(x_j - x_i, tau_i), clip(z, tau) = z min(1, tau / ||z||).
   ``tau_i`` is fixed (``radius``) or adaptive: the distance of the
-  (b + 1)-th farthest neighbour, so that exactly the b farthest are clipped,
-  the paper's rule of clipping the weight of the expected Byzantine neighbours.
+  (b + 1)-th farthest neighbour, so that exactly the b farthest are clipped
+  (the weight of the expected Byzantine neighbours); for b = 1 this is the
+  authors' own experiments' rule, the second largest distance
+  (epfml/byzantine-robust-decentralized-optimizer, ``SelfCenteredClipping``).
   The paper's guarantee needs the Byzantine weight at each honest node small
   against the honest graph's spectral gap (delta = O(gamma^2)); with b
   attackers among d equally weighted neighbours that is a fraction b / d of
