@@ -21,11 +21,13 @@ round, its model sign-flipped and scaled (-100 x), scaled (100 x) or NaN.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from p2pfl.cli import main
 from p2pfl.engines import prepare, run_engine
 from p2pfl.engines.common import RunResult, Setup
 from p2pfl.engines.processes import run_processes
@@ -240,3 +242,16 @@ def test_defaults_keep_the_plan_hash_and_a_robust_key_enters_it() -> None:
     again = plan_from_table(plan.table())
     assert again.gossip.robust == "clipped" and again.gossip.robust_byzantine == 2
     assert again.hash() == plan.hash()
+
+
+def test_the_report_names_the_attack_and_the_honest_accuracy(tmp_path, capsys) -> None:
+    argv = ["simulate", str(TINY), "--out", str(tmp_path / "run")]
+    sets = {**BASE, "training.rounds": 2, "attack.nodes": [ATTACKER], "attack.kind": "nan"}
+    sets["baselines.personalised_steps"] = 0
+    for key, value in sets.items():
+        argv += ["--set", f"{key}={json.dumps(value)}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "nodes [3] attack (nan); honest nodes' mean accuracy" in out
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert report["runs"][0]["extra"]["attack"]["kind"] == "nan"
