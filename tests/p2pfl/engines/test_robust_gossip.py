@@ -16,6 +16,7 @@ round, its model sign-flipped and scaled (-100 x), scaled (100 x) or NaN.
 - What cannot run is refused before training: a rule secure mode cannot apply,
   trimming that leaves a node no neighbour, the sharded engine, the daemons.
   Defaults leave the plan hash as it was.
+- ``p2pfl simulate`` prints the attack and the honest nodes' accuracy.
 """
 
 from __future__ import annotations
