@@ -199,6 +199,7 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
     for run in runs:
         _site_table(run, console)
         _drift_table(run, console)
+        _attack_line(run, console)
     if report.get("world"):
         print_world(report, console)
 
@@ -263,6 +264,19 @@ def _site_table(run: dict[str, Any], console: Console) -> None:
             "A site whose label balance differs sharply from the federation's gains from "
             "staying alone or personalising.[/yellow]"
         )
+
+
+def _attack_line(run: dict[str, Any], console: Console) -> None:
+    """A simulated attack: who attacked, how, and the honest nodes' accuracy it left."""
+    attack = (run.get("extra") or {}).get("attack")
+    if not attack:
+        return
+    scale = f" x{attack['scale']:g}" if "scale" in attack else ""
+    console.print(
+        f"{run['label']}: nodes {attack['nodes']} attack ({attack['kind']}{scale}); "
+        f"honest nodes' mean accuracy {pct(attack['honest_acc_mean'])}",
+        soft_wrap=True,
+    )
 
 
 def _drift_table(run: dict[str, Any], console: Console) -> None:

@@ -73,6 +73,31 @@ class DropoutSection:
     schedule: list[list[int]] = field(default_factory=list)
 
 
+ATTACKS = ("sign-flip", "scale", "nan")
+
+
+@dataclass(frozen=True)
+class AttackSection:
+    """Byzantine members of a simulation (never part of a deployed plan).
+
+    Each round, after local training, the delta each node in ``nodes`` sends (its
+    model, against the zero reference of sync gossip) is replaced: ``sign-flip``
+    sends -``scale`` * x, ``scale`` sends ``scale`` * x, ``nan`` sends NaN everywhere. The
+    attacker's own core mixes what it sent, as a node that believes it; the report
+    gives the honest nodes' accuracy apart (``p2pfl.engines.attack``).
+    """
+
+    nodes: list[int] = field(default_factory=list)
+    kind: str = "sign-flip"
+    scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ATTACKS:
+            raise ConfigError(f"attack.kind must be one of {', '.join(ATTACKS)}, not {self.kind!r}")
+        if len(set(self.nodes)) != len(self.nodes) or any(i < 0 for i in self.nodes):
+            raise ConfigError(f"attack.nodes must be distinct node indices, got {self.nodes}")
+
+
 @dataclass(frozen=True)
 class BaselineSection:
     pooled: bool = False
@@ -99,6 +124,7 @@ class Scenario(RunSpec):
     clock: ClockSection = field(default_factory=ClockSection)
     dropouts: DropoutSection = field(default_factory=DropoutSection)
     baselines: BaselineSection = field(default_factory=BaselineSection)
+    attack: AttackSection = field(default_factory=AttackSection)
     eval: EvalSection = field(default_factory=EvalSection)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     source_file: str | None = field(default=None, compare=False)
@@ -112,6 +138,11 @@ class Scenario(RunSpec):
             raise ConfigError("eval.every must be at least 1")
         if self.dropouts.schedule and not self.secure.enabled:
             raise ConfigError("dropouts.schedule is set but secure.enabled is false")
+        if self.attack.nodes and self.attack.kind == "nan" and self.secure.enabled:
+            raise ConfigError(
+                "attack.kind = 'nan' cannot reach a secure neighbourhood: the fixed-point "
+                "encoding refuses NaN (use 'scale', docs/threat-model.md)"
+            )
         for pair in self.dropouts.schedule:
             if len(pair) != 2 or min(pair) < 0:
                 raise ConfigError(f"dropouts.schedule entries are [node, round] pairs, got {pair}")

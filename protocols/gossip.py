@@ -60,7 +60,14 @@ import numpy.typing as npt
 
 from protocols.compression import Compressor, NoCompression, add_payload, contraction_scale
 from protocols.errors import LocalProtocolError, PeerProtocolError
-from protocols.mixing import choco_mix, mix, push_sum_absorb, push_sum_model
+from protocols.mixing import (
+    RobustRule,
+    choco_mix,
+    mix,
+    push_sum_absorb,
+    push_sum_model,
+    robust_mix,
+)
 from protocols.wire import Encoding, GossipMessage, Payload, dense
 
 Vector = npt.NDArray[Any]
@@ -309,6 +316,10 @@ class SyncGossip(_BarrierCore):
     messages ``start_round`` returned (they refer to that model) before making
     those calls, and must expect its model to change. A round that closes within
     ``start_round`` (its neighbours' messages came first) mixes into a new vector.
+
+    With an active ``robust`` rule the round is ``protocols.mixing.robust_mix`` over
+    the neighbours that arrived (clipped gossip or trimmed mean) instead of the
+    plain average; a straggler then simply adds nothing.
     """
 
     def __init__(
@@ -319,11 +330,13 @@ class SyncGossip(_BarrierCore):
         round_timeout: float | None = None,
         max_rounds_ahead: int = 8,
         mix_in_place: bool = False,
+        robust: RobustRule | None = None,
     ) -> None:
         super().__init__(
             node_id, neighbourhood, round_timeout=round_timeout, max_rounds_ahead=max_rounds_ahead
         )
         self._in_place = mix_in_place
+        self._robust = robust or RobustRule()
 
     def _accept(self, peer: str, message: GossipMessage) -> list[Event]:
         if message.payload.encoding is not Encoding.DENSE:
@@ -342,6 +355,16 @@ class SyncGossip(_BarrierCore):
         ]
         own = current.model
         out = own if self._in_place and current.published and own.flags.writeable else None
+        if self._robust.active:
+            if not received:
+                return own.copy() if out is None else out
+            stacked = np.stack([v for _, v in received])
+            weights_ = np.asarray([w for w, _ in received], dtype=own.dtype)
+            result: Vector = robust_mix(own, stacked, weights_, self._robust)
+            if out is None:
+                return result.astype(own.dtype, copy=False)
+            out[...] = result
+            return out
         return mix(own, current.neighbourhood.self_weight, received, out=out)
 
 

@@ -40,6 +40,7 @@ import tomli_w
 import torch
 
 import p2pfl
+from p2pfl.engines.attack import refuse_attack
 from p2pfl.engines.common import Progress, RoundRecord, RunResult, Setup, round_record
 from p2pfl.entrypoints import is_reference
 from p2pfl.errors import ConfigError, P2PFLError
@@ -344,6 +345,7 @@ def run_processes(
     watch: Callable[[Federation], None] | None = None,
 ) -> RunResult:
     """Run ``setup`` with one daemon per node; ``root`` keeps the working directory."""
+    refuse_attack(setup, "the processes engine (real daemons)")
     keep = root is not None
     workdir = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="p2pfl-procs-"))
     rounds = setup.scenario.training.rounds

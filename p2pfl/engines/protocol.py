@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from p2pfl.engines.attack import apply_attack, attack_summary, check_attack
 from p2pfl.engines.common import (
     Progress,
     RoundRecord,
@@ -63,6 +64,7 @@ class _Node:
     params: Tensor  # (1, D)
     speed: float
     noise: DeltaNoise | None = None
+    attacker: bool = False  # sends ``[attack]``'s model instead of its trained one
     round: int = 0
     next_poll: float | None = None
     sent_bytes: dict[int, int] = field(default_factory=dict)
@@ -127,6 +129,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
     speeds = list(sc.clock.speeds) or [1.0] * setup.n
     if len(speeds) != setup.n or any(s <= 0 for s in speeds):
         raise ConfigError(f"clock.speeds needs {setup.n} positive numbers, got {speeds}")
+    check_attack(setup)
     nodes = [
         _Node(
             i,
@@ -136,6 +139,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
             setup.initial.clone().unsqueeze(0),
             speeds[i],
             delta_noise(setup, [i]),
+            i in sc.attack.nodes,
         )
         for i in range(setup.n)
     ]
@@ -206,6 +210,7 @@ class _Run:
                 "abandoned": self.abandoned,
                 **norm_summary([n.noise for n in self.nodes]),
                 **drift_summary(self.drift, self.setup),
+                **attack_summary(self.setup, final),
             },
         )
 
@@ -220,6 +225,8 @@ class _Run:
         if node.noise is not None:
             assert before is not None
             node.noise.apply_(node.params, before)
+        if node.attacker:
+            apply_attack(self.setup, node.params, [0])
         spent = time.perf_counter() - t0
         self.t_train += spent
         self.train_by_round[node.round] = self.train_by_round.get(node.round, 0.0) + spent

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from p2pfl.engines.attack import refuse_attack
 from p2pfl.engines.common import Progress, RoundRecord, RunResult, Setup
 from p2pfl.engines.halo import StepHalo, exchange, step_halo
 from p2pfl.engines.privacy import delta_noise, make_trainer, norm_summary
@@ -71,6 +72,12 @@ def _refuse_unsupported(setup: Setup) -> None:
         raise ConfigError(
             "privacy.private_metrics is not simulated sharded yet: run on one process"
         )
+    if sc.gossip.robust != "none":
+        raise ConfigError(
+            f"gossip.robust = {sc.gossip.robust!r} is not simulated sharded yet: its mix needs "
+            "each neighbour's row apart, not the halo's matrix product; run on one process"
+        )
+    refuse_attack(setup, "the sharded engine")
 
 
 @dataclass

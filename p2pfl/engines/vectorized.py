@@ -13,6 +13,17 @@ X_hat as another (n, D) buffer and compresses row-wise. ``async`` runs push-sum
 in lock step (every message arrives within its round): numerators X and weights
 w mix with the column-stochastic matrix and the models are X / w.
 
+Robust mixing (``gossip.robust``, sync only) cannot be one product: clipped
+gossip weighs each edge's difference x_j - x_i by its own clip factor, so the
+engine walks the edges of W (its CSR entries): one pass of column blocks sums
+each edge's squared distance, the factors come from
+``protocols.mixing.clip_factor`` (and ``adaptive_radius`` per node), and a
+second pass adds the weighted, clipped differences with ``index_add_``; the
+trimmed mean gathers each node's neighbour rows and calls
+``protocols.mixing.trimmed_mix``. Secure mode's ``bounded`` rule pulls each
+mix back within the radius with ``bound_deviation``. ``[attack]`` rows are
+replaced after training (``p2pfl.engines.attack``).
+
 The sparse product is the engine's own way of applying W to every row; the
 maths around it (compression with error feedback, the CHOCO step, the
 push-sum step, the renormalised and the secure mix) are the functions the
@@ -22,6 +33,7 @@ round cores call, from ``protocols.compression``, ``protocols.mixing`` and
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 from collections.abc import Sequence
@@ -31,6 +43,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from p2pfl.engines.attack import apply_attack, attack_rows, attack_summary, check_attack
 from p2pfl.engines.common import (
     Progress,
     RoundRecord,
@@ -50,7 +63,17 @@ from p2pfl.engines.privacy import (
 from p2pfl.engines.uniforms import NodeUniforms
 from p2pfl.training import evaluate, nodes_per_call, stack_order
 from protocols.compression import Compressor, make_compressor
-from protocols.mixing import choco_step, combine, push_sum_absorb, push_sum_model
+from protocols.mixing import (
+    RobustRule,
+    adaptive_radius,
+    bound_deviation,
+    choco_step,
+    clip_factor,
+    combine,
+    push_sum_absorb,
+    push_sum_model,
+    trimmed_mix,
+)
 from protocols.secagg import RoundContext, SecAggConfig
 from protocols.secagg.fixedpoint import decode_sum, fixed_codes, is_fast
 from protocols.secagg.graph import is_connected
@@ -94,6 +117,48 @@ def mix_into(w: Tensor, x: Tensor, out: Tensor, block: int) -> None:
         torch.mm(w, x[:, a : a + block], out=out[:, a : a + block])
 
 
+def robust_mix_into(w: object, x: Tensor, out: Tensor, rule: RobustRule, block: int) -> None:
+    """out <- every node's robust mix of the rows ``x`` (``w``: scipy, in stack order).
+
+    The edges are W's off-diagonal CSR entries, sorted by row, so node i's are the
+    slice ``starts[i]:starts[i + 1]``.
+    """
+    csr = sp.csr_array(w)
+    csr.sort_indices()
+    n = x.shape[0]
+    rows_np = np.repeat(np.arange(n), np.diff(csr.indptr))
+    keep = rows_np != csr.indices
+    starts = np.concatenate([[0], np.cumsum(np.bincount(rows_np[keep], minlength=n))])
+    rows = torch.as_tensor(rows_np[keep], dtype=torch.int64, device=x.device)
+    cols = torch.as_tensor(csr.indices[keep], dtype=torch.int64, device=x.device)
+    hoods = [slice(int(a), int(b)) for a, b in itertools.pairwise(starts)]
+    if rule.kind == "trimmed":
+        for i, hood in enumerate(hoods):
+            nbrs = cols[hood]
+            out[i] = x[i] if nbrs.numel() == 0 else trimmed_mix(x[i], x[nbrs], rule.byzantine)
+        return
+    weights = torch.as_tensor(csr.data[keep], dtype=torch.float32, device=x.device)
+    squares = torch.zeros(rows.shape[0], dtype=torch.float64, device=x.device)
+    for a in range(0, x.shape[1], block):
+        diff = x[cols, a : a + block] - x[rows, a : a + block]
+        squares += (diff.double() ** 2).sum(dim=1)
+    norms = squares.sqrt().to(torch.float32)
+    if rule.radius is not None:
+        tau = torch.full_like(norms, rule.radius)
+    else:
+        radii = [
+            adaptive_radius(norms[h], rule.byzantine) if h.stop > h.start else 0.0 for h in hoods
+        ]
+        tau = torch.as_tensor(radii, dtype=torch.float32, device=x.device)[rows]
+    factor = (weights * clip_factor(norms, tau))[:, None]
+    for a in range(0, x.shape[1], block):
+        diff = x[cols, a : a + block] - x[rows, a : a + block]
+        diff = torch.where(torch.isfinite(diff), diff, torch.zeros_like(diff))
+        pulled = torch.zeros_like(x[:, a : a + block])
+        pulled.index_add_(0, rows, factor * diff)
+        out[:, a : a + block] = x[:, a : a + block] + pulled
+
+
 def choco_copies_update(
     copies: Tensor, params: Tensor, compressor: Compressor, uniforms: NodeUniforms, rows: int
 ) -> None:
@@ -127,6 +192,7 @@ class SecureMixer:
         self.setup, self.order = setup, order
         self.position = {node: pos for pos, node in enumerate(order)}
         self.work = torch.float32 if is_fast(self.cfg, True) else torch.float64
+        self.bound = setup.scenario.secure_bound()
         self.drops: dict[int, set[int]] = {}
         for node, r in setup.scenario.dropouts.schedule:
             self.drops.setdefault(r, set()).add(self.position[node])
@@ -173,6 +239,8 @@ class SecureMixer:
             acc.index_add_(0, rows_t, codes.to(torch.int64))
             mixed = combine(xb, self_w, decode_sum(acc, self.cfg, torch.float32), inv)
             out[:, a : a + block] = torch.where(keep, xb, mixed)
+        if self.bound is not None:  # needs whole rows: the norm is over the model
+            out.copy_(bound_deviation(x, out, self.bound))
         return abandoned, declared
 
     def _completes(
@@ -223,6 +291,9 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
     spare = torch.zeros_like(params)  # touched now, so round 1 pays no page faults
     block = block_columns(n, dim)
     mode = sc.gossip.mode
+    check_attack(setup)
+    attackers = attack_rows(setup, order)
+    robust = sc.robust_rule()
     copies = torch.zeros_like(params) if mode == "choco" else None
     g = sc.gossip
     compressor = (
@@ -255,6 +326,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         if noise is not None:
             assert before is not None
             noise.apply_(params, before)
+        apply_attack(setup, params, attackers)
         _sync(device)
         t1 = time.perf_counter()
         w = matrices.get(r)
@@ -262,6 +334,9 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
             gave_up, declared = secure.mix(setup.topo.mixing(r), r, params, spare, block)
             abandoned += gave_up
             stragglers += declared
+            params, spare = spare, params
+        elif robust.active:
+            robust_mix_into(matrices.stacked(r), params, spare, robust, block)
             params, spare = spare, params
         elif mode == "sync":
             mix_into(w, params, spare, block)
@@ -328,6 +403,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
             **({"abandoned": abandoned} if secure is not None else {}),
             **norm_summary([noise]),
             **drift_summary(drift, setup),
+            **attack_summary(setup, final),
         },
     )
 
@@ -351,6 +427,11 @@ class _MatrixCache:
     def __init__(self, setup: Setup, order: list[int], keep: int = 64) -> None:
         self._setup, self._order, self._keep = setup, order, keep
         self._cache: dict[int, Tensor] = {}
+
+    def stacked(self, step: int) -> object:
+        """The scipy mixing matrix of ``step``, rows and columns in stack order."""
+        order = self._order
+        return self._setup.topo.mixing(step)[order][:, order]
 
     def get(self, step: int) -> Tensor:
         topo = self._setup.topo

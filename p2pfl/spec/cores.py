@@ -63,6 +63,7 @@ def build_core(
             drop_rounds=drop_rounds,
             declarations_need_confirmation=hold_declarations,
             prefix=prefix,
+            bound=spec.secure_bound(),
         )
     else:
         core = GossipRoundCore(
@@ -78,7 +79,13 @@ def gossip_core(spec: RunSpec, graph: Graph, me: str, *, mix_in_place: bool = Fa
     g = spec.gossip
     hood = graph.hood_fn(me)
     if g.mode == "sync":
-        return SyncGossip(me, hood, round_timeout=g.round_timeout, mix_in_place=mix_in_place)
+        return SyncGossip(
+            me,
+            hood,
+            round_timeout=g.round_timeout,
+            mix_in_place=mix_in_place,
+            robust=spec.robust_rule(),
+        )
     if g.mode == "choco":
         compressor = make_compressor(g.compression, bits=g.bits, fraction=g.topk_fraction)
         return ChocoGossip(

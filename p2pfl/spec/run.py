@@ -23,6 +23,7 @@ import topology
 from p2pfl.errors import ConfigError
 from p2pfl.privacy.config import PrivacySection
 from p2pfl.spec.sections import (
+    ROBUST_DEFAULTS,
     GossipSection,
     ModelSection,
     SecureSection,
@@ -30,6 +31,7 @@ from p2pfl.spec.sections import (
     TrainingSection,
 )
 from protocols.errors import LocalProtocolError
+from protocols.mixing import RobustRule
 from protocols.records import canonical
 from protocols.secagg import SecAggConfig, Timeouts, dropout_tolerance
 
@@ -53,6 +55,41 @@ class RunSpec:
                 f"secure.enabled needs gossip.mode = 'sync', not {self.gossip.mode!r}: "
                 "secure aggregation sums a whole neighbourhood's round at once"
             )
+        self._check_robust()
+
+    def _check_robust(self) -> None:
+        g = self.gossip
+        if g.robust == "none":
+            return
+        if g.mode != "sync":
+            raise ConfigError(
+                f"gossip.robust = {g.robust!r} needs gossip.mode = 'sync', not {g.mode!r}: "
+                "robust mixing runs over plain gossip rounds"
+            )
+        if self.secure.enabled and g.robust != "bounded":
+            raise ConfigError(
+                f"gossip.robust = {g.robust!r} needs every neighbour's model, which secure "
+                "aggregation hides: with secure.enabled use gossip.robust = 'bounded' and "
+                "gossip.clip_radius (docs/threat-model.md)"
+            )
+        if g.robust == "bounded" and not self.secure.enabled:
+            raise ConfigError(
+                "gossip.robust = 'bounded' is secure mode's bound on the unmasked average: "
+                "without secure.enabled use 'clipped' or 'trimmed' (docs/threat-model.md)"
+            )
+        if g.robust == "bounded" and g.clip_radius is None:
+            raise ConfigError("gossip.robust = 'bounded' needs gossip.clip_radius")
+
+    def robust_rule(self) -> RobustRule:
+        """The gossip section's rule for plain gossip (``none`` in secure mode)."""
+        g = self.gossip
+        if g.robust in ("none", "bounded"):
+            return RobustRule()
+        return RobustRule(g.robust, g.robust_byzantine, g.clip_radius)
+
+    def secure_bound(self) -> float | None:
+        """How far one secure mix may move a node (``gossip.robust = 'bounded'``), or ``None``."""
+        return self.gossip.clip_radius if self.gossip.robust == "bounded" else None
 
     # -- what it is ---------------------------------------------------------------------
 
@@ -69,6 +106,9 @@ class RunSpec:
         """
         table = {name: _clean(_as_table(getattr(self, name))) for name in SPEC_FIELDS}
         table["privacy"].pop("opt_in", None)
+        for key, default in ROBUST_DEFAULTS.items():  # absent at the default: old hashes hold
+            if table["gossip"].get(key) == default:
+                table["gossip"].pop(key)
         return table
 
     def digest(self) -> bytes:
@@ -140,7 +180,33 @@ class RunSpec:
             )
         if self.secure.enabled:
             self.secure_tolerance(topo, names)
+        self.robust_fits(topo, names)
         return topo
+
+    def robust_fits(self, topo: topology.Topology, names: list[str] | None = None) -> None:
+        """Refuse a robust rule that would leave some node no neighbour at some step.
+
+        Trimming b at each end needs 2b + 1 in-neighbours; clipped gossip's adaptive
+        radius needs more than b of them (else it clips everybody to nothing).
+        """
+        rule = self.robust_rule()
+        if not rule.active:
+            return
+        names = names or [f"node {i}" for i in range(topo.n)]
+        for step in self.steps(topo):
+            w = topo.mixing(step).tocsr()
+            in_degree = np.diff(w.indptr) - (w.diagonal() != 0)
+            for i, degree in enumerate(int(d) for d in in_degree):
+                adaptive = rule.kind == "clipped" and rule.radius is None
+                if rule.fits(degree) and not (adaptive and degree <= rule.byzantine):
+                    continue
+                where = f" at step {step} of its schedule" if topo.time_varying else ""
+                need = 2 * rule.byzantine + 1 if rule.kind == "trimmed" else rule.byzantine + 1
+                raise ConfigError(
+                    f"gossip.robust = {rule.kind!r} with robust_byzantine = {rule.byzantine} "
+                    f"needs {need} in-neighbours per node, but {names[i]} has {degree} on "
+                    f"topology {topo.kind!r}{where}: lower robust_byzantine or use a denser graph"
+                )
 
     def doubly_stochastic(self, topo: topology.Topology, tol: float = 1e-12) -> bool:
         """Whether every mixing matrix the run uses is doubly stochastic.

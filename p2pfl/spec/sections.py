@@ -16,6 +16,12 @@ from p2pfl.errors import ConfigError
 MODES = ("sync", "choco", "async")
 """``sync``: D-PSGD; ``choco``: CHOCO-SGD with compression; ``async``: push-sum, no barrier."""
 COMPRESSIONS = ("none", "quantize", "topk")
+ROBUST = ("none", "clipped", "trimmed", "bounded")
+"""``clipped``: ClippedGossip; ``trimmed``: coordinate-wise trimmed mean (both plain sync
+gossip); ``bounded``: secure mode's bound on how far one mix moves a node
+(``protocols.mixing``, docs/threat-model.md)."""
+ROBUST_DEFAULTS = {"robust": "none", "robust_byzantine": 1}
+"""The robust keys a written spec leaves out at their default, so older plan hashes hold."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,11 @@ class GossipSection:
     modes send exact models). ``round_timeout``: seconds a round waits for its
     in-neighbours before it closes over those that arrived (sync, choco); ``None``
     waits for all of them.
+
+    ``robust`` guards a node against Byzantine neighbours (``ROBUST``):
+    ``robust_byzantine`` is how many it expects among its neighbours; ``clip_radius``
+    fixes clipped gossip's tau (adaptive when unset) and is the radius ``bounded``
+    needs. Checked against the graph and the secure section by ``RunSpec.check``.
     """
 
     mode: str = "sync"
@@ -73,8 +84,19 @@ class GossipSection:
     topk_fraction: float = 0.01
     gamma: float = 1.0
     round_timeout: float | None = 300.0
+    robust: str = "none"
+    robust_byzantine: int = 1
+    clip_radius: float | None = None
 
     def __post_init__(self) -> None:
+        if self.robust not in ROBUST:
+            raise ConfigError(
+                f"gossip.robust must be one of {', '.join(ROBUST)}, not {self.robust!r}"
+            )
+        if self.robust_byzantine < 0:
+            raise ConfigError(f"gossip.robust_byzantine must be >= 0, not {self.robust_byzantine}")
+        if self.clip_radius is not None and not self.clip_radius > 0:
+            raise ConfigError(f"gossip.clip_radius must be positive, not {self.clip_radius}")
         if self.mode not in MODES:
             raise ConfigError(f"gossip.mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.compression not in COMPRESSIONS:

@@ -32,6 +32,12 @@ more than the rounds whose sender state is kept) breaks the protocol, so a
 neighbour cannot make us open a receiver, and hold its state, for every round
 number it can write.
 
+``bound`` (the plan's ``gossip.clip_radius`` under ``gossip.robust = 'bounded'``):
+the mix is pulled back to within that distance of the node's own model
+(``protocols.mixing.bound_deviation``). The receiver sees only the sum, so this
+is the one robust step it can take: it bounds what a malicious masked input
+moves the node per round, without telling who sent it.
+
 ``drop_rounds`` (simulation only): in those rounds the node deals its shares
 (so recovery is needed), then vanishes: it sends no masked input, answers no
 reveal, ignores what is sent to it and keeps its own trained model.
@@ -47,6 +53,7 @@ import numpy as np
 from protocols import secagg
 from protocols.errors import PeerProtocolError
 from protocols.gossip import Neighbourhood, RoundMixed, Straggler
+from protocols.mixing import bound_deviation
 from protocols.rounds.core import (
     DeclarationExpired,
     DeclarationHeld,
@@ -107,8 +114,10 @@ class SecureRoundCore:
         declarations_need_confirmation: bool = False,
         prefix: bytes = b"",
         max_rounds_ahead: int = 8,
+        bound: float | None = None,
     ) -> None:
         self.name = name
+        self._bound = bound
         self._hood_of = hood_of
         self._cfg = cfg
         self._fed = federation_id
@@ -303,6 +312,8 @@ class SecureRoundCore:
             return [RoundMixed(round, own, (), tuple(sorted(hood.in_weights)))]
         total_weight = hood.self_weight + sum(hood.in_weights[j] for j in outcome.contributors)
         mixed = (hood.self_weight * own + outcome.total) / np.float32(total_weight)
+        if self._bound is not None:
+            mixed = bound_deviation(own, mixed.astype(np.float32), np.float32(self._bound))
         return [RoundMixed(round, mixed.astype(np.float32), outcome.contributors, outcome.missing)]
 
     def _forget(self, round: int, keep: int = _KEEP) -> None:

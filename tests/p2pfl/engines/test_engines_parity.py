@@ -1,7 +1,9 @@
 """The parity matrix: the modes the daemon runs, run by the simulator and by real daemons.
 
 For each cell (sync, CHOCO with quantize and with top-k; secure off and on
-where the simulator supports it, which is sync only; DP none and delta), one
+where the simulator supports it, which is sync only; DP none and delta; sync
+with the robust rules, clipped and trimmed, and secure mode's bound, each of
+which moves these runs' parameters by 1 to 14 % from the plain rule's), one
 small scenario (the four heart-disease hospitals, complete graph,
 logistic regression, two rounds) runs on the protocol engine and on the
 processes engine (one ``p2pfl node run`` per hospital). Sync and CHOCO must
@@ -65,8 +67,15 @@ PUSH_SUM = {
     "clock.speeds": [8.0, 7.0, 3.0, 5.0],
 }
 
+CLIPPED = {"gossip.robust": "clipped"}  # adaptive radius, b = 1 of 3 neighbours
+TRIMMED = {"gossip.robust": "trimmed"}
+BOUNDED = {"gossip.robust": "bounded", "gossip.clip_radius": 0.02}
+
 CELLS = {
     "sync": {},
+    "sync-clipped": CLIPPED,
+    "sync-trimmed": TRIMMED,
+    "sync-secure-bounded": {**SECURE, **BOUNDED},
     "sync-secure": SECURE,
     "sync-dp": DP,
     "sync-secure-dp": {**SECURE, **DP},
