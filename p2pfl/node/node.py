@@ -157,6 +157,7 @@ class Node:
     # -- lifecycle --------------------------------------------------------------------
 
     async def __aenter__(self) -> Node:
+        log.info("starting the node (data directory %s)", self.data_dir)
         try:
             await self._start()
         except BaseException as exc:
@@ -421,8 +422,9 @@ class Node:
             return
         except LocalProtocolError:
             return  # the link went down under us
-        if isinstance(message, ledger_sync.SyncStep2):
+        if isinstance(message, ledger_sync.SyncStep2) and not self.links.link(peer).synced:
             self.links.link(peer).synced = True
+            log.info("ledger synced with %s", peer)
         self.send_ledger(out)
         if isinstance(message, ledger_sync.SyncStep2 | ledger_sync.Update):
             self.ledger_changed()

@@ -187,6 +187,7 @@ class RoundDriver:
         plan = plan_from_table(node.ledger.plan())
         plan_hash = node.ledger.plan_hash()
         assert plan_hash is not None
+        log.info("plan %s... approved by every member of the roster", plan_hash.hex()[:16])
         self._check_resume(plan_hash)
         graph = plan.graph(self._roster())
         if self.me not in graph.roster:
@@ -303,6 +304,9 @@ class RoundDriver:
             )
         )
         self.node.record("training", round=self.round, rounds=self.target, neighbours=neighbours)
+        log.info(
+            "training from round %d of %d with %s", self.round, self.target, ", ".join(neighbours)
+        )
         while self.round < self.target:
             self._catch_up()
             if self.round >= self.target:
