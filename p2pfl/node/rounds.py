@@ -145,15 +145,24 @@ class RoundDriver:
         return tuple(sorted(self.node.ledger.members()))
 
     def wanted_links(self) -> set[str]:
-        """The peers to keep links with: the graph's neighbours (tentative before training)."""
+        """The peers to keep links with: the graph's neighbours (tentative before training).
+
+        Before training, a plan that does not fit the roster this replica knows (a
+        secure plan when only the inviter and this node are known yet: the ledger of
+        a member that joined before the last invitation) gives no graph; the node then
+        links to every member it knows, so that ledger sync can bring the rest of the
+        roster. Linking to none would leave it waiting for its approval forever
+        whenever no member it knows dials it (they all have larger ids).
+        """
         if self.graph is not None:
             return self.graph.links_of(self.me)
+        roster = self._roster()
         try:
             plan = plan_from_table(self.node.ledger.plan())
-            graph = plan.graph(self._roster())
-            return graph.links_of(self.me) if self.me in graph.roster else set()
+            graph = plan.graph(roster)
         except ConfigError:
-            return set()
+            return set(roster) - {self.me}
+        return graph.links_of(self.me) if self.me in graph.roster else set()
 
     def _approved(self) -> bool:
         ledger = self.node.ledger
