@@ -8,6 +8,14 @@ Rules:
 - A dialler that fails or loses its link waits ``next(delays)`` from
   ``backoff()``, a generator of delays (it never sleeps itself: the caller
   does), and tries again, forever, until the node stops.
+- A peer that refuses us as a stranger (``not-member``) holds a replica that
+  has not learnt of our admission yet; it will through ledger sync with
+  another member. Until then the dialler retries on ``stranger_delays``,
+  slower than the usual backoff's start: each refusal costs a token of the
+  peer's rate limiter for our host (five, one back every five seconds), and
+  the usual 0.2 s start would spend them all in three seconds, locking us
+  (and every node sharing our host) out for longer than the peer needs to
+  learn of us.
 - Each link has one reader and one writer; frames for a peer go through its
   queue in order, so a ledger record sent before a protocol message arrives
   before it.
@@ -66,6 +74,11 @@ def backoff(
     while True:
         yield delay * (1 - jitter * draw.random())
         delay = min(maximum, delay * factor)
+
+
+def _unknown_to_peer(exc: Exception) -> bool:
+    """The peer refused us as a stranger: its replica does not know our admission yet."""
+    return isinstance(exc, AuthenticationFailed) and exc.by_peer and exc.code == "not-member"
 
 
 class LinkState(StrEnum):
@@ -142,9 +155,11 @@ class LinkManager:
         on_up: UpHandler,
         on_down: DownHandler,
         delays: Callable[[], Iterator[float]],
+        stranger_delays: Callable[[], Iterator[float]] = lambda: backoff(1.0, 5.0),
         replay_budget: int = 64 << 20,
     ) -> None:
         self.me = me
+        self._stranger_delays = stranger_delays
         self.replay_budget = replay_budget
         self.transport = transport
         self._on_frame = on_frame
@@ -194,22 +209,27 @@ class LinkManager:
         """Keep a link to ``peer`` up, dialling with backoff; runs until cancelled."""
         link = self.link(peer)
         delays = self._delays()
+        stranger = self._stranger_delays()
         while True:
             if link.session is not None:  # the peer dialled us: wait for that link to end
                 link.ended.clear()
                 await link.ended.wait()
                 continue
             link.set_state(LinkState.CONNECTING)
+            wait = delays
             try:
                 conn = await self.transport.connect(link.address, expected_peer=peer)
             except (AuthenticationFailed, TransportClosed, ConfigError, OSError) as exc:
                 link.set_state(LinkState.BACKOFF, str(exc))
                 log.debug("cannot reach %s at %s: %s", peer, link.address, exc)
+                if _unknown_to_peer(exc):
+                    wait = stranger
             else:
-                delays = self._delays()
+                delays, stranger = self._delays(), self._stranger_delays()
+                wait = delays
                 await self.serve(conn)
                 link.set_state(LinkState.BACKOFF)
-            await asyncio.sleep(next(delays))
+            await asyncio.sleep(next(wait))
 
     async def serve(self, conn: Connection) -> None:
         """Run one link until it closes: replay, then read and write (the accept handler)."""
