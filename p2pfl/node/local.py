@@ -55,8 +55,13 @@ class Learner:
         plan: Plan,
         index: int,
         resume: npt.NDArray[np.float32] | None = None,
+        *,
+        warm: bool = True,
     ) -> Learner:
-        """Call the data entrypoint, build the plan's model (or take ``resume``), warm up."""
+        """Call the data entrypoint, build the plan's model (or take ``resume``), warm up.
+
+        ``warm=False`` skips the warm-up, for a caller that ran ``warm_up(plan)`` already.
+        """
         if not source.entrypoint:
             raise ConfigError("[data] entrypoint is not set: name the function giving local data")
         data = await asyncio.to_thread(
@@ -90,8 +95,8 @@ class Learner:
             schedule_from(plan.training),
             seed=plan.seed,
         )
-        small = build_model("logreg", shape, plan.data.num_classes)
-        await asyncio.to_thread(_warm_up, plan, small, data)
+        if warm:
+            await asyncio.to_thread(warm_up(plan))
         return cls(data, model, params, trainer)
 
     @property
@@ -162,14 +167,27 @@ class Learner:
         return copy.deepcopy(self.model)
 
 
-def _warm_up(plan: Plan, small: nn.Module, data: LocalData) -> None:
-    """One throwaway step of a small model: torch's first call costs seconds, not round 0.
+def warm_up(plan: Plan) -> Callable[[], None]:
+    """One throwaway step of a small model, to run in a worker thread (call it there).
 
-    (A slow first round would let a neighbour's masked-input deadline pass.)
+    torch's first training step costs seconds, not round 0: ``torch.func`` imports
+    ``torch._dynamo`` and the decompositions under ``vmap`` import sympy on first use
+    (a slow first round would let a neighbour's masked-input deadline pass). It needs
+    the plan's shapes and batch size only, not the data, so a node runs it while it
+    waits for approvals and links. The small model is built here, in the caller's
+    thread (``build_model`` forks torch's global generator); the step draws nothing
+    from it.
     """
     schedule = dataclasses.replace(schedule_from(plan.training), local_epochs=0, local_steps=1)
+    shape = tuple(plan.data.input_shape)
+    small = build_model("logreg", shape, plan.data.num_classes)
     batch = plan.training.batch_size
-    x, y = data.x_train[:batch], data.y_train[:batch]
-    params = flat_parameters(small).unsqueeze(0)
-    StackedTrainer(small, [(x, y)], [0], schedule, seed=0).train_round(params, 0)
-    evaluate(small, params, x, y)
+
+    def step() -> None:
+        x = torch.zeros((batch, *shape))
+        y = torch.arange(batch) % plan.data.num_classes
+        params = flat_parameters(small).unsqueeze(0)
+        StackedTrainer(small, [(x, y)], [0], schedule, seed=0).train_round(params, 0)
+        evaluate(small, params, x, y)
+
+    return step

@@ -38,7 +38,6 @@ from p2pfl.ledger_file import load_ledger, save_ledger
 from p2pfl.node.audit import AuditLog
 from p2pfl.node.channels import Channel, Router, tagged
 from p2pfl.node.config import NodeConfig
-from p2pfl.node.crate import record_node_run
 from p2pfl.node.errors import NodeStopped
 from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
 from p2pfl.node.links import LinkManager, backoff
@@ -280,6 +279,8 @@ class Node:
                 self.audit.record("stop", reason="requested" if stopping else self.last_error)
                 self.audit.close()
             if self._rounds is not None:  # it started: package the run as an RO-Crate
+                from p2pfl.node.crate import record_node_run  # rocrate: not in the start path
+
                 record_node_run(self)
             for queue in self._subscribers:
                 queue.put_nowait(_END)

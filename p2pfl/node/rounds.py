@@ -57,7 +57,7 @@ from p2pfl.node.errors import PlanError
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
-from p2pfl.node.local import Learner
+from p2pfl.node.local import Learner, warm_up
 from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
 from p2pfl.spec import Graph, Plan, plan_from_table
@@ -183,6 +183,26 @@ class RoundDriver:
         """Plan approved, roster fixed, data loaded, model and core built; idempotent."""
         if self.exchange is not None:
             return
+        warming = self._warm_up()
+        try:
+            await self._prepare(warming)
+        finally:
+            if warming is not None and not warming.done():
+                warming.cancel()  # the worker thread finishes its step on its own
+
+    def _warm_up(self) -> asyncio.Future[None] | None:
+        """torch's first-step costs, paid in a worker thread while approvals and links come.
+
+        From the plan this replica holds now (``local.warm_up``): its shapes and batch
+        size; None without a readable plan (``Learner.load`` then warms up itself).
+        """
+        try:
+            step = warm_up(plan_from_table(self.node.ledger.plan()))
+        except ConfigError:
+            return None
+        return asyncio.ensure_future(asyncio.to_thread(step))
+
+    async def _prepare(self, warming: asyncio.Future[None] | None) -> None:
         node = self.node
         limits = node.config.limits
         node.set_phase(Phase.WAITING_APPROVAL)
@@ -205,7 +225,11 @@ class RoundDriver:
         self.secure = plan.secure.enabled
         node.update_links()
         resume = None if self._resume is None else self._resume.model
-        self.learner = await Learner.load(node.config.data, plan, graph.index(self.me), resume)
+        if warming is not None:
+            await warming  # done before the model is built: it forks torch's generator
+        self.learner = await Learner.load(
+            node.config.data, plan, graph.index(self.me), resume, warm=warming is None
+        )
         node.set_phase(Phase.CHECKING_DATA)
         check_local_data(self.learner.data, plan.data.schema, node.record)  # before any round
         self.privacy = NodePrivacy(node, plan, graph, self.learner, rounds=plan.training.rounds)
