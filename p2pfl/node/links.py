@@ -7,7 +7,9 @@ Rules:
   (the newest wins), so a restarted peer is never locked out by a dead link.
 - A dialler that fails or loses its link waits ``next(delays)`` from
   ``backoff()``, a generator of delays (it never sleeps itself: the caller
-  does), and tries again, forever, until the node stops.
+  does), and tries again, forever, until the node stops. Before it first
+  reaches a peer, it retries at least every 0.5 s for 15 s
+  (``first_contact_delay``): peers started at once come up seconds apart.
 - A peer that refuses us as a stranger (``not-member``) holds a replica that
   has not learnt of our admission yet; it will through ledger sync with
   another member. Until then the dialler retries on ``stranger_delays``,
@@ -36,7 +38,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -74,6 +76,22 @@ def backoff(
     while True:
         yield delay * (1 - jitter * draw.random())
         delay = min(maximum, delay * factor)
+
+
+FIRST_CONTACT_RETRY = 0.5
+FIRST_CONTACT_WINDOW = 15.0
+
+
+def first_contact_delay(delay: float, waited: float) -> float:
+    """The delay before a retry to a peer never reached yet, ``waited`` s into the dialling.
+
+    Sites started together come up within seconds of each other (a daemon's imports
+    alone take a few), and a backoff doubling from 0.2 s would add up to its last
+    delay to the first link: for the first ``FIRST_CONTACT_WINDOW`` seconds a dial
+    is retried at least every ``FIRST_CONTACT_RETRY`` seconds (a closed port costs a
+    round trip), then the backoff takes over.
+    """
+    return min(delay, FIRST_CONTACT_RETRY) if waited < FIRST_CONTACT_WINDOW else delay
 
 
 def _unknown_to_peer(exc: Exception) -> bool:
@@ -157,9 +175,11 @@ class LinkManager:
         delays: Callable[[], Iterator[float]],
         stranger_delays: Callable[[], Iterator[float]] = lambda: backoff(1.0, 5.0),
         replay_budget: int = 64 << 20,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.me = me
         self._stranger_delays = stranger_delays
+        self._sleep = sleep
         self.replay_budget = replay_budget
         self.transport = transport
         self._on_frame = on_frame
@@ -210,6 +230,7 @@ class LinkManager:
         link = self.link(peer)
         delays = self._delays()
         stranger = self._stranger_delays()
+        waited = 0.0  # before the first contact: see ``first_contact_delay``
         while True:
             if link.session is not None:  # the peer dialled us: wait for that link to end
                 link.ended.clear()
@@ -229,7 +250,11 @@ class LinkManager:
                 wait = delays
                 await self.serve(conn)
                 link.set_state(LinkState.BACKOFF)
-            await asyncio.sleep(next(wait))
+            delay = next(wait)
+            if link.connects == 0 and wait is delays:
+                delay = first_contact_delay(delay, waited)
+                waited += delay
+            await self._sleep(delay)
 
     async def serve(self, conn: Connection) -> None:
         """Run one link until it closes: replay, then read and write (the accept handler)."""

@@ -18,7 +18,9 @@ bench prints the time from its process start to:
 - approved:  the plan seen approved by every member (``approved by every member``);
 - round 0:   the first round started (``training from round``);
 - round 1:   the first round completed (``round 1/``);
-- exit:      the process ended (after the last round and the linger).
+- exit:      the process ended (after the last round and the linger);
+- cpu:       the user + system CPU seconds the daemon used in all (``wait4``): with
+             more daemons than cores, the start-up is bound by their sum over the cores.
 
 Each site's joining ledger knows only what its invitation held, so the other
 sites' approvals (and the sites admitted after it) reach it through ledger sync:
@@ -74,7 +76,9 @@ round_timeout = 60.0
 [secure]
 enabled = {secure}
 """
-PHASES = ("imports", "listening", "links", "synced", "approved", "round 0", "round 1", "exit")
+PHASES = (
+    "imports", "listening", "links", "synced", "approved", "round 0", "round 1", "exit", "cpu",
+)  # fmt: skip
 MARKS = {
     "imports": "starting the node",
     "listening": " listening at ",
@@ -169,6 +173,7 @@ class Daemon:
         )
         self.lines: list[str] = []
         self.ended = 0.0
+        self.cpu = 0.0  # user + system seconds of the whole run
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -176,8 +181,15 @@ class Daemon:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line)
-        self.proc.wait()
+        try:
+            _, status, usage = os.wait4(self.proc.pid, 0)
+        except ChildProcessError:  # ``stop`` reaped it (a failed run): no figures kept
+            self.proc.wait()
+            self.ended = time.time()
+            return
         self.ended = time.time()
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu = usage.ru_utime + usage.ru_stime
 
     def stop(self) -> None:
         """Kill the daemon if it still runs (another one failed)."""
@@ -212,6 +224,7 @@ class Daemon:
                     if len(peers[phase]) == neighbours:
                         found[phase] = when - self.started
         found["exit"] = self.ended - self.started
+        found["cpu"] = self.cpu
         return found
 
 
