@@ -30,6 +30,24 @@ federation starts: ``python -c pass``, ``python -c "import torch"`` and ``python
 what the interpreter and torch cost anyway. With ``--runs N`` the federation is
 built and started N times and the medians over runs are printed last. It prints
 figures; it asserts nothing.
+
+Measured with ``--runs 3`` on the 2-core development machine, shared with other
+work (load averages 4 to 11 while it ran, so every figure is several times what
+an idle machine gives; compare with the floor printed beside it):
+
+- before the start-up changes (the log lines only): of 6 runs, 3 never started:
+  the site that joined before the last invitation linked to nobody (its ledger knew
+  two members, too few for the secure plan) and no member it knew dialled it; it
+  refused the third site's dials as a stranger's, and their quick retries got the
+  whole host rate-limited (a stall of its own in another run, seen while
+  profiling). The 3 that did: start to first round
+  (slowest site) 32.4, 20.3 and 15.6 s, with ``import torch`` at 5.5, 3.3 and 1.9 s
+  (5.8, 6.2, 8.2 x); 6.2 to 6.6 CPU s per daemon for the whole run;
+- after them: 3 of 3 runs started, 29.6, 28.3 and 31.0 s (median 29.6 s), with
+  ``import torch`` at 3.6, 4.2 and 5.6 s; 6.7 to 7.4 CPU s per daemon. The three
+  daemons share two loaded cores, so the start is bound by their CPU: on this
+  machine the overlap of torch's warm-up with the waits and the quicker first
+  dials show in no wall figure.
 """
 
 from __future__ import annotations
