@@ -9,7 +9,17 @@ Rules:
   ``backoff()``, a generator of delays (it never sleeps itself: the caller
   does), and tries again, forever, until the node stops. The first failed dial
   in a row is logged at INFO with its reason, and so is the dial that recovers;
-  the retries between them at DEBUG.
+  the retries between them at DEBUG. Before it first
+  reaches a peer, it retries at least every 0.5 s for 15 s
+  (``first_contact_delay``): peers started at once come up seconds apart.
+- A peer that refuses us as a stranger (``not-member``) holds a replica that
+  has not learnt of our admission yet; it will through ledger sync with
+  another member. Until then the dialler retries on ``stranger_delays``,
+  slower than the usual backoff's start: each refusal costs a token of the
+  peer's rate limiter for our host (five, one back every five seconds), and
+  the usual 0.2 s start would spend them all in three seconds, locking us
+  (and every node sharing our host) out for longer than the peer needs to
+  learn of us.
 - Each link has one reader and one writer; frames for a peer go through its
   queue in order, so a ledger record sent before a protocol message arrives
   before it.
@@ -39,7 +49,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -78,6 +88,27 @@ def backoff(
     while True:
         yield delay * (1 - jitter * draw.random())
         delay = min(maximum, delay * factor)
+
+
+FIRST_CONTACT_RETRY = 0.5
+FIRST_CONTACT_WINDOW = 15.0
+
+
+def first_contact_delay(delay: float, waited: float) -> float:
+    """The delay before a retry to a peer never reached yet, ``waited`` s into the dialling.
+
+    Sites started together come up within seconds of each other (a daemon's imports
+    alone take a few), and a backoff doubling from 0.2 s would add up to its last
+    delay to the first link: for the first ``FIRST_CONTACT_WINDOW`` seconds a dial
+    is retried at least every ``FIRST_CONTACT_RETRY`` seconds (a closed port costs a
+    round trip), then the backoff takes over.
+    """
+    return min(delay, FIRST_CONTACT_RETRY) if waited < FIRST_CONTACT_WINDOW else delay
+
+
+def _unknown_to_peer(exc: Exception) -> bool:
+    """The peer refused us as a stranger: its replica does not know our admission yet."""
+    return isinstance(exc, AuthenticationFailed) and exc.by_peer and exc.code == "not-member"
 
 
 class LinkState(StrEnum):
@@ -161,11 +192,15 @@ class LinkManager:
         on_up: UpHandler,
         on_down: DownHandler,
         delays: Callable[[], Iterator[float]],
+        stranger_delays: Callable[[], Iterator[float]] = lambda: backoff(1.0, 5.0),
         replay_budget: int = 64 << 20,
         on_fault: DownHandler | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.me = me
         self._on_fault = on_fault  # (peer, error): a link closed for the peer's framing
+        self._stranger_delays = stranger_delays
+        self._sleep = sleep
         self.replay_budget = replay_budget
         self.transport = transport
         self._on_frame = on_frame
@@ -216,12 +251,15 @@ class LinkManager:
         link = self.link(peer)
         delays = self._delays()
         failed = 0  # dials failed in a row: the first is logged at INFO, the rest at DEBUG
+        stranger = self._stranger_delays()
+        waited = 0.0  # before the first contact: see ``first_contact_delay``
         while True:
             if link.session is not None:  # the peer dialled us: wait for that link to end
                 link.ended.clear()
                 await link.ended.wait()
                 continue
             link.set_state(LinkState.CONNECTING)
+            wait = delays
             try:
                 conn = await self.transport.connect(link.address, expected_peer=peer)
             except (AuthenticationFailed, TransportClosed, ConfigError, OSError) as exc:
@@ -232,13 +270,19 @@ class LinkManager:
                 level = logging.INFO if failed == 1 else logging.DEBUG
                 what = "handshake refused by" if refused else "cannot reach"
                 log.log(level, "%s %s at %s: %s (retrying)", what, peer, link.address, reason)
+                wait = stranger if _unknown_to_peer(exc) else delays
             else:
                 if failed:
                     log.info("reached %s at %s after %d failed dials", peer, link.address, failed)
                 failed = 0
-                delays = self._delays()
+                delays, stranger = self._delays(), self._stranger_delays()
+                wait = delays
                 await self.serve(conn)
-            await asyncio.sleep(next(delays))
+            delay = next(wait)
+            if link.connects == 0 and wait is delays:
+                delay = first_contact_delay(delay, waited)
+                waited += delay
+            await self._sleep(delay)
 
     async def serve(self, conn: Connection) -> None:
         """Run one link until it closes: replay, then read and write (the accept handler)."""

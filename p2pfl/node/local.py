@@ -53,11 +53,14 @@ class Learner:
         plan: Plan,
         index: int,
         resume: npt.NDArray[np.float32] | None = None,
+        *,
+        warm: bool = True,
     ) -> Learner:
         """Build the plan's model (or take ``resume``) over ``data``, and warm up.
 
         ``data`` are those the node loaded when it started (``p2pfl.node.preflight``),
         checked here once more against the shapes of the plan it trains on.
+        ``warm=False`` skips the warm-up, for a caller that ran ``warm_up(plan)`` already.
         """
         data = fit_plan(data, plan.data.input_shape, plan.data.num_classes)
         # Models are built here, in the event loop's thread: ``build_model`` seeds torch's
@@ -88,8 +91,8 @@ class Learner:
             schedule_from(plan.training),
             seed=plan.seed,
         )
-        small = build_model("logreg", shape, plan.data.num_classes)
-        await asyncio.to_thread(_warm_up, plan, small, data)
+        if warm:
+            await asyncio.to_thread(warm_up(plan))
         return cls(data, model, params, trainer)
 
     @property
@@ -160,14 +163,27 @@ class Learner:
         return copy.deepcopy(self.model)
 
 
-def _warm_up(plan: Plan, small: nn.Module, data: LocalData) -> None:
-    """One throwaway step of a small model: torch's first call costs seconds, not round 0.
+def warm_up(plan: Plan) -> Callable[[], None]:
+    """One throwaway step of a small model, to run in a worker thread (call it there).
 
-    (A slow first round would let a neighbour's masked-input deadline pass.)
+    torch's first training step costs seconds, not round 0: ``torch.func`` imports
+    ``torch._dynamo`` and the decompositions under ``vmap`` import sympy on first use
+    (a slow first round would let a neighbour's masked-input deadline pass). It needs
+    the plan's shapes and batch size only, not the data, so a node runs it while it
+    waits for approvals and links. The small model is built here, in the caller's
+    thread (``build_model`` forks torch's global generator); the step draws nothing
+    from it.
     """
     schedule = dataclasses.replace(schedule_from(plan.training), local_epochs=0, local_steps=1)
+    shape = tuple(plan.data.input_shape)
+    small = build_model("logreg", shape, plan.data.num_classes)
     batch = plan.training.batch_size
-    x, y = data.x_train[:batch], data.y_train[:batch]
-    params = flat_parameters(small).unsqueeze(0)
-    StackedTrainer(small, [(x, y)], [0], schedule, seed=0).train_round(params, 0)
-    evaluate(small, params, x, y)
+
+    def step() -> None:
+        x = torch.zeros((batch, *shape))
+        y = torch.arange(batch) % plan.data.num_classes
+        params = flat_parameters(small).unsqueeze(0)
+        StackedTrainer(small, [(x, y)], [0], schedule, seed=0).train_round(params, 0)
+        evaluate(small, params, x, y)
+
+    return step

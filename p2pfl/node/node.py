@@ -48,7 +48,6 @@ from p2pfl.ledger_file import load_ledger, save_ledger
 from p2pfl.node.audit import AuditLog
 from p2pfl.node.channels import Channel, Router, tagged
 from p2pfl.node.config import NodeConfig
-from p2pfl.node.crate import record_node_run
 from p2pfl.node.dashboard import Dashboard
 from p2pfl.node.data import LocalData
 from p2pfl.node.errors import NodeStopped
@@ -192,6 +191,7 @@ class Node:
     # -- lifecycle --------------------------------------------------------------------
 
     async def __aenter__(self) -> Node:
+        log.info("starting the node (data directory %s)", self.data_dir)
         try:
             await self._start()
         except BaseException as exc:
@@ -334,6 +334,8 @@ class Node:
         self.save_ledger()
         self.audit.record("stop", reason="requested" if stopping else self.last_error)
         self.audit.close()
+        from p2pfl.node.crate import record_node_run  # rocrate: not in the start path
+
         record_node_run(self)  # the run as an RO-Crate
         self.write_status()  # the last word: how the run ended, its links closed
 
@@ -520,8 +522,9 @@ class Node:
             return
         except LocalProtocolError:
             return  # the link went down under us
-        if isinstance(message, ledger_sync.SyncStep2):
+        if isinstance(message, ledger_sync.SyncStep2) and not self.links.link(peer).synced:
             self.links.link(peer).synced = True
+            log.info("ledger synced with %s", peer)
         self.send_ledger(out)
         if isinstance(message, ledger_sync.SyncStep2 | ledger_sync.Update):
             self.ledger_changed()

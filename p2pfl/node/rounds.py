@@ -61,7 +61,7 @@ from p2pfl.node.errors import PlanError
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
-from p2pfl.node.local import Learner
+from p2pfl.node.local import Learner, warm_up
 from p2pfl.node.numbering import FIRST, index, number
 from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
@@ -167,15 +167,24 @@ class RoundDriver:
         return tuple(sorted(self.node.ledger.members()))
 
     def wanted_links(self) -> set[str]:
-        """The peers to keep links with: the graph's neighbours (tentative before training)."""
+        """The peers to keep links with: the graph's neighbours (tentative before training).
+
+        Before training, a plan that does not fit the roster this replica knows (a
+        secure plan when only the inviter and this node are known yet: the ledger of
+        a member that joined before the last invitation) gives no graph; the node then
+        links to every member it knows, so that ledger sync can bring the rest of the
+        roster. Linking to none would leave it waiting for its approval forever
+        whenever no member it knows dials it (they all have larger ids).
+        """
         if self.graph is not None:
             return self.graph.links_of(self.me)
+        roster = self._roster()
         try:
             plan = plan_from_table(self.node.ledger.plan())
-            graph = plan.graph(self._roster())
-            return graph.links_of(self.me) if self.me in graph.roster else set()
+            graph = plan.graph(roster)
         except ConfigError:
-            return set()
+            return set(roster) - {self.me}
+        return graph.links_of(self.me) if self.me in graph.roster else set()
 
     def _approved(self) -> bool:
         ledger = self.node.ledger
@@ -196,6 +205,26 @@ class RoundDriver:
         """Plan approved, roster fixed, data loaded, model and core built; idempotent."""
         if self.exchange is not None:
             return
+        warming = self._warm_up()
+        try:
+            await self._prepare(warming)
+        finally:
+            if warming is not None and not warming.done():
+                warming.cancel()  # the worker thread finishes its step on its own
+
+    def _warm_up(self) -> asyncio.Future[None] | None:
+        """torch's first-step costs, paid in a worker thread while approvals and links come.
+
+        From the plan this replica holds now (``local.warm_up``): its shapes and batch
+        size; None without a readable plan (``Learner.load`` then warms up itself).
+        """
+        try:
+            step = warm_up(plan_from_table(self.node.ledger.plan()))
+        except ConfigError:
+            return None
+        return asyncio.ensure_future(asyncio.to_thread(step))
+
+    async def _prepare(self, warming: asyncio.Future[None] | None) -> None:
         node = self.node
         limits = node.config.limits
         node.set_phase(Phase.WAITING_APPROVAL)
@@ -209,6 +238,7 @@ class RoundDriver:
         plan = plan_from_table(node.ledger.plan())
         plan_hash = node.ledger.plan_hash()
         assert plan_hash is not None
+        log.info("plan %s... approved by every member of the roster", plan_hash.hex()[:16])
         self._check_resume(plan_hash)
         graph = plan.graph(self._roster())
         if self.me not in graph.roster:
@@ -217,7 +247,11 @@ class RoundDriver:
         self.secure = plan.secure.enabled
         node.update_links()
         resume = None if self._resume is None else self._resume.model
-        self.learner = await Learner.load(node.local_data, plan, graph.index(self.me), resume)
+        if warming is not None:
+            await warming  # done before the model is built: it forks torch's generator
+        self.learner = await Learner.load(
+            node.local_data, plan, graph.index(self.me), resume, warm=warming is None
+        )
         node.set_phase(Phase.CHECKING_DATA)
         check_local_data(self.learner.data, plan.data.schema, node.record)  # before any round
         self.privacy = NodePrivacy(node, plan, graph, self.learner, rounds=plan.training.rounds)
@@ -327,6 +361,9 @@ class RoundDriver:
             )
         )
         self.node.record("training", round=self.round, rounds=self.target, neighbours=neighbours)
+        log.info(
+            "training from round %d of %d with %s", self.round, self.target, ", ".join(neighbours)
+        )
         while self.round <= self.target:
             self._catch_up()
             if self.round > self.target:
