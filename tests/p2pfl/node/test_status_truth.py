@@ -94,6 +94,7 @@ def scripted(outcomes: list[Any]) -> Dialled:
         on_up=on_up,
         on_down=lambda peer, reason: None,
         delays=delays,
+        stranger_delays=delays,  # a `not-member` refusal waits on its own backoff
     )
     seen = Dialled(manager, transport)
     transport.manager = manager
