@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from protocols.errors import LocalProtocolError
+from protocols.errors import LocalProtocolError, PeerProtocolError
 from protocols.gossip import Neighbourhood, RoundMixed, SyncGossip
 from protocols.mixing import (
     RobustRule,
@@ -124,7 +124,10 @@ def test_the_sync_core_mixes_with_its_robust_rule() -> None:
     core = SyncGossip("me", lambda r: hood, robust=RobustRule("clipped", radius=1.0))
     own = np.array([0.0, 0.0], dtype=np.float32)
     core.start_round(0, own, 0.0)
-    core.receive("a", GossipMessage("a", 0, dense(np.array([math.nan, 1.0], np.float32))), 0.0)
+    nan = GossipMessage("a", 0, dense(np.array([math.nan, 1.0], np.float32)))
+    with pytest.raises(PeerProtocolError, match="NaN"):  # refused before any mix
+        core.receive("a", nan, 0.0)
+    core.receive("a", GossipMessage("a", 0, dense(np.array([0.0, 50.0], np.float32))), 0.0)
     out = core.receive("b", GossipMessage("b", 0, dense(np.array([30.0, 40.0], np.float32))), 0.0)
     (mixed,) = [e for e in out.events if isinstance(e, RoundMixed)]
-    close(mixed.model, [0.15, 0.2])  # NaN adds nothing, (30, 40) is clipped to norm 1
+    close(mixed.model, [0.15, 0.45])  # (0, 50) is clipped to (0, 1), (30, 40) to (0.6, 0.8)

@@ -305,9 +305,10 @@ def test_check_crate_finds_a_node_crate_without_approvals_or_plan(
 def test_a_failed_run_leaves_a_failed_crate_with_the_old_approvals(tmp_path: Path) -> None:
     files = federation(tmp_path, rounds=1)
     founder = load_identity(files[0].directory / "node.key")
-    for site in files:  # a new plan nobody approved yet
+    for site in files:  # a new plan (valid: it passes the start's checks) nobody approved yet
         ledger = load_ledger(site.directory / "ledger")
-        ledger.set_plan(founder.signing_key, {"seed": 1}, clock=ledger.next_clock())
+        table = {**ledger.plan(), "seed": 1}
+        ledger.set_plan(founder.signing_key, table, clock=ledger.next_clock())
         save_ledger(ledger, site.directory / "ledger")
     site = files[1]
 
