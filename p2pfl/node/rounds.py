@@ -57,7 +57,7 @@ from p2pfl.node.checkpoint import (
     write_checkpoint,
 )
 from p2pfl.node.data import check_local_data
-from p2pfl.node.errors import PlanError
+from p2pfl.node.errors import PlanError, storage_error
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
@@ -522,8 +522,14 @@ class RoundDriver:
             **self._wire,
         }
         state = {**self.learner.optimizer_state(), **core_state}
-        write_checkpoint(directory, r, self.learner.params[0].numpy(), meta, state=state)
-        prune_checkpoints(directory, self.node.config.limits.keep_checkpoints)
+        try:  # a node that cannot keep its rounds must not train on: it stops here
+            write_checkpoint(directory, r, self.learner.params[0].numpy(), meta, state=state)
+        except OSError as exc:
+            raise storage_error(f"the checkpoint of round {r}", directory, exc, r - 1) from None
+        try:
+            prune_checkpoints(directory, self.node.config.limits.keep_checkpoints)
+        except OSError as exc:
+            raise storage_error("(remove) old checkpoints", directory, exc, r) from None
 
     async def _linger(self) -> None:
         """After the last round, keep serving until the neighbours have finished it too.
