@@ -15,7 +15,9 @@
 - ``enospc``: from the Nth checkpoint on, every temporary file written in the
   data directory fails with ``ENOSPC`` after half its first block (a full disk);
 - ``erofs``: from the Nth checkpoint on, every checkpoint write fails with
-  ``EROFS`` (a read-only checkpoint volume; the status file can still be written).
+  ``EROFS`` (a read-only checkpoint volume; the status file can still be written);
+- ``ledger-enospc``: from the Nth save of the ledger file on, every one fails with
+  ``ENOSPC`` (the other files still write).
 
 Tests run as root, so permission bits cannot make a directory read-only: the
 faults are raised where the writes happen (``os.fdopen`` of the temporary file,
@@ -37,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from p2pfl.cli import main  # noqa: E402
 from p2pfl.node import exchange, local  # noqa: E402
 
-POINTS = ("train", "masked", "checkpoint", "ledger", "enospc", "erofs")
+POINTS = ("train", "masked", "checkpoint", "ledger", "enospc", "erofs", "ledger-enospc")
 
 
 def die() -> None:
@@ -107,6 +109,8 @@ def fault_writes(point: str, n: int) -> None:
             seen[kind] += 1
         if point in seen:
             return Faulty(handle, None) if kind == point and seen[kind] == n else handle
+        if point == "ledger-enospc":
+            return Faulty(handle, errno.ENOSPC) if kind == "ledger" and seen[kind] >= n else handle
         if kind == "checkpoint" and seen[kind] == n:
             failing[0] = True
         if not failing[0] or not kind:

@@ -8,7 +8,9 @@ only (the status file still can). The victim must stop with exit status 2 and
 one line naming the directory and the OS error, no traceback, without training
 on; its round-1 checkpoint and its ledger file stay whole; with the EROFS fault
 its status says ``failed`` with that error. Started again with the disk back,
-it resumes from round 1 and both nodes finish the run.
+it resumes from round 1 and both nodes finish the run. A ledger file that
+cannot be saved stops the node the same way at the end of the round whose
+save failed (the saves in between only log it), that round's checkpoint kept.
 """
 
 from __future__ import annotations
@@ -75,3 +77,32 @@ def test_a_daemon_that_cannot_write_stops_with_one_line_and_resumes(
         assert check_disk(site) == ROUNDS
         assert audit_verifies(site), site.name
     assert os.path.exists(victim.directory / "ledger")
+
+
+def test_a_daemon_that_cannot_save_its_ledger_stops_after_the_round_and_resumes(
+    tmp_path: Path,
+) -> None:
+    victim, other = federation(tmp_path, sites=2)
+    procs = [start(other)]
+    try:
+        failing = start_faulty(victim, "ledger-enospc", 2)
+        code, log = finish(failing, timeout=120)
+        assert code == 2, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+        errors = [line for line in log.splitlines() if line.startswith("p2pfl: error:")]
+        assert len(errors) == 1, log[-3000:]
+        assert f"{victim.directory / 'ledger'}: cannot write the ledger file" in errors[0]
+        assert FAULTS["enospc"] in errors[0]
+        kept = check_disk(victim)  # the ledger file still loads
+        assert 1 <= kept < ROUNDS
+        # Round ``kept`` is checkpointed but its save failed: it stopped there.
+        assert [e["round"] for e in events(victim, "round")] == list(range(1, kept))
+        procs.append(start(victim))
+        finish_all(procs, timeout=180)
+    finally:
+        reap(procs)
+
+    assert [e["round"] for e in events(victim, "resumed")] == [kept]
+    for site in (victim, other):
+        assert check_disk(site) == ROUNDS
+        assert audit_verifies(site), site.name
