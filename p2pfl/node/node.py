@@ -22,7 +22,10 @@ any of them: a start refused on the way leaves the directory as it was.
 With ``[dashboard] listen`` set, the node also serves a live page of itself
 (``p2pfl.node.dashboard``), started and stopped with it.
 A node restarted after a crash or SIGTERM resumes from its newest checkpoint
-with the ledger it saved, catching up with its neighbours.
+with the ledger it saved, catching up with its neighbours; the temporary files
+of writes a kill interrupted are deleted first. A node that cannot write a
+round's checkpoint or the ledger save that ends it (a full or read-only disk)
+stops with ``StorageError`` rather than train on without durability.
 
 The status file says what is true now: each link's live state and the last
 round mixed with that neighbour (``status``). When the node stops, it closes

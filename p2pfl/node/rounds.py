@@ -19,7 +19,9 @@ A round r is then:
    deadlines: stragglers in sync mode, dropouts in secure mode, whose
    declaration goes to the ledger before the survivors are asked to reveal);
 4. evaluate on the local test set, write the checkpoint, report progress to
-   the ledger.
+   the ledger and save it. A checkpoint or that save the disk refuses raises
+   ``StorageError`` and the node stops: the round's progress is reported only
+   once its checkpoint is on disk.
 
 A websocket node's checkpoint also holds what its data plane moved on the
 wire since the previous checkpoint: ``recv_wire_bytes``/``recv_wire_seconds``

@@ -64,6 +64,8 @@ def test_a_daemon_killed_at_a_point_of_a_round_resumes_and_finishes(
         reap(procs)
 
     assert [e["round"] for e in events(victim, "resumed")] == [resumed_from]
+    if secure:  # it had dealt round 2's shares: it never deals twice, it joins round 3
+        assert [e["round"] for e in events(victim, "round-abandoned")] == [2]
     assert leftovers(victim) == []
     for site in sites:
         assert check_disk(site) == ROUNDS
