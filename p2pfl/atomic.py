@@ -6,6 +6,11 @@ refused, hard-linked to it (``os.link`` fails if the target exists, so two
 writers cannot both win). The directory is fsync'ed last so the rename survives
 a crash.
 
+A writer killed before the rename leaves its temporary file behind (hidden,
+``.NAME.XXXXXXXX.tmp``), never a half-written target; ``remove_partial`` deletes
+such leftovers where a single writer owns the directory (a node, under its data
+directory's lock, at start-up).
+
 Callers create the directory first. (Also used by ``p2pfl.report`` and ``p2pfl.simulate``.)
 """
 
@@ -44,6 +49,20 @@ def atomic_write_bytes(
             tmp.unlink()
         raise
     _fsync_directory(directory)
+
+
+def remove_partial(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that interrupted writes left in ``directory``; return them.
+
+    Only for a directory whose writers are all stopped: a running writer's
+    temporary file looks the same.
+    """
+    removed = []
+    for path in sorted(Path(directory).glob(".*.*.tmp")):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def _link_exclusive(tmp: Path, target: Path) -> None:

@@ -22,7 +22,10 @@ any of them: a start refused on the way leaves the directory as it was.
 With ``[dashboard] listen`` set, the node also serves a live page of itself
 (``p2pfl.node.dashboard``), started and stopped with it.
 A node restarted after a crash or SIGTERM resumes from its newest checkpoint
-with the ledger it saved, catching up with its neighbours.
+with the ledger it saved, catching up with its neighbours; the temporary files
+of writes a kill interrupted are deleted first. A node that cannot write a
+round's checkpoint or the ledger save that ends it (a full or read-only disk)
+stops with ``StorageError`` rather than train on without durability.
 
 The status file says what is true now: each link's live state and the last
 round mixed with that neighbour (``status``). When the node stops, it closes
@@ -42,7 +45,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from p2pfl.errors import ConfigError
+from p2pfl.atomic import remove_partial
+from p2pfl.errors import ConfigError, LedgerFileError
 from p2pfl.identity import Identity, load_identity, read_passphrase_file
 from p2pfl.ledger_file import load_ledger, save_ledger
 from p2pfl.node.audit import AuditLog
@@ -50,7 +54,7 @@ from p2pfl.node.channels import Channel, Router, tagged
 from p2pfl.node.config import NodeConfig
 from p2pfl.node.dashboard import Dashboard
 from p2pfl.node.data import LocalData
-from p2pfl.node.errors import NodeStopped
+from p2pfl.node.errors import NodeStopped, StorageError, storage_error
 from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
 from p2pfl.node.faults import Faults
 from p2pfl.node.links import LinkManager, backoff
@@ -245,6 +249,7 @@ class Node:
             insecure=cfg.insecure,
         )
         log.info("node %s listening at %s", identity.node_id, self.address)
+        self._remove_partial_writes()
         self._rounds.resume_from_checkpoint()
         self._spawn("timer", self._timer())
         self._spawn("housekeeping", self._housekeeping())
@@ -253,6 +258,17 @@ class Node:
         self._open = True
         self.update_links()
         self.set_phase(Phase.IDLE)
+
+    def _remove_partial_writes(self) -> None:
+        """A write killed halfway (SIGKILL, power loss) left a temporary file: delete it.
+
+        The lock is held, so no writer of this node runs; the files they were to
+        replace are whole (``p2pfl.atomic``).
+        """
+        for directory in (self.data_dir, self.data_dir / "checkpoints"):
+            for path in remove_partial(directory):
+                log.warning("removed %s, left by a write that was interrupted", path)
+                self.record("partial-removed", path=str(path))
 
     async def _open_dashboard(self) -> None:
         """The live page of this node, in its task group; closed with the node."""
@@ -331,7 +347,7 @@ class Node:
             self.phase = Phase.STOPPED if stopping else Phase.FAILED
         if self._links is not None:  # the transport is closed: no link is open any more
             self._links.shut(f"the node {self.phase.value}")
-        self.save_ledger()
+        self._save_ledger_quietly()
         self.audit.record("stop", reason="requested" if stopping else self.last_error)
         self.audit.close()
         from p2pfl.node.crate import record_node_run  # rocrate: not in the start path
@@ -551,11 +567,27 @@ class Node:
         self.changed()
 
     def save_ledger(self) -> None:
+        """Put the ledger on disk; ``StorageError`` if the directory refuses it.
+
+        The save that ends a round raises it on: the node stops after that round
+        rather than train on with a ledger it cannot keep. The periodic saves in
+        between (``_save_ledger_quietly``) only say so, the next round's save decides.
+        """
+        path = self.config.ledger_file
         try:
-            save_ledger(self.ledger, self.config.ledger_file)
-            self._ledger_dirty = False
-        except Exception as exc:  # a full disk must not kill the node; say so loudly
-            self.last_error = f"cannot save the ledger: {exc}"
+            save_ledger(self.ledger, path)
+        except LedgerFileError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, OSError):
+                raise
+            raise storage_error("the ledger file", path, cause, None) from None
+        self._ledger_dirty = False
+
+    def _save_ledger_quietly(self) -> None:
+        try:
+            self.save_ledger()
+        except (StorageError, LedgerFileError) as exc:
+            self.last_error = str(exc)
             log.error("%s", self.last_error)
 
     # -- the outbox -------------------------------------------------------------------
@@ -612,7 +644,7 @@ class Node:
                 last_sync = time.monotonic()
                 self.send_ledger(self.sync.anti_entropy())
             if self._ledger_dirty:
-                self.save_ledger()
+                self._save_ledger_quietly()
             self.write_status()
 
     # -- status -----------------------------------------------------------------------

@@ -19,7 +19,9 @@ A round r is then:
    deadlines: stragglers in sync mode, dropouts in secure mode, whose
    declaration goes to the ledger before the survivors are asked to reveal);
 4. evaluate on the local test set, write the checkpoint, report progress to
-   the ledger.
+   the ledger and save it. A checkpoint or that save the disk refuses raises
+   ``StorageError`` and the node stops: the round's progress is reported only
+   once its checkpoint is on disk.
 
 A websocket node's checkpoint also holds what its data plane moved on the
 wire since the previous checkpoint: ``recv_wire_bytes``/``recv_wire_seconds``
@@ -57,7 +59,7 @@ from p2pfl.node.checkpoint import (
     write_checkpoint,
 )
 from p2pfl.node.data import check_local_data
-from p2pfl.node.errors import PlanError
+from p2pfl.node.errors import PlanError, storage_error
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
@@ -522,8 +524,14 @@ class RoundDriver:
             **self._wire,
         }
         state = {**self.learner.optimizer_state(), **core_state}
-        write_checkpoint(directory, r, self.learner.params[0].numpy(), meta, state=state)
-        prune_checkpoints(directory, self.node.config.limits.keep_checkpoints)
+        try:  # a node that cannot keep its rounds must not train on: it stops here
+            write_checkpoint(directory, r, self.learner.params[0].numpy(), meta, state=state)
+        except OSError as exc:
+            raise storage_error(f"the checkpoint of round {r}", directory, exc, r - 1) from None
+        try:
+            prune_checkpoints(directory, self.node.config.limits.keep_checkpoints)
+        except OSError as exc:
+            raise storage_error("(remove) old checkpoints", directory, exc, r) from None
 
     async def _linger(self) -> None:
         """After the last round, keep serving until the neighbours have finished it too.
