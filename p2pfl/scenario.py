@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl.datasets import FederatedData, load_federated
+from p2pfl.datasets.base import Source
 from p2pfl.datasets.user import PER_SITE_PARTITION, load_user_data
 from p2pfl.drift import DriftSection
 from p2pfl.energy import EnergySection
@@ -171,18 +172,7 @@ def load_data(scenario: Scenario) -> FederatedData:
                 f"{_where(scenario)} [data] {name} applies to a dataset of your own "
                 f"('module:function'), not to {d.dataset!r}"
             )
-    return load_federated(
-        d.dataset,
-        d.nodes,
-        d.partition,
-        alpha=d.alpha,
-        classes_per_node=d.classes_per_node,
-        test_fraction=d.test_fraction,
-        max_train_samples=d.max_train_samples,
-        max_test_samples=d.max_test_samples,
-        seed=scenario.seed,
-        data_dir=d.data_dir,
-    )
+    return _partitioned(scenario, d.dataset, data_dir=d.data_dir)
 
 
 def _user_data(scenario: Scenario) -> FederatedData:
@@ -218,8 +208,16 @@ def _user_data(scenario: Scenario) -> FederatedData:
             f"{key} {d.dataset!r} returned one dataset to partition: set [data] partition "
             f"to iid, dirichlet or classes ({PER_SITE_PARTITION!r} needs per-site data)"
         )
+    return _partitioned(scenario, user.pooled)
+
+
+def _partitioned(
+    scenario: Scenario, source: str | Source, data_dir: str | None = None
+) -> FederatedData:
+    """``source`` (a built-in dataset's name or a user's pooled data) split as ``[data]`` says."""
+    d = scenario.data
     return load_federated(
-        user.pooled,
+        source,
         d.nodes,
         d.partition,
         alpha=d.alpha,
@@ -228,6 +226,7 @@ def _user_data(scenario: Scenario) -> FederatedData:
         max_train_samples=d.max_train_samples,
         max_test_samples=d.max_test_samples,
         seed=scenario.seed,
+        data_dir=data_dir,
     )
 
 
