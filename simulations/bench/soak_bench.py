@@ -175,9 +175,10 @@ def sample(pid: int, directory: Path, at: float) -> Sample | None:
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except (FileNotFoundError, ProcessLookupError):
         return None
-    rss = next(
-        int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")
-    )
+    found = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+    if not found:  # exited, not yet reaped: no memory left to show
+        return None
+    rss = int(found[0]) * 1024
     done = -1
     with contextlib.suppress(Exception):
         done = int(read_status(directory).get("completed", -1))
