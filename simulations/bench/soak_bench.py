@@ -2,7 +2,7 @@
 
     python simulations/bench/soak_bench.py [--nodes 16] [--rounds 200] [--seed 0]
         [--latency 0.005] [--jitter 0.005] [--bandwidth 20e6] [--resets-per-second 0.02]
-        [--warmup 20] [--timeout 7200]
+        [--warmup 20] [--round-timeout 60] [--timeout 7200]
 
 ``--nodes`` ``p2pfl node run`` processes on loopback, one torch thread each
 (``[limits] threads = 1``), train the heart-disease logistic regression
@@ -81,7 +81,7 @@ class Settings:
     warmup: int = 20  # the round from which growth is measured
     interval: float = 0.5  # seconds between samples
     timeout: float = 7200.0
-    round_timeout: float = 60.0
+    round_timeout: float = 60.0  # the plan's round, share and masked timeouts
 
 
 @dataclass(frozen=True)
@@ -403,6 +403,7 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=20e6)
     parser.add_argument("--resets-per-second", type=float, default=0.02)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--round-timeout", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=7200.0)
     args = parser.parse_args()
     faults = LinkFaults(
