@@ -23,6 +23,8 @@ It prints:
 - RSS (``/proc/PID/status`` VmRSS) and open descriptors (``/proc/PID/fd``) of
   each daemon, sampled while it runs, and their growth from the first sample at
   round ``--warmup`` or later to the last one (and to the highest one);
+- the protocol faults each daemon counted against its neighbours (the duplicates a
+  reconnected link replays count as such) and the bans they led to;
 - whether every saved ledger (``p2pfl.ledger_file.load_ledger``) holds the same
   records, map by map, and the same state vector; whether every audit chain
   verifies;
@@ -101,6 +103,8 @@ class NodeResult:
     abandoned: int  # rounds its secure receiver abandoned
     skipped: list[dict[str, Any]]  # rounds-skipped / round-abandoned audit records
     audit_intact: bool
+    peer_faults: int  # protocol faults it counted against neighbours (replayed duplicates)
+    banned: int  # neighbours it disconnected for too many of them
     samples: list[Sample] = field(default_factory=list)
     log_tail: str = ""
 
@@ -266,6 +270,8 @@ def node_result(site: SiteFiles, code: int | None, samples: list[Sample]) -> Nod
         if e.get("event") in ("rounds-skipped", "round-abandoned")
     ]
     log = (site.directory / "daemon.log").read_text(errors="replace")
+    entries = entries_in(audit)
+    faults = sum(int(e.get("count", 1)) for e in entries if e.get("event") == "peer-protocol-error")
     return NodeResult(
         site.name,
         code,
@@ -274,6 +280,8 @@ def node_result(site: SiteFiles, code: int | None, samples: list[Sample]) -> Nod
         max((int(m.get("abandoned", 0)) for m in metas), default=0),
         skipped,
         verify_data(audit).ok,
+        faults,
+        sum(1 for e in entries if e.get("event") == "peer-banned"),
         samples,
         log[-3000:],
     )
@@ -384,7 +392,8 @@ def report(result: Result) -> None:
             f"  {node.name}: exit {node.returncode}, {len(node.completed)}/{s.rounds} rounds, "
             f"skipped/abandoned records {len(node.skipped)}, receiver abandoned {node.abandoned}, "
             f"most missing neighbours {node.stragglers} (allowed {result.tolerance}); "
-            f"audit {'intact' if node.audit_intact else 'BROKEN'}; {shown_rss}; {shown_fds}; "
+            f"audit {'intact' if node.audit_intact else 'BROKEN'}; peer faults counted "
+            f"{node.peer_faults}, bans {node.banned}; {shown_rss}; {shown_fds}; "
             f"{len(kept)} samples in rounds {s.warmup}..{s.rounds - 1}"
         )
     print(
