@@ -83,7 +83,7 @@ class Settings:
     warmup: int = 20  # the round from which growth is measured
     interval: float = 0.5  # seconds between samples
     timeout: float = 7200.0
-    round_timeout: float = 60.0  # the plan's round, share and masked timeouts
+    round_timeout: float = 60.0  # the plan's round and secure (share, masked, unmask) timeouts
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,7 @@ def plan(settings: Settings) -> dict[str, Any]:
             "enabled": True,
             "share_timeout": settings.round_timeout,
             "masked_timeout": settings.round_timeout,
+            "unmask_timeout": settings.round_timeout,
         },
     }
 
