@@ -2,7 +2,7 @@
 
 Sections (``p2pfl node init`` writes a commented template)::
 
-    [node]    key, passphrase_file, ledger, data_dir, listen, name
+    [node]    key, passphrase_file, ledger, data_dir, listen, advertise, name
     [tls]     cert, key, cafile
     [data]    entrypoint ("module:function"), args, kwargs
     [limits]  message sizes, timeouts, reconnect backoff, checkpoints kept, threads,
@@ -47,6 +47,9 @@ class NodeSection:
     ledger: str = "ledger"
     data_dir: str = "."
     listen: str = "wss://0.0.0.0:7443"
+    # Where peers reach this node when a proxy, NAT or port forward sits in front of
+    # ``listen`` (the ledger records it); empty: they reach it at ``listen`` itself.
+    advertise: str = ""
     name: str = ""
 
 
@@ -250,6 +253,7 @@ key = "node.key"              # this node's identity (mode 0600): p2pfl keys ini
 ledger = "ledger"             # the federation ledger: p2pfl federation create/join --out ledger
 data_dir = "."                # checkpoints/, audit.jsonl, status.json live here
 listen = "{listen}"   # where neighbours reach this node (the ledger has its address)
+# advertise = "wss://host:port" # where they reach it instead, via a proxy / NAT / port forward
 # name = "my hospital"        # a label for logs
 
 [tls]                         # wss needs a certificate and key (p2pfl tls init, node init --tls)

@@ -152,7 +152,10 @@ async def preflight(
     plan = ledger_plan(ledger)
     plan.check_rounds(rounds)
     _warn_about_roster(plan, tuple(sorted(ledger.members())))
-    await check_listen_address(config.node.listen, member.address)
+    if config.node.advertise:
+        await check_listen_address(config.node.advertise, member.address, setting="advertise")
+    else:
+        await check_listen_address(config.node.listen, member.address)
     tls = tls_files(config)
     if tls is not None:
         check_tls_pair(tls)
@@ -209,12 +212,15 @@ def tls_files(config: NodeConfig) -> TlsFiles | None:
 # -- the listen address -----------------------------------------------------------------------
 
 
-async def check_listen_address(listen: str, recorded: str) -> None:
+async def check_listen_address(listen: str, recorded: str, *, setting: str = "listen") -> None:
     """``ConfigError`` unless neighbours dialling ``recorded`` reach a node listening at ``listen``.
 
     Scheme and port must be the same; the host too, unless ``listen`` is a wildcard
     (``0.0.0.0``, ``::``), or the two names resolve to a common address. A member
     recorded without an address accepts no inbound link: nothing to compare.
+    ``setting`` names the ``[node]`` key ``listen`` came from: ``advertise`` when a
+    proxy, NAT or port forward in front of the node is what neighbours dial (then
+    ``listen`` itself is not compared: only the operator knows where the proxy forwards).
     """
     if not recorded:
         return
@@ -226,12 +232,12 @@ async def check_listen_address(listen: str, recorded: str) -> None:
     ):
         return
     wildcard = ""
-    if theirs.scheme in ("ws", "wss") and _port(theirs) is not None:
+    if setting == "listen" and theirs.scheme in ("ws", "wss") and _port(theirs) is not None:
         wildcard = f", or {theirs.scheme}://0.0.0.0:{_port(theirs)} to listen on every interface"
     raise ConfigError(
-        f"[node] listen = {listen!r}, but this node's record in the ledger says neighbours "
+        f"[node] {setting} = {listen!r}, but this node's record in the ledger says neighbours "
         f"reach it at {recorded!r}: they would dial where it does not listen; "
-        f"set [node] listen = {recorded!r}{wildcard}"
+        f"set [node] {setting} = {recorded!r}{wildcard}"
     )
 
 

@@ -16,11 +16,13 @@ import logging
 import os
 import sys
 import textwrap
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 import p2pfl
 from p2pfl.errors import ConfigError, DataError
@@ -203,6 +205,27 @@ def test_a_listen_address_other_than_the_ledger_record_is_refused(tmp_path: Path
     files = federation(tmp_path, address="memory://elsewhere")
     message = refused(files[0], ConfigError, "record in the ledger")
     assert "'memory://cleveland'" in message and "'memory://elsewhere'" in message
+
+
+def _advertise(site: SiteFiles, address: str) -> None:
+    """Give ``site``'s config ``[node] advertise = address`` (a proxy in front of it)."""
+    table = tomllib.loads(site.config.read_text())
+    table["node"]["advertise"] = address
+    site.config.write_text(tomli_w.dumps(table))
+
+
+def test_behind_a_proxy_the_ledger_record_is_compared_with_advertise(tmp_path: Path) -> None:
+    files = federation(tmp_path, address="memory://proxy-of-cleveland")
+    _advertise(files[0], "memory://proxy-of-cleveland")
+    start(files[0])  # listen (memory://cleveland) differs from the record: advertise fits it
+
+
+def test_an_advertised_address_other_than_the_ledger_record_is_refused(tmp_path: Path) -> None:
+    files = federation(tmp_path, address="memory://proxy-of-cleveland")
+    _advertise(files[0], "memory://cleveland")  # the record is the proxy's, not this
+    message = refused(files[0], ConfigError, "set \\[node\\] advertise")
+    assert "[node] advertise = 'memory://cleveland'" in message
+    assert "'memory://proxy-of-cleveland'" in message
 
 
 @pytest.mark.parametrize(

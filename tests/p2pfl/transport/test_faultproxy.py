@@ -1,0 +1,213 @@
+"""The fault proxy (``p2pfl.transport.faultproxy``) between two loopback sockets.
+
+A target server on 127.0.0.1 either echoes or counts what it receives; clients
+dial the proxy in front of it. Timings are checked within tolerances wide enough
+for a loaded machine, and one-sided where load can only add time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from p2pfl.transport.faultproxy import FaultProxy, LinkFaults, TokenBucket, connection_rng
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+@asynccontextmanager
+async def proxied(
+    faults: LinkFaults, handler: Handler = echo, seed: int = 0
+) -> AsyncIterator[FaultProxy]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with FaultProxy(("127.0.0.1", port), faults, seed=seed) as proxy:
+            yield proxy
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def dial(proxy: FaultProxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", proxy.port)
+
+
+def test_bytes_cross_both_ways_unchanged() -> None:
+    payload = os.urandom(3_000_000)
+
+    async def main() -> bytes:
+        async with proxied(LinkFaults(latency=0.001, jitter=0.002)) as proxy:
+            reader, writer = await dial(proxy)
+
+            async def send() -> None:
+                for i in range(0, len(payload), 100_000):
+                    writer.write(payload[i : i + 100_000])
+                    await writer.drain()
+                writer.write_eof()
+
+            sending = asyncio.create_task(send())
+            back = await reader.read()  # to the end of stream: the echo's, through the proxy
+            await sending
+            writer.close()
+            return back
+
+    back = asyncio.run(main())
+    assert hashlib.sha256(back).digest() == hashlib.sha256(payload).digest()
+
+
+def test_latency_is_added_each_way() -> None:
+    latency = 0.1
+
+    async def main() -> list[float]:
+        async with proxied(LinkFaults(latency=latency)) as proxy:
+            reader, writer = await dial(proxy)
+            rtts = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                writer.write(b"ping")
+                await writer.drain()
+                await reader.readexactly(4)
+                rtts.append(time.perf_counter() - t0)
+            writer.close()
+            return rtts
+
+    rtts = asyncio.run(main())
+    assert all(2 * latency <= rtt < 2 * latency + 0.15 for rtt in rtts), rtts
+
+
+def test_bandwidth_is_capped_per_direction() -> None:
+    rate, size = 4_000_000.0, 2_000_000
+    received: list[int] = []
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        total = 0
+        while data := await reader.read(1 << 16):
+            total += len(data)
+        received.append(total)
+        writer.write(b"done")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> float:
+        async with proxied(LinkFaults(bandwidth=rate), count) as proxy:
+            reader, writer = await dial(proxy)
+            t0 = time.perf_counter()
+            writer.write(bytes(size))
+            await writer.drain()
+            writer.write_eof()
+            assert await reader.read() == b"done"
+            writer.close()
+            return time.perf_counter() - t0
+
+    elapsed = asyncio.run(main())
+    assert received == [size]
+    expected = (size - LinkFaults().burst) / rate
+    assert expected * 0.95 <= elapsed < expected * 1.5 + 0.2, (elapsed, expected)
+
+
+def test_the_token_bucket_paces_to_its_rate() -> None:
+    bucket = TokenBucket(1000.0, 100, now=0.0)
+    assert bucket.take(100, 0.0) == 0.0
+    assert bucket.take(500, 0.0) == pytest.approx(0.5)
+    assert bucket.take(100, 0.5) == pytest.approx(0.1)  # the debt was paid at 0.5
+
+
+def test_connections_are_reset_at_the_seeded_times() -> None:
+    faults, seed = LinkFaults(resets_per_second=2.0), 3
+    expected = [faults.reset_after(connection_rng(seed, i))[0] for i in range(3)]
+
+    async def main() -> tuple[list[float], list[type[BaseException] | None], FaultProxy]:
+        seen, how = [], []
+        async with proxied(faults, seed=seed) as proxy:
+            for _ in expected:
+                reader, writer = await dial(proxy)
+                t0 = time.perf_counter()
+                error: type[BaseException] | None = None
+                try:
+                    await reader.read()
+                except ConnectionResetError as exc:
+                    error = type(exc)
+                seen.append(time.perf_counter() - t0)
+                how.append(error)
+                writer.close()
+            return seen, how, proxy
+
+    seen, how, proxy = asyncio.run(main())
+    assert how == [ConnectionResetError] * 3  # an RST, not a clean end of stream
+    assert [r.connection for r in proxy.resets] == [0, 1, 2]
+    for got, want, reset in zip(seen, expected, proxy.resets, strict=True):
+        assert reset.after == pytest.approx(want, abs=0.05)
+        assert want - 0.05 <= got < want + 0.25
+
+
+def test_connections_are_reset_after_the_seeded_bytes() -> None:
+    faults, seed = LinkFaults(resets_per_mb=1.0), 5
+    limit = faults.reset_after(connection_rng(seed, 0))[1]  # about 243 kB for this seed
+
+    async def main() -> tuple[int, FaultProxy]:
+        async with proxied(faults, seed=seed) as proxy:
+            reader, writer = await dial(proxy)
+            back = 0
+            with pytest.raises(ConnectionResetError):
+                while True:
+                    writer.write(bytes(10_000))
+                    await writer.drain()
+                    data = await reader.read(1 << 16)
+                    if not data:
+                        break
+                    back += len(data)
+            writer.close()
+            return back, proxy
+
+    back, proxy = asyncio.run(main())
+    (reset,) = proxy.resets
+    assert limit <= reset.forwarded < limit + 2 * (64 << 10)
+    assert back < reset.forwarded
+
+
+def test_the_proxy_closes_cleanly_with_connections_open() -> None:
+    async def main() -> None:
+        async with proxied(LinkFaults(latency=0.01)) as proxy:
+            streams = [await dial(proxy) for _ in range(3)]
+            for reader, writer in streams:
+                writer.write(b"x")
+                await writer.drain()
+                assert await reader.readexactly(1) == b"x"
+            port = proxy.port
+            assert proxy.active == 3
+            await proxy.close()
+            assert proxy.active == 0  # every connection's task ended
+            for reader, writer in streams:
+                assert await reader.read() == b""  # dropped, not left hanging
+                writer.close()
+            with pytest.raises(OSError):
+                await asyncio.open_connection("127.0.0.1", port)
+            await proxy.close()  # idempotent
+
+    asyncio.run(main())
+
+
+def test_bad_faults_are_refused() -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        LinkFaults(latency=-1.0)
+    with pytest.raises(ValueError, match="burst"):
+        LinkFaults(burst=0)
