@@ -68,7 +68,7 @@ from protocols.mixing import (
     push_sum_model,
     robust_mix,
 )
-from protocols.wire import Encoding, GossipMessage, Payload, dense
+from protocols.wire import Encoding, GossipMessage, Payload, dense, encode
 
 Vector = npt.NDArray[Any]
 CoreState = dict[str, Vector]
@@ -258,7 +258,7 @@ class _BarrierCore:
             raise PeerProtocolError(peer, f"not an in-neighbour in round {message.round}")
         slot = self._early.setdefault(message.round, {})
         if peer in slot:
-            raise PeerProtocolError(peer, f"second message for round {message.round}")
+            _resent(peer, slot[peer], message)
         slot[peer] = message
         return Buffered(message.round, peer)
 
@@ -267,7 +267,8 @@ class _BarrierCore:
         if peer not in self._current.neighbourhood.in_weights:
             raise PeerProtocolError(peer, f"not an in-neighbour in round {message.round}")
         if peer in self._current.arrived:
-            raise PeerProtocolError(peer, f"second message for round {message.round}")
+            _resent(peer, self._current.arrived[peer], message)
+            return []
         if message.payload.length != self._current.model.shape[0]:
             raise PeerProtocolError(peer, "model length does not match")
         self._current.arrived[peer] = message
@@ -633,3 +634,14 @@ def _split(value: float) -> Vector:
 
 
 GossipCore = SyncGossip | ChocoGossip | PushSumGossip
+
+
+def _resent(peer: str, first: GossipMessage, again: GossipMessage) -> None:
+    """A second message from ``peer`` for one round: the same one resent is harmless.
+
+    A link that comes back replays what it had sent (``p2pfl.node.links``), so an
+    honest neighbour on a flaky link resends frames; only a different message for
+    the same round is the peer's protocol error.
+    """
+    if encode(first) != encode(again):
+        raise PeerProtocolError(peer, f"second, different message for round {again.round}")

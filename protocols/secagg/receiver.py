@@ -23,6 +23,7 @@ masked input the receiver holds keeps at least one unknown mask.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -84,7 +85,7 @@ class AggregatingReceiver:
         self._roster: tuple[str, ...] = ()
         self._partners: dict[str, frozenset[str]] = {}
         self._sum: Codes | None = None
-        self._arrived: set[str] = set()
+        self._arrived: dict[str, bytes] = {}  # sender -> digest of its masked input
         self._survivors: tuple[str, ...] = ()
         self._dropped: tuple[str, ...] = ()
         self._reveals: dict[str, Reveal] = {}
@@ -143,7 +144,9 @@ class AggregatingReceiver:
         if self.phase is not Phase.SHARE:
             return [Ignored(peer, f"ShareKeys after the roster closed (phase {self.phase.name})")]
         if peer in self._sealed:
-            raise PeerProtocolError(peer, "sent ShareKeys twice")
+            if self._sealed[peer] == dict(message.shares):
+                return [Ignored(peer, "ShareKeys resent (a replay after a reconnection)")]
+            raise PeerProtocolError(peer, "sent two different ShareKeys")
         if set(message.shares) != set(self.ctx.neighbourhood):
             raise PeerProtocolError(peer, "ShareKeys must seal one share to every neighbour")
         self._sealed[peer] = dict(message.shares)
@@ -180,23 +183,25 @@ class AggregatingReceiver:
             return [Ignored(peer, f"masked input after the declaration (phase {self.phase.name})")]
         if peer not in self._roster:
             return [Ignored(peer, "masked input from outside the roster (shared no keys in time)")]
-        if peer in self._arrived:
-            raise PeerProtocolError(peer, "sent its masked input twice")
         codes = message.codes
+        if peer in self._arrived:
+            if self._arrived[peer] == _digest(codes):
+                return [Ignored(peer, "masked input resent (a replay after a reconnection)")]
+            raise PeerProtocolError(peer, "sent two different masked inputs")
         if codes.dtype != self.ctx.cfg.dtype or len(codes) != self.dim:
             raise PeerProtocolError(
                 peer, f"masked input must be {self.dim} words of {self.ctx.cfg.modulus_bits} bits"
             )
         assert self._sum is not None
         np.add(self._sum, codes, out=self._sum)
-        self._arrived.add(peer)
-        if self._arrived == set(self._roster):
+        self._arrived[peer] = _digest(codes)
+        if set(self._arrived) == set(self._roster):
             return self._declare(now)
         return []
 
     def _declare(self, now: float) -> list[Output]:
         survivors = tuple(sorted(self._arrived))
-        dropped = tuple(sorted(set(self._roster) - self._arrived))
+        dropped = tuple(sorted(set(self._roster) - set(self._arrived)))
         if len(survivors) < self.ctx.threshold:
             return self._abandon(
                 f"only {len(survivors)} of {len(self._roster)} masked inputs arrived "
@@ -232,7 +237,9 @@ class AggregatingReceiver:
         if peer not in self._survivors:
             raise PeerProtocolError(peer, "a node declared dropped must not reveal")
         if peer in self._reveals:
-            raise PeerProtocolError(peer, "revealed twice")
+            if self._reveals[peer] == message:
+                return [Ignored(peer, "reveal resent (a replay after a reconnection)")]
+            raise PeerProtocolError(peer, "revealed twice, differently")
         if set(message.self_shares) != set(self._survivors):
             raise PeerProtocolError(peer, "reveal must hold one share per survivor")
         if set(message.pair_seeds) != self._partners[peer] & set(self._dropped):
@@ -272,3 +279,8 @@ class AggregatingReceiver:
         out: list[Output] = [Abandoned(self.ctx.round, self.ctx.receiver, phase, reason)]
         out += [Send(node, notice) for node in self.ctx.neighbourhood]
         return out
+
+
+def _digest(codes: Codes) -> bytes:
+    """What tells a masked input resent by a replay from a different one."""
+    return hashlib.sha256(np.ascontiguousarray(codes).tobytes()).digest()

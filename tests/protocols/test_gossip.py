@@ -319,23 +319,33 @@ def test_sender_mismatch_is_the_peers_fault() -> None:
     assert info.value.peer == "0"
 
 
-def test_duplicate_messages_are_the_peers_fault() -> None:
+def test_a_message_resent_unchanged_is_dropped_and_a_different_one_is_the_peers_fault() -> None:
+    """A link that comes back replays its frames: the same message again is harmless."""
     core = SyncGossip("1", schedule([PATH3], 1))
     core.start_round(0, np.zeros(1, np.float32), 0.0)
     core.receive("0", message("0", 0, [1.0]), 0.0)
-    with pytest.raises(PeerProtocolError):
-        core.receive("0", message("0", 0, [1.0]), 0.0)
+    assert core.receive("0", message("0", 0, [1.0]), 0.0).events == ()
+    with pytest.raises(PeerProtocolError, match="different"):
+        core.receive("0", message("0", 0, [2.0]), 0.0)
     core.receive("0", message("0", 1, [1.0]), 0.0)  # buffered
-    with pytest.raises(PeerProtocolError):
-        core.receive("0", message("0", 1, [1.0]), 0.0)
+    core.receive("0", message("0", 1, [1.0]), 0.0)  # resent while buffered: still one
+    with pytest.raises(PeerProtocolError, match="different"):
+        core.receive("0", message("0", 1, [3.0]), 0.0)
+    (mixed,) = [e for e in core.receive("2", message("2", 0, [4.0]), 0.0).events]
+    plain = SyncGossip("1", schedule([PATH3], 1))
+    plain.start_round(0, np.zeros(1, np.float32), 0.0)
+    plain.receive("0", message("0", 0, [1.0]), 0.0)
+    (once,) = [e for e in plain.receive("2", message("2", 0, [4.0]), 0.0).events]
+    np.testing.assert_array_equal(mixed.model, once.model)  # the resend counted once
 
 
-def test_duplicate_of_a_buffered_message_after_it_was_used_is_the_peers_fault() -> None:
+def test_a_buffered_message_resent_after_it_was_used_is_dropped() -> None:
     core = SyncGossip("1", schedule([PATH3], 1))
     core.receive("0", message("0", 0, [1.0]), 0.0)  # buffered while idle
     core.start_round(0, np.zeros(1, np.float32), 0.0)
-    with pytest.raises(PeerProtocolError):
-        core.receive("0", message("0", 0, [1.0]), 0.0)
+    assert core.receive("0", message("0", 0, [1.0]), 0.0).events == ()
+    with pytest.raises(PeerProtocolError, match="different"):
+        core.receive("0", message("0", 0, [5.0]), 0.0)
 
 
 def test_non_neighbour_is_the_peers_fault() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -12,6 +13,7 @@ from protocols.secagg import (
     Abandon,
     AggregatingReceiver,
     DropoutDeclaration,
+    Ignored,
     MaskedInput,
     MaskingSender,
     Phase,
@@ -123,8 +125,11 @@ def test_receiver_refuses_duplicates_and_wrong_sizes() -> None:
     senders["a"].receive(R, next(r for r in relays if r.peer == "a").message)
     (out,) = senders["a"].set_input(X, 0.5)
     receiver.receive("a", out.message, 0.0)
-    with pytest.raises(PeerProtocolError, match="twice"):
-        receiver.receive("a", out.message, 0.0)
+    (resent,) = receiver.receive("a", out.message, 0.0)  # a reconnection replays it
+    assert isinstance(resent, Ignored) and "resent" in resent.reason
+    other = dataclasses.replace(out.message, codes=out.message.codes + np.uint32(1))
+    with pytest.raises(PeerProtocolError, match="two different masked inputs"):
+        receiver.receive("a", other, 0.0)
 
 
 def test_receiver_deadlines_come_from_now() -> None:

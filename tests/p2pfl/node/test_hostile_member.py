@@ -106,7 +106,7 @@ def bad_frames(mallory: str, honest: str, dim: int) -> Iterator[tuple[str, bytes
     yield "unknown channel", b"\x09" + gossip(mallory, 0, ones)[1:]
     replay = gossip(mallory, 1, ones)
     yield "first copy (accepted)", replay
-    yield "replay", replay
+    yield "replay (accepted: dropped, as a reconnection's replay is)", replay
 
 
 def faults_of(node: Node, peer: str) -> dict[str, Any]:
