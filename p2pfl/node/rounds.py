@@ -441,10 +441,12 @@ class RoundDriver:
         core_state = self._core_state()
         await asyncio.to_thread(self._checkpoint, r, mixed, accuracy, loss, seconds, core_state)
         ledger = node.ledger
+        # The masked figures go out before the progress record: every path floods them in
+        # that order, so a peer that sees our round done (its linger ends on it) has them.
+        federation = self.privacy.publish(r, figures, drift)
         node.write_ledger(
             ledger.report_progress(node.identity.signing_key, r, clock=ledger.next_clock())
         )
-        federation = self.privacy.publish(r, figures, drift)
         node.save_ledger()
         self.completed, self.round = r, r + 1
         self._final = (r, mixed, seconds)
