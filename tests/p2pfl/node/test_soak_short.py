@@ -10,10 +10,9 @@ records and state vector; every audit chain must verify; RSS and open descriptor
 sampled from /proc while the rounds run, must stay within a loose bound (25%) after
 a warm-up.
 
-20 rounds rather than 30, and 8-second secure timeouts: a reset in the middle of a
-secure round stalls that round until its timeout (the soak bench shows it), so 30
-rounds with the plan's usual 60 s took several minutes on the shared 2-core
-machine; this takes about a minute there.
+The plan's secure timeouts are 8 seconds (share, masked, unmask): a reset in the
+middle of a secure round can stall it until a timeout (the soak bench shows it),
+and with the usual 60 s one such round alone would outlast the test's budget.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from simulations.bench.soak_bench import Settings, growth, soak, training  # noqa: E402
 
-NODES, ROUNDS, WARMUP = 4, 20, 5
+NODES, ROUNDS, WARMUP = 4, 30, 5
 BOUND = 0.25
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
