@@ -50,7 +50,8 @@ Measured on the 2-core development machine, shared with other work (load 4 to 9)
   about 61 s, however short the plan's timeouts (the others 0.5 to 4.5 s);
   1375 connections reset; no round skipped or abandoned, at most 2 neighbours
   missing from a round (7 allowed); 107 to 144 protocol faults counted per node
-  (replayed duplicates, "sent ShareKeys twice"), no ban; RSS 450-452 MB, growth
+  (replayed duplicates, "sent ShareKeys twice": since then an unchanged resend is
+  dropped without a fault), no ban; RSS 450-452 MB, growth
   +0.1 to +0.5%; descriptors 23-25, highest +4.2% (one node +8.7%); the ledgers
   saved by the killed daemons held the same records and state vector. The full
   16 x 200 did not fit the time this machine had.
