@@ -338,14 +338,14 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         t1 = time.perf_counter()
         w = matrices.get(r)
         if tracked is not None:
-            sent = tracked.outgoing(params)
+            outgoing = tracked.outgoing(params)
             if secure is not None:
                 mixing = setup.topo.mixing(r)
-                gave_up, declared = secure.mix(mixing, r, sent, tracked.mixed, block)
+                gave_up, declared = secure.mix(mixing, r, outgoing, tracked.mixed, block)
                 abandoned += gave_up
                 stragglers += declared
             else:
-                mix_into(w, sent, tracked.mixed, block)
+                mix_into(w, outgoing, tracked.mixed, block)
             tracked.incoming(params)
         elif secure is not None:
             gave_up, declared = secure.mix(setup.topo.mixing(r), r, params, spare, block)
