@@ -216,7 +216,7 @@ class _Run:
 
     def _on_train(self, now: float, index: int) -> None:
         node = self.nodes[index]
-        self._dispatch(node, now, node.core.begin_round(node.round, now))
+        self._dispatch(node, now, node.core.begin_round(node.round, now, node.params[0].numpy()))
         t0 = time.perf_counter()
         before = node.params.clone() if node.noise is not None else None
         if self.drift is not None:

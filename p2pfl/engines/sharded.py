@@ -38,13 +38,9 @@ from p2pfl.engines.common import Progress, RoundRecord, RunResult, Setup
 from p2pfl.engines.halo import StepHalo, exchange, step_halo
 from p2pfl.engines.privacy import delta_noise, make_trainer, norm_summary
 from p2pfl.engines.secure_shards import ShardSecureMixer
+from p2pfl.engines.traffic import bytes_sent
 from p2pfl.engines.uniforms import NodeUniforms
-from p2pfl.engines.vectorized import (
-    COMPRESS_ELEMENTS,
-    block_columns,
-    bytes_sent,
-    choco_copies_update,
-)
+from p2pfl.engines.vectorized import COMPRESS_ELEMENTS, block_columns, choco_copies_update
 from p2pfl.engines.world import World, check_same, scenario_digest
 from p2pfl.errors import ConfigError
 from p2pfl.training import evaluate, nodes_per_call, stack_order
@@ -76,6 +72,11 @@ def _refuse_unsupported(setup: Setup) -> None:
         raise ConfigError(
             f"gossip.robust = {sc.gossip.robust!r} is not simulated sharded yet: its mix needs "
             "each neighbour's row apart, not the halo's matrix product; run on one process"
+        )
+    if sc.gossip.mode in ("tracking", "qgm"):
+        raise ConfigError(
+            f"gossip.mode = {sc.gossip.mode!r} is not simulated sharded yet: run it on one "
+            "process (engine 'vectorized' or 'protocol')"
         )
     refuse_attack(setup, "the sharded engine")
 

@@ -12,6 +12,9 @@ Modes: ``sync`` is exact D-PSGD, X <- W X. ``choco`` keeps the public copies
 X_hat as another (n, D) buffer and compresses row-wise. ``async`` runs push-sum
 in lock step (every message arrives within its round): numerators X and weights
 w mix with the column-stochastic matrix and the models are X / w.
+``tracking`` and ``qgm`` mix what their rules give out (``p2pfl.engines.tracked``):
+gradient tracking [X - Y, Y] side by side, quasi-global momentum the half-step
+models, plainly or with the secure sum.
 
 Robust mixing (``gossip.robust``, sync only) cannot be one product: clipped
 gossip weighs each edge's difference x_j - x_i by its own clip factor, so the
@@ -49,7 +52,6 @@ from p2pfl.engines.common import (
     RoundRecord,
     RunResult,
     Setup,
-    frame_bytes,
     round_record,
 )
 from p2pfl.engines.drift import drift_summary, watch
@@ -60,6 +62,8 @@ from p2pfl.engines.privacy import (
     private_summary,
     site_metrics,
 )
+from p2pfl.engines.tracked import TRACKED, TrackedRows
+from p2pfl.engines.traffic import bytes_sent
 from p2pfl.engines.uniforms import NodeUniforms
 from p2pfl.training import evaluate, nodes_per_call, stack_order
 from protocols.compression import Compressor, make_compressor
@@ -309,6 +313,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
     row_sums = _RowSums(n, device) if mode == "choco" else None
     matrices = _MatrixCache(setup, order)
     secure = SecureMixer(setup, order) if sc.secure.enabled else None
+    tracked = TrackedRows(sc, params) if mode in TRACKED else None
     abandoned = stragglers = 0
     chunk = nodes_per_call(setup.model, setup.data.input_shape, setup.schedule.batch_size)
     x_test, y_test = setup.data.x_global_test.to(device), setup.data.y_global_test.to(device)
@@ -319,6 +324,8 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         t0 = time.perf_counter()
         if before is not None:
             before.copy_(params)
+        if tracked is not None:
+            tracked.begin(params)
         if drift is not None:
             for pos in range(n):
                 drift.inject(pos, r)
@@ -330,7 +337,17 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         _sync(device)
         t1 = time.perf_counter()
         w = matrices.get(r)
-        if secure is not None:
+        if tracked is not None:
+            outgoing = tracked.outgoing(params)
+            if secure is not None:
+                mixing = setup.topo.mixing(r)
+                gave_up, declared = secure.mix(mixing, r, outgoing, tracked.mixed, block)
+                abandoned += gave_up
+                stragglers += declared
+            else:
+                mix_into(w, outgoing, tracked.mixed, block)
+            tracked.incoming(params)
+        elif secure is not None:
             gave_up, declared = secure.mix(setup.topo.mixing(r), r, params, spare, block)
             abandoned += gave_up
             stragglers += declared
@@ -441,48 +458,6 @@ class _MatrixCache:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = to_torch_csr(topo.mixing(step), self._order, self._setup.device)
         return self._cache[key]
-
-
-def _masked_input_bytes(setup: Setup, round: int) -> float:
-    """Mean bytes of the masked inputs a node sends in a secure round (one per out-neighbour).
-
-    Key shares, relays and reveals are left out: only the protocol engine, which
-    runs them, counts those (a few hundred bytes per neighbour and round).
-    """
-    from protocols.secagg import MaskedInput
-
-    names = setup.names()
-    dtype = np.uint32 if setup.scenario.secure.modulus_bits == 32 else np.uint64
-    word = np.dtype(dtype).itemsize
-    matrix = setup.topo.mixing(round).tocsc()
-    total = 0
-    for i in range(setup.n):
-        for j in matrix.indices[matrix.indptr[i] : matrix.indptr[i + 1]]:
-            if j != i:
-                probe = MaskedInput(round, names[j], names[i], np.zeros(1, dtype=dtype))
-                total += len(probe.encode()) + word * (setup.dim - 1)
-    return total / setup.n
-
-
-def bytes_sent(setup: Setup, round: int) -> float:
-    """Mean bytes a node sends in ``round``: its out-degree times its frame size."""
-    if setup.scenario.secure.enabled:
-        return _masked_input_bytes(setup, round)
-    g = setup.scenario.gossip
-    compression = g.compression if g.mode == "choco" else "none"
-    matrix = setup.topo.mixing(round).tocsc()
-    out_degree = np.diff(matrix.indptr) - (matrix.diagonal() != 0)
-    names = setup.names()
-    sizes: dict[int, int] = {}  # a frame's size depends on the sender only through its length
-    total = 0
-    for i in np.flatnonzero(out_degree):
-        key = len(names[i])
-        if key not in sizes:
-            sizes[key] = frame_bytes(
-                setup.dim, names[i], round, compression, bits=g.bits, fraction=g.topk_fraction
-            )
-        total += int(out_degree[i]) * sizes[key]
-    return total / setup.n
 
 
 def _sync(device: torch.device) -> None:

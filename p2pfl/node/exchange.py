@@ -49,6 +49,7 @@ from protocols.rounds import (
     RoundCore,
     RoundOutput,
     SecureRoundCore,
+    TrackedRoundCore,
 )
 from protocols.secagg import Abandoned
 
@@ -82,8 +83,9 @@ class Exchange:
 
     # -- the core, by round number ---------------------------------------------------
 
-    def begin_round(self, round: int, now: float) -> None:
-        self.drive(self.core.begin_round(index(round), now))
+    def begin_round(self, round: int, now: float, origin: npt.NDArray[Any]) -> None:
+        """Before local training from ``origin`` (tracked modes keep a copy of it)."""
+        self.drive(self.core.begin_round(index(round), now, origin))
 
     def start_round(self, round: int, model: npt.NDArray[Any], now: float) -> None:
         self.drive(self.core.start_round(index(round), model, now))
@@ -144,7 +146,8 @@ class Exchange:
             return
         del self._held[key]
         core = self.core
-        assert isinstance(core, SecureRoundCore)  # only a secure core holds declarations
+        # only a secure core holds declarations (a tracked mode's inner one)
+        assert isinstance(core, SecureRoundCore | TrackedRoundCore)
         now = asyncio.get_running_loop().time()
         try:
             out = core.confirm_declaration(index(round_), receiver, dropped, now)

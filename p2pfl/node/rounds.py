@@ -70,7 +70,7 @@ from p2pfl.node.privacy import NodePrivacy
 from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
 from protocols.gossip import PushSumGossip, RoundMixed
-from protocols.rounds import GossipRoundCore
+from protocols.rounds import GossipRoundCore, TrackedRoundCore
 
 if TYPE_CHECKING:
     from torch import nn
@@ -279,6 +279,8 @@ class RoundDriver:
         core = make_core(node, plan, graph, round=self.round, dim=self.learner.dim)
         if isinstance(core, GossipRoundCore):
             core.gossip.import_state(core_state)
+        elif isinstance(core, TrackedRoundCore):
+            core.import_state(core_state)
         self.exchange = Exchange(node, core, secure=self.secure, round=self.round)
         self._catch_up()
         early, self._early = self._early, []
@@ -414,7 +416,7 @@ class RoundDriver:
         exchange.prune()
         if self.secure:
             await asyncio.to_thread(self._mark_dealt, r)
-        exchange.begin_round(r, loop.time())
+        exchange.begin_round(r, loop.time(), learner.params[0].numpy())
         node.set_phase(Phase.TRAINING)
         t0 = time.perf_counter()
         await asyncio.to_thread(learner.train, index(r))  # batches seeded by the index
@@ -492,6 +494,8 @@ class RoundDriver:
         from a worker thread.)
         """
         core = None if self.exchange is None else self.exchange.core
+        if isinstance(core, TrackedRoundCore):
+            return {CORE_STATE + k: v for k, v in core.export_state().items()}
         if not isinstance(core, GossipRoundCore):
             return {}
         return {CORE_STATE + k: v for k, v in core.gossip.export_state().items()}

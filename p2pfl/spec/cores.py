@@ -3,6 +3,8 @@
 ``build_core`` reads the mode off the run spec and gives the node the core of
 ``protocols.rounds`` that runs it: sync, CHOCO or push-sum gossip behind a
 ``GossipRoundCore``, or ``SecureRoundCore`` for secure aggregation over sync.
+Gradient tracking and quasi-global momentum are a ``TrackedRoundCore`` over the
+sync or the secure core, which then mixes the rule's ``width`` model lengths.
 What differs between a simulation and a daemon is passed in, never decided
 here: the key ring (derived keys in a rehearsal, the identity's and the
 ledger's in a deployment), the randomness (derived or the operating system's),
@@ -20,7 +22,10 @@ from p2pfl.spec.graph import Graph
 from p2pfl.spec.run import RunSpec
 from protocols.compression import make_compressor
 from protocols.gossip import ChocoGossip, GossipCore, PushSumGossip, SyncGossip
-from protocols.rounds import GossipRoundCore, RoundCore, SecureRoundCore
+from protocols.momentum import QuasiGlobalMomentum
+from protocols.rounds import GossipRoundCore, RoundCore, RoundRule, SecureRoundCore
+from protocols.rounds.tracked import TrackedRoundCore
+from protocols.tracking import GradientTracking
 
 
 def build_core(
@@ -47,6 +52,9 @@ def build_core(
     vector fewer, for a daemon that hands its model over and takes the mix back).
     """
     core: RoundCore
+    rule = round_rule(spec)
+    if rule is not None:
+        dim *= rule.width
     if spec.secure.enabled:
         if keys is None:
             raise ConfigError("secure aggregation needs the node's key ring")
@@ -69,16 +77,27 @@ def build_core(
         core = GossipRoundCore(
             gossip_core(spec, graph, me, mix_in_place=mix_in_place), prefix=prefix
         )
+    if rule is not None:
+        core = TrackedRoundCore(core, rule)
     if start_at:
         core.resume_at(start_at)
     return core
+
+
+def round_rule(spec: RunSpec) -> RoundRule | None:
+    """What the mode mixes beyond the model (``protocols.rounds.tracked``), or ``None``."""
+    if spec.gossip.mode == "tracking":
+        return GradientTracking()
+    if spec.gossip.mode == "qgm":
+        return QuasiGlobalMomentum(spec.gossip.qgm_beta)
+    return None
 
 
 def gossip_core(spec: RunSpec, graph: Graph, me: str, *, mix_in_place: bool = False) -> GossipCore:
     """The message-level gossip core of the spec's mode (``protocols.gossip``)."""
     g = spec.gossip
     hood = graph.hood_fn(me)
-    if g.mode == "sync":
+    if g.mode in ("sync", "tracking", "qgm"):
         return SyncGossip(
             me,
             hood,

@@ -23,7 +23,9 @@ import topology
 from p2pfl.errors import ConfigError
 from p2pfl.privacy.config import PrivacySection
 from p2pfl.spec.sections import (
+    QGM_DEFAULTS,
     ROBUST_DEFAULTS,
+    SECURE_MODES,
     GossipSection,
     ModelSection,
     SecureSection,
@@ -50,10 +52,11 @@ class RunSpec:
     privacy: PrivacySection = field(default_factory=PrivacySection)
 
     def __post_init__(self) -> None:
-        if self.secure.enabled and self.gossip.mode != "sync":
+        if self.secure.enabled and self.gossip.mode not in SECURE_MODES:
             raise ConfigError(
-                f"secure.enabled needs gossip.mode = 'sync', not {self.gossip.mode!r}: "
-                "secure aggregation sums a whole neighbourhood's round at once"
+                f"secure.enabled needs gossip.mode {' or '.join(map(repr, SECURE_MODES))}, "
+                f"not {self.gossip.mode!r}: secure aggregation sums a whole neighbourhood's "
+                "round at once"
             )
         self._check_robust()
 
@@ -106,7 +109,8 @@ class RunSpec:
         """
         table = {name: _clean(_as_table(getattr(self, name))) for name in SPEC_FIELDS}
         table["privacy"].pop("opt_in", None)
-        for key, default in ROBUST_DEFAULTS.items():  # absent at the default: old hashes hold
+        defaults = {**ROBUST_DEFAULTS, **QGM_DEFAULTS}
+        for key, default in defaults.items():  # absent at the default: old hashes hold
             if table["gossip"].get(key) == default:
                 table["gossip"].pop(key)
         return table

@@ -13,8 +13,12 @@ from typing import Any
 
 from p2pfl.errors import ConfigError
 
-MODES = ("sync", "choco", "async")
-"""``sync``: D-PSGD; ``choco``: CHOCO-SGD with compression; ``async``: push-sum, no barrier."""
+MODES = ("sync", "choco", "async", "tracking", "qgm")
+"""``sync``: D-PSGD; ``choco``: CHOCO-SGD with compression; ``async``: push-sum, no barrier;
+``tracking``: gradient tracking (DSGT, two vectors a round); ``qgm``: quasi-global momentum
+(QG-DSGDm). ``tracking`` and ``qgm`` mix as ``sync`` does, plainly or securely."""
+SECURE_MODES = ("sync", "tracking", "qgm")
+"""The modes whose mix is one weighted sum over the neighbourhood, which secure mode sums."""
 COMPRESSIONS = ("none", "quantize", "topk")
 ROBUST = ("none", "clipped", "trimmed", "bounded")
 """``clipped``: ClippedGossip; ``trimmed``: coordinate-wise trimmed mean (both plain sync
@@ -22,6 +26,8 @@ gossip); ``bounded``: secure mode's bound on how far one mix moves a node
 (``protocols.mixing``, docs/threat-model.md)."""
 ROBUST_DEFAULTS = {"robust": "none", "robust_byzantine": 1}
 """The robust keys a written spec leaves out at their default, so older plan hashes hold."""
+QGM_DEFAULTS = {"qgm_beta": 0.9}
+"""Quasi-global momentum's key, left out at its default as the robust keys are."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,9 @@ class GossipSection:
     ``robust_byzantine`` is how many it expects among its neighbours; ``clip_radius``
     fixes clipped gossip's tau (adaptive when unset) and is the radius ``bounded``
     needs. Checked against the graph and the secure section by ``RunSpec.check``.
+
+    ``qgm_beta`` is quasi-global momentum's beta (``mode = 'qgm'``; its buffer's mu
+    is the same, as in the paper's experiments).
     """
 
     mode: str = "sync"
@@ -87,8 +96,11 @@ class GossipSection:
     robust: str = "none"
     robust_byzantine: int = 1
     clip_radius: float | None = None
+    qgm_beta: float = 0.9
 
     def __post_init__(self) -> None:
+        if not 0 <= self.qgm_beta < 1:
+            raise ConfigError(f"gossip.qgm_beta must be in [0, 1), not {self.qgm_beta}")
         if self.robust not in ROBUST:
             raise ConfigError(
                 f"gossip.robust must be one of {', '.join(ROBUST)}, not {self.robust!r}"

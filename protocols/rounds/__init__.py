@@ -1,7 +1,8 @@
 """Round cores: one node's round in any mode, bytes in, frames and events out.
 
 ``RoundCore`` (in ``core``) is the interface; ``GossipRoundCore`` runs sync,
-CHOCO and push-sum gossip, ``SecureRoundCore`` secure aggregation over sync.
+CHOCO and push-sum gossip, ``SecureRoundCore`` secure aggregation over sync,
+``TrackedRoundCore`` gradient tracking and quasi-global momentum over either.
 Every call returns a ``RoundOutput``.
 """
 
@@ -15,6 +16,7 @@ from protocols.rounds.core import (
 )
 from protocols.rounds.gossip import GossipRoundCore
 from protocols.rounds.secure import HoodOf, SecureRoundCore, SelfSeed
+from protocols.rounds.tracked import RoundRule, TrackedRoundCore
 
 __all__ = [
     "DeclarationExpired",
@@ -25,6 +27,8 @@ __all__ = [
     "RoundCore",
     "RoundEvent",
     "RoundOutput",
+    "RoundRule",
     "SecureRoundCore",
     "SelfSeed",
+    "TrackedRoundCore",
 ]

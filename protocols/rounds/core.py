@@ -1,11 +1,14 @@
 """The one interface every round core has, and the one output type they all return.
 
 A round core is one node's side of one mode of mixing (sync, CHOCO, push-sum,
-or secure aggregation over sync). The shell that drives it (the protocol
-engine on a virtual clock, the daemon over websockets) only moves bytes and
-reads events; it never decodes a frame itself. The calls, in a round ``r``:
+gradient tracking, quasi-global momentum; the last two plain or secure, as
+sync). The shell that drives it (the protocol engine on a virtual clock, the
+daemon over websockets) only moves bytes and reads events; it never decodes a
+frame itself. The calls, in a round ``r``:
 
-    begin_round(r, now)          before local training (secure mode deals its shares)
+    begin_round(r, now, origin)  before local training (secure mode deals its shares;
+                                 ``origin``, the model training starts from, is what
+                                 gradient tracking and quasi-global momentum need)
     start_round(r, model, now)   after local training: the frames to send
     receive(peer, frame, now)    each frame a neighbour sent, as bytes or a memoryview
     poll(now)                    whenever ``now`` passes ``deadline``
@@ -95,7 +98,7 @@ class RoundCore(Protocol):
         """When ``poll`` must next be called, or ``None`` when nothing waits on time."""
         ...
 
-    def begin_round(self, round: int, now: float) -> RoundOutput: ...
+    def begin_round(self, round: int, now: float, origin: Vector | None = None) -> RoundOutput: ...
 
     def start_round(self, round: int, model: Vector, now: float) -> RoundOutput: ...
 

@@ -38,7 +38,7 @@ class GossipRoundCore:
     def deadline(self) -> float | None:
         return self._gossip.deadline
 
-    def begin_round(self, round: int, now: float) -> RoundOutput:
+    def begin_round(self, round: int, now: float, origin: Vector | None = None) -> RoundOutput:
         return RoundOutput()
 
     def start_round(self, round: int, model: Vector, now: float) -> RoundOutput:

@@ -155,8 +155,11 @@ class SecureRoundCore:
         for r in [r for r in self._receivers if r < round]:
             del self._receivers[r]
 
-    def begin_round(self, round: int, now: float) -> RoundOutput:
-        """Before local training: open our receiver and deal our shares to each receiver we feed."""
+    def begin_round(self, round: int, now: float, origin: Vector | None = None) -> RoundOutput:
+        """Before local training: open our receiver and deal our shares to each receiver we feed.
+
+        ``origin`` (the model training starts from) is not needed here.
+        """
         self._begun = max(self._begun, round)
         self._receiver(round, now)
         outputs: list[SecAggOutput] = []

@@ -1,13 +1,14 @@
 """The parity matrix: the modes the daemon runs, run by the simulator and by real daemons.
 
-For each cell (sync, CHOCO with quantize and with top-k; secure off and on
-where the simulator supports it, which is sync only; DP none and delta; sync
+For each cell (sync, CHOCO with quantize and with top-k, gradient tracking and
+quasi-global momentum; secure off and on where the simulator supports it,
+which is sync and the last two; DP none and delta; sync
 with the robust rules, clipped and trimmed, and secure mode's bound, each of
 which moves these runs' parameters by 1 to 14 % from the plain rule's), one
 small scenario (the four heart-disease hospitals, complete graph,
 logistic regression, two rounds) runs on the protocol engine and on the
-processes engine (one ``p2pfl node run`` per hospital). Sync and CHOCO must
-end with the same parameters to 1e-4 relative (norm of the difference over
+processes engine (one ``p2pfl node run`` per hospital). Sync, CHOCO and the
+tracked modes must end with the same parameters to 1e-4 relative (norm of the difference over
 the norm).
 
 Push-sum has no barrier, so what a node has absorbed when it steps depends on
@@ -83,6 +84,10 @@ CELLS = {
     "choco-quantize-dp": {**QUANTIZE, **DP},
     "choco-topk": TOPK,
     "choco-topk-dp": {**TOPK, **DP},
+    "tracking": {"gossip.mode": "tracking"},
+    "tracking-secure": {"gossip.mode": "tracking", **SECURE},
+    "qgm": {"gossip.mode": "qgm"},
+    "qgm-secure": {"gossip.mode": "qgm", **SECURE},
     "push-sum": PUSH_SUM,
     "push-sum-dp": {**PUSH_SUM, **DP},
 }

@@ -131,7 +131,7 @@ class Core:
         self.calls: list[tuple[str, int]] = []
         self.deadline = None
 
-    def begin_round(self, round: int, now: float) -> RoundOutput:
+    def begin_round(self, round: int, now: float, origin: Any = None) -> RoundOutput:
         self.calls.append(("begin", round))
         return RoundOutput((), ())
 
@@ -169,7 +169,7 @@ def test_the_exchange_is_the_boundary_between_numbers_and_indices() -> None:
         exchange = Exchange(host, core, secure=False, round=1)  # type: ignore[arg-type]
         exchange.resume_at(3)
         waiter = exchange.mixed(3)
-        exchange.begin_round(3, 0.0)
+        exchange.begin_round(3, 0.0, np.zeros(2, np.float32))
         exchange.start_round(3, np.zeros(2, np.float32), 0.0)
         return await asyncio.wait_for(waiter, 5), core, host
 

@@ -3,7 +3,8 @@
 ``build_core`` is what the daemon and the protocol engine call; a plan with
 ``gossip.robust`` must give a core whose mix clips (or trims) a far neighbour,
 where the plain core takes it in. A NaN or infinite payload never reaches a mix:
-every core refuses it as the sender's protocol error.
+every core refuses it as the sender's protocol error. The tracked modes build a
+tracked core over the sync or the secure one.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ import math
 import numpy as np
 import pytest
 
+from p2pfl.errors import ConfigError
 from p2pfl.spec import Graph, Rehearsal, RunSpec
 from p2pfl.spec.cores import build_core
-from p2pfl.spec.sections import GossipSection, TopologySection
+from p2pfl.spec.sections import GossipSection, SecureSection, TopologySection
 from protocols.errors import PeerProtocolError
 from protocols.gossip import RoundMixed
+from protocols.momentum import QuasiGlobalMomentum
+from protocols.rounds import SecureRoundCore, TrackedRoundCore
+from protocols.tracking import GradientTracking
 from protocols.wire import GossipMessage, dense, encode
 
 NAMES = ["n0", "n1", "n2", "n3"]
@@ -66,3 +71,27 @@ def test_every_core_refuses_a_nan_payload_as_the_senders_error(robust: str) -> N
     frame = encode(GossipMessage("n1", 0, dense(np.asarray([math.nan, 1.0], np.float32))))
     with pytest.raises(PeerProtocolError, match="NaN"):
         core.receive("n1", frame, 0.0)
+
+
+def test_the_tracked_modes_build_a_tracked_core_plain_or_secure_and_choco_is_refused() -> None:
+    topo = TopologySection(kind="complete")
+    for mode, rule in (("tracking", GradientTracking), ("qgm", QuasiGlobalMomentum)):
+        for secure in (False, True):
+            spec = RunSpec(
+                topology=topo,
+                gossip=GossipSection(mode=mode, qgm_beta=0.6),
+                secure=SecureSection(enabled=secure),
+            )
+            graph = Graph.build(spec, NAMES)
+            keys = Rehearsal(0).key_ring("n0", NAMES) if secure else None
+            core = build_core(
+                spec, graph, "n0", dim=3, federation=bytes(32), randomness=Rehearsal(0), keys=keys
+            )
+            assert isinstance(core, TrackedRoundCore) and isinstance(core.rule, rule)
+            assert isinstance(core.inner, SecureRoundCore) == secure
+    assert RunSpec(gossip=GossipSection(mode="qgm")).digest() != RunSpec().digest()
+    assert RunSpec(gossip=GossipSection(qgm_beta=0.9)).digest() == RunSpec().digest()
+    with pytest.raises(ConfigError, match=r"needs gossip\.mode"):
+        RunSpec(gossip=GossipSection(mode="choco"), secure=SecureSection(enabled=True))
+    with pytest.raises(ConfigError, match="qgm_beta"):
+        GossipSection(qgm_beta=1.0)

@@ -1,0 +1,76 @@
+"""The non-IID sweep scenario and the script that writes its table into the README."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from p2pfl.scenario import expand_sweep, load_scenario
+from simulations.non_iid_table import BEGIN, END, main, markdown, rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(alpha: float, graph: str, mode: str, acc: float, sent: float) -> dict:
+    return {
+        "label": f"data.alpha={alpha}, topology.kind={graph}, gossip.mode={mode}",
+        "topology": graph,
+        "mode": mode,
+        "nodes": 64,
+        "final": {"acc_mean": acc, "acc_min": acc - 0.1},
+        "rounds": [{"round": 1, "bytes_per_node": sent}, {"round": 2, "bytes_per_node": sent}],
+        "baselines": {"pooled": 0.8},
+    }
+
+
+REPORT = {
+    "scenario": "non_iid",
+    "engine": "vectorized",
+    "seed": 0,
+    "runs": [
+        run(0.1, "ring", "tracking", 0.7, 2000.0),
+        run(0.1, "ring", "sync", 0.5, 1000.0),
+        run(0.1, "ring", "qgm", 0.6, 1000.0),
+    ],
+}
+
+
+def test_rows_carry_the_gaps_to_pooled_and_to_dpsgd_in_mode_order() -> None:
+    table = rows(REPORT, 0.5)
+    assert [r["mode"] for r in table] == ["sync", "tracking", "qgm"]
+    tracking = table[1]
+    assert tracking["gap_to_pooled"] == pytest.approx(-0.1)
+    assert tracking["gap_to_dpsgd"] == pytest.approx(0.2)
+    assert tracking["bytes_per_node_round"] == 2000.0 and tracking["alpha"] == 0.1
+
+
+def test_the_script_writes_csv_markdown_and_the_readme_between_its_markers(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text(json.dumps(REPORT))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{BEGIN}\nold table\n{END}\nafter\n")
+    assert main([str(tmp_path), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("before\n") and text.endswith("after\n")
+    assert markdown(REPORT, rows(REPORT, 0.1)) in text
+    assert "| 0.1 | ring | gradient tracking | 70.0 | 60.0 | 2 | 80.0 | -10.0 | +20.0 |" in text
+    csv = (tmp_path / "non_iid.csv").read_text().splitlines()
+    assert csv[0].startswith("alpha,graph,mode,acc_mean") and len(csv) == 4
+
+
+def test_the_readme_table_is_the_scripts_output() -> None:
+    text = (ROOT / "README.md").read_text()
+    start, end = text.index(BEGIN), text.index(END)
+    table = text[start + len(BEGIN) : end]
+    assert table.lstrip().startswith("Scenario `non_iid`")  # what ``markdown`` writes first
+    assert "| Dirichlet alpha | graph | mode |" in table
+
+
+def test_the_sweep_runs_every_mode_on_every_graph_at_both_alphas_with_pooled() -> None:
+    scenario = load_scenario(ROOT / "simulations" / "non_iid.toml")
+    runs = expand_sweep(scenario)
+    cells = {(sc.data.alpha, sc.topology.kind, sc.gossip.mode) for _, sc in runs}
+    assert len(runs) == len(cells) == 2 * 4 * 3
+    assert {m for _, _, m in cells} == {"sync", "tracking", "qgm"}
+    assert all(sc.baselines.pooled and sc.data.nodes == 64 for _, sc in runs)
