@@ -10,6 +10,7 @@ Targets from the issue, on an H100: 1,024 nodes in under 15 s and 10,000
 nodes in under 3 minutes.
 
     python simulations/bench/gpu_engine_bench.py [--nodes 1024] [--rounds 100] ...
+        [--cudnn-benchmark] [--profile K]
 
 Without a GPU it says so and exits with status 0; ``--device cpu`` runs the
 same workload on the CPU (for a smoke test with few nodes and rounds).
@@ -18,6 +19,7 @@ same workload on the CPU (for a smoke test with few nodes and rounds).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -39,6 +41,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-chunk", type=int, default=16, help="nodes per evaluation call")
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN time its convolution algorithms first (torch.backends.cudnn.benchmark)",
+    )
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="K", help="print the K costliest ops (profiler)"
+    )
     return p.parse_args(argv)
 
 
@@ -66,6 +76,13 @@ def scenario_table(args: argparse.Namespace) -> dict[str, object]:
         "topology": {"kind": args.topology},
         "eval": {"every": args.rounds, "chunk": args.eval_chunk},
     }
+
+
+def _profiler(device: torch.device) -> torch.profiler.profile:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=activities)
 
 
 def _sync(device: torch.device) -> None:
@@ -103,15 +120,21 @@ def main(argv: list[str] | None = None) -> int:
         f"images ({min(sizes)}..{max(sizes)} per node); global test set "
         f"{int(setup.data.y_global_test.shape[0]):,}; torch {torch.__version__}"
     )
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    profiler = _profiler(device) if args.profile else contextlib.nullcontext()
     t0 = time.perf_counter()
     try:
-        result = run_engine("vectorized", setup, "gpu-bench")
-        _sync(device)
+        with profiler as prof:
+            result = run_engine("vectorized", setup, "gpu-bench")
+            _sync(device)
     except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"gpu_engine_bench: the run failed after {time.perf_counter() - t0:.1f} s: {first}")
         return 1
     t_run = time.perf_counter() - t0
+    if args.profile:
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=args.profile))
     total = time.perf_counter() - start
     other = result.wall_total - result.wall_train - result.wall_mix - result.wall_eval
     last = result.rounds[-1]
