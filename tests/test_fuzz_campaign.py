@@ -50,11 +50,14 @@ def test_a_counter_is_shared_through_its_file(tmp_path: Path) -> None:
 
 
 def test_the_next_worker_goes_where_most_cpu_time_is_left(tmp_path: Path) -> None:
-    run = campaign.Campaign(_plan(tmp_path, ["fast", "slow", "broken"], cases=100_000), ROOT)
-    fast, slow, broken = (run.tallies[n] for n in ("fast", "slow", "broken"))
-    fast.cases, fast.cpu = 10_000, 1.5  # ~6,700/s: 13 s left
-    slow.cases, slow.cpu = 1_000, 10.0  # 100/s: 990 s left
-    broken.crashes = [{"inputs": []}] * campaign.MAX_CRASHES
+    names = ["fast", "slow", "broken", "new"]
+    run = campaign.Campaign(_plan(tmp_path, names, cases=100_000), ROOT)
+    fast, slow, broken, new = (run.tallies[n] for n in names)
+    fast.cases, fast.cpu, fast.workers = 10_000, 1.5, 1  # ~6,700/s: 13 s left
+    slow.cases, slow.cpu, slow.workers = 1_000, 10.0, 1  # 100/s: 990 s left
+    broken.crashes, broken.workers = [{"inputs": []}] * campaign.MAX_CRASHES, 3
+    assert run._neediest() == "new"  # a target not yet started comes first
+    new.workers, new.cases = 1, 100_000
     assert run._neediest() == "slow"
     slow.cases = 100_000
     assert run._neediest() == "fast"

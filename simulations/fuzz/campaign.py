@@ -7,12 +7,13 @@ a small shared file (``Counter``): the campaign reads it for progress and for a
 target's total, and sets its stop byte once the target has its cases or the
 time is up. A worker ended by a failing input is restarted for the cases left,
 until the target has had ``MAX_CRASHES`` crashes (workers already running finish).
-A free slot goes to the target with the most CPU time left per worker, from the
-rates measured so far.
+A free slot goes to a target not yet started, else to the one with the most CPU
+time left per worker, from the rates measured so far; with fewer jobs than
+targets, a worker is ended after its slice (``_share``) while a target waits.
 
 CPU seconds and peak resident memory come from the kernel (``os.wait4``) when a
-worker ends; exec/s is cases per CPU second of fuzzing (the set-up excluded),
-which is what one core gives whatever else the machine runs.
+worker ends; exec/s is cases per CPU second of fuzzing (the set-up excluded):
+on a shared machine that says more of what one free core gives than wall time.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class Campaign:
 
     def run(self) -> dict[str, Any]:
         last_status = self.started
+        previous = signal.signal(signal.SIGTERM, _terminated)  # so that the workers end too
         try:
             while True:
                 self._reap()
@@ -142,6 +144,7 @@ class Campaign:
                         for worker in tally.running:
                             worker.counter.stop()
                 if not over:
+                    self._share()
                     self._fill()
                 if not any(t.running for t in self.tallies.values()):
                     break
@@ -152,6 +155,7 @@ class Campaign:
                     self._status()
                 time.sleep(POLL)
         finally:
+            signal.signal(signal.SIGTERM, previous)
             self._kill_all()
             self._reap(block=True)
         self._status()
@@ -167,9 +171,28 @@ class Campaign:
                 return
             self._spawn(choice)
 
+    def _share(self) -> None:
+        """With fewer jobs than targets, end workers past their slice while a target waits.
+
+        A slice is the campaign's time times jobs over targets (60 s at least), so
+        that every target gets some of a short campaign.
+        """
+        waiting = [t for t in self.tallies.values() if t.workers == 0 and len(t.crashes) == 0]
+        if not waiting:
+            return
+        slice_ = max(60.0, self.plan.max_seconds * self.plan.jobs / len(self.tallies))
+        now = time.monotonic()
+        for tally in self.tallies.values():
+            for worker in tally.running:
+                if now - worker.started > slice_ and not worker.counter.stopped:
+                    worker.counter.stop()
+                    waiting.pop()
+                    if not waiting:
+                        return
+
     def _neediest(self) -> str | None:
-        """The target with the most CPU time left per worker, were it given one more."""
-        best, best_need = None, 0.0
+        """A target not yet started, else the one with the most CPU time left per worker."""
+        best, best_need = None, (False, 0.0)
         left_wall = self.deadline - time.monotonic()
         for tally in self.tallies.values():
             if len(tally.crashes) >= MAX_CRASHES:
@@ -180,7 +203,7 @@ class Campaign:
             seconds = remaining / (tally.rate() or FIRST_RATE)
             if tally.running and (seconds / len(tally.running) < SETUP_SECONDS or left_wall < 30):
                 continue
-            need = seconds / (len(tally.running) + 1)
+            need = (tally.workers == 0, seconds / (len(tally.running) + 1))
             if best is None or need > best_need:
                 best, best_need = tally.name, need
         return best
@@ -307,6 +330,10 @@ class Campaign:
             "crashes": sum(len(t["crashes"]) for t in targets.values()),
             "targets": targets,
         }
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _collect(artifacts: Path, crashes: Path) -> list[Path]:
