@@ -227,6 +227,7 @@ def _campaign(args: argparse.Namespace) -> int:
         flush=True,
     )
     report = campaign.Campaign(plan, Path(__file__).resolve()).run()
+    targets.sweep()  # the workers' scratch files (libFuzzer ends them without atexit)
     campaign.write(report, args.out)
     print(campaign.table(report))
     print(f"report: {args.out}")

@@ -19,12 +19,9 @@ campaigns under atheris.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import hashlib
 import importlib.util
-import os
-import shutil
 import sys
 import tempfile
 import tomllib
@@ -86,22 +83,8 @@ HERE = Path(__file__).resolve().parent
 _guard = _sibling("guard")
 Bug = _guard.Bug
 guarded = _guard.guarded
+_scratch, sweep = _guard.scratch, _guard.sweep
 MAX_SECONDS, MAX_PEAK_BYTES = _guard.MAX_SECONDS, _guard.MAX_PEAK_BYTES
-
-
-@functools.cache
-def _scratch() -> Path:
-    """A directory for the files the targets read, in memory where the system has one.
-
-    Overwriting a file on ext4 costs milliseconds (the replaced blocks are
-    flushed), measured as 95% of the file targets' time; on tmpfs it is
-    microseconds. The directory goes when the process ends.
-    """
-    shm = Path("/dev/shm")
-    memory = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    path = Path(tempfile.mkdtemp(prefix="p2pfl-fuzz-", dir=memory))
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
 
 
 def _file(name: str, data: bytes, mode: int = 0o600) -> Path:
