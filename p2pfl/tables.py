@@ -9,6 +9,7 @@ the value given. Nested dataclass fields are sub-tables.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, TypeVar
@@ -57,13 +58,19 @@ def _name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint)
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """The field types and names of dataclass ``cls``, resolved once (it takes ~0.1 ms a class)."""
+    assert dataclasses.is_dataclass(cls)
+    return typing.get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls))
+
+
 def build(cls: type[T], table: Any, where: str, *, skip: frozenset[str] = frozenset()) -> T:
     """Build dataclass ``cls`` from a TOML table; ``skip`` names fields a table may not set."""
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table, got {table!r}")
-    assert dataclasses.is_dataclass(cls)
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)} - skip
+    hints, fields = _fields(cls)
+    names = fields - skip
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         if key not in names:

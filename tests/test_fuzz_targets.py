@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
+# Inputs that once broke a target (a campaign's ``crashes/TARGET/SHA1``), replayed for good.
+KEPT = sorted(p for p in (ROOT / "tests" / "fuzz_cases").glob("*/*") if p.suffix != ".txt")
 
 
 def _load() -> ModuleType:
@@ -108,6 +110,12 @@ def test_mutated_encodings_decode_or_raise_the_documented_error(name: str) -> No
         target(data)
 
     run()
+
+
+@pytest.mark.parametrize("path", KEPT, ids=lambda p: f"{p.parent.name}/{p.name[:12]}")
+def test_kept_inputs_decode_or_raise_the_documented_error(path: Path) -> None:
+    assert path.parent.name in targets.TARGETS, f"{path}: no target of that name"
+    targets.TARGETS[path.parent.name](path.read_bytes())
 
 
 def test_the_guard_reports_a_memory_blow_up_and_other_errors() -> None:
