@@ -51,6 +51,7 @@ import numpy as np
 
 from p2pfl.atomic import atomic_write_bytes
 from p2pfl.errors import ConfigError
+from p2pfl.models import named_sizes
 from p2pfl.node.channels import Channel
 from p2pfl.node.checkpoint import (
     Checkpoint,
@@ -70,6 +71,7 @@ from p2pfl.node.privacy import NodePrivacy
 from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
 from protocols.gossip import PushSumGossip, RoundMixed
+from protocols.partial import Selection
 from protocols.rounds import GossipRoundCore, TrackedRoundCore
 
 if TYPE_CHECKING:
@@ -276,7 +278,14 @@ class RoundDriver:
             log.warning("starting without links to every neighbour (their messages will wait)")
         if self.secure:
             self._skip_dealt_round()
-        core = make_core(node, plan, graph, round=self.round, dim=self.learner.dim)
+        core = make_core(
+            node,
+            plan,
+            graph,
+            round=self.round,
+            dim=self.learner.dim,
+            selection=_selection(plan, self.learner),
+        )
         if isinstance(core, GossipRoundCore):
             core.gossip.import_state(core_state)
         elif isinstance(core, TrackedRoundCore):
@@ -614,3 +623,11 @@ class RoundDriver:
             "plan_hash": None if self.plan_hash is None else self.plan_hash.hex(),
             "last_round": self.last,
         }
+
+
+def _selection(plan: Plan, learner: Learner) -> Selection | None:
+    """What this node gossips of its model (partial sharing), or None: all of it."""
+    try:
+        return plan.selection(named_sizes(learner.model))
+    except ConfigError as exc:
+        raise PlanError(f"the plan's {exc}") from None
