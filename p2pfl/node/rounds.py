@@ -51,7 +51,6 @@ import numpy as np
 
 from p2pfl.atomic import atomic_write_bytes
 from p2pfl.errors import ConfigError
-from p2pfl.models import named_sizes
 from p2pfl.node.channels import Channel
 from p2pfl.node.checkpoint import (
     Checkpoint,
@@ -66,12 +65,12 @@ from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
 from p2pfl.node.local import Learner, warm_up
 from p2pfl.node.numbering import FIRST, index, number
+from p2pfl.node.personal import keep_personalised, selection_of
 from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
 from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
 from protocols.gossip import PushSumGossip, RoundMixed
-from protocols.partial import Selection
 from protocols.rounds import GossipRoundCore, TrackedRoundCore
 
 if TYPE_CHECKING:
@@ -284,7 +283,7 @@ class RoundDriver:
             graph,
             round=self.round,
             dim=self.learner.dim,
-            selection=_selection(plan, self.learner),
+            selection=selection_of(plan, self.learner),
         )
         if isinstance(core, GossipRoundCore):
             core.gossip.import_state(core_state)
@@ -383,8 +382,19 @@ class RoundDriver:
                 break
             await self._one_round(self.round)
         await self._linger()
+        if (
+            self.plan.personalise.method == "finetune"
+            and self.completed == self.plan.training.rounds
+        ):
+            await self._personalise()
         self.node.set_phase(Phase.FINISHED)
         return self.completed
+
+    async def _personalise(self) -> None:
+        """The plan's fine-tuning of the final model, kept at this site (``personal``)."""
+        assert self.plan is not None and self.graph is not None and self.learner is not None
+        site = self.graph.index(self.me)
+        await keep_personalised(self.node, self.plan, self.learner, site, self.completed)
 
     def _catch_up(self) -> None:
         """Skip the rounds every in-neighbour finished without us (we were down).
@@ -623,11 +633,3 @@ class RoundDriver:
             "plan_hash": None if self.plan_hash is None else self.plan_hash.hex(),
             "last_round": self.last,
         }
-
-
-def _selection(plan: Plan, learner: Learner) -> Selection | None:
-    """What this node gossips of its model (partial sharing), or None: all of it."""
-    try:
-        return plan.selection(named_sizes(learner.model))
-    except ConfigError as exc:
-        raise PlanError(f"the plan's {exc}") from None
