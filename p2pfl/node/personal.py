@@ -3,7 +3,6 @@
 ``selection_of``: under ``[personalise] method = "partial"``, the shared part of
 the node's model (``RunSpec.selection``) that its round core mixes.
 
-
 With ``[personalise] method = "finetune"`` a node that completed every round of
 the plan fine-tunes its final gossip model on its own training rows, stopped
 early on a validation split of them (``p2pfl.finetune``: drawn from the plan's
