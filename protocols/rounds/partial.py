@@ -47,8 +47,9 @@ class PartialRoundCore:
     def deadline(self) -> float | None:
         return self._inner.deadline
 
-    def begin_round(self, round: int, now: float) -> RoundOutput:
-        return self._inner.begin_round(round, now)
+    def begin_round(self, round: int, now: float, origin: Vector | None = None) -> RoundOutput:
+        shared = None if origin is None else self._selection.gather(np.asarray(origin))
+        return self._inner.begin_round(round, now, shared)
 
     def start_round(self, round: int, model: Vector, now: float) -> RoundOutput:
         if round in self._held:
