@@ -3,8 +3,13 @@
 - pooled: one model trained on every node's training data together (what a
   central server with all the data would get), for the same rounds and epochs;
 - local-only: every node trains alone for the same rounds, with no mixing;
-- personalised: each node's final gossip model fine-tuned for a few local
-  steps on its own data.
+- personalised: as the run spec's ``[personalise]`` says. ``finetune``: each
+  node's final gossip model fine-tuned on its own data, stopped early on its own
+  validation split (``p2pfl.finetune``); ``partial``: the run's own models, whose
+  personal layers never left their site, and the gossip column is then a
+  full-sharing run of the same spec (``reference_gossip``, vectorized engine);
+  ``none``: the final gossip model after ``baselines.personalised_steps`` local
+  steps, as before, if set.
 
 All three train through ``StackedTrainer``, like the engines, so that the only
 difference from gossip is who talks to whom.
@@ -87,6 +92,59 @@ def personalised(setup: Setup, final: Tensor, steps: int) -> list[float]:
     )
     trainer.train_round(params, 0)
     return _site_accuracy(setup, params, own=True)
+
+
+@dataclass(frozen=True)
+class Personalised:
+    method: str
+    sites: list[float]
+    steps: list[int] | None = None  # finetune: the steps each site kept
+    val_sizes: list[int] | None = None  # finetune: each site's validation rows
+
+
+def personalise(setup: Setup, final: Tensor) -> Personalised | None:
+    """Each site's personalised model on its own test split, per ``[personalise]``."""
+    method = setup.scenario.personalise.method
+    if method == "partial":
+        return Personalised(method, site_accuracy(setup, final))
+    if method == "finetune":
+        return finetuned(setup, final)
+    steps = setup.scenario.baselines.personalised_steps
+    return Personalised("steps", personalised(setup, final, steps)) if steps else None
+
+
+def finetuned(setup: Setup, final: Tensor) -> Personalised:
+    """Every site's final model fine-tuned with early stopping (``p2pfl.finetune``)."""
+    from p2pfl.finetune import finetune
+
+    sc = setup.scenario
+    rows, steps, held = [], [], []
+    for i, node in enumerate(setup.data.nodes):
+        done = finetune(
+            setup.model,
+            final[i : i + 1],
+            node.x_train,
+            node.y_train,
+            setup.schedule,
+            sc.personalise,
+            seed=sc.seed,
+            site=i,
+            device=setup.device,
+        )
+        rows.append(done.params.cpu())
+        steps.append(done.steps)
+        held.append(done.val_size)
+    return Personalised("finetune", _site_accuracy(setup, torch.cat(rows), own=True), steps, held)
+
+
+def reference_gossip(setup: Setup) -> list[float]:
+    """Each site's accuracy after gossip of the whole model: the same spec, nothing personal."""
+    from p2pfl.engines import vectorized
+    from p2pfl.spec import PersonaliseSection
+
+    scenario = replace(setup.scenario, personalise=PersonaliseSection())
+    result = vectorized.run(replace(setup, scenario=scenario), "reference")
+    return site_accuracy(setup, result.final_params)
 
 
 def site_accuracy(setup: Setup, final: Tensor) -> list[float]:

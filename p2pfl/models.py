@@ -209,6 +209,11 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def named_sizes(model: nn.Module) -> list[tuple[str, int]]:
+    """Each parameter's name and size, in the order ``flat_parameters`` lays them out."""
+    return [(name, p.numel()) for name, p in model.named_parameters()]
+
+
 def flat_parameters(model: nn.Module) -> Tensor:
     """All parameters as one detached float32 vector, in ``model.parameters()`` order."""
     params = [p.detach().reshape(-1).to(torch.float32) for p in model.parameters()]

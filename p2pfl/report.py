@@ -241,7 +241,9 @@ def run_names(labels: list[str]) -> tuple[str, list[str]]:
 def _site_table(run: dict[str, Any], console: Console) -> None:
     if not run["sites"] or len(run["sites"]) > 16:
         return
-    table = Table(title=f"{run['label']}: accuracy on each site's own test split (%)")
+    method = (run.get("personalise") or {}).get("method")
+    how = f", personalised by {method}" if method else ""
+    table = Table(title=f"{run['label']}: accuracy on each site's own test split (%){how}")
     for column in ("site", "train", "test", "gossip", "pooled", "local-only", "personalised"):
         table.add_column(column, justify="left" if column == "site" else "right")
     for s in run["sites"]:
@@ -264,6 +266,30 @@ def _site_table(run: dict[str, Any], console: Console) -> None:
             "A site whose label balance differs sharply from the federation's gains from "
             "staying alone or personalising.[/yellow]"
         )
+    _personalised_line(run["sites"], console)
+
+
+def _personalised_line(sites: list[dict[str, Any]], console: Console) -> None:
+    """Where the personalised models beat local-only, and, in test counts, where they do not."""
+    both = [s for s in sites if s["personalised"] is not None and s["local"] is not None]
+    if not both:
+        return
+    beaten = [s["site"] for s in both if s["personalised"] > s["local"]]
+    if len(beaten) == len(both):
+        console.print(f"Personalised beats local-only at every site: {', '.join(beaten)}.")
+        return
+
+    def count(s: dict[str, Any], key: str) -> str:
+        return f"{round(s[key] * s['test_samples'])}/{s['test_samples']}"
+
+    others = [
+        f"{s['site']} ({count(s, 'personalised')} correct against {count(s, 'local')})"
+        for s in both
+        if s["personalised"] <= s["local"]
+    ]
+    console.print(
+        f"[yellow]Personalised does not beat local-only at: {', '.join(others)}.[/yellow]"
+    )
 
 
 def _attack_line(run: dict[str, Any], console: Console) -> None:

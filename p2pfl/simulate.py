@@ -181,6 +181,7 @@ def _run_report(setup: Setup, result: RunResult, base: bl.Baselines) -> dict[str
         "plan": _plan_report(setup),
         "user_code": user_code(setup.scenario),
         "sites": _site_rows(setup, result, base),
+        "personalise": _personalise_report(setup),
         "secure": _secure_report(setup, result),
         "privacy": _privacy_report(setup, result),
         "drift": result.extra.get("drift"),
@@ -220,9 +221,11 @@ def _site_rows(setup: Setup, result: RunResult, base: bl.Baselines) -> list[dict
     ]
     if not shown:
         return []
-    sites = bl.site_accuracy(setup, result.final_params)
-    steps = setup.scenario.baselines.personalised_steps
-    personal = bl.personalised(setup, result.final_params, steps) if steps else None
+    personal = bl.personalise(setup, result.final_params)
+    if setup.scenario.personalise.method == "partial":  # the run itself is personalised
+        sites = bl.reference_gossip(setup)
+    else:
+        sites = bl.site_accuracy(setup, result.final_params)
     return [
         {
             "site": result.site_names[i],
@@ -231,10 +234,24 @@ def _site_rows(setup: Setup, result: RunResult, base: bl.Baselines) -> list[dict
             "gossip": sites[i],
             "pooled": None if base.pooled_sites is None else base.pooled_sites[i],
             "local": None if base.local_sites is None else base.local_sites[i],
-            "personalised": None if personal is None else personal[i],
+            "personalised": None if personal is None else personal.sites[i],
+            **_finetune_row(personal, i),
         }
         for i in shown
     ]
+
+
+def _finetune_row(personal: bl.Personalised | None, i: int) -> dict[str, int]:
+    """A fine-tuned site's steps kept and validation rows (nothing for other methods)."""
+    if personal is None or personal.steps is None or personal.val_sizes is None:
+        return {}
+    return {"personalised_steps": personal.steps[i], "validation_samples": personal.val_sizes[i]}
+
+
+def _personalise_report(setup: Setup) -> dict[str, Any] | None:
+    """The ``[personalise]`` section the personalised column follows (None: none)."""
+    section = setup.scenario.personalise
+    return None if section.method == "none" else dataclasses.asdict(section)
 
 
 def _privacy_report(setup: Setup, result: RunResult) -> dict[str, Any] | None:

@@ -39,6 +39,7 @@ TIERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "p2pfl.energy",
             "p2pfl.privacy",
             "p2pfl.training",
+            "p2pfl.finetune",
             "p2pfl.models",
             "p2pfl.transport",
             "p2pfl.datasets",

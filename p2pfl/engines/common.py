@@ -18,7 +18,7 @@ from torch import Tensor, nn
 import topology
 from p2pfl.datasets import FederatedData
 from p2pfl.errors import ConfigError
-from p2pfl.models import build_model, flat_parameters
+from p2pfl.models import build_model, flat_parameters, named_sizes
 from p2pfl.privacy.budget import Budget
 from p2pfl.scenario import Scenario, load_data, search_folders
 from p2pfl.spec import (
@@ -31,6 +31,7 @@ from p2pfl.spec import (
     rehearsal_federation,
 )
 from p2pfl.training import LocalSchedule, schedule_from
+from protocols.partial import Selection
 from protocols.wire import Encoding, GossipMessage, Payload, dense, frame_size
 
 Progress = Callable[[int], None]
@@ -73,6 +74,17 @@ class Setup:
     def names(self) -> list[str]:
         return list(self.graph.roster)
 
+    @property
+    def selection(self) -> Selection | None:
+        """What each node gossips under partial sharing (``RunSpec.selection``); None: all."""
+        return self.scenario.selection(named_sizes(self.model))
+
+    @property
+    def shared_dim(self) -> int:
+        """Values a node sends per round: the whole model, or its shared part."""
+        selection = self.selection
+        return self.dim if selection is None else selection.shared_dim
+
     def plan(self) -> Plan:
         """The plan that deploys this rehearsal: its run spec, its data's shape, its size.
 
@@ -110,6 +122,7 @@ def prepare(scenario: Scenario, data: FederatedData | None = None) -> Setup:
     graph = Graph.build(scenario, node_names(len(data.nodes)))
     _check_dropouts(scenario, graph.n)
     _check_opt_in(scenario, data)
+    scenario.selection(named_sizes(model))  # a personal layer the model lacks: refused here
     sizes = [int(nd.x_train.shape[0]) for nd in data.nodes]
     return Setup(
         scenario,

@@ -96,6 +96,7 @@ def make_core(setup: Setup, i: int, names: list[str]) -> RoundCore:
         randomness=rehearsal,
         keys=rehearsal.key_ring(names[i], names) if sc.secure.enabled else None,
         drop_rounds=frozenset(r for node, r in sc.dropouts.schedule if node == i),
+        selection=setup.selection,
     )
 
 

@@ -78,6 +78,10 @@ def _refuse_unsupported(setup: Setup) -> None:
             f"gossip.mode = {sc.gossip.mode!r} is not simulated sharded yet: run it on one "
             "process (engine 'vectorized' or 'protocol')"
         )
+    if sc.personalise.method == "partial":
+        raise ConfigError(
+            "personalise.method = 'partial' is not simulated sharded yet: run on one process"
+        )
     refuse_attack(setup, "the sharded engine")
 
 

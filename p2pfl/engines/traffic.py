@@ -32,7 +32,7 @@ def _masked_input_bytes(setup: Setup, round: int) -> float:
         for j in matrix.indices[matrix.indptr[i] : matrix.indptr[i + 1]]:
             if j != i:
                 probe = MaskedInput(round, names[j], names[i], np.zeros(1, dtype=dtype))
-                total += len(probe.encode()) + word * (setup.dim * width(setup.scenario) - 1)
+                total += len(probe.encode()) + word * (setup.shared_dim * width(setup.scenario) - 1)
     return total / setup.n
 
 
@@ -54,7 +54,7 @@ def bytes_sent(setup: Setup, round: int) -> float:
         key = len(names[i])
         if key not in sizes:
             sizes[key] = frame_bytes(
-                setup.dim * width(setup.scenario),
+                setup.shared_dim * width(setup.scenario),
                 names[i],
                 round,
                 compression,

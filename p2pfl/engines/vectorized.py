@@ -25,7 +25,9 @@ second pass adds the weighted, clipped differences with ``index_add_``; the
 trimmed mean gathers each node's neighbour rows and calls
 ``protocols.mixing.trimmed_mix``. Secure mode's ``bounded`` rule pulls each
 mix back within the radius with ``bound_deviation``. ``[attack]`` rows are
-replaced after training (``p2pfl.engines.attack``).
+replaced after training (``p2pfl.engines.attack``). Partial sharing
+(``personalise.method = 'partial'``, sync) mixes the shared columns alone, as
+the cores mix ``Selection.gather`` of each model, and leaves the personal ones.
 
 The sparse product is the engine's own way of applying W to every row; the
 maths around it (compression with error feedback, the CHOCO step, the
@@ -315,6 +317,19 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
     secure = SecureMixer(setup, order) if sc.secure.enabled else None
     tracked = TrackedRows(sc, params) if mode in TRACKED else None
     abandoned = stragglers = 0
+    selection = setup.selection
+    shared_cols = None if selection is None else torch.as_tensor(selection.indices(), device=device)
+
+    def sync_mix(r: int, w: Tensor, x: Tensor, out: Tensor) -> tuple[int, int]:
+        """out <- the sync round's mix of the rows x (secure, robust or plain)."""
+        if secure is not None:
+            return secure.mix(setup.topo.mixing(r), r, x, out, block)
+        if robust.active:
+            robust_mix_into(matrices.stacked(r), x, out, robust, block)
+        else:
+            mix_into(w, x, out, block)
+        return 0, 0
+
     chunk = nodes_per_call(setup.model, setup.data.input_shape, setup.schedule.batch_size)
     x_test, y_test = setup.data.x_global_test.to(device), setup.data.y_global_test.to(device)
     records: list[RoundRecord] = []
@@ -347,16 +362,17 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
             else:
                 mix_into(w, outgoing, tracked.mixed, block)
             tracked.incoming(params)
-        elif secure is not None:
-            gave_up, declared = secure.mix(setup.topo.mixing(r), r, params, spare, block)
+        elif shared_cols is not None:  # partial sharing: the personal columns are never mixed
+            shared = params[:, shared_cols]
+            mixed = torch.empty_like(shared)
+            gave_up, declared = sync_mix(r, w, shared, mixed)
+            params[:, shared_cols] = mixed
             abandoned += gave_up
             stragglers += declared
-            params, spare = spare, params
-        elif robust.active:
-            robust_mix_into(matrices.stacked(r), params, spare, robust, block)
-            params, spare = spare, params
         elif mode == "sync":
-            mix_into(w, params, spare, block)
+            gave_up, declared = sync_mix(r, w, params, spare)
+            abandoned += gave_up
+            stragglers += declared
             params, spare = spare, params
         elif mode == "choco":
             assert copies is not None and row_sums is not None and compressor is not None

@@ -43,9 +43,11 @@ from p2pfl.spec import Graph, KeyRing, Plan, System, federation_bytes
 from p2pfl.spec.cores import build_core
 from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError, ProtocolError
 from protocols.gossip import Rejected, RoundMixed, Straggler
+from protocols.partial import Selection
 from protocols.rounds import (
     DeclarationExpired,
     DeclarationHeld,
+    PartialRoundCore,
     RoundCore,
     RoundOutput,
     SecureRoundCore,
@@ -146,8 +148,9 @@ class Exchange:
             return
         del self._held[key]
         core = self.core
-        # only a secure core holds declarations (a tracked mode's inner one)
-        assert isinstance(core, SecureRoundCore | TrackedRoundCore)
+        # only a secure core holds declarations (a tracked mode's inner one, or behind
+        # partial sharing's, which forwards)
+        assert isinstance(core, SecureRoundCore | TrackedRoundCore | PartialRoundCore)
         now = asyncio.get_running_loop().time()
         try:
             out = core.confirm_declaration(index(round_), receiver, dropped, now)
@@ -226,7 +229,15 @@ class Exchange:
         log.warning("round %d: declared %s dropped", round_, sorted(peers))
 
 
-def make_core(node: RoundHost, plan: Plan, graph: Graph, *, round: int, dim: int) -> Core:
+def make_core(
+    node: RoundHost,
+    plan: Plan,
+    graph: Graph,
+    *,
+    round: int,
+    dim: int,
+    selection: Selection | None = None,
+) -> Core:
     """The rehearsed core for this node (``p2pfl.spec.cores``), with real keys, at round
     number ``round``.
 
@@ -259,4 +270,5 @@ def make_core(node: RoundHost, plan: Plan, graph: Graph, *, round: int, dim: int
         hold_declarations=True,
         mix_in_place=True,
         start_at=index(round),
+        selection=selection,
     )

@@ -65,6 +65,7 @@ from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
 from p2pfl.node.local import Learner, warm_up
 from p2pfl.node.numbering import FIRST, index, number
+from p2pfl.node.personal import keep_personalised, selection_of
 from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
 from p2pfl.spec import Graph, Plan, plan_from_table
@@ -276,7 +277,14 @@ class RoundDriver:
             log.warning("starting without links to every neighbour (their messages will wait)")
         if self.secure:
             self._skip_dealt_round()
-        core = make_core(node, plan, graph, round=self.round, dim=self.learner.dim)
+        core = make_core(
+            node,
+            plan,
+            graph,
+            round=self.round,
+            dim=self.learner.dim,
+            selection=selection_of(plan, self.learner),
+        )
         if isinstance(core, GossipRoundCore):
             core.gossip.import_state(core_state)
         elif isinstance(core, TrackedRoundCore):
@@ -374,8 +382,19 @@ class RoundDriver:
                 break
             await self._one_round(self.round)
         await self._linger()
+        if (
+            self.plan.personalise.method == "finetune"
+            and self.completed == self.plan.training.rounds
+        ):
+            await self._personalise()
         self.node.set_phase(Phase.FINISHED)
         return self.completed
+
+    async def _personalise(self) -> None:
+        """The plan's fine-tuning of the final model, kept at this site (``personal``)."""
+        assert self.plan is not None and self.graph is not None and self.learner is not None
+        site = self.graph.index(self.me)
+        await keep_personalised(self.node, self.plan, self.learner, site, self.completed)
 
     def _catch_up(self) -> None:
         """Skip the rounds every in-neighbour finished without us (we were down).

@@ -4,7 +4,9 @@
 ``protocols.rounds`` that runs it: sync, CHOCO or push-sum gossip behind a
 ``GossipRoundCore``, or ``SecureRoundCore`` for secure aggregation over sync.
 Gradient tracking and quasi-global momentum are a ``TrackedRoundCore`` over the
-sync or the secure core, which then mixes the rule's ``width`` model lengths.
+sync or the secure core, which then mixes the rule's ``width`` model lengths;
+with partial sharing, the sync or secure core sits behind a ``PartialRoundCore``
+over the shared part.
 What differs between a simulation and a daemon is passed in, never decided
 here: the key ring (derived keys in a rehearsal, the identity's and the
 ledger's in a deployment), the randomness (derived or the operating system's),
@@ -23,7 +25,14 @@ from p2pfl.spec.run import RunSpec
 from protocols.compression import make_compressor
 from protocols.gossip import ChocoGossip, GossipCore, PushSumGossip, SyncGossip
 from protocols.momentum import QuasiGlobalMomentum
-from protocols.rounds import GossipRoundCore, RoundCore, RoundRule, SecureRoundCore
+from protocols.partial import Selection
+from protocols.rounds import (
+    GossipRoundCore,
+    PartialRoundCore,
+    RoundCore,
+    RoundRule,
+    SecureRoundCore,
+)
 from protocols.rounds.tracked import TrackedRoundCore
 from protocols.tracking import GradientTracking
 
@@ -42,6 +51,7 @@ def build_core(
     hold_declarations: bool = False,
     mix_in_place: bool = False,
     start_at: int = 0,
+    selection: Selection | None = None,
 ) -> RoundCore:
     """Node ``me``'s round core for ``spec`` on ``graph``, its first round ``start_at``.
 
@@ -50,7 +60,13 @@ def build_core(
     which the node deals its shares and then vanishes. ``mix_in_place`` lets a sync
     round mix over the trained model once its frames are encoded (one model-sized
     vector fewer, for a daemon that hands its model over and takes the mix back).
+    ``selection`` (``RunSpec.selection``, partial sharing): the core mixes, sends and
+    masks its shared coordinates only, behind a ``PartialRoundCore``.
     """
+    if selection is not None:
+        if selection.dim != dim:
+            raise ConfigError(f"the selection covers {selection.dim} values, the model has {dim}")
+        dim = selection.shared_dim
     core: RoundCore
     rule = round_rule(spec)
     if rule is not None:
@@ -81,7 +97,7 @@ def build_core(
         core = TrackedRoundCore(core, rule)
     if start_at:
         core.resume_at(start_at)
-    return core
+    return core if selection is None else PartialRoundCore(core, selection)
 
 
 def round_rule(spec: RunSpec) -> RoundRule | None:

@@ -149,7 +149,7 @@ class Plan(RunSpec):
             data["schema"] = schema_table(self.data.schema)
         table["data"] = data
         shared = super().table()
-        table.update({k: shared[k] for k in SPEC_FIELDS if k != "seed"})
+        table.update({k: shared[k] for k in SPEC_FIELDS if k != "seed" and k in shared})
         return table
 
     def hash(self) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,16 +29,27 @@ from p2pfl.spec.sections import (
     SECURE_MODES,
     GossipSection,
     ModelSection,
+    PersonaliseSection,
     SecureSection,
     TopologySection,
     TrainingSection,
 )
 from protocols.errors import LocalProtocolError
 from protocols.mixing import RobustRule
+from protocols.partial import Selection, personal_blocks
 from protocols.records import canonical
 from protocols.secagg import SecAggConfig, Timeouts, dropout_tolerance
 
-SPEC_FIELDS = ("seed", "model", "training", "topology", "gossip", "secure", "privacy")
+SPEC_FIELDS = (
+    "seed",
+    "model",
+    "training",
+    "topology",
+    "gossip",
+    "secure",
+    "privacy",
+    "personalise",
+)
 """The keys of a run spec, in the order a plan file writes them."""
 
 
@@ -50,6 +62,7 @@ class RunSpec:
     gossip: GossipSection = field(default_factory=GossipSection)
     secure: SecureSection = field(default_factory=SecureSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
+    personalise: PersonaliseSection = field(default_factory=PersonaliseSection)
 
     def __post_init__(self) -> None:
         if self.secure.enabled and self.gossip.mode not in SECURE_MODES:
@@ -59,6 +72,11 @@ class RunSpec:
                 "round at once"
             )
         self._check_robust()
+        if self.personalise.method == "partial" and self.gossip.mode != "sync":
+            raise ConfigError(
+                f"personalise.method = 'partial' needs gossip.mode = 'sync', not "
+                f"{self.gossip.mode!r}: partial sharing mixes the shared layers as D-PSGD does"
+            )
 
     def _check_robust(self) -> None:
         g = self.gossip
@@ -113,6 +131,8 @@ class RunSpec:
         for key, default in defaults.items():  # absent at the default: old hashes hold
             if table["gossip"].get(key) == default:
                 table["gossip"].pop(key)
+        if table["personalise"] == _as_table(PersonaliseSection()):
+            table.pop("personalise")  # absent at the default: old hashes hold
         return table
 
     def digest(self) -> bytes:
@@ -120,6 +140,23 @@ class RunSpec:
         return hashlib.sha256(b"p2pfl run spec\0" + canonical(self.table())).digest()
 
     # -- what it derives --------------------------------------------------------------------
+
+    def selection(self, parameters: Sequence[tuple[str, int]]) -> Selection | None:
+        """What a node gossips of a model whose parameters are ``(name, size)`` in flat order.
+
+        ``None`` without partial sharing (the whole model); a ``ConfigError`` names a
+        personal layer the model does not have, or a choice that leaves nothing shared.
+        """
+        p = self.personalise
+        if p.method != "partial":
+            return None
+        names = [name for name, _ in parameters]
+        wanted = [_head(names) if w == "head" else w for w in p.layers]
+        try:
+            blocks = personal_blocks(names, [size for _, size in parameters], wanted)
+            return Selection.of_blocks(blocks)
+        except LocalProtocolError as exc:
+            raise ConfigError(f"[personalise]: {exc}") from None
 
     def build_topology(self, n: int) -> topology.Topology:
         """The topology of ``n`` nodes (``[topology]``; ``seed`` defaults to the spec's)."""
@@ -253,6 +290,14 @@ class RunSpec:
             for node, value in report.items():
                 tolerance[node] = min(value, tolerance.get(node, value))
         return tolerance
+
+
+def _head(names: list[str]) -> str:
+    """The module of the model's last parameter (``"3"`` of ``"3.bias"``): its head."""
+    if not names:
+        raise ConfigError("[personalise]: the model has no parameters, so no head")
+    module, _, _ = names[-1].rpartition(".")
+    return module or names[-1]
 
 
 def _as_table(value: Any) -> Any:

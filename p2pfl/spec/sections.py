@@ -8,7 +8,7 @@ virtual ones on the protocol engine's clock, real ones in a daemon.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from p2pfl.errors import ConfigError
@@ -154,3 +154,58 @@ class SecureSection:
         for key in ("share_timeout", "masked_timeout", "unmask_timeout"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"secure.{key} must be positive")
+
+
+PERSONALISE = ("none", "finetune", "partial")
+"""``finetune``: each site fine-tunes the final gossip model on its own data, stopping
+early on a validation split of it; ``partial``: FedRep-style partial sharing, the
+``layers`` named stay personal and only the rest is gossiped (``protocols.partial``)."""
+
+
+@dataclass(frozen=True)
+class PersonaliseSection:
+    """How each site personalises the federation's model (docs/node.md, the plan).
+
+    ``finetune``: after the last round a site splits ``val_fraction`` of its training
+    rows off as a validation split (drawn from the seed and the site; it never leaves
+    the site), trains the gossip model on the rest ``eval_every`` steps at a time, at
+    most ``max_steps``, and keeps the parameters of lowest validation loss, stopping
+    once ``patience`` checks in a row bring no improvement.
+
+    ``partial``: ``layers`` are parameter names (``"1.bias"``) or module names
+    (``"3"``, every parameter under it) of the model, or ``"head"`` (the last module
+    that has parameters); they are personal from round 0: never sent, never masked,
+    never mixed. Runs over ``gossip.mode = 'sync'`` (plain or secure).
+    """
+
+    method: str = "none"
+    layers: list[str] = field(default_factory=list)
+    val_fraction: float = 0.2
+    max_steps: int = 200
+    eval_every: int = 5
+    patience: int = 5
+
+    def __post_init__(self) -> None:
+        if self.method not in PERSONALISE:
+            raise ConfigError(
+                f"personalise.method must be one of {', '.join(PERSONALISE)}, not {self.method!r}"
+            )
+        if self.method == "partial" and not self.layers:
+            raise ConfigError(
+                "personalise.method = 'partial' needs personalise.layers: the parameters or "
+                'modules that stay at each site (e.g. ["head"])'
+            )
+        if self.method != "partial" and self.layers:
+            raise ConfigError(
+                f"personalise.layers is partial sharing's, but personalise.method is "
+                f"{self.method!r}"
+            )
+        if len(set(self.layers)) != len(self.layers) or any(not w for w in self.layers):
+            raise ConfigError(f"personalise.layers must be distinct names, got {self.layers}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(
+                f"personalise.val_fraction must be in (0, 1), not {self.val_fraction}"
+            )
+        for key in ("max_steps", "eval_every", "patience"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"personalise.{key} must be at least 1, not {getattr(self, key)}")

@@ -2,7 +2,8 @@
 
 ``RoundCore`` (in ``core``) is the interface; ``GossipRoundCore`` runs sync,
 CHOCO and push-sum gossip, ``SecureRoundCore`` secure aggregation over sync,
-``TrackedRoundCore`` gradient tracking and quasi-global momentum over either.
+``TrackedRoundCore`` gradient tracking and quasi-global momentum over either,
+``PartialRoundCore`` sync or secure over the shared part of a model only.
 Every call returns a ``RoundOutput``.
 """
 
@@ -15,6 +16,7 @@ from protocols.rounds.core import (
     RoundOutput,
 )
 from protocols.rounds.gossip import GossipRoundCore
+from protocols.rounds.partial import PartialRoundCore
 from protocols.rounds.secure import HoodOf, SecureRoundCore, SelfSeed
 from protocols.rounds.tracked import RoundRule, TrackedRoundCore
 
@@ -24,6 +26,7 @@ __all__ = [
     "Frame",
     "GossipRoundCore",
     "HoodOf",
+    "PartialRoundCore",
     "RoundCore",
     "RoundEvent",
     "RoundOutput",

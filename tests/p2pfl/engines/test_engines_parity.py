@@ -4,7 +4,8 @@ For each cell (sync, CHOCO with quantize and with top-k, gradient tracking and
 quasi-global momentum; secure off and on where the simulator supports it,
 which is sync and the last two; DP none and delta; sync
 with the robust rules, clipped and trimmed, and secure mode's bound, each of
-which moves these runs' parameters by 1 to 14 % from the plain rule's), one
+which moves these runs' parameters by 1 to 14 % from the plain rule's; sync,
+plain and secure, with partial sharing, each hospital's bias personal), one
 small scenario (the four heart-disease hospitals, complete graph,
 logistic regression, two rounds) runs on the protocol engine and on the
 processes engine (one ``p2pfl node run`` per hospital). Sync, CHOCO and the
@@ -71,6 +72,7 @@ PUSH_SUM = {
 CLIPPED = {"gossip.robust": "clipped"}  # adaptive radius, b = 1 of 3 neighbours
 TRIMMED = {"gossip.robust": "trimmed"}
 BOUNDED = {"gossip.robust": "bounded", "gossip.clip_radius": 0.02}
+PARTIAL = {"personalise.method": "partial", "personalise.layers": ["1.bias"]}  # bias stays home
 
 CELLS = {
     "sync": {},
@@ -78,6 +80,8 @@ CELLS = {
     "sync-trimmed": TRIMMED,
     "sync-secure-bounded": {**SECURE, **BOUNDED},
     "sync-secure": SECURE,
+    "sync-partial": PARTIAL,
+    "sync-secure-partial": {**SECURE, **PARTIAL},
     "sync-dp": DP,
     "sync-secure-dp": {**SECURE, **DP},
     "choco-quantize": QUANTIZE,
