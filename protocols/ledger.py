@@ -373,8 +373,10 @@ class Ledger:
         """Keys and clocks of ``author``'s records in ``slot`` (to prune), bar genesis."""
         genesis = self.view().genesis_key
         keys = []
-        for key, value in self.store.entries(map_name).items():
-            if not key.startswith(f"{slot}@") or (map_name == "members" and key == genesis):
+        entries = self.store.entries(map_name)
+        for key in self.store.keys_in_slot(map_name, slot):
+            value = entries[key]
+            if map_name == "members" and key == genesis:
                 continue
             try:
                 record = open_record(map_name, key, value)

@@ -73,6 +73,7 @@ class LedgerDoc:
         self.limits = limits
         self._open(Doc(client_id=client_id))
         self._entries: dict[str, dict[str, object]] = {name: {} for name in MAPS}
+        self._slots: dict[str, dict[str, set[str]]] = {name: {} for name in MAPS}
         self._changed: dict[str, set[str]] = {name: set() for name in MAPS}
         self._index = ItemIndex(MAPS)
         self._touched: set[Target] = set()
@@ -183,6 +184,10 @@ class LedgerDoc:
                 keys.update(k for k, v in new.items() if old.get(k) != v)
                 keys.update(k for k in old if k not in new)
             self._entries = fresh
+            self._slots = {name: {} for name in MAPS}
+            for name, entries in fresh.items():
+                for key in entries:
+                    self._slots[name].setdefault(key.partition("@")[0], set()).add(key)
             self._full = False
         elif self._touched or self._pending:
             targets = self._touched | set(self._pending.values())
@@ -192,10 +197,16 @@ class LedgerDoc:
                     known = self._entries[name]
                     if known.get(key, _ABSENT) != value:
                         self._changed[name].add(key)
+                        slot = key.partition("@")[0]
                         if value is _ABSENT:
                             del known[key]
+                            keys = self._slots[name][slot]
+                            keys.discard(key)
+                            if not keys:
+                                del self._slots[name][slot]
                         else:
                             known[key] = value
+                            self._slots[name].setdefault(slot, set()).add(key)
         self._touched = set()
 
     def _read_entry(self, txn: Any, name: str, key: str) -> object:
@@ -246,6 +257,10 @@ class LedgerDoc:
                 get, keys = m.integrated.get, m.integrated.keys
                 fresh[name] = {key: get(raw_txn, key) for key in keys(raw_txn)}
             return fresh
+
+    def keys_in_slot(self, map_name: str, slot: str) -> frozenset[str]:
+        """The keys ``"{slot}@..."`` of the copy of one map (refresh first for the latest)."""
+        return frozenset(self._slots[map_name].get(slot, ()))
 
     def entries(self, map_name: str) -> Mapping[str, object]:
         """The copy of one map (refresh first for the latest); do not modify it."""

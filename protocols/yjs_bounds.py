@@ -81,6 +81,12 @@ class _Reader:
 
     def var(self, hi: int, what: str) -> int:
         """An unsigned lib0 varint of at most ``hi``."""
+        pos, data = self.pos, self.data
+        if pos < len(data) and data[pos] < 0x80:  # one byte: most of them
+            self.pos = pos + 1
+            if data[pos] > hi:
+                raise DecodeError(f"{what} {data[pos]} is over {hi}")
+            return data[pos]
         value, shift = 0, 0
         for _ in range(_MAX_VARINT_BYTES):
             b = self.byte()
