@@ -14,6 +14,7 @@ again (signature checks stay cached in the ``RecordCache``).
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -49,7 +50,8 @@ class NamespaceState:
         for record in auth.valid:
             self._authority_slots.setdefault((record.map_name, record.slot), []).append(record)
         self._base = assemble(auth, {}, Counter(), 0)
-        self._max_clock: int | None = 0
+        self._clocks: Counter[int] = Counter()  # the current records' clocks
+        self._heap: list[int] = []  # their negatives, with stale ones popped lazily
 
     @classmethod
     def rebuild(cls, federation_id: str, entries: Entries, cache: RecordCache) -> NamespaceState:
@@ -83,9 +85,7 @@ class NamespaceState:
         self._valid[map_name].setdefault(record.slot, {})[key] = record
         known = self._current[map_name].get(record.slot)
         if known is None or record.clock > known.clock:
-            self._current[map_name][record.slot] = record
-        if self._max_clock is not None and record.clock > self._max_clock:
-            self._max_clock = record.clock
+            self._set_current(map_name, record.slot, record)
 
     def _remove(self, map_name: str, key: str) -> None:
         old = self._verdicts.pop((map_name, key), None)
@@ -99,13 +99,33 @@ class NamespaceState:
         slot = entry.record.slot
         records = self._valid[map_name][slot]
         del records[key]
-        if entry.record.clock == self._max_clock:
-            self._max_clock = None  # recomputed when next asked
         if not records:
             del self._valid[map_name][slot]
-            del self._current[map_name][slot]
+            self._set_current(map_name, slot, None)
         elif self._current[map_name][slot].key == key:
-            self._current[map_name][slot] = max(records.values(), key=lambda r: r.clock)
+            self._set_current(map_name, slot, max(records.values(), key=lambda r: r.clock))
+
+    def _set_current(self, map_name: str, slot: str, record: Record | None) -> None:
+        """Make ``record`` the slot's current one (``None``: the slot has none)."""
+        slots = self._current[map_name]
+        old = slots.pop(slot, None)
+        if old is not None:
+            self._clocks[old.clock] -= 1
+        if record is not None:
+            slots[slot] = record
+            self._clocks[record.clock] += 1
+            heapq.heappush(self._heap, -record.clock)
+        if len(self._heap) > 2 * len(self._clocks) + 64:  # drop what lingers below the top
+            self._clocks = +self._clocks
+            self._heap = [-clock for clock in self._clocks]
+            heapq.heapify(self._heap)
+
+    def _max_clock(self) -> int:
+        """The highest clock of a current record, in O(log n) amortized."""
+        heap = self._heap
+        while heap and self._clocks[-heap[0]] <= 0:
+            self._clocks.pop(-heapq.heappop(heap), None)
+        return -heap[0] if heap else 0
 
     def valid_in_slot(self, map_name: str, slot: str) -> dict[str, Record]:
         """The valid records of one slot, by key."""
@@ -125,10 +145,6 @@ class NamespaceState:
     def view(self) -> LedgerView:
         """The view, in O(maps): its namespace maps are read-only views of this state's own,
         so a view shows the state as it is when read, not as it was when taken."""
-        if self._max_clock is None:
-            self._max_clock = max(
-                (r.clock for slots in self._current.values() for r in slots.values()), default=0
-            )
         base = self._base
         current = dict(base.current)
         current.update((name, MappingProxyType(s)) for name, s in self._current.items())
@@ -136,7 +152,7 @@ class NamespaceState:
             base,
             current=current,
             rejections=dict(Counter(base.rejections) + self._rejected),
-            max_clock=max(base.max_clock, self._max_clock),
+            max_clock=max(base.max_clock, self._max_clock()),
         )
 
 
