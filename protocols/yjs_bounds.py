@@ -112,13 +112,13 @@ class _Reader:
 
     def blob(self, what: str) -> int:
         """A length-prefixed string or buffer; returns its length in bytes."""
-        n = self.var(self.remaining(), f"{what} length")
-        self.skip(n, what)
+        n = self.var(len(self.data) - self.pos, what)  # the length: at most what is left
+        self.pos += n
         return n
 
     def count(self, min_size: int, what: str) -> int:
         """A count of elements of at least ``min_size`` bytes each, charged to the budget."""
-        n = self.var(self.remaining() // min_size, what)
+        n = self.var((len(self.data) - self.pos) // min_size, what)
         self.elements += n
         if self.elements > self.limits.max_elements:
             raise DecodeError(f"more than {self.limits.max_elements} elements in one update")
