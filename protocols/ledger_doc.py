@@ -314,6 +314,7 @@ class LedgerDoc:
 
     def _restore(self) -> None:
         """Put back the document as the snapshot and the log say it was."""
+        self._applying = False  # what is replayed here is this document's own
         doc: Doc[Any] = Doc(client_id=self.doc.client_id)
         self.close()
         self._open(doc)
@@ -325,6 +326,7 @@ class LedgerDoc:
         for update in log:
             doc.apply_update(update)
         self._snapshot, self._log, self._log_bytes = self.encode_state(), [], 0
+        self.arrived = []
 
     def close(self) -> None:
         """Stop observing the document, so that pycrdt frees it once it is dropped."""
