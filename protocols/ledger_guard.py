@@ -97,13 +97,16 @@ def losses(
     violations = []
     for name, keys in changed.items():
         entries = entries_of(name)
+        by_slot: dict[str, list[str]] = {}  # the changed keys still there, by slot
+        for key in keys:
+            if key in entries:
+                by_slot.setdefault(key.partition("@")[0], []).append(key)
         for key in keys:
             record = state.valid_record(name, key)
             now = entries.get(key)
             if record is None or now == record.value:
                 continue
-            prefix = f"{record.slot}@"
-            candidates = [(k, entries[k]) for k in keys if k.startswith(prefix) and k in entries]
+            candidates = [(k, entries[k]) for k in by_slot.get(record.slot, ())]
             candidates += [(k, r.value) for k, r in state.valid_in_slot(name, record.slot).items()]
             if superseded(record, candidates, state.auth, cache):
                 continue
