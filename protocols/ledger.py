@@ -6,7 +6,10 @@ a signed record (``protocols.records``) stored as msgpack bytes, never as a
 pycrdt number (pycrdt hands integers back as floats). Anybody who can send a
 Yjs update can put anything in the document; what counts is decided by the
 readers (``protocols.ledger_rules``), so invalid records stay in the document,
-out of every view, and are counted.
+out of every view, and are counted. The view is monotone
+(``protocols.ledger_guard``): a record once verified is put back whenever an
+update deletes or overwrites it, unless its own author superseded it, and the
+update's origin is reported (``take_violations``).
 
 Writes take the author's ``nacl.signing.SigningKey`` and a logical clock
 (``next_clock()`` is one more than any valid record's, a Lamport clock); each
@@ -16,11 +19,12 @@ A writer deletes its own older records of the slot it writes (never the
 genesis record), so the document holds one live record per slot and author;
 garbage collection stays on.
 
-Views are cached and brought up to date lazily: after a change, the maps are
-read back (``protocols.ledger_doc``) and only the changed entries are judged
-again (``protocols.ledger_state``), unless ``members`` or ``revoked`` changed,
-which changes who may write what and so re-judges everything (signature
-checks stay cached).
+Views are brought up to date after every update applied and every write (and
+lazily after anything else): only the entries an update touched are read back
+(``protocols.ledger_doc``) and judged again (``protocols.ledger_state``), so a
+progress update costs O(1) in the number of members, unless ``members`` or
+``revoked`` changed, which changes who may write what and so re-judges
+everything (signature checks stay cached).
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 import nacl.signing
-from pycrdt import Doc
+from pycrdt import Doc, merge_updates
 
 from protocols.errors import DecodeError, LocalProtocolError
 from protocols.ledger_doc import MAPS, LedgerDoc
+from protocols.ledger_guard import Violation, losses, restorable
 from protocols.ledger_payloads import Member
 from protocols.ledger_rules import NAMESPACE_MAPS, LedgerView, RecordCache, verdict
 from protocols.ledger_state import NamespaceState, evaluate
@@ -67,6 +72,9 @@ class Ledger:
         self._cache = RecordCache()
         self._state: NamespaceState | None = None
         self._view: LedgerView | None = None
+        self._origin: str | None = None
+        self._repairs: list[bytes] = []
+        self._violations: list[Violation] = []
 
     @property
     def doc(self) -> Doc[Any]:
@@ -143,12 +151,21 @@ class Ledger:
         """What a replica at ``state_vector`` lacks, as one update; ``DecodeError`` if bad."""
         return self.store.diff(state_vector)
 
-    def apply_update(self, update: bytes) -> list[bytes]:
-        """Merge a Yjs update; return the updates of what it changed (empty: nothing new).
+    def apply_update(self, update: bytes, *, origin: str | None = None) -> list[bytes]:
+        """Merge a Yjs update from ``origin`` (a peer; ``None``: a file, a tool) and bring the
+        view up to date; return the updates of what it changed (empty: nothing new).
 
+        Verified records that the update deleted or overwrote are put back
+        (``protocols.ledger_guard``); the updates returned then are one, the
+        change and its repair merged, and ``take_violations`` names ``origin``.
         Raises ``DecodeError`` when the bytes are not a Yjs update.
         """
-        return self.store.apply_update(update)
+        return self._repaired(self.store.apply_update(update), origin)
+
+    def take_violations(self) -> list[Violation]:
+        """The verified records deleted or overwritten since the last call (and put back)."""
+        found, self._violations = self._violations, []
+        return found
 
     def entries(self, map_name: str) -> dict[str, object]:
         """A map's stored entries as they are, valid or not (for tools and tests)."""
@@ -156,8 +173,27 @@ class Ledger:
         return dict(self.store.entries(map_name))
 
     def insert_raw(self, map_name: str, key: str, value: bytes) -> bytes:
-        """Store bytes under ``key`` as they are, unchecked (tests, tools, forged input)."""
-        return self.store.transact(map_name, {key: bytes(value)}, ())
+        """Store bytes under ``key`` as they are, unchecked (tests, tools, forged input).
+
+        As with a peer's update, a verified record it overwrites is put back at once
+        (the update returned then holds both), and ``take_violations`` tells.
+        """
+        self.view()
+        made = self.store.transact(map_name, {key: bytes(value)}, ())
+        out = self._repaired([made] if made else [], None)
+        return out[0] if out else b""
+
+    def _repaired(self, changes: list[bytes], origin: str | None) -> list[bytes]:
+        """Bring the view up to date after ``changes`` from ``origin``; merge in any repair."""
+        self._origin = origin
+        try:
+            self.view()
+        finally:
+            self._origin = None
+        repairs, self._repairs = self._repairs, []
+        if not repairs:
+            return changes
+        return [bytes(merge_updates(*changes, *repairs))]
 
     # -- views ------------------------------------------------------------------------
 
@@ -165,6 +201,8 @@ class Ledger:
         """The validated view, brought up to date with the entries changed since the last one."""
         if self._view is None or self.store.stale:
             changed = self.store.refresh()
+            if self._state is not None:
+                self._guard(changed)
             state = self._state
             if state is None or changed["members"] or changed["revoked"]:
                 pairs = {name: self.store.entries(name).items() for name in MAPS}
@@ -176,6 +214,25 @@ class Ledger:
                         state.put(name, key, entries.get(key))
             self._view = state.view()
         return self._view
+
+    def _guard(self, changed: dict[str, set[str]]) -> None:
+        """Put back the verified records that the changes lost to anyone but their author,
+        and take those keys out of ``changed`` (their entries are as they were); put back
+        the valid records that arrived already deleted (``protocols.ledger_guard``)."""
+        state = self._state
+        assert state is not None
+        puts, violations = losses(state, self.store.entries, changed, self._cache, self._origin)
+        self._violations += violations
+        arrived, self.store.arrived = self.store.arrived, []
+        restored = restorable(state, self.store.entries, arrived, self._cache)
+        for name in {*puts, *restored}:
+            entries = {**restored.get(name, {}), **puts.get(name, {})}
+            self._repairs.append(self.store.transact(name, entries, ()))
+        if puts or restored:
+            for name, keys in self.store.refresh().items():
+                changed[name] |= keys
+            for name, entries in puts.items():
+                changed[name] -= entries.keys()
 
     @property
     def founder(self) -> str | None:
@@ -288,7 +345,9 @@ class Ledger:
                 f"{author} may not write {map_name}[{slot!r}] at clock {clock} "
                 f"(not allowed, or not above the slot's current clock)"
             )
-        return self.store.transact(map_name, {key: value}, stale)
+        update = self.store.transact(map_name, {key: value}, stale)
+        self.view()  # the record is verified now, and so kept from then on
+        return update
 
     def _would_be_current(
         self, map_name: str, slot: str, key: str, value: bytes, stale: list[str]
@@ -314,8 +373,10 @@ class Ledger:
         """Keys and clocks of ``author``'s records in ``slot`` (to prune), bar genesis."""
         genesis = self.view().genesis_key
         keys = []
-        for key, value in self.store.entries(map_name).items():
-            if not key.startswith(f"{slot}@") or (map_name == "members" and key == genesis):
+        entries = self.store.entries(map_name)
+        for key in self.store.keys_in_slot(map_name, slot):
+            value = entries[key]
+            if map_name == "members" and key == genesis:
                 continue
             try:
                 record = open_record(map_name, key, value)

@@ -12,7 +12,10 @@ gigabytes), and any failure inside pycrdt, a Rust panic included, comes out as
 ``DecodeError``. A Rust panic surfaces as ``pyo3_runtime.PanicException``, a
 ``BaseException`` that passes every ``except Exception``; left alone it would
 end the daemon. An update that fails, or that leaves maps which cannot be read
-back, is undone: the document is rebuilt from its encoding taken just before
+back, is undone: the document is rebuilt from a snapshot of its encoding and
+the transactions' updates since (``_snapshot`` and ``_log``; a snapshot is
+taken again once the log outweighs it, so keeping it costs O(1) per byte
+changed, not an encoding of the whole document per update)
 (pycrdt can leave a panicked transaction half applied), so a failed apply
 leaves the document exactly as it was.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -28,9 +32,13 @@ from pycrdt import Doc, Map, TransactionEvent, merge_updates
 
 from protocols.errors import DecodeError
 from protocols.yjs_bounds import DEFAULT_LIMITS, Limits, check_state_vector, check_update
+from protocols.yjs_items import NOWHERE, ItemIndex, Target, walk
 
 MAPS = ("members", "revoked", "plan", "approvals", "progress", "secagg", "metrics")
 EMPTY_UPDATE = b"\x00\x00"
+MAX_PENDING = 256
+"""Entries of updates Yrs holds back that are read back after each change."""
+_ABSENT = object()
 
 
 @contextlib.contextmanager
@@ -65,9 +73,18 @@ class LedgerDoc:
         self.limits = limits
         self._open(Doc(client_id=client_id))
         self._entries: dict[str, dict[str, object]] = {name: {} for name in MAPS}
+        self._slots: dict[str, dict[str, set[str]]] = {name: {} for name in MAPS}
         self._changed: dict[str, set[str]] = {name: set() for name in MAPS}
-        self._stale = False
+        self._index = ItemIndex(MAPS)
+        self._touched: set[Target] = set()
+        self._pending: OrderedDict[tuple[int, int], Target] = OrderedDict()
+        self._full = False  # something could not be resolved to its entry: read everything
+        self.arrived: list[tuple[Target, bytes]] = []  # values of the last foreign update
         self._txn_updates: list[bytes] = []
+        self._applying = False  # within apply_update: the transactions are a foreign update's
+        self._snapshot = self.encode_state()
+        self._log: list[bytes] = []
+        self._log_bytes = 0
 
     def _open(self, doc: Doc[Any]) -> None:
         """Take ``doc`` as the document; its observer holds this object weakly.
@@ -91,40 +108,137 @@ class LedgerDoc:
         self._subscription = doc.observe(observe)
 
     def _on_transaction(self, event: TransactionEvent) -> None:
-        self._stale = True
         update = bytes(event.update)
         if update != EMPTY_UPDATE:
             self._txn_updates.append(update)
+            self._log.append(update)
+            self._log_bytes += len(update)
+            self._note(update, integrated=True, foreign=self._applying)
+
+    def _note(self, update: bytes, *, integrated: bool, foreign: bool = True) -> None:
+        """Add the entries ``update`` touches to those to read back.
+
+        ``integrated``: ``update`` is a transaction's own (what Yrs integrated);
+        otherwise it is what arrived, some of which Yrs may hold back (or show
+        anyway: Yrs 0.28 shows an out-of-order entry before its predecessors),
+        so its entries are read back after every change until Yrs integrates it.
+        The values of a ``foreign`` update's items are kept in ``arrived``.
+        """
+        try:
+            structs, deleted = walk(update)
+        except DecodeError:
+            self._full = True
+            return
+        index, touched = self._index, self._touched
+        for struct in structs:
+            target = index.target(struct)
+            if target is None:
+                self._full = True
+                continue
+            if target == NOWHERE:
+                if integrated:
+                    index.learn(struct, target)
+                continue
+            touched.add(target)
+            if foreign and struct.value is not None:
+                self.arrived.append((target, struct.value))
+            if integrated:
+                index.learn(struct, target)
+                self._pending.pop((struct.client, struct.clock), None)
+            elif not index.knows(struct):
+                self._pending[(struct.client, struct.clock)] = target
+        while len(self._pending) > MAX_PENDING:  # once integrated, its transaction says so
+            self._pending.popitem(last=False)
+        for client, clock, length in deleted:
+            touched.update(index.deleted(client, clock, length))
 
     @property
     def stale(self) -> bool:
         """Whether the document changed since the copy of the maps was last refreshed."""
-        return self._stale or any(self._changed.values())
+        return self._full or bool(self._touched or self.arrived) or any(self._changed.values())
 
     def refresh(self) -> dict[str, set[str]]:
         """Re-read the maps after a change; return (and forget) the keys that changed.
 
-        Reading everything back (one or two µs an entry) is deliberate: pycrdt's
-        per-map events are not usable here. Their list of changed keys comes back
-        empty when a node deletes an entry that arrived ahead of its predecessors
-        (an out-of-order update, which Yrs shows anyway), and computing that list
-        can even panic inside Yrs 0.28 (``event_keys``: ``unwrap`` on ``None``),
-        which a peer could trigger at will by reordering updates.
+        Only the entries that the updates since the last refresh touched are read
+        back (``protocols.yjs_items`` resolves their item ids), with those of
+        updates Yrs still holds back; everything is read back (one or two µs an
+        entry) when an id could not be resolved. pycrdt's per-map events are not
+        used: their list of changed keys comes back empty when a node deletes an
+        entry that arrived ahead of its predecessors (an out-of-order update,
+        which Yrs shows anyway), and computing that list can even panic inside
+        Yrs 0.28 (``event_keys``: ``unwrap`` on ``None``), which a peer could
+        trigger at will by reordering updates.
         """
         self._update_copy()
         changed, self._changed = self._changed, {name: set() for name in MAPS}
         return changed
 
     def _update_copy(self) -> None:
-        """Re-read the maps if stale, adding the keys that changed to those not yet returned."""
-        if self._stale:
+        """Re-read what changed, adding the keys that changed to those not yet returned."""
+        if self._full:
+            self._reindex()
             fresh = self._read_maps()
             for name, new in fresh.items():
                 old, keys = self._entries[name], self._changed[name]
                 keys.update(k for k, v in new.items() if old.get(k) != v)
                 keys.update(k for k in old if k not in new)
             self._entries = fresh
-            self._stale = False
+            self._slots = {name: {} for name in MAPS}
+            for name, entries in fresh.items():
+                for key in entries:
+                    self._slots[name].setdefault(key.partition("@")[0], set()).add(key)
+            self._full = False
+        elif self._touched or self._pending:
+            targets = self._touched | set(self._pending.values())
+            with self.doc.transaction() as txn:
+                for name, key in targets:
+                    value = self._read_entry(txn, name, key)
+                    known = self._entries[name]
+                    if known.get(key, _ABSENT) != value:
+                        self._changed[name].add(key)
+                        slot = key.partition("@")[0]
+                        if value is _ABSENT:
+                            del known[key]
+                            keys = self._slots[name][slot]
+                            keys.discard(key)
+                            if not keys:
+                                del self._slots[name][slot]
+                        else:
+                            known[key] = value
+                            self._slots[name].setdefault(slot, set()).add(key)
+        self._touched = set()
+
+    def _read_entry(self, txn: Any, name: str, key: str) -> object:
+        """One entry's value (``_ABSENT`` if there is none), within ``txn``."""
+        raw_txn = getattr(txn, "_txn", None)
+        if raw_txn is None:
+            return self._maps[name].get(key, _ABSENT)
+        try:
+            return self._maps[name].integrated.get(raw_txn, key)
+        except ValueError:  # pycrdt's "Key error"
+            return _ABSENT
+
+    def _reindex(self) -> None:
+        """Learn the item ids of the whole document again (after a full read was needed)."""
+        self._index.clear()
+        self._pending.clear()
+        try:
+            structs, _ = walk(self.encode_state())
+        except DecodeError:
+            return
+        waiting = structs
+        while waiting:  # an origin may come later in the encoding: resolve until stuck
+            left = []
+            for struct in waiting:
+                target = self._index.target(struct)
+                if target is None:
+                    left.append(struct)
+                else:
+                    self._index.learn(struct, target)
+            if len(left) == len(waiting):
+                break
+            waiting = left
 
     def _read_maps(self) -> dict[str, dict[str, object]]:
         """Every map's entries, read in one transaction.
@@ -143,6 +257,10 @@ class LedgerDoc:
                 get, keys = m.integrated.get, m.integrated.keys
                 fresh[name] = {key: get(raw_txn, key) for key in keys(raw_txn)}
             return fresh
+
+    def keys_in_slot(self, map_name: str, slot: str) -> frozenset[str]:
+        """The keys ``"{slot}@..."`` of the copy of one map (refresh first for the latest)."""
+        return frozenset(self._slots[map_name].get(slot, ()))
 
     def entries(self, map_name: str) -> Mapping[str, object]:
         """The copy of one map (refresh first for the latest); do not modify it."""
@@ -171,30 +289,44 @@ class LedgerDoc:
         """
         update = bytes(update)
         check_update(update, self.limits if limits is None else limits)
-        before = self.encode_state()
+        if self._log_bytes > len(self._snapshot) + (64 << 10):
+            self._snapshot, self._log, self._log_bytes = self.encode_state(), [], 0
+        logged, logged_bytes = len(self._log), self._log_bytes
         self._txn_updates = []
+        self.arrived = []
         try:
+            self._applying = True
             with _foreign("not a Yjs update"):
                 self.doc.apply_update(update)
+            if self._txn_updates != [update]:  # not all of it integrated as it came
+                self._note(update, integrated=False)
             with _foreign("the update leaves maps that cannot be read"):
                 self._update_copy()
         except DecodeError:
-            self._restore(before)
+            del self._log[logged:]
+            self._log_bytes = logged_bytes
+            self._restore()
             raise
         finally:
+            self._applying = False
             changed, self._txn_updates = self._txn_updates, []
         return changed
 
-    def _restore(self, state: bytes) -> None:
-        """Put back the document encoded as ``state``, unless it is still exactly that."""
-        with contextlib.suppress(DecodeError), _foreign("reading the document back"):
-            if self.encode_state() == state:
-                return
+    def _restore(self) -> None:
+        """Put back the document as the snapshot and the log say it was."""
+        self._applying = False  # what is replayed here is this document's own
         doc: Doc[Any] = Doc(client_id=self.doc.client_id)
-        doc.apply_update(state)
         self.close()
         self._open(doc)
-        self._stale = True
+        self._touched = set()
+        self._full = True
+        log = self._log
+        self._snapshot, self._log, self._log_bytes = self._snapshot, [], 0
+        doc.apply_update(self._snapshot)
+        for update in log:
+            doc.apply_update(update)
+        self._snapshot, self._log, self._log_bytes = self.encode_state(), [], 0
+        self.arrived = []
 
     def close(self) -> None:
         """Stop observing the document, so that pycrdt frees it once it is dropped."""

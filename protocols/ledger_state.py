@@ -13,8 +13,11 @@ again (signature checks stay cached in the ``RecordCache``).
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 from protocols.ledger_rules import (
     NAMESPACE_MAPS,
@@ -42,6 +45,13 @@ class NamespaceState:
         self._valid: dict[str, dict[str, dict[str, Record]]] = {n: {} for n in NAMESPACE_MAPS}
         self._current: dict[str, dict[str, Record]] = {n: {} for n in NAMESPACE_MAPS}
         self._rejected: Counter[str] = Counter()
+        self._authority_records = {(r.map_name, r.key): r for r in auth.valid}
+        self._authority_slots: dict[tuple[str, str], list[Record]] = {}
+        for record in auth.valid:
+            self._authority_slots.setdefault((record.map_name, record.slot), []).append(record)
+        self._base = assemble(auth, {}, Counter(), 0)
+        self._clocks: Counter[int] = Counter()  # the current records' clocks
+        self._heap: list[int] = []  # their negatives, with stale ones popped lazily
 
     @classmethod
     def rebuild(cls, federation_id: str, entries: Entries, cache: RecordCache) -> NamespaceState:
@@ -59,6 +69,9 @@ class NamespaceState:
 
     def put(self, map_name: str, key: str, value: object | None) -> None:
         """The entry ``key`` of ``map_name`` now holds ``value`` (``None``: deleted)."""
+        verdict_before = self._verdicts.get((map_name, key))
+        if verdict_before is not None and value is not None and verdict_before[2] == value:
+            return
         self._remove(map_name, key)
         if value is None:
             return
@@ -72,7 +85,7 @@ class NamespaceState:
         self._valid[map_name].setdefault(record.slot, {})[key] = record
         known = self._current[map_name].get(record.slot)
         if known is None or record.clock > known.clock:
-            self._current[map_name][record.slot] = record
+            self._set_current(map_name, record.slot, record)
 
     def _remove(self, map_name: str, key: str) -> None:
         old = self._verdicts.pop((map_name, key), None)
@@ -88,22 +101,64 @@ class NamespaceState:
         del records[key]
         if not records:
             del self._valid[map_name][slot]
-            del self._current[map_name][slot]
+            self._set_current(map_name, slot, None)
         elif self._current[map_name][slot].key == key:
-            self._current[map_name][slot] = max(records.values(), key=lambda r: r.clock)
+            self._set_current(map_name, slot, max(records.values(), key=lambda r: r.clock))
+
+    def _set_current(self, map_name: str, slot: str, record: Record | None) -> None:
+        """Make ``record`` the slot's current one (``None``: the slot has none)."""
+        slots = self._current[map_name]
+        old = slots.pop(slot, None)
+        if old is not None:
+            self._clocks[old.clock] -= 1
+        if record is not None:
+            slots[slot] = record
+            self._clocks[record.clock] += 1
+            heapq.heappush(self._heap, -record.clock)
+        if len(self._heap) > 2 * len(self._clocks) + 64:  # drop what lingers below the top
+            self._clocks = +self._clocks
+            self._heap = [-clock for clock in self._clocks]
+            heapq.heapify(self._heap)
+
+    def _max_clock(self) -> int:
+        """The highest clock of a current record, in O(log n) amortized."""
+        heap = self._heap
+        while heap and self._clocks[-heap[0]] <= 0:
+            self._clocks.pop(-heapq.heappop(heap), None)
+        return -heap[0] if heap else 0
 
     def valid_in_slot(self, map_name: str, slot: str) -> dict[str, Record]:
         """The valid records of one slot, by key."""
-        return dict(self._valid[map_name].get(slot, {}))
+        if map_name in NAMESPACE_MAPS:
+            return dict(self._valid[map_name].get(slot, {}))
+        return {r.key: r for r in self._authority_slots.get((map_name, slot), ())}
+
+    def valid_record(self, map_name: str, key: str) -> Record | None:
+        """The record judged valid under ``key`` (current or stale), if there is one."""
+        if map_name not in NAMESPACE_MAPS:
+            return self._authority_records.get((map_name, key))
+        known = self._verdicts.get((map_name, key))
+        if known is None or known[0] is not None or known[1] is None:
+            return None
+        return known[1].record
 
     def view(self) -> LedgerView:
-        current = {name: dict(slots) for name, slots in self._current.items()}
-        max_clock = max(
-            (r.clock for slots in self._current.values() for r in slots.values()), default=0
+        """The view, in O(maps): its namespace maps are read-only views of this state's own,
+        so a view shows the state as it is when read, not as it was when taken."""
+        base = self._base
+        current = dict(base.current)
+        current.update((name, MappingProxyType(s)) for name, s in self._current.items())
+        return dataclasses.replace(
+            base,
+            current=current,
+            rejections=dict(Counter(base.rejections) + self._rejected),
+            max_clock=max(base.max_clock, self._max_clock()),
         )
-        return assemble(self.auth, current, +self._rejected, max_clock)
 
 
 def evaluate(federation_id: str, entries: Entries, cache: RecordCache) -> LedgerView:
-    """The view of a ledger whose maps hold ``entries`` (``map -> [(key, value)]``)."""
-    return NamespaceState.rebuild(federation_id, entries, cache).view()
+    """The view of a ledger whose maps hold ``entries`` (``map -> [(key, value)]``), as a
+    snapshot."""
+    view = NamespaceState.rebuild(federation_id, entries, cache).view()
+    current = {name: dict(slots) for name, slots in view.current.items()}
+    return dataclasses.replace(view, current=current)

@@ -19,7 +19,11 @@ not the model here):
    every neighbour, so anything a lost message missed is fetched again.
 
 The core never looks at the records: validity is the readers' business
-(``protocols.ledger_rules``). It only refuses bytes that are not a message.
+(``protocols.ledger_rules``). It only refuses bytes that are not a message,
+and tells the ledger which link each update came from: a verified record that
+an update deletes or overwrites is put back and the violation names that link
+(``Ledger.take_violations``). What is flooded then is the change and its
+repair as one update, so that the next replica sees no loss and blames no one.
 """
 
 from __future__ import annotations
@@ -143,7 +147,7 @@ class LedgerSync:
             self.duplicates += 1
             return []
         self.applied += 1
-        changes = self.ledger.apply_update(update)
+        changes = self.ledger.apply_update(update, origin=source)
         return self._flood(changes, exclude=source)
 
     def _remember(self, update: bytes) -> bytes | None:

@@ -81,6 +81,12 @@ class _Reader:
 
     def var(self, hi: int, what: str) -> int:
         """An unsigned lib0 varint of at most ``hi``."""
+        pos, data = self.pos, self.data
+        if pos < len(data) and data[pos] < 0x80:  # one byte: most of them
+            self.pos = pos + 1
+            if data[pos] > hi:
+                raise DecodeError(f"{what} {data[pos]} is over {hi}")
+            return data[pos]
         value, shift = 0, 0
         for _ in range(_MAX_VARINT_BYTES):
             b = self.byte()
@@ -106,13 +112,13 @@ class _Reader:
 
     def blob(self, what: str) -> int:
         """A length-prefixed string or buffer; returns its length in bytes."""
-        n = self.var(self.remaining(), f"{what} length")
-        self.skip(n, what)
+        n = self.var(len(self.data) - self.pos, what)  # the length: at most what is left
+        self.pos += n
         return n
 
     def count(self, min_size: int, what: str) -> int:
         """A count of elements of at least ``min_size`` bytes each, charged to the budget."""
-        n = self.var(self.remaining() // min_size, what)
+        n = self.var((len(self.data) - self.pos) // min_size, what)
         self.elements += n
         if self.elements > self.limits.max_elements:
             raise DecodeError(f"more than {self.limits.max_elements} elements in one update")

@@ -124,3 +124,16 @@ def test_the_guard_reports_a_memory_blow_up_and_other_errors() -> None:
         block[::4096] = b"\1" * len(block[::4096])
     with pytest.raises(KeyError), targets.guarded((ValueError,)):
         raise KeyError("not the documented error")
+
+
+def test_the_member_update_target_fails_where_the_view_forgets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the guard, a member's deletion takes verified records out of the view."""
+    import protocols.ledger
+
+    monkeypatch.setattr(protocols.ledger, "losses", lambda *args: ({}, []))
+    monkeypatch.setattr(protocols.ledger, "restorable", lambda *args: {})
+    deletion = targets.seeds()["ledger_member_update"][0]
+    with pytest.raises(targets.Bug, match="left the view"):
+        targets.ledger_member_update(deletion)

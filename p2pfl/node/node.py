@@ -538,6 +538,9 @@ class Node:
             return
         except LocalProtocolError:
             return  # the link went down under us
+        for lost in self.ledger.take_violations():  # put back already; the sender is at fault
+            what = f"{lost.map_name}[{lost.key!r}] by {lost.author}"
+            self.peer_error(peer, f"ledger sync: {lost.kind} verified record {what}", kind="ledger")
         if isinstance(message, ledger_sync.SyncStep2) and not self.links.link(peer).synced:
             self.links.link(peer).synced = True
             log.info("ledger synced with %s", peer)

@@ -33,6 +33,7 @@ from types import ModuleType
 import msgpack
 import nacl.signing
 import numpy as np
+from pycrdt import Doc, Map
 
 from p2pfl.errors import ConfigError, KeyFileError, LedgerFileError
 from p2pfl.identity import Identity, load_identity, save_identity
@@ -189,6 +190,44 @@ def _closing(ledger: Ledger) -> Iterator[None]:
         ledger.store.close()
 
 
+def ledger_member_update(data: bytes) -> None:
+    """A member's update to a replica that verified the whole federation: ``DecodeError`` or
+    applied; either way every record the view showed, it still shows (the view is monotone)."""
+    ledger = _federation()[0]
+    replica = Ledger.from_updates(ledger.federation_id, [ledger.encode_state()], client_id=8)
+    with _closing(replica):
+        before = _shown(replica)
+        with guarded((DecodeError,)):
+            replica.apply_update(data, origin="peer")
+        if not before <= _shown(replica):
+            raise Bug(f"a verified record left the view: {sorted(before - _shown(replica))}")
+
+
+def _shown(ledger: Ledger) -> set[tuple[str, str, bytes]]:
+    return {(n, s, r.value) for n, slots in ledger.view().current.items() for s, r in slots.items()}
+
+
+def _member_edits() -> list[bytes]:
+    """Updates a member makes on its own copy: deleting, overwriting, re-setting old records."""
+    ledger, updates = _federation()
+    edits = []
+    for edit in ("delete", "overwrite", "old"):
+        doc: Doc = Doc(client_id=66)
+        doc.apply_update(ledger.encode_state())
+        before = doc.get_state()
+        for name in ("members", "progress", "plan"):
+            entries = doc.get(name, type=Map)
+            for key in list(entries.keys()):
+                if edit == "delete":
+                    del entries[key]
+                elif edit == "overwrite":
+                    entries[key] = b"\x93" + bytes(entries[key])[1:]
+        if edit == "old":
+            doc.get("progress", type=Map)["x@1"] = updates[4]
+        edits.append(bytes(doc.get_update(before)))
+    return edits
+
+
 def ledger_state_vector(data: bytes) -> None:
     """``Ledger.diff`` of a peer's state vector: ``DecodeError``."""
     ledger = _federation()[0]
@@ -332,6 +371,7 @@ def plan_record(data: bytes) -> None:
 
 TARGETS: dict[str, Target] = {
     "ledger_update": ledger_update,
+    "ledger_member_update": ledger_member_update,
     "ledger_state_vector": ledger_state_vector,
     "ledger_sync": ledger_sync,
     "ledger_file": ledger_file,
@@ -362,6 +402,7 @@ def _ledger_seeds() -> dict[str, list[bytes]]:
     files = [encode_ledger_file(fid, [updates[-1]]), encode_ledger_file(fid, updates[:3])]
     return {
         "ledger_update": [*updates, ledger.diff(vectors[1])],
+        "ledger_member_update": [*_member_edits(), *updates[-3:]],
         "ledger_state_vector": vectors,
         "ledger_sync": sync,
         "ledger_file": files,

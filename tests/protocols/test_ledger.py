@@ -147,14 +147,16 @@ def test_tampered_and_misplaced_records_are_rejected_and_counted() -> None:
     forge(ledger, B, "progress", nid(B), {"round": "nine"})
     ledger.insert_raw("progress", "garbage", b"\x00")
     ledger.insert_raw("metrics", f"1/{nid(B)}@99", b"not a record at all" * 5)
-    assert ledger.progress() == {}
+    assert ledger.progress() == {nid(B): 1}  # the verified record was put back over the flip
+    assert bytes(ledger.entries("progress")[good_key]) == bytes(progress[good_key])
+    assert [(v.key, v.kind) for v in ledger.take_violations()] == [(good_key, "overwritten")]
     assert ledger.rejections() == {
-        "bad_signature": 2,
+        "bad_signature": 1,
         "not_authorized": 1,
         "unknown_author": 1,
         "malformed": 3,
     }
-    assert ledger.rejected_count == 7
+    assert ledger.rejected_count == 6
 
 
 def test_a_replayed_old_record_never_hides_the_newer_one() -> None:
@@ -170,20 +172,25 @@ def test_a_replayed_old_record_never_hides_the_newer_one() -> None:
     assert ledger.progress() == {nid(B): 2} and ledger.rejections() == {"bad_signature": 1}
 
 
-def test_when_the_current_record_is_spoilt_the_previous_one_shows_again() -> None:
+def test_a_spoilt_or_deleted_current_record_is_put_back() -> None:
     ledger = federation()
     ledger.report_progress(B, 1, clock=ledger.next_clock())
     (old_key,) = ledger.entries("progress")
     old_value = bytes(ledger.entries("progress")[old_key])  # type: ignore[arg-type]
     ledger.report_progress(B, 2, clock=ledger.next_clock())
     (new_key,) = ledger.entries("progress")
+    new_value = bytes(ledger.entries("progress")[new_key])  # type: ignore[arg-type]
     ledger.insert_raw("progress", old_key, old_value)  # a replay brings round 1 back, stale
     assert ledger.progress() == {nid(B): 2}
     ledger.insert_raw("progress", new_key, b"spoilt" * 20)  # overwrites round 2 in place
-    assert ledger.progress() == {nid(B): 1}
-    assert ledger.rejections() == {"malformed": 1}
+    assert ledger.progress() == {nid(B): 2} and ledger.rejected_count == 0
+    assert ledger.entries("progress")[new_key] == new_value
     ledger.doc.get("progress", type=Map).pop(new_key)
-    assert ledger.progress() == {nid(B): 1} and ledger.rejected_count == 0
+    assert ledger.progress() == {nid(B): 2} and ledger.rejected_count == 0
+    assert [(v.key, v.kind, v.author) for v in ledger.take_violations()] == [
+        (new_key, "overwritten", nid(B)),
+        (new_key, "deleted", nid(B)),
+    ]
 
 
 def test_nobody_writes_after_being_revoked() -> None:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pycrdt import Doc, Map
 
 from p2pfl.cli import main
 from p2pfl.errors import LedgerFileError
 from p2pfl.identity import load_identity
-from p2pfl.ledger_file import load_ledger, save_ledger
+from p2pfl.ledger_file import decode_ledger_file, encode_ledger_file, load_ledger
 from protocols.records import seal
 
 PLAN = """\
@@ -201,19 +202,23 @@ def test_revoke_marks_the_member_revoked(cli: Cli, founded: dict[str, str]) -> N
 def test_a_flipped_byte_and_a_foreign_signature_are_rejected_and_counted(
     cli: Cli, founded: dict[str, str]
 ) -> None:
-    """Tamper with the ledger file directly, then look through the CLI."""
+    """Tamper with the ledger file directly (not through a replica, which would put back
+    what it verified), then look through the CLI."""
     ledger = load_ledger(cli.path("f.ledger"))
     (member_key,) = [k for k in ledger.entries("members") if k.startswith(founded["a"])]
-    value = bytearray(ledger.entries("members")[member_key])  # type: ignore[arg-type]
+    fid, updates = decode_ledger_file(Path(cli.path("f.ledger")).read_bytes())
+    doc: Doc = Doc()
+    for update in updates:
+        doc.apply_update(update)
+    members = doc.get("members", type=Map)
+    value = bytearray(members[member_key])
     value[40] ^= 0x01  # inside the signed body
-    ledger.insert_raw("members", member_key, bytes(value))
+    members[member_key] = bytes(value)
     b = load_identity(cli.path("b.key"), b"b's secret")
     clock = ledger.next_clock()  # b re-signs a progress record in f's namespace
-    ledger.insert_raw(
-        "progress",
-        *seal(b.signing_key, ledger.federation_id, "progress", founded["f"], clock, {"round": 99}),
-    )
-    save_ledger(ledger, cli.path("f.ledger"))
+    entry_key, forged = seal(b.signing_key, fid, "progress", founded["f"], clock, {"round": 99})
+    doc.get("progress", type=Map)[entry_key] = forged
+    Path(cli.path("f.ledger")).write_bytes(encode_ledger_file(fid, [bytes(doc.get_update())]))
 
     info = cli.show("f.ledger")
     assert founded["a"] not in {m["node_id"] for m in info["members"]}
