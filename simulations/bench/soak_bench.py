@@ -3,7 +3,7 @@
     PYTHONPATH=. python3 simulations/bench/soak_bench.py [--nodes 16] [--rounds 200]
         [--seed 0] [--out FILE.json] [--latency 0.005] [--jitter 0.005] [--bandwidth 20e6]
         [--resets-per-second 0.02] [--reset-on-round] [--warmup 20] [--round-timeout 60]
-        [--timeout 7200] [--progress 10]
+        [--timeout 7200] [--progress 10] [--keep DIR]
 
 Nothing needs to be installed beyond the project's dependencies: the daemons
 run as ``python -m p2pfl`` with ``PYTHONPATH`` set to this repository
@@ -17,7 +17,7 @@ one, and each proxy, seeded, adds latency and jitter, caps bandwidth each way an
 resets its connections at random (``--resets-per-second`` per connection);
 ``--reset-on-round`` also resets every connection whenever a daemon completes a
 round. The federation is set up with ``local_federation`` as node_bench.py does,
-in a temporary directory.
+in a temporary directory (``--keep DIR``: in DIR, kept with the daemons' logs).
 
 While it runs it prints, every ``--progress`` seconds, the rounds the daemons
 have completed (fewest, median, most) and an estimate of the time left. At the
@@ -28,8 +28,10 @@ end it prints, and with ``--out`` writes as JSON:
   most neighbours missing from any round against what the secure threshold
   allows (d - t); its slowest round;
 - RSS (``/proc/PID/status`` VmRSS) and open descriptors (``/proc/PID/fd``) of
-  each daemon, sampled while it runs, and their growth from the first sample at
-  round ``--warmup`` or later to the last one (and to the highest one);
+  each daemon, sampled while it runs, and their growth after round
+  ``--warmup``: from the median of the first tenth of the samples to the median
+  of the last tenth (a descriptor open for a moment during a reconnection is not
+  growth), and to the highest sample; the CPU seconds each daemon used per round;
 - the protocol faults each daemon counted against its neighbours and the bans
   they led to;
 - whether every saved ledger (``p2pfl.ledger_file.load_ledger``) holds the same
@@ -41,6 +43,36 @@ end it prints, and with ``--out`` writes as JSON:
 - ``ok``: every round completed everywhere, no neighbour missing beyond d - t,
   no round skipped or abandoned, RSS and descriptors growing under 5 % after
   the warm-up, every ledger the same, every audit chain intact.
+
+Measured on the 2-core development machine, shared with other work (load 17 to
+21), default faults (5 ms + up to 5 ms latency, 20 MB/s each way, a reset per
+connection every 50 s on average), 60 s secure timeouts, ``--warmup 10``:
+
+- ``--nodes 4 --rounds 40``: 126 s wall, 11 connections reset; 40/40 rounds on
+  every node, none skipped or abandoned, no neighbour missing (1 allowed),
+  slowest round 4.3 s; RSS +0.1 to +0.3 %, descriptors +0 % (highest +16.7 %:
+  one socket more during a reconnection, 12 -> 14); CPU 0.053 to 0.063 s per
+  round per daemon; ledgers equal; ok.
+- ``--nodes 8 --rounds 40``: 224.7 s wall, of which 113 s start-up (eight
+  daemons importing torch on two busy cores) and 9 s linger; 61 connections
+  reset; 40/40 rounds everywhere, no neighbour missing (3 allowed), slowest
+  round 5.2 s; RSS +0.2 to +0.5 %, descriptors +0 % (highest +12.5 %); CPU
+  0.078 to 0.087 s per round per daemon; ledgers equal; ok.
+- Before the replay fix (a round's frames were dropped once this node's round
+  ended), ``6 x 20`` with 0.2 resets per second per connection and 20 s
+  timeouts: every node had rounds with a neighbour declared dropped after a
+  20 s wait; after it, the same run had none. The 16-daemon stalls of about
+  61 s had that cause, and lasted 60 s because this script did not pass
+  ``--round-timeout`` on.
+
+16 x 200 on 16 free cores, estimated from these (not measured): CPU per daemon
+per round grew from 0.058 s (3 neighbours) to 0.083 s (7); extrapolated to 15
+neighbours, 0.13 s (linear) to 0.19 s (quadratic), so 30 to 40 s of CPU per
+daemon for 200 rounds on its own core, plus the latency chain of a secure round
+(five message hops through a proxy, 5 to 10 ms each: about 10 s over 200
+rounds), start-up (seconds on idle cores) and linger (about 10 s): roughly 1.5
+to 3 minutes, inside 9. Not measured at 16: this process forwards every link
+through its proxies (``harness_cpu_s`` in the JSON says what that cost).
 """
 
 from __future__ import annotations
@@ -67,6 +99,7 @@ from p2pfl.transport.faultproxy import FaultProxy, LinkFaults  # noqa: E402
 from simulations.bench.soak_harness import (  # noqa: E402
     Result,
     Settings,
+    cpu_per_round,
     growth,
     soak,
     training,
@@ -154,13 +187,14 @@ def figures(result: Result, floor: dict[str, tuple[float, float]]) -> dict[str, 
                 "bans": node.banned,
                 "rss_first_mb": kept[0].rss / MB if kept else None,
                 "rss_last_mb": kept[-1].rss / MB if kept else None,
-                "rss_growth_last": None if rss is None else rss[0],
+                "rss_growth_end": None if rss is None else rss[0],
                 "rss_growth_highest": None if rss is None else rss[1],
                 "fds_first": kept[0].fds if kept else None,
                 "fds_last": kept[-1].fds if kept else None,
-                "fds_growth_last": None if fds is None else fds[0],
+                "fds_growth_end": None if fds is None else fds[0],
                 "fds_growth_highest": None if fds is None else fds[1],
                 "samples_after_warmup": len(kept),
+                "cpu_s_per_round": cpu_per_round(kept),
             }
         )
     ok = (
@@ -169,9 +203,9 @@ def figures(result: Result, floor: dict[str, tuple[float, float]]) -> dict[str, 
         and all(n["skipped_or_abandoned"] == 0 and n["receiver_abandoned"] == 0 for n in nodes)
         and all(n["audit_intact"] for n in nodes)
         and all(
-            n["rss_growth_last"] is not None
-            and n["rss_growth_last"] < GROWTH_LIMIT
-            and n["fds_growth_last"] < GROWTH_LIMIT
+            n["rss_growth_end"] is not None
+            and n["rss_growth_end"] < GROWTH_LIMIT
+            and n["fds_growth_end"] < GROWTH_LIMIT
             for n in nodes
         )
         and result.records_converged
@@ -185,6 +219,7 @@ def figures(result: Result, floor: dict[str, tuple[float, float]]) -> dict[str, 
             "python": platform.python_version(),
         },
         "wall_s": round(result.wall, 1),
+        "harness_cpu_s": round(sum(os.times()[:2]), 1),  # the proxies and the sampling
         "allowed_missing_neighbours": result.tolerance,
         "connections_reset": result.resets,
         "proxied_mb": result.proxied_bytes / MB,
@@ -209,14 +244,14 @@ def report(result: Result, shown: dict[str, Any]) -> None:
     for n in shown["nodes"]:
         rss = (
             f"RSS {n['rss_first_mb']:.0f} -> {n['rss_last_mb']:.0f} MB "
-            f"(last {n['rss_growth_last']:+.1%}, highest {n['rss_growth_highest']:+.1%})"
-            if n["rss_growth_last"] is not None
+            f"(end {n['rss_growth_end']:+.1%}, highest {n['rss_growth_highest']:+.1%})"
+            if n["rss_growth_end"] is not None
             else "RSS: too few samples after warm-up"
         )
         fds = (
             f"fds {n['fds_first']} -> {n['fds_last']} "
-            f"(last {n['fds_growth_last']:+.1%}, highest {n['fds_growth_highest']:+.1%})"
-            if n["fds_growth_last"] is not None
+            f"(end {n['fds_growth_end']:+.1%}, highest {n['fds_growth_highest']:+.1%})"
+            if n["fds_growth_end"] is not None
             else "fds: too few samples"
         )
         print(
@@ -226,14 +261,18 @@ def report(result: Result, shown: dict[str, Any]) -> None:
             f"{n['most_missing_neighbours']} (allowed {result.tolerance}), slowest round "
             f"{n['slowest_round_s']:.1f} s; audit {'intact' if n['audit_intact'] else 'BROKEN'}; "
             f"peer faults {n['peer_faults']}, bans {n['bans']}; {rss}; {fds}; "
-            f"{n['samples_after_warmup']} samples in rounds {s.warmup}..{s.rounds - 1}"
+            f"{n['samples_after_warmup']} samples in rounds {s.warmup}..{s.rounds - 1}, "
+            f"CPU {n['cpu_s_per_round'] or 0:.3f} s per round"
         )
     print(
         f"ledgers: records converged {result.records_converged}, state vectors equal "
         f"{result.state_vectors_converged}, record hashes equal "
         f"{shown['ledger_record_hashes_equal']} ({result.ledger_hashes[0][:16]}...)"
     )
-    print(f"ok: {shown['ok']} (growth limit {GROWTH_LIMIT:.0%})")
+    print(
+        f"harness (proxies, sampling) CPU {shown['harness_cpu_s']:.1f} s; "
+        f"ok: {shown['ok']} (growth limit {GROWTH_LIMIT:.0%})"
+    )
 
 
 class Progress:
@@ -257,7 +296,8 @@ class Progress:
             left = f", about {(self.rounds - fewest) / rate:.0f} s left"
         print(
             f"[{at:6.0f} s] rounds completed: fewest {max(fewest, 0)}, median "
-            f"{max(int(statistics.median(latest)), 0)}, most {max(latest)} of {self.rounds}{left}",
+            f"{max(int(statistics.median(latest)), 0)}, most {max(max(latest), 0)} of "
+            f"{self.rounds}{left}",
             flush=True,
         )
 
@@ -277,6 +317,7 @@ def main() -> None:
     parser.add_argument("--round-timeout", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=7200.0)
     parser.add_argument("--progress", type=float, default=10.0, help="seconds between lines")
+    parser.add_argument("--keep", type=Path, help="run in this (new) directory and keep it")
     args = parser.parse_args()
     faults = LinkFaults(
         latency=args.latency,
@@ -298,8 +339,13 @@ def main() -> None:
     floor = asyncio.run(floor_async(faults))
     for name, (rate, rtt) in floor.items():
         print(f"floor, {name}: {rate:.0f} MB/s one way, median RTT {rtt * 1e3:.2f} ms")
-    with tempfile.TemporaryDirectory(prefix="p2pfl-soak-bench-") as tmp:
-        result = soak(Path(tmp), settings, Progress(settings.rounds, args.progress))
+    with contextlib.ExitStack() as stack:
+        if args.keep is not None:
+            args.keep.mkdir(parents=True)
+            root = args.keep
+        else:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="p2pfl-soak-")))
+        result = soak(root, settings, Progress(settings.rounds, args.progress))
         shown = figures(result, floor)
         report(result, shown)
         for node in result.nodes:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import statistics
 import sys
 import time
 import tomllib
@@ -73,6 +74,7 @@ class Sample:
     round: int  # the daemon's last completed round (status file), -1 before its first
     rss: int  # bytes
     fds: int
+    cpu: float = 0.0  # seconds of CPU the daemon used so far (user + system)
 
 
 @dataclass
@@ -165,8 +167,11 @@ def sample(pid: int, directory: Path, at: float) -> Sample | None:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
+    ticks = stat.rsplit(")", 1)[1].split()[11:13]  # utime, stime (fields 14 and 15)
+    cpu = sum(int(t) for t in ticks) / os.sysconf("SC_CLK_TCK")
     found = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
     if not found:  # exited, not yet reaped: no memory left to show
         return None
@@ -174,7 +179,7 @@ def sample(pid: int, directory: Path, at: float) -> Sample | None:
     done = -1
     with contextlib.suppress(Exception):
         done = int(read_status(directory).get("completed", -1))
-    return Sample(at, done, rss, fds)
+    return Sample(at, done, rss, fds, cpu)
 
 
 async def _daemons(
@@ -311,10 +316,23 @@ def training(samples: list[Sample], warmup: int, rounds: int) -> list[Sample]:
 
 
 def growth(samples: list[Sample], key: str) -> tuple[float, float] | None:
-    """(last, highest) against the first of ``samples``, as fractions."""
-    if len(samples) < 2:
+    """(end, highest) against the start of ``samples``, as fractions.
+
+    Start and end are the medians of the first and last tenth of the samples (at
+    least three each): a descriptor opened for a moment by a reconnection, or a
+    collection about to run, is not growth, while a leak moves the medians too.
+    """
+    if len(samples) < 6:
         return None
-    base = getattr(samples[0], key)
-    last = getattr(samples[-1], key)
-    top = max(getattr(s, key) for s in samples)
-    return (last - base) / base, (top - base) / base
+    values = [float(getattr(s, key)) for s in samples]
+    tenth = max(3, len(values) // 10)
+    base = statistics.median(values[:tenth])
+    end = statistics.median(values[-tenth:])
+    return (end - base) / base, (max(values) - base) / base
+
+
+def cpu_per_round(samples: list[Sample]) -> float | None:
+    """CPU seconds the daemon used per round completed, over ``samples``."""
+    if len(samples) < 2 or samples[-1].round <= samples[0].round:
+        return None
+    return (samples[-1].cpu - samples[0].cpu) / (samples[-1].round - samples[0].round)
