@@ -7,7 +7,8 @@ the cores this process may run on (its affinity mask, which a batch scheduler or
 ``taskset`` narrows), less the one-minute load average (the processes already
 running or waiting for a core), shared among the processes of this job on this
 machine (``LOCAL_WORLD_SIZE`` under torchrun, ``SLURM_NTASKS_PER_NODE`` under
-srun), and never fewer than one.
+srun), and never fewer than one. A thread count set in ``OMP_NUM_THREADS`` (which
+torch's own default also obeys) wins over the guess.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ def local_processes(environ: Mapping[str, str]) -> int:
 
 
 def default_threads(environ: Mapping[str, str] | None = None) -> int:
-    """The thread count for this process now, from the free cores (see the module)."""
+    """The thread count for this process now: ``OMP_NUM_THREADS`` where it is a count,
+    else from the free cores (see the module)."""
+    env = os.environ if environ is None else environ
+    told = env.get("OMP_NUM_THREADS", "").strip()
+    if told.isdigit() and int(told) >= 1:
+        return int(told)
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average here (Windows), or unreadable
         load = 0.0
-    env = os.environ if environ is None else environ
     return free_threads(usable_cores(), load, local_processes(env))

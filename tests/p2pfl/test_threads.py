@@ -57,3 +57,10 @@ def test_default_threads_is_within_the_usable_cores(monkeypatch: pytest.MonkeyPa
     assert default_threads({}) == usable_cores()
     monkeypatch.setattr(os, "getloadavg", lambda: (1000.0, 0.0, 0.0))
     assert default_threads({}) == 1
+
+
+def test_omp_num_threads_wins_over_the_guess(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "getloadavg", lambda: (1000.0, 0.0, 0.0))
+    assert default_threads({"OMP_NUM_THREADS": "3"}) == 3
+    assert default_threads({"OMP_NUM_THREADS": "0"}) == 1  # not a count: the guess
+    assert default_threads({"OMP_NUM_THREADS": "many"}) == 1
