@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: the cores not busy with other processes, "
-        "from this process's CPU affinity less the load average; at least 1)",
+        help="torch CPU threads (default: OMP_NUM_THREADS if set, else the cores not busy "
+        "with other processes: this process's CPU affinity less the load average; at least 1)",
     )
     p.set_defaults(handler=_run)
 
