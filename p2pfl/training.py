@@ -15,7 +15,8 @@ fresh permutation (or ``local_steps`` batches), drawn from a generator seeded
 by (seed, node, round), never from global state. Nodes with less data finish
 earlier; the stack is ordered by step count, so the nodes still training at a
 step are always a prefix of the stack and no parameters are copied to skip
-the others.
+the others. Each step's batch is gathered into buffers allocated once per
+trainer (``index_select(..., out=)``), not into fresh memory.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class StackedTrainer:
         self._grad = vmap(grad(self._loss), in_dims=(0, 0, 0, 0))
         self._state: list[Tensor] = []
         self._adam_steps = torch.zeros(len(self.sizes), device=self.device)
+        self._batch: _BatchBuffers | None = None
 
     def _loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
         logits = functional_call(self.model, params, (x,))
@@ -198,6 +200,9 @@ class StackedTrainer:
         if not self._state:
             self._init_state(params)
         chunk = chunk or k
+        rows = min(chunk, k) * width
+        if self._batch is None or self._batch.rows < rows:
+            self._batch = _BatchBuffers(self.x, self.y, rows)
         samples = 0
         for step in range(max(steps)):
             active = sum(1 for s in steps if s > step)
@@ -262,10 +267,8 @@ class StackedTrainer:
             self._adam_steps = tensors["adam_steps"]
 
     def _step(self, params: Tensor, idx: Tensor, start: int, stop: int) -> int:
-        mask = (idx >= 0).to(self.x.dtype)
-        rows = (idx.clamp(min=0) + self.offsets[start:stop, None]).reshape(-1)
-        x = self.x.index_select(0, rows).reshape(*idx.shape, *self.x.shape[1:])
-        y = self.y.index_select(0, rows).reshape(idx.shape)
+        assert self._batch is not None  # train_round sized it
+        x, y, mask = self._batch.gather(idx, self.offsets[start:stop])
         block = params[start:stop]
         grads = self._grad(param_views(self.model, block), x, y, mask)
         if self.schedule.optimizer == "adam":
@@ -301,6 +304,44 @@ class StackedTrainer:
         step_size = s.lr / (1 - beta1**t)
         denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
         p.addcdiv_(m * step_size, denom, value=-1.0)
+
+
+class _BatchBuffers:
+    """One step's samples, labels and mask, gathered into memory allocated once.
+
+    A fresh ``index_select`` per step would allocate (and page-fault) a batch of
+    every node, each step, for memory that is the same size every time. The buffers
+    hold ``rows`` samples (every node's full batch); a step uses a prefix.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, rows: int) -> None:
+        self.x, self.y, self.rows = x, y, rows
+        self._x = torch.empty((rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        self._y = torch.empty(rows, dtype=y.dtype, device=y.device)
+        self._rows = torch.empty(rows, dtype=torch.int64, device=x.device)
+        self._mask = torch.empty(rows, dtype=x.dtype, device=x.device)
+        self._valid = torch.empty(rows, dtype=torch.bool, device=x.device)
+
+    def gather(self, idx: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(x, y, mask) of sample indices ``idx`` (k, batch; -1 pads), views into the buffers.
+
+        ``offsets`` (k,) are the nodes' first rows in the pooled data. The views are
+        overwritten by the next call.
+        """
+        k, width = idx.shape
+        n = k * width
+        rows = self._rows[:n].view(k, width)
+        torch.clamp(idx, min=0, out=rows)
+        rows.add_(offsets[:, None])
+        flat = rows.view(-1)
+        torch.index_select(self.x, 0, flat, out=self._x[:n])
+        torch.index_select(self.y, 0, flat, out=self._y[:n])
+        mask = self._mask[:n].view(k, width)
+        valid = self._valid[:n].view(k, width)
+        torch.ge(idx, 0, out=valid)
+        mask.copy_(valid)
+        x = self._x[:n].view(k, width, *self.x.shape[1:])
+        return x, self._y[:n].view(k, width), mask
 
 
 INDEX_LIMIT = (1 << 31) - 1

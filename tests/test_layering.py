@@ -56,6 +56,7 @@ TIERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "p2pfl.identity",
             "p2pfl.ledger_file",
             "p2pfl.runcrate",
+            "p2pfl.threads",
         ),
     ),
     ("pure", ("protocols", "topology")),

@@ -49,7 +49,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: OMP_NUM_THREADS if set, else the cores not busy "
+        "with other processes: this process's CPU affinity less the load average; at least 1)",
     )
     p.set_defaults(handler=_run)
 
@@ -132,12 +136,14 @@ def load(path: Path, items: list[str]) -> tuple[Scenario, dict[str, Any]]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError("--threads must be at least 1")
-        import torch
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads must be at least 1")
+    from p2pfl.threads import default_threads
 
-        torch.set_num_threads(args.threads)
+    threads = args.threads or default_threads()
+    import torch
+
+    torch.set_num_threads(threads)
     path = scenario_path(args.scenario)
     scenario, overrides = load(path, args.overrides)
     world = _join(scenario)

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from p2pfl.engines.vectorized import csr_to_torch
+from p2pfl.engines.vectorized_mix import csr_to_torch
 from topology.shards import Blocks, halo_plan
 
 

@@ -1,6 +1,6 @@
 """Secure mixing of one rank's nodes: the single-process fixed-point sums, split by rank.
 
-``vectorized.SecureMixer`` sums, for every receiver i, the codes
+``vectorized_secure.SecureMixer`` sums, for every receiver i, the codes
 ``fixed_codes(x_j, W_ij * scale)`` of its neighbours that did not drop out, and
 decodes the sum. Here the sender's rank computes the codes of every pair whose
 receiver lives elsewhere and sends them as integers; the receiver's rank adds
@@ -10,7 +10,7 @@ denominators are taken in the single-process order (the global stack order), so
 a neighbourhood's aggregate is bit-identical to the single-process one.
 
 Which receivers complete a round (enough survivors, masks still connected) is
-``vectorized.completes``, the receiver core's own rule, decided where the
+``vectorized_secure.completes``, the receiver core's own rule, decided where the
 receiver lives.
 """
 
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from p2pfl.engines.common import Setup
 from p2pfl.engines.halo import StepHalo, exchange
-from p2pfl.engines.vectorized import completes
+from p2pfl.engines.vectorized_secure import completes
 from p2pfl.training import stack_order
 from protocols.mixing import combine
 from protocols.secagg.fixedpoint import decode_sum, fixed_codes, is_fast

@@ -40,7 +40,7 @@ from p2pfl.engines.privacy import delta_noise, make_trainer, norm_summary
 from p2pfl.engines.secure_shards import ShardSecureMixer
 from p2pfl.engines.traffic import bytes_sent
 from p2pfl.engines.uniforms import NodeUniforms
-from p2pfl.engines.vectorized import COMPRESS_ELEMENTS, block_columns, choco_copies_update
+from p2pfl.engines.vectorized_mix import COMPRESS_ELEMENTS, block_columns, choco_copies_update
 from p2pfl.engines.world import World, check_same, scenario_digest
 from p2pfl.errors import ConfigError
 from p2pfl.training import evaluate, nodes_per_call, stack_order

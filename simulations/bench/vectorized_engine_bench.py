@@ -14,6 +14,19 @@ The federation is evaluated once, after the last round. Prints:
   process (target: at least 25%).
 
     python simulations/bench/vectorized_engine_bench.py [--nodes 256] [--rounds 3] ...
+
+``--scaling 64,256,1024,4096`` measures instead how a round's time grows with the
+node count: logistic regression on Fashion-MNIST (iid), a ring, a fixed
+``--local-steps`` (default 5) of batch 32 per node, so that every node does the
+same work at every size; ``--rounds`` (default 5 here) rounds, evaluated only after
+the last. For each size it prints the fastest of rounds 2 to R-1 (not the first,
+not the evaluated last; the fastest is the least disturbed by other processes),
+the time per node and round, and its ratio to the smallest size's (target: within
+1.2x of linear, so at most 1.2), beside two floors measured at the same size:
+gathering one step's batch of every node (``index_select``) into a preallocated
+buffer and into fresh memory.
+
+    python simulations/bench/vectorized_engine_bench.py --scaling 64,256,1024,4096 --threads 1
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ from p2pfl.scenario import scenario_from_table
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--nodes", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=None, help="default 3; 5 with --scaling")
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--local-steps", type=int, default=0, help="fixed steps instead of epochs")
@@ -44,7 +57,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--copies", type=int, default=5, help="timed repetitions of the plain copy")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument(
+        "--scaling",
+        default=None,
+        metavar="N,N,...",
+        help="node counts: per-round time against the node count (logreg, iid)",
+    )
+    args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 5 if args.scaling else 3
+    return args
 
 
 def scenario_table(args: argparse.Namespace) -> dict[str, object]:
@@ -92,10 +114,82 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+LINEAR_TARGET = 1.2
+
+
+def gather_seconds(x: torch.Tensor, rows: int, repeats: int = 5) -> tuple[float, float]:
+    """Median seconds to gather ``rows`` random rows of ``x``: into a buffer, into fresh memory."""
+    index = torch.randint(0, x.shape[0], (rows,), device=x.device)
+    buf = torch.empty((rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    torch.index_select(x, 0, index, out=buf)
+    into, fresh = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.index_select(x, 0, index, out=buf)
+        _sync(x.device)
+        into.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = x.index_select(0, index)
+        _sync(x.device)
+        fresh.append(time.perf_counter() - t0)
+        del out
+    return statistics.median(into), statistics.median(fresh)
+
+
+def scaling(args: argparse.Namespace) -> int:
+    """Per-round time against the node count, and its ratio to linear."""
+    sizes = [int(n) for n in args.scaling.split(",")]
+    steps = args.local_steps or 5
+    print(
+        f"vectorized engine, logreg on Fashion-MNIST (iid), {args.topology}, sync, "
+        f"{args.rounds} rounds of {steps} local steps of batch {args.batch_size}; "
+        f"torch threads {torch.get_num_threads()}, device {args.device}"
+    )
+    print(
+        f"{'nodes':>6} {'round ms':>10} {'us/node/round':>14} {'vs smallest':>12}"
+        f" {'gather into buffer ms':>22} {'gather fresh ms':>16}"
+    )
+    base = None
+    worst = 0.0
+    for n in sizes:
+        table = scenario_table(args)
+        table["data"] = {**table["data"], "nodes": n, "partition": "iid"}  # type: ignore[dict-item]
+        table["model"] = {"name": "logreg"}
+        table["training"] = {
+            "rounds": args.rounds,
+            "batch_size": args.batch_size,
+            "lr": 0.05,
+            "local_steps": steps,
+            "local_epochs": 0,
+        }
+        setup = prepare(scenario_from_table(table, "vectorized_engine_bench"))
+        result = run_engine("vectorized", setup, "bench")
+        middle = [r.wall for r in result.rounds[1:-1]] or [r.wall for r in result.rounds]
+        per_round = min(middle)  # the least disturbed by other processes
+        per_node = per_round / n
+        base = per_node if base is None else base
+        ratio = per_node / base
+        worst = max(worst, ratio)
+        x = torch.cat([nd.x_train for nd in setup.data.nodes]).to(setup.device)
+        into, fresh = gather_seconds(x, n * args.batch_size)
+        print(
+            f"{n:>6} {per_round * 1e3:>10.1f} {per_node * 1e6:>14.1f} {ratio:>11.2f}x"
+            f" {into * 1e3:>22.2f} {fresh * 1e3:>16.2f}"
+        )
+    verdict = "met" if worst <= LINEAR_TARGET else "NOT met"
+    print(
+        f"linearity: worst time per node and round {worst:.2f}x the smallest size's "
+        f"(target <= {LINEAR_TARGET}x): {verdict}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.scaling:
+        return scaling(args)
     scenario = scenario_from_table(scenario_table(args), "vectorized_engine_bench")
     t0 = time.perf_counter()
     setup = prepare(scenario)

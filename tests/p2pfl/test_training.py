@@ -268,3 +268,22 @@ def test_small_index_limit_changes_nothing(digits, monkeypatch):
     small_params, small_loss = train_and_eval()
     torch.testing.assert_close(small_params, params, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(small_loss, loss, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_buffers_gather_what_a_fresh_index_select_gathers() -> None:
+    """The preallocated gather equals the plain one, padding included, call after call."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 2, 3, generator=gen)
+    y = torch.randint(0, 5, (50,), generator=gen)
+    offsets = torch.tensor([0, 20, 35])
+    buffers = training._BatchBuffers(x, y, rows=3 * 4)
+    first = None
+    for k in (3, 2, 3):  # fewer active nodes, then all again: the same memory reused
+        idx = torch.randint(-1, 15, (k, 4), generator=gen)
+        bx, by, mask = buffers.gather(idx, offsets[:k])
+        rows = (idx.clamp(min=0) + offsets[:k, None]).reshape(-1)
+        assert torch.equal(bx, x.index_select(0, rows).reshape(k, 4, 2, 3))
+        assert torch.equal(by, y.index_select(0, rows).reshape(k, 4))
+        assert torch.equal(mask, (idx >= 0).to(x.dtype))
+        first = bx.data_ptr() if first is None else first
+        assert bx.data_ptr() == first  # no fresh allocation

@@ -30,7 +30,7 @@ import torch
 from p2pfl.engines import prepare, run_engine
 from p2pfl.engines.halo import step_halo
 from p2pfl.engines.sharded import shard_partition
-from p2pfl.engines.vectorized import SecureMixer
+from p2pfl.engines.vectorized_secure import SecureMixer
 from p2pfl.engines.world import placement, scenario_digest
 from p2pfl.errors import ConfigError
 from p2pfl.training import stack_order
