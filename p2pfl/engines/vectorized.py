@@ -226,8 +226,6 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
     )
 
 
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
