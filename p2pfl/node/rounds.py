@@ -44,29 +44,23 @@ import asyncio
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from p2pfl.atomic import atomic_write_bytes
 from p2pfl.errors import ConfigError
 from p2pfl.node.channels import Channel
-from p2pfl.node.checkpoint import (
-    Checkpoint,
-    latest_checkpoint,
-    prune_checkpoints,
-    write_checkpoint,
-)
+from p2pfl.node.checkpoint import Checkpoint, latest_checkpoint
 from p2pfl.node.data import check_local_data
-from p2pfl.node.errors import PlanError, storage_error
+from p2pfl.node.errors import PlanError
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
 from p2pfl.node.local import Learner, warm_up
-from p2pfl.node.numbering import FIRST, index, number
+from p2pfl.node.numbering import FIRST, index
 from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
+from p2pfl.node.round_files import CORE_STATE, dealt_round, mark_dealt, save_round, split_state
 from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
 from protocols.gossip import PushSumGossip, RoundMixed
@@ -77,15 +71,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEALT_FILE = "secure-dealt"
-NUMBERED = "numbered"
-"""The dealt file's third word: its round is a number (``_mark_dealt``)."""
 MAX_EARLY_FRAMES = 1024
 MAX_EARLY_FRAMES_PER_PEER = 64
 """Frames kept from one peer before rounds start; with ``2 * max_message_size`` bytes at
 most, so one member cannot fill the buffer the others' first frames need."""
-CORE_STATE = "gossip."
-"""Prefix of the round core's arrays in a checkpoint's ``state`` (the rest: the optimizer's)."""
 
 
 class RoundDriver:
@@ -308,8 +297,7 @@ class RoundDriver:
         Returns the round core's part of the state (``CORE_STATE`` names, prefix off).
         """
         assert self.learner is not None and self.plan is not None
-        optimizer = {k: v for k, v in ckpt.state.items() if not k.startswith(CORE_STATE)}
-        core = {k[len(CORE_STATE) :]: v for k, v in ckpt.state.items() if k.startswith(CORE_STATE)}
+        optimizer, core = split_state(ckpt.state)
         self.learner.restore_optimizer(optimizer if ckpt.has_state else None, ckpt.path)
         if self.plan.privacy.active:
             log.info(
@@ -318,16 +306,9 @@ class RoundDriver:
             )
         return core
 
-    @property
-    def _dealt_file(self) -> Path:
-        return self.node.data_dir / DEALT_FILE
-
     def _mark_dealt(self, r: int) -> None:
-        """``N HASH numbered``: round number N of the plan HASH (a file of two words,
-        written before rounds were numbered from 1, holds the round's index)."""
         assert self.plan_hash is not None
-        text = f"{r} {self.plan_hash.hex()} {NUMBERED}\n"
-        atomic_write_bytes(self._dealt_file, text.encode())
+        mark_dealt(self.node.data_dir, r, self.plan_hash)
 
     def _skip_dealt_round(self) -> None:
         """Never deal twice in one secure round: a restart skips the round it had begun.
@@ -336,12 +317,10 @@ class RoundDriver:
         a second masked input with a fresh seed would not unmask. They finish the
         round without this node (it is declared dropped) and it joins the next one.
         """
-        try:
-            text, plan_hash, *numbered = self._dealt_file.read_text().split()
-            dealt = int(text) if numbered == [NUMBERED] else number(int(text))
-        except (OSError, ValueError):
+        if self.plan_hash is None:
             return
-        if self.plan_hash is not None and plan_hash == self.plan_hash.hex() and dealt >= self.round:
+        dealt = dealt_round(self.node.data_dir, self.plan_hash)
+        if dealt is not None and dealt >= self.round:
             self.node.record("round-abandoned", round=dealt, reason="begun before a restart")
             log.warning("round %d was begun before the restart: joining round %d", dealt, dealt + 1)
             self.round = dealt + 1
@@ -432,14 +411,13 @@ class RoundDriver:
             exchange.forget(r)
         self._mix_seconds = time.perf_counter() - mixing
         learner.set(mixed.model)
-        accuracy, loss = await asyncio.to_thread(learner.evaluate)
-        assert self.privacy is not None
-        figures, drift = await asyncio.to_thread(self.privacy.measure, r, accuracy, loss)
-        seconds = time.perf_counter() - started
         transfers = node.transfers
         self._wire = {} if transfers is None else wire_totals(transfers.take())
         core_state = self._core_state()
-        await asyncio.to_thread(self._checkpoint, r, mixed, accuracy, loss, seconds, core_state)
+        accuracy, loss, figures, drift, seconds = await asyncio.to_thread(
+            self._close_round, r, mixed, started, core_state
+        )
+        assert self.privacy is not None
         ledger = node.ledger
         # The masked figures go out before the progress record: every path floods them in
         # that order, so a peer that sees our round done (its linger ends on it) has them.
@@ -447,7 +425,7 @@ class RoundDriver:
         node.write_ledger(
             ledger.report_progress(node.identity.signing_key, r, clock=ledger.next_clock())
         )
-        node.save_ledger()
+        await node.persist()  # the ledger file and the audit lines so far, fsynced
         self.completed, self.round = r, r + 1
         self._final = (r, mixed, seconds)
         self.mixed_with.update(dict.fromkeys(mixed.arrived, r))
@@ -484,6 +462,20 @@ class RoundDriver:
         )
         node.emit(event)
         node.write_status()
+
+    def _close_round(
+        self, r: int, mixed: RoundMixed, started: float, core_state: dict[str, np.ndarray]
+    ) -> tuple[float | None, float | None, Any, Any, float]:
+        """Evaluate, measure and checkpoint round ``r``: one trip to a worker thread.
+
+        Returns the accuracy, loss, the privacy figures and drift, and the round's seconds.
+        """
+        assert self.learner is not None and self.privacy is not None
+        accuracy, loss = self.learner.evaluate()
+        figures, drift = self.privacy.measure(r, accuracy, loss)
+        seconds = time.perf_counter() - started
+        self._checkpoint(r, mixed, accuracy, loss, seconds, core_state)
+        return accuracy, loss, figures, drift, seconds
 
     def _core_state(self) -> dict[str, np.ndarray]:
         """The round core's arrays for the checkpoint, taken in the event loop's thread.
@@ -526,14 +518,8 @@ class RoundDriver:
             **self._wire,
         }
         state = {**self.learner.optimizer_state(), **core_state}
-        try:  # a node that cannot keep its rounds must not train on: it stops here
-            write_checkpoint(directory, r, self.learner.params[0].numpy(), meta, state=state)
-        except OSError as exc:
-            raise storage_error(f"the checkpoint of round {r}", directory, exc, r - 1) from None
-        try:
-            prune_checkpoints(directory, self.node.config.limits.keep_checkpoints)
-        except OSError as exc:
-            raise storage_error("(remove) old checkpoints", directory, exc, r) from None
+        model = self.learner.params[0].numpy()
+        save_round(directory, r, model, meta, state, self.node.config.limits.keep_checkpoints)
 
     async def _linger(self) -> None:
         """After the last round, keep serving until the neighbours have finished it too.
