@@ -58,6 +58,7 @@ from p2pfl.node.faults import Faults
 from p2pfl.node.links import LinkManager, backoff
 from p2pfl.node.phases import Phase
 from p2pfl.node.preflight import DataDirLock, Ready, preflight, tls_files
+from p2pfl.node.replica import Replica
 from p2pfl.node.rounds import RoundDriver
 from p2pfl.node.status import peak_rss
 from p2pfl.node.storage import NodeStorage
@@ -72,8 +73,7 @@ from p2pfl.transport import (
     WsOptions,
     WsTransport,
 )
-from protocols import ledger_sync
-from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError
+from protocols.errors import LocalProtocolError
 from protocols.ledger import Ledger
 from protocols.ledger_sync import LedgerSync
 
@@ -126,6 +126,7 @@ class Node:
         self._identity: Identity | None = None
         self._ledger: Ledger | None = None
         self._sync: LedgerSync | None = None
+        self._replica: Replica | None = None
         self._links: LinkManager | None = None
         self._rounds: RoundDriver | None = None
         limits = config.limits
@@ -167,6 +168,12 @@ class Node:
         if self._sync is None:
             raise NodeStopped("the node is not started: it syncs no ledger yet")
         return self._sync
+
+    @property
+    def replica(self) -> Replica:
+        if self._replica is None:
+            raise NodeStopped("the node is not started: it syncs no ledger yet")
+        return self._replica
 
     @property
     def links(self) -> LinkManager:
@@ -222,6 +229,14 @@ class Node:
         self._ready = await preflight(cfg, identity, ledger, rounds=self._rounds_asked)
         self._ledger = ledger
         self._sync = LedgerSync(ledger, max_message_size=cfg.limits.max_message_size)
+        self._replica = Replica(
+            ledger,
+            self._sync,
+            send=lambda peer, frame: self.links.send(peer, tagged(Channel.LEDGER, frame)),
+            peer_error=lambda peer, error: self.peer_error(peer, error, kind="ledger"),
+            on_synced=self._mark_synced,
+            on_change=self.ledger_changed,
+        )
         self._rounds = RoundDriver(self)
         transport = self._transport()
         self._links = LinkManager(
@@ -530,35 +545,17 @@ class Node:
         log.debug("control message from %s ignored", peer)
 
     def _on_ledger_frame(self, peer: str, channel: Channel, frame: memoryview) -> None:
-        body = bytes(frame)
-        before = self.ledger.state_vector()
-        try:
-            message = ledger_sync.decode(body, max_size=self.sync.max_message_size)
-            out = self.sync.receive(peer, body)
-        except (PeerProtocolError, DecodeError) as exc:
-            self.peer_error(peer, f"ledger sync: {exc}", kind="ledger")
-            return
-        except LocalProtocolError:
-            return  # the link went down under us
-        if isinstance(message, ledger_sync.SyncStep2) and not self.links.link(peer).synced:
-            self.links.link(peer).synced = True
-            log.info("ledger synced with %s", peer)
-        self.send_ledger(out)
-        # An update that arrives again by another path changes nothing: no work for it.
-        if isinstance(message, ledger_sync.SyncStep2 | ledger_sync.Update) and (
-            self.ledger.state_vector() != before
-        ):
-            self.ledger_changed()
+        self.replica.receive(peer, frame)
         self.changed()
 
-    def send_ledger(self, out: list[tuple[str, bytes]]) -> None:
-        for target, frame in out:
-            self.links.send(target, tagged(Channel.LEDGER, frame))
+    def _mark_synced(self, peer: str) -> bool:
+        link = self.links.link(peer)
+        first, link.synced = not link.synced, True
+        return first
 
     def write_ledger(self, update: bytes) -> None:
         """Flood a record this node just wrote, and note the ledger needs saving."""
-        self.send_ledger(self.sync.local_update(update))
-        self.ledger_changed()
+        self.replica.write(update)
 
     def ledger_changed(self) -> None:
         self.storage.ledger_dirty = True
@@ -641,7 +638,7 @@ class Node:
             await asyncio.sleep(limits.status_interval)
             if time.monotonic() - last_sync >= limits.anti_entropy_interval:
                 last_sync = time.monotonic()
-                self.send_ledger(self.sync.anti_entropy())
+                self.replica.anti_entropy()
             if self.storage.ledger_dirty:
                 error = await self.storage.save_ledger_in_thread(self.ledger)
                 self.last_error = error or self.last_error
