@@ -27,6 +27,7 @@ bytes only, never a recovered seed nor any result.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ SHARE_BYTES = 4 * LIMBS
 MAX_HOLDERS = 2048  # keeps Horner's intermediate values within uint64 (see the module doc)
 
 RandomBytes = Callable[[int], bytes]
+_WORDS = struct.Struct(f"<{LIMBS}I")
 _U64 = npt.NDArray[np.uint64]
 
 
@@ -110,7 +112,7 @@ def check_share(share: object) -> bytes:
     """Refuse anything but a 64-byte share whose 16 words are field elements."""
     if not isinstance(share, bytes) or len(share) != SHARE_BYTES:
         raise LocalProtocolError(f"a share must be {SHARE_BYTES} bytes")
-    if int(np.frombuffer(share, dtype="<u4").max()) >= PRIME:
+    if max(_WORDS.unpack(share)) >= PRIME:
         raise LocalProtocolError("a share holds a value outside the field")
     return share
 
