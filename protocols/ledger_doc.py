@@ -210,14 +210,12 @@ class LedgerDoc:
         self._touched = set()
 
     def _read_entry(self, txn: Any, name: str, key: str) -> object:
-        """One entry's value (``_ABSENT`` if there is none), within ``txn``."""
-        raw_txn = getattr(txn, "_txn", None)
-        if raw_txn is None:
-            return self._maps[name].get(key, _ABSENT)
-        try:
-            return self._maps[name].integrated.get(raw_txn, key)
-        except ValueError:  # pycrdt's "Key error"
-            return _ABSENT
+        """One entry's value (``_ABSENT`` if there is none), within ``txn``.
+
+        Through pycrdt's public ``Map.get``, not its native binding's private one.
+        """
+        del txn  # the map reads within the document's current transaction
+        return self._maps[name].get(key, _ABSENT)
 
     def _reindex(self) -> None:
         """Learn the item ids of the whole document again (after a full read was needed)."""

@@ -17,7 +17,10 @@ building nothing:
   delete ranges) total at most ``Limits.max_elements``, and ``Any`` values nest
   at most ``Limits.max_depth`` deep (Yrs reads them recursively);
 - every clock, and every clock plus a length, stays below 2^31, no run of clocks
-  is empty, client ids fit in 53 bits, and nothing follows the encoding.
+  is empty, client ids fit in 53 bits, and nothing follows the encoding;
+- each client's structs come in one block, as every encoder writes them: two
+  blocks of one client with overlapping clocks made pycrdt 0.14.13 crash the
+  process (SIGSEGV) on the next read of the map (tests/fuzz_cases/).
 
 pycrdt itself offers no inspection short of a full decode (``get_state`` of an
 update runs the same decoder), hence this walk. It accepts the contents the
@@ -151,9 +154,13 @@ def check_state_vector(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
 def check_update(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
     """Raise ``DecodeError`` unless ``data`` is a v1 update within ``limits``."""
     reader = _start(data, limits)
+    seen: set[int] = set()
     for _ in range(reader.count(3, "update clients")):
         structs = reader.count(2, "structs")
-        reader.var(MAX_CLIENT, "client id")
+        client = reader.var(MAX_CLIENT, "client id")
+        if client in seen:  # Yrs' block store breaks on overlapping blocks (a SIGSEGV)
+            raise DecodeError(f"client {client} has two blocks of structs in one update")
+        seen.add(client)
         clock = reader.clock("start clock")
         for _ in range(structs):
             clock += _struct(reader)

@@ -427,7 +427,7 @@ def _message_seeds() -> dict[str, list[bytes]]:
         MaskedInput(1, "r", "s", codes).encode(),
         MaskedInput(2, "r", "s", codes.astype("<u8")).encode(),
         DropoutDeclaration(1, "r", ("s", "x"), ("y",)).encode(),
-        Reveal(1, "r", "s", {"x": b"\4" * 32}, {"y": b"\5" * 32}).encode(),
+        Reveal(1, "r", "s", {"x": b"\4" * 32}, {"y": b"\5" * 64}).encode(),
         Abandon(1, "r", "too few neighbours").encode(),
     ]
     peer = _handshake_peer()
