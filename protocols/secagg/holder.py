@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from protocols.errors import LocalProtocolError, PeerProtocolError
 from protocols.secagg.config import RoundContext
 from protocols.secagg.graph import is_connected
-from protocols.secagg.keys import PairKeys, open_share
+from protocols.secagg.keys import box_public_key, open_share, pair_seed
 from protocols.secagg.messages import DropoutDeclaration, Reveal, ShareRelay
 
 
@@ -36,24 +36,26 @@ class RevealKind(enum.Enum):
 
 
 class ShareHolder:
-    """Shares held by ``keys.me`` for one (round, receiver); answers dropout declarations."""
+    """Shares held by ``me`` for one (round, receiver); answers dropout declarations."""
 
     def __init__(
         self,
         ctx: RoundContext,
         *,
-        keys: PairKeys,
+        me: str,
+        box_private: bytes,
+        public_keys: Mapping[str, bytes],
     ) -> None:
-        me = keys.me
         ctx.index(me)  # raises unless me is in N(i)
-        missing = [n for n in ctx.neighbourhood if n not in keys.public_keys]
+        missing = [n for n in ctx.neighbourhood if n not in public_keys]
         if missing:
             raise LocalProtocolError(f"no ledger public key for neighbours {missing}")
-        if keys.public != keys.public_keys[me]:
+        if box_public_key(box_private) != public_keys[me]:
             raise LocalProtocolError(f"the private key does not match {me!r}'s ledger public key")
         self.ctx = ctx
         self.me = me
-        self._keys = keys
+        self._box_private = box_private
+        self._public_keys = {n: public_keys[n] for n in ctx.neighbourhood}
         self._roster: tuple[str, ...] | None = None
         self._partners: dict[str, frozenset[str]] = {}
         self._shares: dict[str, bytes] = {}
@@ -103,12 +105,14 @@ class ShareHolder:
             raise PeerProtocolError(peer, "relay must carry exactly one share per roster member")
         shares = {
             dealer: open_share(
-                self._keys,
+                self._box_private,
+                self._public_keys[dealer],
                 sealed,
                 federation_id=self.ctx.federation_id,
                 round=self.ctx.round,
                 receiver=self.ctx.receiver,
                 dealer=dealer,
+                holder=self.me,
                 index=self.ctx.index(self.me),
                 relayed_by=peer,
             )
@@ -122,13 +126,14 @@ class ShareHolder:
         """``s_{me,peer}`` for this (round, receiver), derived once and cached."""
         seed = self._seeds.get(peer)
         if seed is None:
-            if peer not in self.ctx.neighbourhood:
-                raise LocalProtocolError(f"{peer!r} is not a neighbour of {self.ctx.receiver!r}")
-            seed = self._keys.pair_seed(
-                peer,
+            seed = pair_seed(
+                self._box_private,
+                self._public_keys[peer],
                 federation_id=self.ctx.federation_id,
                 round=self.ctx.round,
                 receiver=self.ctx.receiver,
+                me=self.me,
+                peer=peer,
             )
             self._seeds[peer] = seed
         return seed

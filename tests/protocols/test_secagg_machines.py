@@ -16,7 +16,6 @@ from protocols.secagg import (
     Ignored,
     MaskedInput,
     MaskingSender,
-    PairKeys,
     Phase,
     Reveal,
     RoundContext,
@@ -37,7 +36,7 @@ X = np.linspace(-1, 1, 10, dtype=np.float32)
 
 
 def sender(name: str = "a") -> MaskingSender:
-    return MaskingSender(CTX, keys=PairKeys(name, PRIVATE[name], PUBLIC))
+    return MaskingSender(CTX, me=name, box_private=PRIVATE[name], public_keys=PUBLIC)
 
 
 def started() -> AggregatingReceiver:
