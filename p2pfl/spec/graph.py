@@ -57,8 +57,12 @@ class Graph:
             raise ConfigError(f"node {node} is not in the roster") from None
 
     def neighbourhood(self, node: str, round: int) -> Neighbourhood:
-        """``node``'s row and column of the round's mixing matrix (cached)."""
-        key = (node, round)
+        """``node``'s row and column of the round's mixing matrix (cached per step of the schedule).
+
+        Rounds a period apart share one matrix, so a static topology reads each
+        node's row once per run, not once per round.
+        """
+        key = (node, round % self.topo.period if round >= 0 else round)  # < 0: _read refuses it
         hood = self._hoods.get(key)
         if hood is None:
             if len(self._hoods) >= CACHE_LIMIT:

@@ -71,6 +71,7 @@ from protocols.secagg import (
     Ignored,
     MaskingSender,
     Message,
+    PairKeys,
     RoundContext,
     SecAggConfig,
     Send,
@@ -121,8 +122,7 @@ class SecureRoundCore:
         self._hood_of = hood_of
         self._cfg = cfg
         self._fed = federation_id
-        self._box_private = box_private
-        self._public = dict(public_keys)
+        self._keys = PairKeys(name, box_private, public_keys)  # pair agreements, made once
         self._self_seed = self_seed
         self._timeouts = timeouts
         self._dim = dim
@@ -164,12 +164,7 @@ class SecureRoundCore:
         self._receiver(round, now)
         outputs: list[SecAggOutput] = []
         for receiver in sorted(self._hood_of(self.name, round).out_shares):
-            tx = MaskingSender(
-                self._context(round, receiver),
-                me=self.name,
-                box_private=self._box_private,
-                public_keys=self._public,
-            )
+            tx = MaskingSender(self._context(round, receiver), keys=self._keys)
             self._senders[(round, receiver)] = tx
             outputs += tx.share(self._self_seed(round, receiver))
         return self._flush(outputs, round)

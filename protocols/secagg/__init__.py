@@ -44,7 +44,7 @@ from protocols.secagg.events import (
 from protocols.secagg.fixedpoint import decode_fixed, encode_and_mask, encode_fixed, error_bound
 from protocols.secagg.graph import mask_partners
 from protocols.secagg.holder import RevealKind, ShareHolder
-from protocols.secagg.keys import box_public_key, pair_seed
+from protocols.secagg.keys import PairKeys, box_public_key, pair_seed
 from protocols.secagg.messages import (
     Abandon,
     DropoutDeclaration,
@@ -74,6 +74,7 @@ __all__ = [
     "MaskingSender",
     "Message",
     "Output",
+    "PairKeys",
     "Phase",
     "Reveal",
     "RevealKind",

@@ -124,7 +124,7 @@ def encode_and_mask(
     if not math.isfinite(weight):
         raise LocalProtocolError(f"weight must be finite, got {weight!r}")
     signed = np.dtype("<i4") if cfg.modulus_bits == 32 else np.dtype("<i8")
-    words = chunk_words_for(cfg.dtype)
+    words = chunk_words_for(cfg.dtype, len(x))
     adder = MaskAdder(streams, cfg.dtype, words) if streams else None
     for start in range(0, len(x), words):
         chunk = out[start : start + words]

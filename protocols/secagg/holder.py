@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from protocols.errors import LocalProtocolError, PeerProtocolError
 from protocols.secagg.config import RoundContext
 from protocols.secagg.graph import is_connected
-from protocols.secagg.keys import box_public_key, open_share, pair_seed
+from protocols.secagg.keys import PairKeys, open_share
 from protocols.secagg.messages import DropoutDeclaration, Reveal, ShareRelay
 
 
@@ -36,26 +36,24 @@ class RevealKind(enum.Enum):
 
 
 class ShareHolder:
-    """Shares held by ``me`` for one (round, receiver); answers dropout declarations."""
+    """Shares held by ``keys.me`` for one (round, receiver); answers dropout declarations."""
 
     def __init__(
         self,
         ctx: RoundContext,
         *,
-        me: str,
-        box_private: bytes,
-        public_keys: Mapping[str, bytes],
+        keys: PairKeys,
     ) -> None:
+        me = keys.me
         ctx.index(me)  # raises unless me is in N(i)
-        missing = [n for n in ctx.neighbourhood if n not in public_keys]
+        missing = [n for n in ctx.neighbourhood if n not in keys.public_keys]
         if missing:
             raise LocalProtocolError(f"no ledger public key for neighbours {missing}")
-        if box_public_key(box_private) != public_keys[me]:
+        if keys.public != keys.public_keys[me]:
             raise LocalProtocolError(f"the private key does not match {me!r}'s ledger public key")
         self.ctx = ctx
         self.me = me
-        self._box_private = box_private
-        self._public_keys = {n: public_keys[n] for n in ctx.neighbourhood}
+        self._keys = keys
         self._roster: tuple[str, ...] | None = None
         self._partners: dict[str, frozenset[str]] = {}
         self._shares: dict[str, bytes] = {}
@@ -105,14 +103,12 @@ class ShareHolder:
             raise PeerProtocolError(peer, "relay must carry exactly one share per roster member")
         shares = {
             dealer: open_share(
-                self._box_private,
-                self._public_keys[dealer],
+                self._keys,
                 sealed,
                 federation_id=self.ctx.federation_id,
                 round=self.ctx.round,
                 receiver=self.ctx.receiver,
                 dealer=dealer,
-                holder=self.me,
                 index=self.ctx.index(self.me),
                 relayed_by=peer,
             )
@@ -126,14 +122,13 @@ class ShareHolder:
         """``s_{me,peer}`` for this (round, receiver), derived once and cached."""
         seed = self._seeds.get(peer)
         if seed is None:
-            seed = pair_seed(
-                self._box_private,
-                self._public_keys[peer],
+            if peer not in self.ctx.neighbourhood:
+                raise LocalProtocolError(f"{peer!r} is not a neighbour of {self.ctx.receiver!r}")
+            seed = self._keys.pair_seed(
+                peer,
                 federation_id=self.ctx.federation_id,
                 round=self.ctx.round,
                 receiver=self.ctx.receiver,
-                me=self.me,
-                peer=peer,
             )
             self._seeds[peer] = seed
         return seed

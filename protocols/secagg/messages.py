@@ -27,9 +27,10 @@ import numpy as np
 from protocols.errors import DecodeError, LocalProtocolError
 from protocols.secagg.config import MAX_ID_CHARS, MAX_NEIGHBOURS
 from protocols.secagg.prg import Codes
+from protocols.secagg.shamir import SHARE_BYTES, check_share
 
 MAGIC = b"SA"
-VERSION = 1
+VERSION = 2  # 2: 64-byte self-mask shares over GF(2^32 - 5)
 SEED_BYTES = 32
 MAX_SEALED_BYTES = 4096
 MAX_REASON_CHARS = 1024
@@ -278,7 +279,9 @@ class Reveal(_Message):
         _id(self.receiver, "receiver")
         _id(self.sender, "sender")
         pairs = _blobs(self.pair_seeds, "pair_seeds", SEED_BYTES, SEED_BYTES)
-        shares = _blobs(self.self_shares, "self_shares", SEED_BYTES, SEED_BYTES)
+        shares = _blobs(self.self_shares, "self_shares", SHARE_BYTES, SHARE_BYTES)
+        for share in shares.values():
+            check_share(share)
         if set(pairs) & set(shares):
             raise LocalProtocolError(
                 "a reveal cannot hold both a pair seed and a share of one peer"

@@ -88,14 +88,19 @@ class MaskAdder:
                 np.subtract(chunk, mask, out=chunk)
 
 
-def chunk_words_for(dtype: np.dtype[Any]) -> int:
-    return CHUNK_BYTES // dtype.itemsize
+def chunk_words_for(dtype: np.dtype[Any], length: int | None = None) -> int:
+    """Words per chunk: about :data:`CHUNK_BYTES`, or the whole vector when it is shorter.
+
+    A small model's buffers are then its own size, not a megabyte allocated per stream set.
+    """
+    words = CHUNK_BYTES // dtype.itemsize
+    return words if length is None else max(1, min(words, length))
 
 
 def add_prg_streams(out: Codes, streams: Sequence[Stream]) -> None:
     """Add every stream into ``out`` in place, modulo ``2**bits`` of ``out``'s dtype."""
     check_codes(out)
-    words = chunk_words_for(out.dtype)
+    words = chunk_words_for(out.dtype, len(out))
     adder = MaskAdder(streams, out.dtype, words)
     for start in range(0, len(out), words):
         adder.add_next(out[start : start + words])

@@ -52,7 +52,7 @@ from protocols.secagg.messages import (
 )
 from protocols.secagg.phases import Phase, advance
 from protocols.secagg.prg import Codes, Stream, add_prg_streams
-from protocols.secagg.shamir import combine_seed
+from protocols.secagg.shamir import combine_seeds
 
 
 @dataclass(frozen=True)
@@ -252,10 +252,12 @@ class AggregatingReceiver:
 
     def _finish(self) -> list[Output]:
         ctx = self.ctx
-        streams: list[Stream] = []
-        for u in self._survivors:
-            shares = {ctx.index(h): r.self_shares[u] for h, r in self._reveals.items()}
-            streams.append((combine_seed(shares, ctx.threshold), -1))
+        # Every survivor's self seed from the same holders' shares: one interpolation pass.
+        shares = {
+            ctx.index(h): [r.self_shares[u] for u in self._survivors]
+            for h, r in self._reveals.items()
+        }
+        streams: list[Stream] = [(seed, -1) for seed in combine_seeds(shares, ctx.threshold)]
         for u in self._needed_reveals():
             for m in sorted(self._partners[u] & set(self._dropped)):
                 streams.append((self._reveals[u].pair_seeds[m], -mask_sign(u, m)))
@@ -283,4 +285,4 @@ class AggregatingReceiver:
 
 def _digest(codes: Codes) -> bytes:
     """What tells a masked input resent by a replay from a different one."""
-    return hashlib.sha256(np.ascontiguousarray(codes).tobytes()).digest()
+    return hashlib.sha256(np.ascontiguousarray(codes).data).digest()  # hashed in place, no copy

@@ -19,15 +19,13 @@ is dropped quietly; a different second relay breaks the protocol.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from protocols.errors import LocalProtocolError, PeerProtocolError
 from protocols.secagg.config import RoundContext
 from protocols.secagg.events import Send
 from protocols.secagg.fixedpoint import Floats, encode_and_mask
 from protocols.secagg.graph import mask_sign
 from protocols.secagg.holder import ShareHolder
-from protocols.secagg.keys import seal_share
+from protocols.secagg.keys import PairKeys, seal_share
 from protocols.secagg.messages import (
     Abandon,
     DropoutDeclaration,
@@ -42,21 +40,17 @@ from protocols.secagg.shamir import SEED_BYTES, split_seed
 
 
 class MaskingSender:
-    """Neighbour ``me`` sending ``W_ij x_j`` to ``ctx.receiver``, masked (see the module doc)."""
+    """Neighbour ``keys.me`` sending ``W_ij x_j`` to ``ctx.receiver``, masked (see the module doc).
 
-    def __init__(
-        self,
-        ctx: RoundContext,
-        *,
-        me: str,
-        box_private: bytes,
-        public_keys: Mapping[str, bytes],
-    ) -> None:
+    ``keys`` is the node's :class:`~protocols.secagg.keys.PairKeys`, shared by
+    all its senders so each pair's key agreement is done once.
+    """
+
+    def __init__(self, ctx: RoundContext, *, keys: PairKeys) -> None:
         self.ctx = ctx
-        self.me = me
-        self.holder = ShareHolder(ctx, me=me, box_private=box_private, public_keys=public_keys)
-        self._box_private = box_private
-        self._public_keys = dict(public_keys)
+        self.me = keys.me
+        self.holder = ShareHolder(ctx, keys=keys)
+        self._keys = keys
         self.phase = Phase.ADVERTISE
         self._self_seed: bytes | None = None
         self._input: tuple[Floats, float] | None = None
@@ -74,12 +68,10 @@ class MaskingSender:
         shares = split_seed(self_seed, ctx.threshold, ctx.degree)
         sealed = {
             holder: seal_share(
-                self._box_private,
-                self._public_keys[holder],
+                self._keys,
                 federation_id=ctx.federation_id,
                 round=ctx.round,
                 receiver=ctx.receiver,
-                dealer=self.me,
                 holder=holder,
                 index=ctx.index(holder),
                 share=shares[ctx.index(holder) - 1],

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from protocols.secagg import (
     AggregatingReceiver,
     MaskingSender,
+    PairKeys,
     RoundContext,
     SecAggConfig,
     Send,
@@ -79,9 +80,7 @@ def sender_round(x: np.ndarray, d: int, repeat: int) -> float:
     for _ in range(repeat + 1):
         receiver = AggregatingReceiver(ctx, dim=len(x))
         receiver.start(0.0)
-        senders = {
-            n: MaskingSender(ctx, me=n, box_private=private[n], public_keys=public) for n in names
-        }
+        senders = {n: MaskingSender(ctx, keys=PairKeys(n, private[n], public)) for n in names}
         others = [(n, s.share(os.urandom(32))[0].message) for n, s in senders.items() if n != "n0"]
         start = time.perf_counter()
         (keys,) = senders["n0"].share(os.urandom(32))

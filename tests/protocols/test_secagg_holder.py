@@ -10,6 +10,7 @@ from protocols.errors import LocalProtocolError, PeerProtocolError
 from protocols.secagg import (
     DropoutDeclaration,
     MaskingSender,
+    PairKeys,
     RevealKind,
     RoundContext,
     SecAggConfig,
@@ -38,7 +39,7 @@ def dealt(ctx: RoundContext) -> dict[str, ShareKeys]:
     """Every neighbour's ShareKeys for ``ctx``."""
     out = {}
     for n in ctx.neighbourhood:
-        sender = MaskingSender(ctx, me=n, box_private=KEYS[n][0], public_keys=PUBLIC)
+        sender = MaskingSender(ctx, keys=PairKeys(n, KEYS[n][0], PUBLIC))
         (send,) = sender.share(hashlib.sha256(n.encode()).digest())
         assert isinstance(send.message, ShareKeys)
         out[n] = send.message
@@ -55,7 +56,7 @@ def holder_with_shares(
     me: str = "a", cfg: SecAggConfig | None = None, names: tuple[str, ...] = NAMES
 ) -> ShareHolder:
     ctx = RoundContext(FED, 7, R, names, cfg or SecAggConfig())
-    holder = ShareHolder(ctx, me=me, box_private=KEYS[me][0], public_keys=PUBLIC)
+    holder = ShareHolder(ctx, keys=PairKeys(me, KEYS[me][0], PUBLIC))
     holder.accept(R, relay_for(ctx, me, dealt(ctx)))
     return holder
 
@@ -154,7 +155,7 @@ def test_share_replayed_from_another_round_is_refused() -> None:
     new = RoundContext(FED, 7, R, NAMES, SecAggConfig())
     stale = relay_for(old, "a", dealt(old))
     replay = ShareRelay(7, R, "a", stale.roster, stale.shares)
-    holder = ShareHolder(new, me="a", box_private=KEYS["a"][0], public_keys=PUBLIC)
+    holder = ShareHolder(new, keys=PairKeys("a", KEYS["a"][0], PUBLIC))
     with pytest.raises(PeerProtocolError, match="another context"):
         holder.accept(R, replay)
 
@@ -163,7 +164,7 @@ def test_share_sealed_to_another_holder_or_tampered_is_refused() -> None:
     ctx = RoundContext(FED, 7, R, NAMES, SecAggConfig())
     keys = dealt(ctx)
     relay = relay_for(ctx, "b", keys)
-    holder = ShareHolder(ctx, me="a", box_private=KEYS["a"][0], public_keys=PUBLIC)
+    holder = ShareHolder(ctx, keys=PairKeys("a", KEYS["a"][0], PUBLIC))
     with pytest.raises(PeerProtocolError):
         holder.accept(R, ShareRelay(7, R, "a", relay.roster, relay.shares))
     good = relay_for(ctx, "a", keys)
@@ -176,7 +177,7 @@ def test_share_sealed_to_another_holder_or_tampered_is_refused() -> None:
 def test_relay_must_list_every_roster_share_and_only_neighbours() -> None:
     ctx = RoundContext(FED, 7, R, NAMES, SecAggConfig())
     good = relay_for(ctx, "a", dealt(ctx))
-    holder = ShareHolder(ctx, me="a", box_private=KEYS["a"][0], public_keys=PUBLIC)
+    holder = ShareHolder(ctx, keys=PairKeys("a", KEYS["a"][0], PUBLIC))
     partial = {k: v for k, v in good.shares.items() if k != "d"}
     with pytest.raises(PeerProtocolError, match="exactly one share"):
         holder.accept(R, ShareRelay(7, R, "a", good.roster, partial))
@@ -187,4 +188,4 @@ def test_relay_must_list_every_roster_share_and_only_neighbours() -> None:
 def test_private_key_must_match_the_ledger_key() -> None:
     ctx = RoundContext(FED, 7, R, NAMES, SecAggConfig())
     with pytest.raises(LocalProtocolError, match="does not match"):
-        ShareHolder(ctx, me="a", box_private=KEYS["b"][0], public_keys=PUBLIC)
+        ShareHolder(ctx, keys=PairKeys("a", KEYS["b"][0], PUBLIC))

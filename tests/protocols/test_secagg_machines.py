@@ -16,6 +16,7 @@ from protocols.secagg import (
     Ignored,
     MaskedInput,
     MaskingSender,
+    PairKeys,
     Phase,
     Reveal,
     RoundContext,
@@ -36,7 +37,7 @@ X = np.linspace(-1, 1, 10, dtype=np.float32)
 
 
 def sender(name: str = "a") -> MaskingSender:
-    return MaskingSender(CTX, me=name, box_private=PRIVATE[name], public_keys=PUBLIC)
+    return MaskingSender(CTX, keys=PairKeys(name, PRIVATE[name], PUBLIC))
 
 
 def started() -> AggregatingReceiver:

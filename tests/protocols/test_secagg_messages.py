@@ -21,10 +21,14 @@ from protocols.secagg import (
     ShareRelay,
     decode,
 )
+from protocols.secagg.shamir import PRIME
 
 ids = st.text(min_size=1, max_size=12)
 rounds = st.integers(0, 2**63 - 1)
 seeds = st.binary(min_size=32, max_size=32)
+shares_of_seeds = st.lists(st.integers(0, PRIME - 1), min_size=16, max_size=16).map(
+    lambda words: np.array(words, dtype="<u4").tobytes()
+)
 sealed = st.binary(max_size=120)
 
 
@@ -50,7 +54,7 @@ def messages(draw: st.DrawFn) -> Message:
         nodes = draw(st.lists(ids, unique=True, max_size=8))
         cut = draw(st.integers(0, len(nodes)))
         pairs = {n: draw(seeds) for n in nodes[:cut]}
-        shares = {n: draw(seeds) for n in nodes[cut:]}
+        shares = {n: draw(shares_of_seeds) for n in nodes[cut:]}
         return Reveal(r, receiver, draw(ids), pairs, shares)
     return Abandon(r, receiver, draw(st.text(max_size=50)))
 
@@ -122,7 +126,9 @@ def test_non_buffers_and_strangers_are_decode_errors() -> None:
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: Reveal(1, "r", "s", {"a": b"x" * 32}, {"a": b"y" * 32}),
+        lambda: Reveal(1, "r", "s", {"a": b"x" * 32}, {"a": b"y" * 64}),
+        lambda: Reveal(1, "r", "s", {}, {"a": b"y" * 32}),
+        lambda: Reveal(1, "r", "s", {}, {"a": b"\xff" * 64}),
         lambda: Reveal(1, "r", "s", {"a": b"short"}, {}),
         lambda: DropoutDeclaration(1, "r", ("a",), ("a",)),
         lambda: ShareRelay(1, "r", "h", ("a", "a"), {}),

@@ -28,6 +28,7 @@ from protocols.secagg import (
     MaskedInput,
     MaskingSender,
     Output,
+    PairKeys,
     Phase,
     RoundContext,
     SecAggConfig,
@@ -97,9 +98,7 @@ def run_round(plan: Plan) -> Result:
     public = {n: pub for n, (_, pub) in keys.items()}
     ctx = RoundContext(FED, plan.round, RECEIVER, tuple(names), plan.cfg)
     receiver = AggregatingReceiver(ctx, dim=plan.dim, timeouts=Timeouts(10, 10, 10))
-    senders = {
-        n: MaskingSender(ctx, me=n, box_private=keys[n][0], public_keys=public) for n in names
-    }
+    senders = {n: MaskingSender(ctx, keys=PairKeys(n, keys[n][0], public)) for n in names}
     xs = {n: rng.standard_normal(plan.dim).astype(np.float32) for n in names}
     weights = {n: float(rng.uniform(0.05, 0.5)) for n in names}
     dead = set(plan.no_share)
@@ -208,9 +207,7 @@ def replay_masked_input(plan: Plan, who: str, dim: int | None = None) -> np.ndar
     keys = {n: keypair(n) for n in names}
     public = {n: pub for n, (_, pub) in keys.items()}
     ctx = RoundContext(FED, plan.round, RECEIVER, tuple(names), plan.cfg)
-    senders = {
-        n: MaskingSender(ctx, me=n, box_private=keys[n][0], public_keys=public) for n in names
-    }
+    senders = {n: MaskingSender(ctx, keys=PairKeys(n, keys[n][0], public)) for n in names}
     receiver = AggregatingReceiver(ctx, dim=dim)
     receiver.start(0.0)
     relays: list[Output] = []

@@ -90,6 +90,22 @@ def test_the_daemon_roster_is_sorted_the_simulators_is_positional() -> None:
     assert set(graph.neighbourhood("n0", 0).in_weights) == {"n1", "n11"}
 
 
+def test_neighbourhoods_are_read_once_per_step_of_the_schedule() -> None:
+    names = [f"n{i}" for i in range(8)]
+    static = Graph.build(RunSpec(), names)
+    assert static.topo.period == 1
+    assert static.neighbourhood("n0", 0) is static.neighbourhood("n0", 57)
+    varying = Graph.build(RunSpec(topology=TopologySection(kind="base-k", k=2)), names)
+    period = varying.topo.period
+    assert period > 1
+    hoods = [varying.neighbourhood("n0", r) for r in range(2 * period)]
+    for r in range(period):
+        assert hoods[r] is hoods[r + period]  # one matrix per step of the period
+        expected = varying._read(0, r)
+        assert hoods[r] == expected
+    assert len({tuple(sorted(h.in_weights)) for h in hoods[:period]}) > 1
+
+
 def test_digest_follows_every_shared_key() -> None:
     spec = RunSpec()
     assert spec.digest() == RunSpec().digest()
