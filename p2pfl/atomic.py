@@ -1,23 +1,17 @@
 """Write a file so that readers see either the old content or the new, never half of it.
 
-The data goes to a temporary file in the same directory, then is renamed over
-the target (``os.replace``) or, when overwriting is refused, hard-linked to it
-(``os.link`` fails if the target exists, so two writers cannot both win).
-
-A durable write (the default) fsyncs the temporary file before the rename and
-the directory after it, so the new content survives a power loss. A write with
-``durable=False`` skips both: readers and a killed process (SIGKILL) still see
-the old file or the new one whole, since the kernel holds what was written;
-only a power loss may bring back the old one. That is for files that say what
-is true now and are rewritten soon anyway (``p2pfl.node.status``).
+The data goes to a temporary file in the same directory, is flushed and
+fsync'ed, then renamed over the target (``os.replace``) or, when overwriting is
+refused, hard-linked to it (``os.link`` fails if the target exists, so two
+writers cannot both win). The directory is fsync'ed last so the rename survives
+a crash.
 
 A writer killed before the rename leaves its temporary file behind (hidden,
 ``.NAME.XXXXXXXX.tmp``), never a half-written target; ``remove_partial`` deletes
 such leftovers where a single writer owns the directory (a node, under its data
 directory's lock, at start-up).
 
-Callers create the directory first. (Also used by ``p2pfl.report``,
-``p2pfl.simulate`` and the node's checkpoints, ``p2pfl.node.checkpoint``.)
+Callers create the directory first. (Also used by ``p2pfl.report`` and ``p2pfl.simulate``.)
 """
 
 from __future__ import annotations
@@ -25,25 +19,16 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 
-def atomic_write(
-    path: str | os.PathLike[str],
-    chunks: Iterable[Any],
-    *,
-    mode: int = 0o644,
-    overwrite: bool = True,
-    durable: bool = True,
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644, overwrite: bool = True
 ) -> None:
-    """Write the buffers ``chunks`` one after the other to ``path`` (permission bits ``mode``).
+    """Write ``data`` to ``path`` with permission bits ``mode``.
 
-    Each chunk is anything ``write`` takes (bytes, a memoryview of an array): a
-    model is streamed from its parameters, never joined into one copy first.
     With ``overwrite=False`` an existing ``path`` raises ``FileExistsError`` and is
-    left as it was; ``durable`` is the module docstring's.
+    left as it was.
     """
     target = Path(path)
     directory = target.parent
@@ -52,11 +37,9 @@ def atomic_write(
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), mode)
-            for chunk in chunks:
-                handle.write(chunk)
+            handle.write(data)
             handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
+            os.fsync(handle.fileno())
         if overwrite:
             os.replace(tmp, target)
         else:
@@ -65,20 +48,7 @@ def atomic_write(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    if durable:
-        fsync_directory(directory)
-
-
-def atomic_write_bytes(
-    path: str | os.PathLike[str],
-    data: bytes,
-    *,
-    mode: int = 0o644,
-    overwrite: bool = True,
-    durable: bool = True,
-) -> None:
-    """``atomic_write`` of one buffer."""
-    atomic_write(path, (data,), mode=mode, overwrite=overwrite, durable=durable)
+    _fsync_directory(directory)
 
 
 def remove_partial(directory: str | os.PathLike[str]) -> list[Path]:
@@ -109,8 +79,7 @@ def _link_exclusive(tmp: Path, target: Path) -> None:
     tmp.unlink()
 
 
-def fsync_directory(directory: str | os.PathLike[str]) -> None:
-    """Make the renames in ``directory`` survive a power loss (where the system can)."""
+def _fsync_directory(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
