@@ -21,24 +21,18 @@ from dataclasses import dataclass
 from protocols.errors import DecodeError
 from protocols.yjs_bounds import (
     _ANY,
-    _BINARY,
-    _DELETED,
-    _EMBED,
-    _FORMAT,
     _GC,
     _HAS_ORIGIN,
     _HAS_PARENT_SUB,
     _HAS_RIGHT_ORIGIN,
     _SKIP,
     _STRING,
-    _TYPE,
     MAX_CLIENT,
     MAX_CLOCK,
     Limits,
-    _any,
     _Reader,
-    _type_ref,
 )
+from protocols.yjs_bounds import _content as skip_content
 
 Target = tuple[str, str]
 """A ledger map entry: ``(map_name, key)``."""
@@ -126,28 +120,16 @@ def _struct(reader: _Reader, client: int, clock: int) -> Struct:
 
 
 def _content(reader: _Reader, ref: int) -> int:
-    """Skip an item's content; return how many clocks it takes."""
-    if ref == _DELETED:
-        return reader.length("deleted length")
+    """Skip an item's content; return how many clocks it takes.
+
+    A string takes one clock per UTF-16 unit (``yjs_bounds`` counts its bytes, an
+    upper bound); every other content is skipped and counted as ``yjs_bounds`` does.
+    """
     if ref == _STRING:
         n = reader.blob("string")
         text = reader.data[reader.pos - n : reader.pos].decode("utf-8", "replace")
         return max(1, len(text.encode("utf-16-le")) // 2)
-    if ref in (_BINARY, _EMBED):
-        reader.blob("content")
-    elif ref == _FORMAT:
-        reader.blob("format key")
-        reader.blob("format value")
-    elif ref == _TYPE:
-        _type_ref(reader)
-    elif ref == _ANY:
-        n = reader.count(1, "values")
-        for _ in range(n):
-            _any(reader, 1)
-        return n
-    else:
-        raise DecodeError(f"struct content {ref} is not accepted in a ledger update")
-    return 1
+    return skip_content(reader, ref)
 
 
 class ItemIndex:
