@@ -147,13 +147,16 @@ def _run(args: argparse.Namespace) -> int:
     path = scenario_path(args.scenario)
     scenario, overrides = load(path, args.overrides)
     world = _join(scenario)
+    ended_well = False
     try:
-        return _simulate(args, path, scenario, overrides, world)
+        status = _simulate(args, path, scenario, overrides, world)
+        ended_well = True
+        return status
     finally:
         if world is not None:
             from p2pfl.engines.world import leave
 
-            leave()
+            leave(together=ended_well)
 
 
 def _join(scenario: Scenario) -> World | None:

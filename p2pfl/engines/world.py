@@ -128,9 +128,18 @@ def join(where: Placement, device_name: str) -> World:
     return World(where.rank, where.size, where.local_rank, backend, device)
 
 
-def leave() -> None:
-    """Tear the process group down (every rank calls it at the end)."""
+def leave(together: bool = False) -> None:
+    """Tear the process group down (every rank calls it at the end).
+
+    ``together`` (a run that ended well on this rank) waits first until every rank
+    is here, so no rank tears its connections down, and exits, while another is
+    still writing its outputs with the group open: a gloo rank that did so aborted
+    at exit now and then ("terminate called without an active exception"). A rank
+    leaving on an error does not wait: the others may never come.
+    """
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -63,6 +63,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
         GLOO_SOCKET_IFNAME="lo",
         OMP_NUM_THREADS="1",
         PYTHONPATH=str(ROOT),
+        PYTHONFAULTHANDLER="1",  # a rank that aborts shows where
     )
     procs = [
         subprocess.Popen(
