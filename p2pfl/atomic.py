@@ -1,17 +1,23 @@
 """Write a file so that readers see either the old content or the new, never half of it.
 
-The data goes to a temporary file in the same directory, is flushed and
-fsync'ed, then renamed over the target (``os.replace``) or, when overwriting is
-refused, hard-linked to it (``os.link`` fails if the target exists, so two
-writers cannot both win). The directory is fsync'ed last so the rename survives
-a crash.
+The data goes to a temporary file in the same directory, then is renamed over
+the target (``os.replace``) or, when overwriting is refused, hard-linked to it
+(``os.link`` fails if the target exists, so two writers cannot both win).
+
+A durable write (the default) fsyncs the temporary file before the rename and
+the directory after it, so the new content survives a power loss. A write with
+``durable=False`` skips both: readers and a killed process (SIGKILL) still see
+the old file or the new one whole, since the kernel holds what was written;
+only a power loss may bring back the old one. That is for files that say what
+is true now and are rewritten soon anyway (``p2pfl.node.status``).
 
 A writer killed before the rename leaves its temporary file behind (hidden,
 ``.NAME.XXXXXXXX.tmp``), never a half-written target; ``remove_partial`` deletes
 such leftovers where a single writer owns the directory (a node, under its data
 directory's lock, at start-up).
 
-Callers create the directory first. (Also used by ``p2pfl.report`` and ``p2pfl.simulate``.)
+Callers create the directory first. (Also used by ``p2pfl.report``,
+``p2pfl.simulate`` and the node's checkpoints, ``p2pfl.node.checkpoint``.)
 """
 
 from __future__ import annotations
@@ -19,16 +25,25 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
-def atomic_write_bytes(
-    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644, overwrite: bool = True
+def atomic_write(
+    path: str | os.PathLike[str],
+    chunks: Iterable[Any],
+    *,
+    mode: int = 0o644,
+    overwrite: bool = True,
+    durable: bool = True,
 ) -> None:
-    """Write ``data`` to ``path`` with permission bits ``mode``.
+    """Write the buffers ``chunks`` one after the other to ``path`` (permission bits ``mode``).
 
+    Each chunk is anything ``write`` takes (bytes, a memoryview of an array): a
+    model is streamed from its parameters, never joined into one copy first.
     With ``overwrite=False`` an existing ``path`` raises ``FileExistsError`` and is
-    left as it was.
+    left as it was; ``durable`` is the module docstring's.
     """
     target = Path(path)
     directory = target.parent
@@ -37,9 +52,11 @@ def atomic_write_bytes(
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), mode)
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         if overwrite:
             os.replace(tmp, target)
         else:
@@ -48,7 +65,20 @@ def atomic_write_bytes(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_directory(directory)
+    if durable:
+        fsync_directory(directory)
+
+
+def atomic_write_bytes(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    mode: int = 0o644,
+    overwrite: bool = True,
+    durable: bool = True,
+) -> None:
+    """``atomic_write`` of one buffer."""
+    atomic_write(path, (data,), mode=mode, overwrite=overwrite, durable=durable)
 
 
 def remove_partial(directory: str | os.PathLike[str]) -> list[Path]:
@@ -79,7 +109,8 @@ def _link_exclusive(tmp: Path, target: Path) -> None:
     tmp.unlink()
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make the renames in ``directory`` survive a power loss (where the system can)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

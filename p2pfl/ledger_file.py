@@ -97,8 +97,17 @@ def ledger_from_updates(
 
 def save_ledger(ledger: Ledger, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
     """Write the ledger atomically (mode 0600), keeping the replaced file as ``PATH.prev``."""
+    write_ledger_file(ledger_file_bytes(ledger), path, overwrite=overwrite)
+
+
+def ledger_file_bytes(ledger: Ledger) -> bytes:
+    """What ``save_ledger`` writes: taken where the ledger lives, written anywhere."""
+    return encode_ledger_file(ledger.federation_id, [ledger.encode_state()])
+
+
+def write_ledger_file(data: bytes, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
+    """``save_ledger`` of bytes ``ledger_file_bytes`` gave (one writer at a time per path)."""
     target = Path(path)
-    data = encode_ledger_file(ledger.federation_id, [ledger.encode_state()])
     try:
         if overwrite and target.exists():
             _keep_previous(target)

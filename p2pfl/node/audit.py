@@ -7,10 +7,14 @@ Every line is one JSON object::
 
 ``prev`` is the SHA-256 of the previous line exactly as written (its UTF-8
 bytes, without the newline); the first line has ``prev`` = 64 zeros, and
-``seq`` counts lines from 0. Lines are written with ``O_APPEND``, flushed and fsync'ed
-one by one, so a crash loses at most the line being written; a torn last line
-found on opening is closed with a newline and the next entry chains to it and
-says so (``audit-torn-tail``), so nothing is ever rewritten.
+``seq`` counts lines from 0. Each line is handed to the kernel with one ``O_APPEND``
+write as it is recorded, so a killed process (SIGKILL) loses at most the line
+being written. By default each line is also fsync'ed; a log opened with
+``sync_each=False`` (the node's) fsyncs when told (``sync``: the node does it once
+per round, with the round's checkpoint, and at every status tick) and on
+closing, so a power loss may also lose the lines since the last sync. A torn
+last line found on opening is closed with a newline and the next entry chains
+to it and says so (``audit-torn-tail``), so nothing is ever rewritten.
 
 What the node records: start and stop, links up and down, refused handshakes
 (strangers, revoked members, bad signatures, rate limiting), peers' protocol
@@ -29,6 +33,7 @@ the last anchored head, against rewriting.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -66,10 +71,17 @@ class AuditLog:
     """Appends hash-chained entries to one file (``record``); open it with ``AuditLog(path)``."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, clock: Callable[[], str] = _utc_now
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], str] = _utc_now,
+        sync_each: bool = True,
     ) -> None:
         self.path = Path(path)
         self._clock = clock
+        self._sync_each = sync_each
+        self._written = 0  # lines written in this process; ``sync`` may run in another thread
+        self._synced = 0
         self._prev, self._seq, torn = _tail(self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         if torn:
@@ -85,7 +97,9 @@ class AuditLog:
         entry["prev"] = self._prev
         line = json.dumps(entry, separators=(",", ":"), sort_keys=False).encode()
         os.write(self._fd, line + b"\n")
-        os.fsync(self._fd)
+        self._written += 1
+        if self._sync_each:
+            self.sync()
         self._prev = line_hash(line)
         self._seq += 1
         return entry
@@ -100,10 +114,21 @@ class AuditLog:
         the log against lines cut off the end (``verify(..., expect_head=...)``)."""
         return self._prev
 
+    def sync(self) -> None:
+        """Put the lines recorded so far on disk (one fsync; none if nothing is new)."""
+        written = self._written
+        if self._fd >= 0 and written > self._synced:
+            os.fsync(self._fd)
+            self._synced = max(self._synced, written)
+
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                with contextlib.suppress(OSError):  # a closing log has no one left to tell
+                    self.sync()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
 
     def __enter__(self) -> AuditLog:
         return self

@@ -25,9 +25,10 @@ round they hold; a directory's files still sort in round order, since the
 first round written afterwards is numbered after the last one read.
 
 Writing streams the model and the state to a temporary file in the same
-directory, fsyncs it, renames it into place and fsyncs the directory, so a
-reader sees the whole checkpoint or none; a damaged file (truncated, altered)
-fails its hash and is skipped by ``latest`` with a warning. Loading never
+directory, fsyncs it, renames it into place and fsyncs the directory
+(``p2pfl.atomic``), so a reader sees the whole checkpoint or none; a damaged
+file (truncated, altered) fails its hash and is skipped by ``latest`` with a
+warning. Loading never
 executes anything: msgpack and raw floats only.
 """
 
@@ -40,7 +41,6 @@ import logging
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,7 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from p2pfl.atomic import atomic_write
 from p2pfl.node.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -122,39 +123,14 @@ def write_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / checkpoint_name(round_)
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(MAGIC + _LENGTH.pack(len(packed)) + packed)
-            handle.write(data)
-            for _, array in arrays:
-                handle.write(array.view(np.uint8).data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(directory)
+    chunks = [MAGIC + _LENGTH.pack(len(packed)) + packed, data]
+    chunks += [array.view(np.uint8).data for _, array in arrays]
+    atomic_write(target, chunks, mode=0o600)
     return target
 
 
 def _flat(array: npt.ArrayLike) -> npt.NDArray[Any]:
     return np.ascontiguousarray(array, dtype="<f4").reshape(-1)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, model: bool = True) -> Checkpoint:

@@ -8,8 +8,9 @@ this interface, which ``p2pfl.node.node.Node`` fits once started:
   derive masks), ``config`` (its limits), ``data_dir``, ``local_data`` (loaded
   and checked when the node started: the rounds train on them, never load twice);
 - the ledger: ``ledger`` to read, ``write_ledger`` to flood a record this node
-  signed, ``save_ledger`` to put it on disk (``StorageError`` when the disk refuses:
-  the round that saves stops the node);
+  signed, ``save_ledger`` to put it on disk, ``persist`` for a round's durable group
+  (the ledger file and the audit lines so far, fsynced, in a worker thread;
+  ``StorageError`` when the disk refuses: the round that persists stops the node);
 - the journal: ``emit`` (an event for ``Peer.events()``), ``record`` (the audit
   log), ``peer_error`` (a peer's bad message, logged and audited);
 - the outbox: ``send`` (a frame to a neighbour, kept for replay with its round),
@@ -56,6 +57,7 @@ class RoundHost(Protocol):
 
     def write_ledger(self, update: bytes) -> None: ...
     def save_ledger(self) -> None: ...
+    async def persist(self) -> None: ...
 
     def emit(self, event: Event) -> None: ...
     def record(self, event: str, **fields: Any) -> None: ...

@@ -39,29 +39,29 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from p2pfl.atomic import remove_partial
-from p2pfl.errors import ConfigError, LedgerFileError
+from p2pfl.errors import ConfigError
 from p2pfl.identity import Identity, load_identity, read_passphrase_file
-from p2pfl.ledger_file import load_ledger, save_ledger
+from p2pfl.ledger_file import load_ledger
 from p2pfl.node.audit import AuditLog
 from p2pfl.node.channels import Channel, Router, tagged
 from p2pfl.node.config import NodeConfig
 from p2pfl.node.dashboard import Dashboard
 from p2pfl.node.data import LocalData
-from p2pfl.node.errors import NodeStopped, StorageError, storage_error
+from p2pfl.node.errors import NodeStopped, StorageError
 from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
 from p2pfl.node.faults import Faults
 from p2pfl.node.links import LinkManager, backoff
 from p2pfl.node.phases import Phase
 from p2pfl.node.preflight import DataDirLock, Ready, preflight, tls_files
+from p2pfl.node.replica import Replica
 from p2pfl.node.rounds import RoundDriver
-from p2pfl.node.status import write_status
+from p2pfl.node.status import peak_rss
+from p2pfl.node.storage import NodeStorage
 from p2pfl.node.view import NodeView
 from p2pfl.transport import (
     Authenticator,
@@ -73,8 +73,7 @@ from p2pfl.transport import (
     WsOptions,
     WsTransport,
 )
-from protocols import ledger_sync
-from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError
+from protocols.errors import LocalProtocolError
 from protocols.ledger import Ledger
 from protocols.ledger_sync import LedgerSync
 
@@ -118,7 +117,7 @@ class Node:
         self._timer_wake = asyncio.Event()
         self._subscribers: list[asyncio.Queue[Any]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._ledger_dirty = False
+        self.storage = NodeStorage(config)
         self._open = False
         self._closed = False
         self._stack = contextlib.AsyncExitStack()
@@ -127,6 +126,7 @@ class Node:
         self._identity: Identity | None = None
         self._ledger: Ledger | None = None
         self._sync: LedgerSync | None = None
+        self._replica: Replica | None = None
         self._links: LinkManager | None = None
         self._rounds: RoundDriver | None = None
         limits = config.limits
@@ -168,6 +168,12 @@ class Node:
         if self._sync is None:
             raise NodeStopped("the node is not started: it syncs no ledger yet")
         return self._sync
+
+    @property
+    def replica(self) -> Replica:
+        if self._replica is None:
+            raise NodeStopped("the node is not started: it syncs no ledger yet")
+        return self._replica
 
     @property
     def links(self) -> LinkManager:
@@ -223,6 +229,14 @@ class Node:
         self._ready = await preflight(cfg, identity, ledger, rounds=self._rounds_asked)
         self._ledger = ledger
         self._sync = LedgerSync(ledger, max_message_size=cfg.limits.max_message_size)
+        self._replica = Replica(
+            ledger,
+            self._sync,
+            send=lambda peer, frame: self.links.send(peer, tagged(Channel.LEDGER, frame)),
+            peer_error=lambda peer, error: self.peer_error(peer, error, kind="ledger"),
+            on_synced=self._mark_synced,
+            on_change=self.ledger_changed,
+        )
         self._rounds = RoundDriver(self)
         transport = self._transport()
         self._links = LinkManager(
@@ -239,7 +253,7 @@ class Node:
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
         self.address = await transport.listen(cfg.node.listen, self._links.serve)
         # The node runs from here on (no await before the record: no link is up yet).
-        self.audit = AuditLog(self.data_dir / "audit.jsonl")
+        self.audit = self.storage.open_audit()
         self.audit.record(
             "start",
             node=identity.node_id,
@@ -258,6 +272,7 @@ class Node:
         self._open = True
         self.update_links()
         self.set_phase(Phase.IDLE)
+        self.storage.status.flush()  # a started node's status file is on disk
 
     def _remove_partial_writes(self) -> None:
         """A write killed halfway (SIGKILL, power loss) left a temporary file: delete it.
@@ -265,10 +280,9 @@ class Node:
         The lock is held, so no writer of this node runs; the files they were to
         replace are whole (``p2pfl.atomic``).
         """
-        for directory in (self.data_dir, self.data_dir / "checkpoints"):
-            for path in remove_partial(directory):
-                log.warning("removed %s, left by a write that was interrupted", path)
-                self.record("partial-removed", path=str(path))
+        for path in self.storage.remove_partial():
+            log.warning("removed %s, left by a write that was interrupted", path)
+            self.record("partial-removed", path=str(path))
 
     async def _open_dashboard(self) -> None:
         """The live page of this node, in its task group; closed with the node."""
@@ -338,6 +352,7 @@ class Node:
                 for queue in self._subscribers:
                     queue.put_nowait(_END)
             finally:
+                self.storage.status.close()  # no status write outlives the node
                 if self._lock is not None:
                     self._lock.release()
 
@@ -353,6 +368,7 @@ class Node:
         from p2pfl.node.crate import record_node_run  # rocrate: not in the start path
 
         record_node_run(self)  # the run as an RO-Crate
+        self.storage.status.close()  # the writes handed over are done: this one comes last
         self.write_status()  # the last word: how the run ended, its links closed
 
     # -- running ----------------------------------------------------------------------
@@ -529,37 +545,20 @@ class Node:
         log.debug("control message from %s ignored", peer)
 
     def _on_ledger_frame(self, peer: str, channel: Channel, frame: memoryview) -> None:
-        body = bytes(frame)
-        try:
-            message = ledger_sync.decode(body, max_size=self.sync.max_message_size)
-            out = self.sync.receive(peer, body)
-        except (PeerProtocolError, DecodeError) as exc:
-            self.peer_error(peer, f"ledger sync: {exc}", kind="ledger")
-            return
-        except LocalProtocolError:
-            return  # the link went down under us
-        for lost in self.ledger.take_violations():  # put back already; the sender is at fault
-            what = f"{lost.map_name}[{lost.key!r}] by {lost.author}"
-            self.peer_error(peer, f"ledger sync: {lost.kind} verified record {what}", kind="ledger")
-        if isinstance(message, ledger_sync.SyncStep2) and not self.links.link(peer).synced:
-            self.links.link(peer).synced = True
-            log.info("ledger synced with %s", peer)
-        self.send_ledger(out)
-        if isinstance(message, ledger_sync.SyncStep2 | ledger_sync.Update):
-            self.ledger_changed()
+        self.replica.receive(peer, frame)
         self.changed()
 
-    def send_ledger(self, out: list[tuple[str, bytes]]) -> None:
-        for target, frame in out:
-            self.links.send(target, tagged(Channel.LEDGER, frame))
+    def _mark_synced(self, peer: str) -> bool:
+        link = self.links.link(peer)
+        first, link.synced = not link.synced, True
+        return first
 
     def write_ledger(self, update: bytes) -> None:
         """Flood a record this node just wrote, and note the ledger needs saving."""
-        self.send_ledger(self.sync.local_update(update))
-        self.ledger_changed()
+        self.replica.write(update)
 
     def ledger_changed(self) -> None:
-        self._ledger_dirty = True
+        self.storage.ledger_dirty = True
         members = self.ledger.members()
         for peer, link in list(self.links.links.items()):
             if peer not in members and link.session is not None:
@@ -570,28 +569,22 @@ class Node:
         self.changed()
 
     def save_ledger(self) -> None:
-        """Put the ledger on disk; ``StorageError`` if the directory refuses it.
+        """Put the ledger on disk; ``StorageError`` if the directory refuses it."""
+        self.storage.save_ledger(self.ledger)
 
-        The save that ends a round raises it on: the node stops after that round
-        rather than train on with a ledger it cannot keep. The periodic saves in
-        between (``_save_ledger_quietly``) only say so, the next round's save decides.
+    async def persist(self) -> None:
+        """A round's durable group (``NodeStorage.persist``): ledger file and audit lines.
+
+        The save that ends a round raises ``StorageError`` on: the node stops after
+        that round rather than train on with a ledger it cannot keep. The periodic
+        saves in between only say so, the next round's save decides.
         """
-        path = self.config.ledger_file
-        try:
-            save_ledger(self.ledger, path)
-        except LedgerFileError as exc:
-            cause = exc.__cause__
-            if not isinstance(cause, OSError):
-                raise
-            raise storage_error("the ledger file", path, cause, None) from None
-        self._ledger_dirty = False
+        await self.storage.persist(self.ledger)
 
     def _save_ledger_quietly(self) -> None:
-        try:
-            self.save_ledger()
-        except (StorageError, LedgerFileError) as exc:
-            self.last_error = str(exc)
-            log.error("%s", self.last_error)
+        error = self.storage.save_ledger_quietly(self.ledger)
+        if error is not None:
+            self.last_error = error
 
     # -- the outbox -------------------------------------------------------------------
 
@@ -645,15 +638,22 @@ class Node:
             await asyncio.sleep(limits.status_interval)
             if time.monotonic() - last_sync >= limits.anti_entropy_interval:
                 last_sync = time.monotonic()
-                self.send_ledger(self.sync.anti_entropy())
-            if self._ledger_dirty:
-                self._save_ledger_quietly()
+                self.replica.anti_entropy()
+            if self.storage.ledger_dirty:
+                error = await self.storage.save_ledger_in_thread(self.ledger)
+                self.last_error = error or self.last_error
+            try:
+                await asyncio.to_thread(self.storage.sync_audit)
+            except StorageError as exc:  # the round that persists next stops the node
+                log.error("%s", exc)
             self.write_status()
 
     # -- status -----------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, rss: bool = True) -> dict[str, Any]:
         """What ``status.json`` holds: rounds numbered from 1, ``completed`` a count.
+
+        ``rss=False`` leaves ``peak_rss_bytes`` to the status writer (``StatusWriter``).
 
         Each neighbour's entry is its link's live state (``LinkManager.snapshot``)
         with ``last_round``, the last round whose frames from it were mixed in.
@@ -673,22 +673,12 @@ class Node:
             "started": self.started,
             "updated": time.time(),
             "last_error": self.last_error,
-            "peak_rss_bytes": peak_rss(),
+            "peak_rss_bytes": peak_rss() if rss else None,
             "neighbours": links,
             "peer_faults": self.faults.snapshot(),
             **({} if rounds is None else rounds.status()),
         }
 
     def write_status(self) -> None:
-        with contextlib.suppress(OSError):
-            write_status(self.data_dir, self.status())
-
-
-def peak_rss() -> int | None:
-    """This process's peak resident set size in bytes (None where unknown)."""
-    try:
-        import resource
-    except ImportError:  # not on POSIX
-        return None
-    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux counts KiB
+        """Hand the status as it is now to the writer thread (``StatusWriter``)."""
+        self.storage.status.submit(self.status(rss=False))  # the writer takes the RSS

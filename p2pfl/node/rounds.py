@@ -44,33 +44,28 @@ import asyncio
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from p2pfl.atomic import atomic_write_bytes
 from p2pfl.errors import ConfigError
 from p2pfl.node.channels import Channel
-from p2pfl.node.checkpoint import (
-    Checkpoint,
-    latest_checkpoint,
-    prune_checkpoints,
-    write_checkpoint,
-)
+from p2pfl.node.checkpoint import Checkpoint, latest_checkpoint
 from p2pfl.node.data import check_local_data
-from p2pfl.node.errors import PlanError, storage_error
+from p2pfl.node.errors import PlanError
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
 from p2pfl.node.local import Learner, warm_up
-from p2pfl.node.numbering import FIRST, index, number
+from p2pfl.node.numbering import FIRST, index
 from p2pfl.node.personal import keep_personalised, selection_of
 from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
+from p2pfl.node.round_end import RoundEnd
+from p2pfl.node.round_files import dealt_round, mark_dealt, split_state
 from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
-from protocols.gossip import PushSumGossip, RoundMixed
+from protocols.gossip import RoundMixed
 from protocols.rounds import GossipRoundCore, TrackedRoundCore
 
 if TYPE_CHECKING:
@@ -78,18 +73,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEALT_FILE = "secure-dealt"
-NUMBERED = "numbered"
-"""The dealt file's third word: its round is a number (``_mark_dealt``)."""
 MAX_EARLY_FRAMES = 1024
 MAX_EARLY_FRAMES_PER_PEER = 64
 """Frames kept from one peer before rounds start; with ``2 * max_message_size`` bytes at
 most, so one member cannot fill the buffer the others' first frames need."""
-CORE_STATE = "gossip."
-"""Prefix of the round core's arrays in a checkpoint's ``state`` (the rest: the optimizer's)."""
 
 
-class RoundDriver:
+class RoundDriver(RoundEnd):
     """The learning half of a node, which it reaches as a ``RoundHost`` (module docstring).
 
     The node calls ``on_frame`` with every round frame, ``on_ledger_changed`` after
@@ -318,8 +308,7 @@ class RoundDriver:
         Returns the round core's part of the state (``CORE_STATE`` names, prefix off).
         """
         assert self.learner is not None and self.plan is not None
-        optimizer = {k: v for k, v in ckpt.state.items() if not k.startswith(CORE_STATE)}
-        core = {k[len(CORE_STATE) :]: v for k, v in ckpt.state.items() if k.startswith(CORE_STATE)}
+        optimizer, core = split_state(ckpt.state)
         self.learner.restore_optimizer(optimizer if ckpt.has_state else None, ckpt.path)
         if self.plan.privacy.active:
             log.info(
@@ -328,16 +317,9 @@ class RoundDriver:
             )
         return core
 
-    @property
-    def _dealt_file(self) -> Path:
-        return self.node.data_dir / DEALT_FILE
-
     def _mark_dealt(self, r: int) -> None:
-        """``N HASH numbered``: round number N of the plan HASH (a file of two words,
-        written before rounds were numbered from 1, holds the round's index)."""
         assert self.plan_hash is not None
-        text = f"{r} {self.plan_hash.hex()} {NUMBERED}\n"
-        atomic_write_bytes(self._dealt_file, text.encode())
+        mark_dealt(self.node.data_dir, r, self.plan_hash)
 
     def _skip_dealt_round(self) -> None:
         """Never deal twice in one secure round: a restart skips the round it had begun.
@@ -346,12 +328,10 @@ class RoundDriver:
         a second masked input with a fresh seed would not unmask. They finish the
         round without this node (it is declared dropped) and it joins the next one.
         """
-        try:
-            text, plan_hash, *numbered = self._dealt_file.read_text().split()
-            dealt = int(text) if numbered == [NUMBERED] else number(int(text))
-        except (OSError, ValueError):
+        if self.plan_hash is None:
             return
-        if self.plan_hash is not None and plan_hash == self.plan_hash.hex() and dealt >= self.round:
+        dealt = dealt_round(self.node.data_dir, self.plan_hash)
+        if dealt is not None and dealt >= self.round:
             self.node.record("round-abandoned", round=dealt, reason="begun before a restart")
             log.warning("round %d was begun before the restart: joining round %d", dealt, dealt + 1)
             self.round = dealt + 1
@@ -453,14 +433,13 @@ class RoundDriver:
             exchange.forget(r)
         self._mix_seconds = time.perf_counter() - mixing
         learner.set(mixed.model)
-        accuracy, loss = await asyncio.to_thread(learner.evaluate)
-        assert self.privacy is not None
-        figures, drift = await asyncio.to_thread(self.privacy.measure, r, accuracy, loss)
-        seconds = time.perf_counter() - started
         transfers = node.transfers
         self._wire = {} if transfers is None else wire_totals(transfers.take())
         core_state = self._core_state()
-        await asyncio.to_thread(self._checkpoint, r, mixed, accuracy, loss, seconds, core_state)
+        accuracy, loss, figures, drift, seconds = await asyncio.to_thread(
+            self._close_round, r, mixed, started, core_state
+        )
+        assert self.privacy is not None
         ledger = node.ledger
         # The masked figures go out before the progress record: every path floods them in
         # that order, so a peer that sees our round done (its linger ends on it) has them.
@@ -468,7 +447,7 @@ class RoundDriver:
         node.write_ledger(
             ledger.report_progress(node.identity.signing_key, r, clock=ledger.next_clock())
         )
-        node.save_ledger()
+        await node.persist()  # the ledger file and the audit lines so far, fsynced
         self.completed, self.round = r, r + 1
         self._final = (r, mixed, seconds)
         self.mixed_with.update(dict.fromkeys(mixed.arrived, r))
@@ -505,111 +484,6 @@ class RoundDriver:
         )
         node.emit(event)
         node.write_status()
-
-    def _core_state(self) -> dict[str, np.ndarray]:
-        """The round core's arrays for the checkpoint, taken in the event loop's thread.
-
-        (Frames change a push-sum core's mass whenever they come: never read it
-        from a worker thread.)
-        """
-        core = None if self.exchange is None else self.exchange.core
-        if isinstance(core, TrackedRoundCore):
-            return {CORE_STATE + k: v for k, v in core.export_state().items()}
-        if not isinstance(core, GossipRoundCore):
-            return {}
-        return {CORE_STATE + k: v for k, v in core.gossip.export_state().items()}
-
-    def _checkpoint(
-        self,
-        r: int,
-        mixed: RoundMixed,
-        accuracy: float | None,
-        loss: float | None,
-        secs: float,
-        core_state: dict[str, np.ndarray],
-    ) -> None:
-        assert self.learner is not None and self.graph is not None
-        directory = self.node.data_dir / "checkpoints"
-        meta = {
-            "node": self.me,
-            "federation": self.node.ledger.federation_id,
-            "plan_hash": self.plan_hash,
-            "roster": list(self.graph.roster),
-            "index": self.graph.index(self.me),
-            "arrived": list(mixed.arrived),
-            "stragglers": list(mixed.stragglers),
-            "accuracy": accuracy,
-            "loss": loss,
-            "seconds": secs,
-            "train_seconds": self._train_seconds,
-            "mix_seconds": self._mix_seconds,
-            "abandoned": self.exchange.abandoned if self.exchange else 0,
-            "bytes_sent": self.exchange.round_bytes if self.exchange else 0,
-            "finished_at": time.time(),
-            **self._wire,
-        }
-        state = {**self.learner.optimizer_state(), **core_state}
-        try:  # a node that cannot keep its rounds must not train on: it stops here
-            write_checkpoint(directory, r, self.learner.params[0].numpy(), meta, state=state)
-        except OSError as exc:
-            raise storage_error(f"the checkpoint of round {r}", directory, exc, r - 1) from None
-        try:
-            prune_checkpoints(directory, self.node.config.limits.keep_checkpoints)
-        except OSError as exc:
-            raise storage_error("(remove) old checkpoints", directory, exc, r) from None
-
-    async def _linger(self) -> None:
-        """After the last round, keep serving until the neighbours have finished it too.
-
-        In push-sum the node also waits until it has absorbed the share of every
-        step its in-neighbours send it and its own frames have left, then takes
-        the mass it holds, x / w, as its final model (``_settle``).
-        """
-        assert self.graph is not None and self.plan is not None
-        node = self.node
-        node.set_phase(Phase.LINGERING)
-        last = self.completed
-        peers = self.graph.links_of(self.me)
-        push_sum = self._push_sum()
-
-        def done() -> bool:
-            progress = node.ledger.progress()
-            if not all(progress.get(p, 0) >= last for p in peers):
-                return False
-            return push_sum is None or (self._absorbed_all(push_sum) and node.flushed())
-
-        if not await node.wait_until(done, node.config.limits.linger_timeout):
-            log.info("stopped waiting for neighbours to finish round %d", last)
-        if push_sum is not None and self._final is not None:
-            await self._settle(push_sum)
-
-    def _push_sum(self) -> PushSumGossip | None:
-        core = None if self.exchange is None else self.exchange.core
-        if isinstance(core, GossipRoundCore) and isinstance(core.gossip, PushSumGossip):
-            return core.gossip
-        return None
-
-    def _absorbed_all(self, core: PushSumGossip) -> bool:
-        """Every in-neighbour's share of every step up to the last, absorbed.
-
-        The core counts its steps by index (``p2pfl.node.numbering``): ``t`` is one, 0..R-1.
-        """
-        assert self.graph is not None and self.target is not None
-        for t in range(self.target):
-            for peer in self.graph.neighbourhood(self.me, t).in_weights:
-                if t not in core.absorbed(peer):
-                    return False
-        return True
-
-    async def _settle(self, core: PushSumGossip) -> None:
-        """The push-sum node's final model: x / w of the mass it holds, checkpointed."""
-        assert self.learner is not None and self._final is not None
-        r, mixed, seconds = self._final
-        self.learner.set(core.model())
-        core_state = self._core_state()
-        accuracy, loss = await asyncio.to_thread(self.learner.evaluate)
-        await asyncio.to_thread(self._checkpoint, r, mixed, accuracy, loss, seconds, core_state)
-        self.node.record("settled", round=r, accuracy=accuracy)
 
     # -- views ------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The status file a running node keeps in its data directory (``p2pfl node status`` reads it).
 
-``status.json`` is rewritten atomically (temp file, rename) whenever the node
+``status.json`` is rewritten atomically (temp file, rename; not fsynced, as
+nothing is resumed from it; from a worker thread, ``StatusWriter``) whenever the node
 changes phase and every ``status_interval`` seconds, and once more when it
 stops, after its links are closed, so a reader never sees half a file. It
 holds the node id, the federation, the phase (the text of a
@@ -15,8 +16,12 @@ about its fields (another version, or a hand, may have written it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +33,77 @@ STATUS_FILE = "status.json"
 
 def write_status(data_dir: str | os.PathLike[str], status: dict[str, Any]) -> None:
     text = json.dumps(status, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write_bytes(Path(data_dir) / STATUS_FILE, text.encode())
+    # Not fsynced: it says what is true now, is rewritten within seconds, and a reader
+    # (or a killed node) still sees one whole version (``p2pfl.atomic``).
+    atomic_write_bytes(Path(data_dir) / STATUS_FILE, text.encode(), durable=False)
+
+
+class StatusWriter:
+    """Writes a node's status file from a worker thread: the newest snapshot wins.
+
+    The node hands over a snapshot (``submit``) and goes on; a rename under load
+    takes milliseconds it would otherwise spend in the round path. Snapshots that
+    arrive while one is being written are coalesced into the newest. ``close``
+    waits for the writes handed over; after it, ``submit`` writes at once, in the
+    caller's thread (the node's last word). Write errors are ignored, as for any
+    status write: the next one may succeed.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir)
+        self._lock = threading.Lock()
+        self._pending: dict[str, Any] | None = None
+        self._busy = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    def submit(self, status: dict[str, Any]) -> None:
+        """Write ``status`` soon, with ``peak_rss_bytes`` taken when it is written
+        (``getrusage`` is slow in a busy process with many threads: not in the round path)."""
+        if self._closed:
+            self._write(status)
+            return
+        with self._lock:
+            self._pending = status
+            if self._busy:
+                return
+            self._busy = True
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="p2pfl-status")
+        self._executor.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                status, self._pending = self._pending, None
+                if status is None:
+                    self._busy = False
+                    return
+            self._write(status)
+
+    def _write(self, status: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            write_status(self.data_dir, {**status, "peak_rss_bytes": peak_rss()})
+
+    def flush(self) -> None:
+        """Wait until the snapshots handed over so far are written (the worker is FIFO)."""
+        if self._executor is not None:
+            self._executor.submit(lambda: None).result()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident set size in bytes (None where unknown)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux counts KiB
 
 
 def read_status(data_dir: str | os.PathLike[str]) -> dict[str, Any]:

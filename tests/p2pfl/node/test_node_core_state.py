@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from p2pfl.node import checkpoint as ckpt
-from p2pfl.node.rounds import CORE_STATE
+from p2pfl.node.round_files import CORE_STATE
 from protocols.compression import QuantizeCompressor
 from protocols.gossip import ChocoGossip, Neighbourhood
 

@@ -1,0 +1,167 @@
+"""How a node's round ends: evaluate, checkpoint, and, after the last, linger and settle.
+
+``RoundEnd`` is the part of ``p2pfl.node.rounds.RoundDriver`` that closes rounds
+(the driver is a ``RoundEnd``; the attributes below are the driver's):
+
+- ``_close_round``: one trip to a worker thread per round evaluates the mixed
+  model, measures the privacy figures and writes the checkpoint
+  (``p2pfl.node.round_files``), durably, before the round's progress is
+  reported; the round core's state is taken before, in the loop's thread;
+- ``_linger``: after the last round, the node keeps serving until its
+  neighbours report that round done; in push-sum it also waits until it has
+  absorbed every share its in-neighbours send it, then settles on x / w
+  (``_settle``), checkpointed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from p2pfl.node.exchange import Exchange
+from p2pfl.node.host import RoundHost
+from p2pfl.node.local import Learner
+from p2pfl.node.phases import Phase
+from p2pfl.node.privacy import NodePrivacy
+from p2pfl.node.round_files import CORE_STATE, save_round
+from p2pfl.spec import Graph, Plan
+from protocols.gossip import PushSumGossip, RoundMixed
+from protocols.rounds import GossipRoundCore, TrackedRoundCore
+
+log = logging.getLogger(__name__)
+
+
+class RoundEnd:
+    """The round driver's closing half (module docstring)."""
+
+    node: RoundHost
+    me: str
+    plan: Plan | None
+    plan_hash: bytes | None
+    graph: Graph | None
+    exchange: Exchange | None
+    learner: Learner | None
+    privacy: NodePrivacy | None
+    completed: int
+    target: int | None
+    _train_seconds: float
+    _mix_seconds: float
+    _wire: dict[str, int | float]
+    _final: tuple[int, RoundMixed, float] | None
+
+    def _close_round(
+        self, r: int, mixed: RoundMixed, started: float, core_state: dict[str, np.ndarray]
+    ) -> tuple[float | None, float | None, Any, Any, float]:
+        """Evaluate, measure and checkpoint round ``r``: one trip to a worker thread.
+
+        Returns the accuracy, loss, the privacy figures and drift, and the round's seconds.
+        """
+        assert self.learner is not None and self.privacy is not None
+        accuracy, loss = self.learner.evaluate()
+        figures, drift = self.privacy.measure(r, accuracy, loss)
+        seconds = time.perf_counter() - started
+        self._checkpoint(r, mixed, accuracy, loss, seconds, core_state)
+        return accuracy, loss, figures, drift, seconds
+
+    def _core_state(self) -> dict[str, np.ndarray]:
+        """The round core's arrays for the checkpoint, taken in the event loop's thread.
+
+        (Frames change a push-sum core's mass whenever they come: never read it
+        from a worker thread.)
+        """
+        core = None if self.exchange is None else self.exchange.core
+        if isinstance(core, TrackedRoundCore):
+            return {CORE_STATE + k: v for k, v in core.export_state().items()}
+        if not isinstance(core, GossipRoundCore):
+            return {}
+        return {CORE_STATE + k: v for k, v in core.gossip.export_state().items()}
+
+    def _checkpoint(
+        self,
+        r: int,
+        mixed: RoundMixed,
+        accuracy: float | None,
+        loss: float | None,
+        secs: float,
+        core_state: dict[str, np.ndarray],
+    ) -> None:
+        assert self.learner is not None and self.graph is not None
+        directory = self.node.data_dir / "checkpoints"
+        meta = {
+            "node": self.me,
+            "federation": self.node.ledger.federation_id,
+            "plan_hash": self.plan_hash,
+            "roster": list(self.graph.roster),
+            "index": self.graph.index(self.me),
+            "arrived": list(mixed.arrived),
+            "stragglers": list(mixed.stragglers),
+            "accuracy": accuracy,
+            "loss": loss,
+            "seconds": secs,
+            "train_seconds": self._train_seconds,
+            "mix_seconds": self._mix_seconds,
+            "abandoned": self.exchange.abandoned if self.exchange else 0,
+            "bytes_sent": self.exchange.round_bytes if self.exchange else 0,
+            "finished_at": time.time(),
+            **self._wire,
+        }
+        state = {**self.learner.optimizer_state(), **core_state}
+        model = self.learner.params[0].numpy()
+        save_round(directory, r, model, meta, state, self.node.config.limits.keep_checkpoints)
+
+    async def _linger(self) -> None:
+        """After the last round, keep serving until the neighbours have finished it too.
+
+        In push-sum the node also waits until it has absorbed the share of every
+        step its in-neighbours send it and its own frames have left, then takes
+        the mass it holds, x / w, as its final model (``_settle``).
+        """
+        assert self.graph is not None and self.plan is not None
+        node = self.node
+        node.set_phase(Phase.LINGERING)
+        last = self.completed
+        peers = self.graph.links_of(self.me)
+        push_sum = self._push_sum()
+
+        def done() -> bool:
+            progress = node.ledger.progress()
+            if not all(progress.get(p, 0) >= last for p in peers):
+                return False
+            return push_sum is None or (self._absorbed_all(push_sum) and node.flushed())
+
+        if not await node.wait_until(done, node.config.limits.linger_timeout):
+            log.info("stopped waiting for neighbours to finish round %d", last)
+        if push_sum is not None and self._final is not None:
+            await self._settle(push_sum)
+
+    def _push_sum(self) -> PushSumGossip | None:
+        core = None if self.exchange is None else self.exchange.core
+        if isinstance(core, GossipRoundCore) and isinstance(core.gossip, PushSumGossip):
+            return core.gossip
+        return None
+
+    def _absorbed_all(self, core: PushSumGossip) -> bool:
+        """Every in-neighbour's share of every step up to the last, absorbed.
+
+        The core counts its steps by index (``p2pfl.node.numbering``): ``t`` is one, 0..R-1.
+        """
+        assert self.graph is not None and self.target is not None
+        for t in range(self.target):
+            for peer in self.graph.neighbourhood(self.me, t).in_weights:
+                if t not in core.absorbed(peer):
+                    return False
+        return True
+
+    async def _settle(self, core: PushSumGossip) -> None:
+        """The push-sum node's final model: x / w of the mass it holds, checkpointed."""
+        assert self.learner is not None and self._final is not None
+        r, mixed, seconds = self._final
+        self.learner.set(core.model())
+        core_state = self._core_state()
+        accuracy, loss = await asyncio.to_thread(self.learner.evaluate)
+        await asyncio.to_thread(self._checkpoint, r, mixed, accuracy, loss, seconds, core_state)
+        self.node.record("settled", round=r, accuracy=accuracy)
