@@ -45,7 +45,6 @@ forgets it. When the node stops, ``shut`` marks every link down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -92,6 +91,21 @@ def backoff(
 
 FIRST_CONTACT_RETRY = 0.5
 FIRST_CONTACT_WINDOW = 15.0
+
+
+async def _reap(task: asyncio.Task[None]) -> None:
+    """Wait for ``task``, just cancelled, to end; its cancellation is no error.
+
+    The caller's own is: a node that stops while a link ends (the peer closed
+    it, and the writer is still unwinding) cancels its dial loop right here,
+    and that loop must end, not dial again (the node would never finish closing).
+    """
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not task.cancelled() or (current is not None and current.cancelling()):
+            raise
 
 
 def first_contact_delay(delay: float, waited: float) -> float:
@@ -307,15 +321,16 @@ class LinkManager:
             reason = await self._read(link, session)
         finally:
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-            await conn.close()
-            if link.session is session:
-                link.session = None
-                link.synced = False
-                link.set_state(LinkState.DOWN, reason)
-                self._on_down(peer, reason)
-                link.ended.set()
+            try:
+                await _reap(writer)
+            finally:
+                await conn.close()
+                if link.session is session:
+                    link.session = None
+                    link.synced = False
+                    link.set_state(LinkState.DOWN, reason)
+                    self._on_down(peer, reason)
+                    link.ended.set()
 
     async def _read(self, link: Link, session: Session) -> str:
         while True:
