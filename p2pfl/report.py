@@ -200,6 +200,7 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         _site_table(run, console)
         _drift_table(run, console)
         _attack_line(run, console)
+        _sharing_line(run, console)
     if report.get("world"):
         print_world(report, console)
 
@@ -301,6 +302,19 @@ def _attack_line(run: dict[str, Any], console: Console) -> None:
     console.print(
         f"{run['label']}: nodes {attack['nodes']} attack ({attack['kind']}{scale}); "
         f"honest nodes' mean accuracy {pct(attack['honest_acc_mean'])}",
+        soft_wrap=True,
+    )
+
+
+def _sharing_line(run: dict[str, Any], console: Console) -> None:
+    """What part of the model travels, when not all of it (trainable or personal layers)."""
+    full, shared = run.get("parameters"), run.get("shared_parameters")
+    if not full or shared is None or shared == full:
+        return
+    console.print(
+        f"{run['label']}: sends and mixes {shared:,} of the model's {full:,} parameters "
+        f"({100 * shared / full:.1f}%): {run['bytes_per_node'] / 1e6:.3f} MB sent per node "
+        f"in all, about {100 * shared / full:.1f}% of what the full model would send",
         soft_wrap=True,
     )
 

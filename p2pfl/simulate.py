@@ -154,6 +154,7 @@ def _run_report(setup: Setup, result: RunResult, base: bl.Baselines) -> dict[str
         "mode": setup.scenario.gossip.mode,
         "nodes": setup.n,
         "parameters": setup.dim,
+        "shared_parameters": setup.shared_dim,
         "rounds": [dataclasses.asdict(r) for r in result.rounds],
         "final": {
             "acc_mean": final.acc_mean,

@@ -17,6 +17,10 @@ earlier; the stack is ordered by step count, so the nodes still training at a
 step are always a prefix of the stack and no parameters are copied to skip
 the others. Each step's batch is gathered into buffers allocated once per
 trainer (``index_select(..., out=)``), not into fresh memory.
+
+Parameter-efficient training (``schedule.trainable``): gradients are taken with
+respect to the trainable parameters alone (the frozen ones are inputs of the
+loss, not variables of it), and only their columns are updated.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from p2pfl.errors import ConfigError
+from protocols.errors import LocalProtocolError
+from protocols.partial import matching
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class LocalSchedule:
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
+    trainable: tuple[str, ...] = ()  # names of parameters or modules; empty: all
 
     def __post_init__(self) -> None:
         if self.local_epochs < 0 or self.local_steps < 0:
@@ -78,7 +85,24 @@ def schedule_from(training: Any) -> LocalSchedule:
         lr=training.lr,
         momentum=training.momentum,
         weight_decay=training.weight_decay,
+        trainable=tuple(training.trainable),
     )
+
+
+def trained_names(model: nn.Module, trainable: Sequence[str]) -> list[str]:
+    """The names of ``model``'s parameters that train (all when ``trainable`` is empty).
+
+    ``trainable`` names parameters or modules (``"2"`` covers ``"2.weight"`` and
+    ``"2.bias"``); a name that covers none is a ``ConfigError`` listing them.
+    """
+    names = [name for name, _ in model.named_parameters()]
+    if not trainable:
+        return names
+    try:
+        flags = matching(names, trainable, "training.trainable")
+    except LocalProtocolError as exc:
+        raise ConfigError(str(exc)) from None
+    return [name for name, trains in zip(names, flags, strict=True) if trains]
 
 
 def derived_seed(*parts: int) -> int:
@@ -151,13 +175,28 @@ class StackedTrainer:
         offsets = np.cumsum([0, *self.sizes])[:-1]
         self.offsets = torch.as_tensor(offsets, dtype=torch.int64, device=self.device)
         self.dim = sum(p.numel() for p in model.parameters())
-        self._grad = vmap(grad(self._loss), in_dims=(0, 0, 0, 0))
+        self.trained = trained_names(model, schedule.trainable)
+        trained = set(self.trained)
+        self._columns: list[tuple[str, slice]] = []  # the trained parameters' columns
+        offset = 0
+        for name, parameter in model.named_parameters():
+            if name in trained:
+                self._columns.append((name, slice(offset, offset + parameter.numel())))
+            offset += parameter.numel()
+        self._grad = vmap(grad(self._loss), in_dims=(0, 0, 0, 0, 0))
         self._state: list[Tensor] = []
         self._adam_steps = torch.zeros(len(self.sizes), device=self.device)
         self._batch: _BatchBuffers | None = None
 
-    def _loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        logits = functional_call(self.model, params, (x,))
+    def _loss(
+        self,
+        params: dict[str, Tensor],
+        frozen: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        mask: Tensor,
+    ) -> Tensor:
+        logits = functional_call(self.model, {**params, **frozen}, (x,))
         losses = F.cross_entropy(logits, y, reduction="none")
         return (losses * mask).sum() / mask.sum().clamp(min=1.0)
 
@@ -270,15 +309,14 @@ class StackedTrainer:
         assert self._batch is not None  # train_round sized it
         x, y, mask = self._batch.gather(idx, self.offsets[start:stop])
         block = params[start:stop]
-        grads = self._grad(param_views(self.model, block), x, y, mask)
+        views = param_views(self.model, block)
+        trained = {name: views.pop(name) for name, _ in self._columns}
+        grads = self._grad(trained, views, x, y, mask)
         if self.schedule.optimizer == "adam":
             self._adam_steps[start:stop] += 1
         # Parameter by parameter, each gradient freed once applied: no model-sized
         # concatenation of them (the update is elementwise, so the same numbers).
-        offset = 0
-        for name, parameter in self.model.named_parameters():
-            cols = slice(offset, offset + parameter.numel())
-            offset = cols.stop
+        for name, cols in self._columns:
             g = grads.pop(name).flatten(1)
             self._apply(block[:, cols], g, start, stop, cols)
             del g

@@ -126,17 +126,25 @@ def personal_blocks(
     matches nothing is our misuse (``LocalProtocolError`` naming it and the
     parameters there are).
     """
-    names, sizes, wanted = list(names), list(sizes), list(personal)
-    blocks = [
-        (size, any(_matches(name, w) for w in wanted))
-        for name, size in zip(names, sizes, strict=True)
-    ]
+    names, sizes = list(names), list(sizes)
+    flags = matching(names, personal, "personal layers")
+    return list(zip(sizes, flags, strict=True))
+
+
+def matching(names: Sequence[str], wanted: Iterable[str], what: str) -> list[bool]:
+    """For each parameter name, whether a name in ``wanted`` (parameter or module) covers it.
+
+    A wanted name that matches nothing is our misuse: ``LocalProtocolError`` says
+    ``what`` it was (if anything) and names the parameters there are.
+    """
+    wanted = list(wanted)
     unknown = [w for w in wanted if not any(_matches(name, w) for name in names)]
     if unknown:
+        prefix = f"{what} " if what else ""
         raise LocalProtocolError(
-            f"personal layers {unknown} name no parameter of the model (it has {', '.join(names)})"
+            f"{prefix}{unknown} name no parameter of the model (it has {', '.join(names)})"
         )
-    return blocks
+    return [any(_matches(name, w) for w in wanted) for name in names]
 
 
 def _matches(parameter: str, wanted: str) -> bool:

@@ -82,6 +82,8 @@ def _refuse_unsupported(setup: Setup) -> None:
         raise ConfigError(
             "personalise.method = 'partial' is not simulated sharded yet: run on one process"
         )
+    if sc.training.trainable:
+        raise ConfigError("training.trainable is not simulated sharded yet: run on one process")
     refuse_attack(setup, "the sharded engine")
 
 

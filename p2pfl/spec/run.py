@@ -36,7 +36,7 @@ from p2pfl.spec.sections import (
 )
 from protocols.errors import LocalProtocolError
 from protocols.mixing import RobustRule
-from protocols.partial import Selection, personal_blocks
+from protocols.partial import Selection, matching
 from protocols.records import canonical
 from protocols.secagg import SecAggConfig, Timeouts, dropout_tolerance
 
@@ -76,6 +76,17 @@ class RunSpec:
             raise ConfigError(
                 f"personalise.method = 'partial' needs gossip.mode = 'sync', not "
                 f"{self.gossip.mode!r}: partial sharing mixes the shared layers as D-PSGD does"
+            )
+        if self.training.trainable and self.gossip.mode != "sync":
+            raise ConfigError(
+                f"training.trainable needs gossip.mode = 'sync', not {self.gossip.mode!r}: "
+                "only the trainable parameters are mixed, as D-PSGD mixes them"
+            )
+        if self.training.trainable and self.privacy.mechanism != "none":
+            raise ConfigError(
+                f"training.trainable is not supported with privacy.mechanism = "
+                f"{self.privacy.mechanism!r} yet (its noise and accounting cover the whole "
+                "model): train the whole model under differential privacy"
             )
 
     def _check_robust(self) -> None:
@@ -133,6 +144,8 @@ class RunSpec:
                 table["gossip"].pop(key)
         if table["personalise"] == _as_table(PersonaliseSection()):
             table.pop("personalise")  # absent at the default: old hashes hold
+        if not table["training"]["trainable"]:
+            table["training"].pop("trainable")  # the whole model trains: old hashes hold
         return table
 
     def digest(self) -> bytes:
@@ -144,19 +157,31 @@ class RunSpec:
     def selection(self, parameters: Sequence[tuple[str, int]]) -> Selection | None:
         """What a node gossips of a model whose parameters are ``(name, size)`` in flat order.
 
-        ``None`` without partial sharing (the whole model); a ``ConfigError`` names a
-        personal layer the model does not have, or a choice that leaves nothing shared.
+        The trainable parameters (``training.trainable``; all when empty) less the
+        personal layers (``personalise.method = 'partial'``). ``None`` when that is
+        the whole model; a ``ConfigError`` names a layer the model does not have, or
+        a choice that leaves nothing shared.
         """
-        p = self.personalise
-        if p.method != "partial":
+        p, trainable = self.personalise, self.training.trainable
+        if p.method != "partial" and not trainable:
             return None
         names = [name for name, _ in parameters]
-        wanted = [_head(names) if w == "head" else w for w in p.layers]
+        kept = [False] * len(names)
         try:
-            blocks = personal_blocks(names, [size for _, size in parameters], wanted)
-            return Selection.of_blocks(blocks)
+            if p.method == "partial":
+                wanted = [_head(names) if w == "head" else w for w in p.layers]
+                kept = matching(names, wanted, "personal layers")
         except LocalProtocolError as exc:
             raise ConfigError(f"[personalise]: {exc}") from None
+        try:
+            if trainable:
+                trained = matching(names, trainable, "")
+                kept = [k or not t for k, t in zip(kept, trained, strict=True)]
+            blocks = [(size, k) for (_, size), k in zip(parameters, kept, strict=True)]
+            return Selection.of_blocks(blocks)
+        except LocalProtocolError as exc:
+            section = "[training] trainable" if trainable else "[personalise]"
+            raise ConfigError(f"{section}: {exc}") from None
 
     def build_topology(self, n: int) -> topology.Topology:
         """The topology of ``n`` nodes (``[topology]``; ``seed`` defaults to the spec's)."""

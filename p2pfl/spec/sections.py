@@ -43,6 +43,14 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class TrainingSection:
+    """How each node trains per round.
+
+    ``trainable`` (parameter-efficient training): the parameters that train, named
+    as parameters (``"2.weight"``) or modules (``"2"``: every parameter under it);
+    the others stay at the initial model, the same at every site, so only the
+    trainable ones are sent, masked and mixed. Empty: the whole model trains.
+    """
+
     rounds: int = 20
     local_epochs: int = 1
     local_steps: int = 0
@@ -51,10 +59,13 @@ class TrainingSection:
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
+    trainable: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise ConfigError("training.rounds must be at least 1")
+        if len(set(self.trainable)) != len(self.trainable) or any(not w for w in self.trainable):
+            raise ConfigError(f"training.trainable must be distinct names, got {self.trainable}")
 
 
 @dataclass(frozen=True)

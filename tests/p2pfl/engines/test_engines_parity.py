@@ -5,7 +5,8 @@ quasi-global momentum; secure off and on where the simulator supports it,
 which is sync and the last two; DP none and delta; sync
 with the robust rules, clipped and trimmed, and secure mode's bound, each of
 which moves these runs' parameters by 1 to 14 % from the plain rule's; sync,
-plain and secure, with partial sharing, each hospital's bias personal), one
+plain and secure, with partial sharing, each hospital's bias personal; secure
+with only the weights trainable, the bias frozen and never sent), one
 small scenario (the four heart-disease hospitals, complete graph,
 logistic regression, two rounds) runs on the protocol engine and on the
 processes engine (one ``p2pfl node run`` per hospital). Sync, CHOCO and the
@@ -73,6 +74,7 @@ CLIPPED = {"gossip.robust": "clipped"}  # adaptive radius, b = 1 of 3 neighbours
 TRIMMED = {"gossip.robust": "trimmed"}
 BOUNDED = {"gossip.robust": "bounded", "gossip.clip_radius": 0.02}
 PARTIAL = {"personalise.method": "partial", "personalise.layers": ["1.bias"]}  # bias stays home
+TRAINABLE = {"training.trainable": ["1.weight"]}  # the bias stays at the initial model
 
 CELLS = {
     "sync": {},
@@ -82,6 +84,7 @@ CELLS = {
     "sync-secure": SECURE,
     "sync-partial": PARTIAL,
     "sync-secure-partial": {**SECURE, **PARTIAL},
+    "sync-secure-trainable": {**SECURE, **TRAINABLE},
     "sync-dp": DP,
     "sync-secure-dp": {**SECURE, **DP},
     "choco-quantize": QUANTIZE,
