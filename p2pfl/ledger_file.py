@@ -129,3 +129,8 @@ def _keep_previous(target: Path) -> None:
         atomic_write_bytes(previous, target.read_bytes(), mode=0o600)
         return
     os.replace(staging, previous)
+    # A save killed before its rename left the file and its ``.prev`` one file (two
+    # links): renaming a link onto another of the same file does nothing, and the
+    # staging name would stay behind.
+    with contextlib.suppress(FileNotFoundError):
+        staging.unlink()

@@ -9,9 +9,12 @@
 - ``masked``: the Nth ``Exchange.start_round`` SIGKILLs it before the round core
   masks the input (in a secure round: after the shares were dealt, before the
   masked input is sent);
-- ``checkpoint`` / ``ledger``: the Nth temporary file of a checkpoint / of the
-  ledger file is half written, synced, and the process SIGKILLed (the rename
-  that would publish it never happens);
+- ``checkpoint``: the Nth temporary file of a checkpoint is half written,
+  synced, and the process SIGKILLed (the rename that would publish it never
+  happens); ``ledger``: so is the first one of the ledger file after the Nth
+  checkpoint, the save of round N's durable group or one just before it (the
+  node also saves a changed ledger at any status tick, so a count of ledger
+  saves would land anywhere in the run, even after the last round's frames left);
 - ``enospc``: from the Nth checkpoint on, every temporary file written in the
   data directory fails with ``ENOSPC`` after half its first block (a full disk);
 - ``erofs``: from the Nth checkpoint on, every checkpoint write fails with
@@ -107,6 +110,8 @@ def fault_writes(point: str, n: int) -> None:
         kind = kind_of(fd)
         if kind in seen:
             seen[kind] += 1
+        if point == "ledger":
+            return Faulty(handle, None) if kind == "ledger" and seen["checkpoint"] >= n else handle
         if point in seen:
             return Faulty(handle, None) if kind == point and seen[kind] == n else handle
         if point == "ledger-enospc":

@@ -38,7 +38,7 @@ POINTS = {
     "train": (2, False),  # round 2's training
     "masked": (2, True),  # round 2: shares dealt, masked input not yet sent
     "checkpoint": (2, False),  # round 2's checkpoint, half on disk
-    "ledger": (3, False),  # the third ledger save (one follows each checkpoint)
+    "ledger": (2, False),  # the ledger save after round 2's checkpoint
 }
 
 
