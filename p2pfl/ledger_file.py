@@ -16,6 +16,7 @@ from pathlib import Path
 
 from p2pfl.atomic import atomic_write_bytes
 from p2pfl.errors import LedgerFileError
+from p2pfl.threads import parallel_map
 from protocols.errors import DecodeError
 from protocols.ledger import Ledger
 from protocols.records import canonical, unpack
@@ -84,7 +85,7 @@ def ledger_from_updates(
     """A ledger from updates; ``LedgerFileError`` unless they hold the federation's genesis."""
     try:
         ledger = Ledger.from_updates(
-            federation_id, updates, client_id=client_id, limits=FILE_LIMITS
+            federation_id, updates, client_id=client_id, limits=FILE_LIMITS, checks=parallel_map
         )
     except DecodeError as exc:
         raise LedgerFileError(f"{where}: holds an invalid Yjs update ({exc})") from None

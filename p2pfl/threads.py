@@ -1,4 +1,4 @@
-"""How many torch threads a simulation uses when ``--threads`` does not say.
+"""How many torch threads a simulation uses when ``--threads`` does not say; threads for checks.
 
 torch's own default is one intra-op thread per core. When other processes compete
 for those cores, its threads wait on each other at every parallel region, and a run
@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def free_threads(cores: int, load: float, processes: int = 1) -> int:
@@ -55,8 +60,36 @@ def default_threads(environ: Mapping[str, str] | None = None) -> int:
     told = env.get("OMP_NUM_THREADS", "").strip()
     if told.isdigit() and int(told) >= 1:
         return int(told)
+    return free_threads(usable_cores(), _load(), local_processes(env))
+
+
+def free_cores() -> int:
+    """The cores free now (usable cores less the load average), at least one."""
+    return free_threads(usable_cores(), _load())
+
+
+def _load() -> float:
     try:
-        load = os.getloadavg()[0]
+        return os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average here (Windows), or unreadable
-        load = 0.0
-    return free_threads(usable_cores(), load, local_processes(env))
+        return 0.0
+
+
+PARALLEL_BATCH = 512
+"""Fewer checks than this run in the caller's thread: a pool would cost more than it saves."""
+
+
+def parallel_map(fn: Callable[[T], R], items: list[T]) -> list[R]:
+    """``list(map(fn, items))``, on a thread per free core for a large batch.
+
+    For work that releases the GIL (libsodium's signature checks: a ledger's whole
+    view judged at once, ``protocols.ledger_rules.check_signatures``). Threads on
+    cores that other processes keep busy only wait on each other, so only free
+    cores count (``free_cores``). The pool lives for the call only, so nothing
+    keeps threads between views.
+    """
+    workers = min(free_cores(), len(items) // PARALLEL_BATCH)
+    if workers < 2:
+        return list(map(fn, items))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="p2pfl-check") as pool:
+        return list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * workers))))

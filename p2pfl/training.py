@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 
 from p2pfl.errors import ConfigError
 from protocols.errors import LocalProtocolError
@@ -183,7 +183,7 @@ class StackedTrainer:
             if name in trained:
                 self._columns.append((name, slice(offset, offset + parameter.numel())))
             offset += parameter.numel()
-        self._grad = vmap(grad(self._loss), in_dims=(0, 0, 0, 0, 0))
+        self._losses = vmap(self._loss, in_dims=(0, 0, 0, 0, 0))
         self._state: list[Tensor] = []
         self._adam_steps = torch.zeros(len(self.sizes), device=self.device)
         self._batch: _BatchBuffers | None = None
@@ -309,9 +309,7 @@ class StackedTrainer:
         assert self._batch is not None  # train_round sized it
         x, y, mask = self._batch.gather(idx, self.offsets[start:stop])
         block = params[start:stop]
-        views = param_views(self.model, block)
-        trained = {name: views.pop(name) for name, _ in self._columns}
-        grads = self._grad(trained, views, x, y, mask)
+        grads = self._gradients(block, x, y, mask)
         if self.schedule.optimizer == "adam":
             self._adam_steps[start:stop] += 1
         # Parameter by parameter, each gradient freed once applied: no model-sized
@@ -321,6 +319,22 @@ class StackedTrainer:
             self._apply(block[:, cols], g, start, stop, cols)
             del g
         return int(mask.sum().item())
+
+    def _gradients(self, block: Tensor, x: Tensor, y: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Each row's gradient of its own loss, per trained parameter, each (k, *shape).
+
+        The rows' models are independent, so the gradient of the sum of their losses
+        with respect to row i is row i's gradient alone: one ordinary backward pass
+        through the vmapped forward gives every row's. (``torch.func.grad`` under
+        ``vmap`` gives the same numbers up to rounding, but imports ``torch._dynamo``
+        on first use, a second of every process's first step.)
+        """
+        views = param_views(self.model, block)
+        trained = {name: views.pop(name).detach().requires_grad_() for name, _ in self._columns}
+        with torch.enable_grad():
+            losses = self._losses(trained, views, x, y, mask)
+            grads = torch.autograd.grad(losses.sum(), list(trained.values()))
+        return dict(zip(trained, grads, strict=True))
 
     def _apply(self, p: Tensor, g: Tensor, start: int, stop: int, cols: slice) -> None:
         """One optimizer step on columns ``cols`` of rows ``start:stop`` (``p`` is that block)."""

@@ -40,7 +40,7 @@ from protocols.errors import DecodeError, LocalProtocolError
 from protocols.ledger_doc import MAPS, LedgerDoc
 from protocols.ledger_guard import Violation, losses, restorable
 from protocols.ledger_payloads import Member
-from protocols.ledger_rules import NAMESPACE_MAPS, LedgerView, RecordCache, verdict
+from protocols.ledger_rules import NAMESPACE_MAPS, Checks, LedgerView, RecordCache, verdict
 from protocols.ledger_state import NamespaceState, evaluate
 from protocols.records import (
     Record,
@@ -61,15 +61,18 @@ from protocols.yjs_bounds import Limits
 class Ledger:
     """One replica of a federation's ledger."""
 
-    def __init__(self, federation_id: str, *, client_id: int | None = None) -> None:
+    def __init__(
+        self, federation_id: str, *, client_id: int | None = None, checks: Checks = map
+    ) -> None:
         """An empty replica; ``client_id`` is the Yjs client id (``None``: pycrdt draws one).
 
         Two live replicas must never share a client id; pass distinct ids to make
-        a simulation reproducible.
+        a simulation reproducible. ``checks`` runs a batch of signature checks
+        when the whole view is judged again (``map``; a runtime may pass a parallel map).
         """
         self.federation_id = federation_id
         self.store = LedgerDoc(client_id=client_id)
-        self._cache = RecordCache()
+        self._cache = RecordCache(checks)
         self._state: NamespaceState | None = None
         self._view: LedgerView | None = None
         self._origin: str | None = None
@@ -125,13 +128,15 @@ class Ledger:
         *,
         client_id: int | None = None,
         limits: Limits | None = None,
+        checks: Checks = map,
     ) -> Ledger:
         """A replica rebuilt from Yjs updates (a file, an invitation's snapshot).
 
         ``limits`` bound each of these updates (``None``: the defaults, as for a
-        peer's); a file of the whole ledger may need larger ones.
+        peer's); a file of the whole ledger may need larger ones. ``checks``: as
+        for the constructor.
         """
-        ledger = cls(federation_id, client_id=client_id)
+        ledger = cls(federation_id, client_id=client_id, checks=checks)
         try:
             for update in updates:
                 ledger.store.apply_update(update, limits=limits)

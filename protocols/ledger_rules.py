@@ -38,8 +38,10 @@ the wrong shape), ``bad_signature``, ``unknown_author`` (not a member),
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from protocols.errors import DecodeError
 from protocols.ledger_payloads import Member, check_payload, member_from_record, owner_of
@@ -50,6 +52,8 @@ NAMESPACE_MAPS = ("plan", "approvals", "progress", "secagg", "metrics")
 REASONS = ("malformed", "bad_signature", "unknown_author", "not_authorized", "revoked")
 
 Entries = Mapping[str, Iterable[tuple[str, object]]]
+Checks = Callable[[Callable[[Any], bool], list[Any]], Iterable[bool]]
+"""``map``'s shape: how a batch of signature checks runs (``check_signatures``)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,9 @@ class RecordCache:
     a full evaluation to forget the entries it no longer saw.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, checks: Checks = map) -> None:
+        """``checks`` maps a signature check over a batch of entries (``check_signatures``)."""
+        self.checks = checks
         self._known: dict[tuple[str, str, bytes], Entry | None] = {}
         self._used: dict[tuple[str, str, bytes], Entry | None] = {}
 
@@ -118,6 +124,31 @@ class RecordCache:
             cache_key = (map_name, key, bytes(value))
             self._used.pop(cache_key, None)
             self._known.pop(cache_key, None)
+
+
+def check_signatures(
+    federation_id: str, entries: Iterable[Entry], keys: Mapping[str, bytes], checks: Checks = map
+) -> None:
+    """Check, in one batch, the signatures of the entries whose author has a key in ``keys``.
+
+    The rules then find each verdict done (``Entry.signature``) instead of checking
+    one signature at a time as they meet it. ``checks`` is ``map`` or a parallel
+    map of the caller's (libsodium releases the GIL, so threads check signatures
+    side by side). A key must be the one the rules would use for that author: a
+    member's verify key is bound to its node id (rule 6), so any key of a
+    well-formed member record is.
+    """
+    todo = [e for e in entries if e.signature is None and e.record.author in keys]
+    if not todo:
+        return
+    pairs = [(e.record, keys[e.record.author]) for e in todo]
+    for entry, good in zip(todo, checks(partial(_verifies, federation_id), pairs), strict=True):
+        entry.signature = good
+
+
+def _verifies(federation_id: str, pair: tuple[Record, bytes]) -> bool:
+    record, verify_key = pair
+    return record.verifies(federation_id, verify_key)
 
 
 def _examine(map_name: str, key: str, value: bytes) -> Entry | None:

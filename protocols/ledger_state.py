@@ -27,6 +27,7 @@ from protocols.ledger_rules import (
     RecordCache,
     assemble,
     authority,
+    check_signatures,
     parse,
     verdict,
 )
@@ -59,10 +60,20 @@ class NamespaceState:
         malformed: Counter[str] = Counter()
         members = parse("members", entries.get("members", ()), cache, malformed)
         revocations = parse("revoked", entries.get("revoked", ()), cache, malformed)
+        claimed = {e.record.slot: e.member.verify_key for e in members if e.member is not None}
+        check_signatures(federation_id, [*members, *revocations], claimed, cache.checks)
         auth = authority(federation_id, members, revocations, malformed["malformed"])
         state = cls(auth, cache)
-        for name in NAMESPACE_MAPS:
-            for key, value in entries.get(name, ()):
+        namespace = {name: list(entries.get(name, ())) for name in NAMESPACE_MAPS}
+        found = [
+            entry
+            for name, pairs in namespace.items()
+            for key, value in pairs
+            if (entry := cache.entry(name, key, value)) is not None
+        ]
+        check_signatures(federation_id, found, auth.keys, cache.checks)
+        for name, pairs in namespace.items():
+            for key, value in pairs:
                 state.put(name, key, value)
         cache.sweep()
         return state

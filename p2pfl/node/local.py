@@ -166,8 +166,8 @@ class Learner:
 def warm_up(plan: Plan) -> Callable[[], None]:
     """One throwaway step of a small model, to run in a worker thread (call it there).
 
-    torch's first training step costs seconds, not round 0: ``torch.func`` imports
-    ``torch._dynamo`` and the decompositions under ``vmap`` import sympy on first use
+    torch's first training step costs a second or more, not round 0: the
+    decompositions under ``vmap`` import sympy on first use
     (a slow first round would let a neighbour's masked-input deadline pass). It needs
     the plan's shapes and batch size only, not the data, so a node runs it while it
     waits for approvals and links. The small model is built here, in the caller's

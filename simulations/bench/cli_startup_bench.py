@@ -3,9 +3,10 @@
 Each command runs as a fresh process (best of ``--repeat``, wall clock):
 
 1. ``python -c pass``: the interpreter floor;
-2. ``python -c "import torch"``: what torch alone costs to import; and torch with its
-   first ``torch.func.grad`` call, which imports ``torch._dynamo`` (the engines' first
-   training step pays it);
+2. ``python -c "import torch"``: what torch alone costs to import; and torch with a
+   first vmapped training step the way ``StackedTrainer`` takes it (a vmapped forward,
+   one backward; ``vmap``'s decompositions import sympy on first use), beside the
+   same step through ``torch.func.grad``, which also imports ``torch._dynamo``;
 3. ``p2pfl --help``: the command's start-up (target: under 0.3 s);
 4. ``p2pfl simulate SCENARIO --json``: the whole run, split into training (the engines'
    runs, the report's ``wall.total``; the baselines: pooled, local-only; each site's
@@ -120,6 +121,11 @@ def main() -> None:
     torch_s = best([python, "-c", "import torch"], args.repeat)
     first_grad = "import torch; torch.func.grad(lambda x: (x * x).sum())(torch.ones(2))"
     grad_s = best([python, "-c", first_grad], args.repeat)
+    first_step = (
+        "import torch; x = torch.ones(3, 2, requires_grad=True); "
+        "torch.autograd.grad(torch.vmap(lambda r: (r * r).sum())(x).sum(), x)"
+    )
+    step_s = best([python, "-c", first_step], args.repeat)
     help_s = best([python, "-m", "p2pfl", "--help"], args.repeat)
     run = simulate(str(Path(args.scenario)), args.repeat)
     training = run["engine"] + run["baselines"] + run["sites"]
@@ -134,7 +140,8 @@ def main() -> None:
 
     line("python -c pass (floor)", floor)
     line("python -c 'import torch'", torch_s)
-    line("  + its first torch.func.grad call", grad_s)
+    line("  + a first vmap + backward step", step_s)
+    line("  + torch.func.grad instead", grad_s)
     line("p2pfl --help", help_s, HELP_TARGET_S)
     line(f"p2pfl simulate {args.scenario}", run["wall"])
     line("  training: the engines' runs", run["engine"])

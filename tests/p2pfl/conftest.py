@@ -18,3 +18,43 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def delivered(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every message the protocol engine delivers during the test, as bytes, in order."""
+    from p2pfl.engines import protocol as protocol_engine
+
+    messages: list[bytes] = []
+    deliver = protocol_engine._Run._on_deliver
+
+    def record(self: object, now: float, payload: tuple[str, str, bytes]) -> None:
+        messages.append(payload[2])
+        deliver(self, now, payload)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(protocol_engine._Run, "_on_deliver", record)
+    return messages
+
+
+@pytest.fixture
+def hospitals():  # type: ignore[no-untyped-def]
+    """A maker of small hospitals scenarios: 3 rounds, no baselines, no DP, no sweep."""
+    import dataclasses
+    from pathlib import Path
+
+    from p2pfl.scenario import load_scenario
+
+    path = Path(__file__).resolve().parents[2] / "simulations" / "hospitals.toml"
+    base = {
+        "training.rounds": 3,
+        "baselines.pooled": False,
+        "baselines.local": False,
+        "privacy.mechanism": "none",
+        "privacy.epsilon": None,
+        "privacy.clip": None,
+    }
+
+    def make(**overrides: object) -> object:
+        return dataclasses.replace(load_scenario(path, {**base, **overrides}), sweep={})
+
+    return make

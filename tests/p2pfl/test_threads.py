@@ -64,3 +64,23 @@ def test_omp_num_threads_wins_over_the_guess(monkeypatch: pytest.MonkeyPatch) ->
     assert default_threads({"OMP_NUM_THREADS": "3"}) == 3
     assert default_threads({"OMP_NUM_THREADS": "0"}) == 1  # not a count: the guess
     assert default_threads({"OMP_NUM_THREADS": "many"}) == 1
+
+
+def test_parallel_map_keeps_order_and_uses_threads_only_for_a_large_batch(monkeypatch) -> None:
+    import threading
+
+    from p2pfl import threads
+
+    def where(i: int) -> tuple[int, str]:
+        return i * i, threading.current_thread().name
+
+    small = threads.parallel_map(where, list(range(10)))
+    assert [v for v, _ in small] == [i * i for i in range(10)]
+    assert {name for _, name in small} == {threading.current_thread().name}
+    monkeypatch.setattr(threads, "free_cores", lambda: 2)
+    large = threads.parallel_map(where, list(range(4 * threads.PARALLEL_BATCH)))
+    assert [v for v, _ in large] == [i * i for i in range(4 * threads.PARALLEL_BATCH)]
+    assert all(name.startswith("p2pfl-check") for _, name in large)
+    monkeypatch.setattr(threads, "free_cores", lambda: 1)  # one free core: no pool
+    alone = threads.parallel_map(where, list(range(4 * threads.PARALLEL_BATCH)))
+    assert {name for _, name in alone} == {threading.current_thread().name}

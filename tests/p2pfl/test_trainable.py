@@ -19,9 +19,7 @@ import torch
 from torch import nn
 
 from p2pfl.engines import prepare, run_engine
-from p2pfl.engines import protocol as protocol_engine
 from p2pfl.errors import ConfigError
-from p2pfl.scenario import load_scenario
 from p2pfl.spec import PersonaliseSection, Plan, PlanData, PlanError, plan_from_table
 from p2pfl.spec.sections import TrainingSection
 from p2pfl.training import LocalSchedule, StackedTrainer, trained_names
@@ -131,34 +129,14 @@ def test_what_trainable_cannot_go_with_is_refused(extra: dict, message: str) -> 
 # -- the engines ------------------------------------------------------------------------
 
 
-def scenario(**overrides: Any) -> Any:
-    table = {
-        "model.name": "mlp",
-        "model.hidden": [16],
-        "topology.kind": "ring",
-        "training.rounds": 3,
-        "training.trainable": ["3"],
-        "baselines.pooled": False,
-        "baselines.local": False,
-        "privacy.mechanism": "none",
-        "privacy.epsilon": None,
-        "privacy.clip": None,
-        **overrides,
-    }
-    loaded = load_scenario(ROOT / "simulations" / "hospitals.toml", table)
-    return dataclasses.replace(loaded, sweep={})
+PEFT = {"model.name": "mlp", "model.hidden": [16], "training.trainable": ["3"]}
 
 
-def test_the_protocol_engines_frames_carry_the_trainable_layers_only(monkeypatch) -> None:
-    setup = prepare(scenario())
-    frames: list[bytes] = []
-    deliver = protocol_engine._Run._on_deliver
-
-    def record(self: Any, now: float, payload: tuple[str, str, bytes]) -> None:
-        frames.append(payload[2])
-        deliver(self, now, payload)
-
-    monkeypatch.setattr(protocol_engine._Run, "_on_deliver", record)
+def test_the_protocol_engines_frames_carry_the_trainable_part_only(
+    delivered: list[bytes], hospitals
+) -> None:
+    setup = prepare(hospitals(**PEFT, **{"topology.kind": "ring"}))
+    frames = delivered
     result = run_engine("protocol", setup, "protocol")
     head = 16 * 2 + 2  # the MLP's last layer: 16 inputs, 2 classes
     assert setup.shared_dim == head and setup.dim > 10 * head
@@ -171,25 +149,20 @@ def test_the_protocol_engines_frames_carry_the_trainable_layers_only(monkeypatch
     assert not torch.equal(result.final_params[:, body:], setup.initial[body:].expand(4, -1))
 
 
-def test_secure_frames_mask_the_trainable_layers_only(monkeypatch) -> None:
-    setup = prepare(scenario(**SECURE, **{"topology.kind": "complete", "training.rounds": 1}))
-    codes: list[int] = []
-    deliver = protocol_engine._Run._on_deliver
-
-    def record(self: Any, now: float, payload: tuple[str, str, bytes]) -> None:
-        message = secagg.decode(payload[2])
-        if isinstance(message, secagg.MaskedInput):
-            codes.append(message.codes.shape[0])
-        deliver(self, now, payload)
-
-    monkeypatch.setattr(protocol_engine._Run, "_on_deliver", record)
+def test_secure_frames_mask_the_trainable_layers_only(delivered: list[bytes], hospitals) -> None:
+    setup = prepare(
+        hospitals(**PEFT, **SECURE, **{"topology.kind": "complete", "training.rounds": 1})
+    )
     run_engine("protocol", setup, "protocol")
+    messages = [secagg.decode(m) for m in delivered]
+    codes = [m.codes.shape[0] for m in messages if isinstance(m, secagg.MaskedInput)]
     assert codes == [setup.shared_dim] * 12
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure"])
-def test_the_vectorized_and_protocol_engines_agree(secure: bool) -> None:
-    setup = prepare(scenario(**({**SECURE, "topology.kind": "complete"} if secure else {})))
+def test_the_vectorized_and_protocol_engines_agree(secure: bool, hospitals) -> None:
+    topology = "complete" if secure else "ring"
+    setup = prepare(hospitals(**PEFT, **(SECURE if secure else {}), **{"topology.kind": topology}))
     ours = run_engine("vectorized", setup, "vectorized")
     theirs = run_engine("protocol", setup, "protocol")
     gap = float((ours.final_params - theirs.final_params).norm() / ours.final_params.norm())

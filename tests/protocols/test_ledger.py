@@ -294,3 +294,26 @@ def test_set_plan_refuses_what_cannot_be_encoded() -> None:
     with pytest.raises(LocalProtocolError):
         ledger.set_plan(F, {"when": object()}, clock=ledger.next_clock())
     assert canonical(ledger.plan()) == canonical(PLAN)
+
+
+def test_a_whole_view_checks_its_signatures_in_batches_through_the_given_map() -> None:
+    source = federation()
+    for signer in (B, C):
+        source.report_progress(signer, 1, clock=source.next_clock())
+    forge(source, B, "progress", nid(B), {"round": 2}, federation_id="e" * 32)  # bad signature
+    forge(source, OUT, "members", nid(OUT), _member_payload(OUT, admin=False))  # not an admin
+    batches: list[int] = []
+
+    def recording_map(fn, items):  # type: ignore[no-untyped-def]
+        batches.append(len(items))
+        return [fn(item) for item in items]
+
+    state = source.encode_state()
+    batched = Ledger.from_updates(source.federation_id, [state], checks=recording_map)
+    serial = Ledger.from_updates(source.federation_id, [state])
+    assert batched.view() == serial.view()
+    assert batched.rejections() == serial.rejections() == {"bad_signature": 1, "unknown_author": 1}
+    # members and revocations first (5 member records, OUT's among them: its signer
+    # is known, so it is checked), then the namespace maps (plan and 3 progress)
+    assert batches == [5, 4]
+    assert batched.progress() == {nid(B): 1, nid(C): 1}

@@ -267,3 +267,31 @@ def test_real_fashion_mnist_federation_uses_t10k_as_global_test():
     assert fed.x_global_test.shape == (500, 1, 28, 28)
     assert sum(len(n.y_train) + len(n.y_test) for n in fed.nodes) == 2000
     assert_clean(fed)
+
+
+@pytest.mark.parametrize(
+    ("source", "loader"),
+    [("digits_source", "load_digits"), ("breast_cancer_source", "load_breast_cancer")],
+)
+def test_scikit_learns_bundled_files_are_read_without_it_as_it_reads_them(
+    source: str, loader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sklearn.datasets
+
+    from p2pfl.datasets import sklearn_sets
+
+    x, y = getattr(sklearn.datasets, loader)(return_X_y=True)
+    ours = getattr(sklearn_sets, source)()
+    assert np.array_equal(ours.labels, y) and ours.input_shape == (x.shape[1],)
+    seen = {}
+
+    def capture(features: np.ndarray, labels: np.ndarray) -> None:
+        seen["x"] = features
+        return None
+
+    monkeypatch.setattr(sklearn_sets, "_source", capture)
+    getattr(sklearn_sets, source)()
+    assert np.array_equal(seen["x"], x)  # the features, value for value
+    monkeypatch.setattr(sklearn_sets, "_bundled", lambda name: None)  # no file: sklearn loads
+    getattr(sklearn_sets, source)()
+    assert np.array_equal(seen["x"], x)

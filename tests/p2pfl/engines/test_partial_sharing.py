@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from p2pfl.engines import prepare, run_engine
-from p2pfl.engines import protocol as protocol_engine
-from p2pfl.scenario import load_scenario
 from p2pfl.spec import PersonaliseSection
 from protocols import secagg, wire
 
@@ -27,32 +24,12 @@ PARTIAL = {"personalise.method": "partial", "personalise.layers": ["1.bias"]}
 SECURE = {"secure.enabled": True, "secure.share_timeout": 60.0, "secure.masked_timeout": 30.0}
 
 
-def scenario(**overrides: Any) -> Any:
-    table = {
-        "topology.kind": "complete",
-        "training.rounds": 3,
-        "baselines.pooled": False,
-        "baselines.local": False,
-        "privacy.mechanism": "none",
-        "privacy.epsilon": None,
-        "privacy.clip": None,
-        **PARTIAL,
-        **overrides,
-    }
-    loaded = load_scenario(ROOT / "simulations" / "hospitals.toml", table)
-    return dataclasses.replace(loaded, sweep={})
+BASE = {"topology.kind": "complete", **PARTIAL}
 
 
-def test_the_protocol_engines_frames_carry_the_body_only(monkeypatch) -> None:
-    setup = prepare(scenario())
-    frames: list[bytes] = []
-    deliver = protocol_engine._Run._on_deliver
-
-    def record(self: Any, now: float, payload: tuple[str, str, bytes]) -> None:
-        frames.append(payload[2])
-        deliver(self, now, payload)
-
-    monkeypatch.setattr(protocol_engine._Run, "_on_deliver", record)
+def test_the_protocol_engines_frames_carry_the_body_only(delivered: list[bytes], hospitals) -> None:
+    setup = prepare(hospitals(**BASE))
+    frames = delivered
     result = run_engine("protocol", setup, "protocol")
     assert setup.dim == 76 and setup.shared_dim == 74
     assert len(frames) == 3 * 4 * 3  # rounds x nodes x neighbours
@@ -64,25 +41,17 @@ def test_the_protocol_engines_frames_carry_the_body_only(monkeypatch) -> None:
     assert result.rounds[0].bytes_per_node == sum(len(f) for f in frames) / (3 * 4)
 
 
-def test_secure_frames_mask_the_body_only(monkeypatch) -> None:
-    setup = prepare(scenario(**SECURE, **{"training.rounds": 1}))
-    codes: list[int] = []
-    deliver = protocol_engine._Run._on_deliver
-
-    def record(self: Any, now: float, payload: tuple[str, str, bytes]) -> None:
-        message = secagg.decode(payload[2])
-        if isinstance(message, secagg.MaskedInput):
-            codes.append(message.codes.shape[0])
-        deliver(self, now, payload)
-
-    monkeypatch.setattr(protocol_engine._Run, "_on_deliver", record)
+def test_secure_frames_mask_the_body_only(delivered: list[bytes], hospitals) -> None:
+    setup = prepare(hospitals(**BASE, **SECURE, **{"training.rounds": 1}))
     run_engine("protocol", setup, "protocol")
+    messages = [secagg.decode(m) for m in delivered]
+    codes = [m.codes.shape[0] for m in messages if isinstance(m, secagg.MaskedInput)]
     assert codes == [74] * 12
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure"])
-def test_the_vectorized_and_protocol_engines_agree(secure: bool) -> None:
-    setup = prepare(scenario(**(SECURE if secure else {})))
+def test_the_vectorized_and_protocol_engines_agree(secure: bool, hospitals) -> None:
+    setup = prepare(hospitals(**BASE, **(SECURE if secure else {})))
     ours = run_engine("vectorized", setup, "vectorized")
     theirs = run_engine("protocol", setup, "protocol")
     gap = float((ours.final_params - theirs.final_params).norm() / ours.final_params.norm())
