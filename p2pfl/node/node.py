@@ -25,7 +25,8 @@ A node restarted after a crash or SIGTERM resumes from its newest checkpoint
 with the ledger it saved, catching up with its neighbours; the temporary files
 of writes a kill interrupted are deleted first. A node that cannot write a
 round's checkpoint or the ledger save that ends it (a full or read-only disk)
-stops with ``StorageError`` rather than train on without durability.
+stops with ``StorageError`` rather than train on without durability; so does
+one whose audit log the disk refuses a line, wherever it was recorded.
 
 The status file says what is true now: each link's live state and the last
 round mixed with that neighbour (``status``). When the node stops, it closes
@@ -57,6 +58,7 @@ from p2pfl.node.data import LocalData
 from p2pfl.node.errors import NodeStopped, StorageError, storage_error
 from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
 from p2pfl.node.faults import Faults
+from p2pfl.node.latch import FailureLatch
 from p2pfl.node.links import LinkManager, backoff
 from p2pfl.node.phases import Phase
 from p2pfl.node.preflight import DataDirLock, Ready, preflight, tls_files
@@ -119,6 +121,7 @@ class Node:
         self._subscribers: list[asyncio.Queue[Any]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._ledger_dirty = False
+        self._failure = FailureLatch()  # an audit append the disk refused stops the node
         self._open = False
         self._closed = False
         self._stack = contextlib.AsyncExitStack()
@@ -240,7 +243,7 @@ class Node:
         self.address = await transport.listen(cfg.node.listen, self._links.serve)
         # The node runs from here on (no await before the record: no link is up yet).
         self.audit = AuditLog(self.data_dir / "audit.jsonl")
-        self.audit.record(
+        self.record(
             "start",
             node=identity.node_id,
             federation=ledger.federation_id,
@@ -348,7 +351,7 @@ class Node:
         if self._links is not None:  # the transport is closed: no link is open any more
             self._links.shut(f"the node {self.phase.value}")
         self._save_ledger_quietly()
-        self.audit.record("stop", reason="requested" if stopping else self.last_error)
+        self.record("stop", reason="requested" if stopping else self.last_error)
         self.audit.close()
         from p2pfl.node.crate import record_node_run  # rocrate: not in the start path
 
@@ -371,7 +374,7 @@ class Node:
             rounds = self._rounds_asked
         self._ready.plan.check_rounds(rounds)
         try:
-            done = await self.rounds.run(rounds)
+            done = await self._failure.run(self.rounds.run(rounds))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -409,9 +412,19 @@ class Node:
         self._shown.set()
 
     def record(self, event: str, **fields: Any) -> None:
-        if self.audit is not None and not self.audit.closed:
+        """Audit ``event``; an append the disk refuses stops the node (``p2pfl.node.latch``)."""
+        if self.audit is None or self.audit.closed:
+            return
+        try:
             self.audit.record(event, **fields)
-            self._shown.set()
+        except OSError as exc:
+            kept = None if self._rounds is None else self._rounds.completed
+            error = storage_error("the audit log", self.audit.path, exc, kept)
+            if self._failure.fail(error):
+                self.last_error = str(error)
+                log.error("%s", error)
+            return
+        self._shown.set()
 
     def set_phase(self, phase: Phase) -> None:
         if phase != self.phase:

@@ -1,6 +1,6 @@
 """A short soak: four ``p2pfl node run`` daemons, secure, behind fault proxies that reset links.
 
-The same harness as simulations/bench/soak_bench.py (which runs 16 daemons for 200
+The harness of simulations/bench/soak_bench.py (which runs 16 daemons for 200
 rounds), smaller: every daemon has a ``FaultProxy`` in front of it (the ledger
 records the proxy, ``[node] advertise``) adding latency, jitter, a bandwidth cap
 and a reset of each connection about every twenty seconds. Every round must
@@ -27,7 +27,7 @@ from p2pfl.transport.faultproxy import LinkFaults
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from simulations.bench.soak_bench import Settings, growth, soak, training  # noqa: E402
+from simulations.bench.soak_harness import Settings, growth, soak, training  # noqa: E402
 
 NODES, ROUNDS, WARMUP = 4, 30, 5
 BOUND = 0.25
