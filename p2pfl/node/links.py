@@ -116,6 +116,18 @@ def _unknown_to_peer(exc: Exception) -> bool:
     return isinstance(exc, AuthenticationFailed) and exc.by_peer and exc.code == "not-member"
 
 
+def _raise_if_cancelled() -> None:
+    """Raise ``CancelledError`` if this task was cancelled and the error got lost.
+
+    A cancellation that arrives while a link's cleanup awaits its writer (``serve``)
+    is swallowed with the writer's own: the dial loop would then dial on forever and
+    the node's stop would wait for it (a daemon that never exited after its rounds).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class LinkState(StrEnum):
     DOWN = "down"
     CONNECTING = "connecting"
@@ -273,6 +285,7 @@ class LinkManager:
         stranger = self._stranger_delays()
         waited = 0.0  # before the first contact: see ``first_contact_delay``
         while True:
+            _raise_if_cancelled()
             if link.session is not None:  # the peer dialled us: wait for that link to end
                 link.ended.clear()
                 await link.ended.wait()
@@ -301,6 +314,7 @@ class LinkManager:
             if link.connects == 0 and wait is delays:
                 delay = first_contact_delay(delay, waited)
                 waited += delay
+            _raise_if_cancelled()
             await self._sleep(delay)
 
     async def serve(self, conn: Connection) -> None:
@@ -327,7 +341,7 @@ class LinkManager:
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await writer
+                await writer  # (a cancellation of this task too: the dial loop re-raises it)
             await conn.close()
             if link.session is session:
                 link.session = None

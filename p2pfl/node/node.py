@@ -83,6 +83,7 @@ from protocols.ledger_sync import LedgerSync
 log = logging.getLogger(__name__)
 
 _END = object()
+DELIVERY_ASK = 0.5  # seconds between asks to a neighbour that lacks our records (``delivered``)
 
 
 class Node:
@@ -441,6 +442,28 @@ class Node:
                     await self._changed.wait()
         except TimeoutError:
             return predicate()
+        return True
+
+    async def delivered(self, peers: list[str], timeout: float) -> bool:
+        """Ask ``peers`` until each holds every record this node wrote; False at ``timeout``.
+
+        Every neighbour is asked once (the ask carries our state vector: it also tells
+        them we hold theirs), those that lack ours again every ``DELIVERY_ASK`` seconds
+        (their replies say what they hold; what they lack goes with the next exchange,
+        ``protocols.ledger_sync``), and any that comes back after a reset, by itself.
+        """
+        sync = self.sync
+        self.send_ledger(sync.ask(peers))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        while missing := [p for p in peers if not sync.holds_own(p)]:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            got = await self.wait_until(lambda: all(sync.holds_own(p) for p in peers),
+                                        min(DELIVERY_ASK, left))  # fmt: skip
+            if not got:
+                self.send_ledger(sync.ask(missing))
         return True
 
     def changed(self) -> None:
