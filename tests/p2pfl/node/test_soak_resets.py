@@ -13,7 +13,12 @@ round's frames for replay as soon as its own round ended: the neighbour's
 round then waited for its secure timeout and declared the node dropped (the
 stalls of about 61 s in the 16-daemon soak). So here no round may miss a
 neighbour, none is abandoned or skipped, and none lasts as long as the secure
-timeouts.
+timeouts. And the ledgers must converge: the reset that comes as the last node
+finishes kills its last figures and progress in flight, and that node, whose
+neighbours had all finished, left at once; they waited out their linger for
+its progress and ended one record short (seen on an idle machine, where the
+harness resets within milliseconds of the round's end). It now stays until
+every neighbour holds its records (``Node.delivered``).
 """
 
 from __future__ import annotations
