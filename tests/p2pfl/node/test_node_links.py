@@ -90,3 +90,81 @@ def test_a_peer_never_reached_is_retried_often_for_a_while_then_on_the_backoff()
     asyncio.run(dial([stranger, *errors], delay=4.0, slept=slept))
     # A stranger's refusal keeps its own backoff; the peer's port not open yet does not.
     assert slept == [4.0] + [FIRST_CONTACT_RETRY] * quick + [4.0, 4.0]
+
+
+class SlowToStop:
+    """A link that ends at once (the peer closed) while its writer takes a moment to stop.
+
+    ``send`` blocks; cancelled (the link's cleanup stops the writer), it signals
+    ``stopping`` and waits for ``release`` before it lets the cancellation through.
+    """
+
+    peer_id = PEER
+    remote_address = "memory://z"
+    max_message_size = 1 << 20
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self.release = asyncio.Event()
+        self.ended = asyncio.Event()
+
+    async def send(self, message: bytes | bytearray | memoryview) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.stopping.set()
+            await self.release.wait()
+            raise
+
+    async def recv(self) -> bytes:
+        await self.ended.wait()
+        from p2pfl.transport import TransportClosed
+
+        raise TransportClosed("closed by the peer")
+
+    async def close(self) -> None:
+        return None
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+def test_a_dial_loop_cancelled_while_its_link_cleans_up_stops() -> None:
+    """The node's stop cancels a dial loop while ``serve`` awaits the link's writer: that
+    await swallowed the cancellation with the writer's own, and the loop dialled on
+    forever (a daemon that never exited after its rounds)."""
+    conn = SlowToStop()
+    dials: list[str] = []
+
+    class OneLink:
+        async def connect(self, address: str, *, expected_peer: str | None = None) -> Any:
+            dials.append(address)
+            if len(dials) > 1:
+                await asyncio.Event().wait()  # dialling on: the test fails below
+            return conn
+
+    async def main() -> None:
+        links = LinkManager(
+            ME,
+            OneLink(),  # type: ignore[arg-type]
+            on_frame=lambda peer, frame: None,
+            on_up=lambda peer: [b"hello"],  # the writer blocks sending it
+            on_down=lambda peer, reason: None,
+            delays=lambda: drawn([], "backoff", 0.0),
+        )
+        links.add_neighbour(PEER, "memory://z")
+        task = asyncio.create_task(links.dial_loop(PEER))
+        async with asyncio.timeout(10):
+            while not dials:
+                await asyncio.sleep(0)
+            conn.ended.set()  # the link ends: serve's cleanup cancels the writer
+            await conn.stopping.wait()
+        task.cancel()  # the node stops, while serve awaits the writer
+        await asyncio.sleep(0)
+        conn.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(10):
+                await task
+        assert dials == ["memory://z"]
+
+    asyncio.run(main())
