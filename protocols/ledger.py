@@ -152,6 +152,11 @@ class Ledger:
     def state_vector(self) -> bytes:
         return self.store.state_vector()
 
+    @property
+    def client_id(self) -> int:
+        """The Yjs client id this replica's own writes carry."""
+        return self.store.client_id
+
     def diff(self, state_vector: bytes) -> bytes:
         """What a replica at ``state_vector`` lacks, as one update; ``DecodeError`` if bad."""
         return self.store.diff(state_vector)

@@ -271,6 +271,11 @@ class LedgerDoc:
     def state_vector(self) -> bytes:
         return bytes(self.doc.get_state())
 
+    @property
+    def client_id(self) -> int:
+        """The Yjs client id this replica writes under."""
+        return int(self.doc.client_id)
+
     def diff(self, state_vector: bytes) -> bytes:
         """What a replica at ``state_vector`` lacks, as one update; ``DecodeError`` if bad."""
         state_vector = bytes(state_vector)

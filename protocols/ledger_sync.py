@@ -3,7 +3,9 @@
 Wire messages are msgpack arrays led by a type tag:
 
 - ``[0, federation_id, state_vector]``: sync step 1, "this is what I have";
-- ``[1, update]``: sync step 2, the reply: what the asker lacks;
+- ``[1, update]`` or ``[1, update, state_vector]``: sync step 2, the reply: what
+  the asker lacks, and (this module always sends it) the replier's own state
+  vector;
 - ``[2, update]``: an incremental update.
 
 Rules (the stock pycrdt-websocket provider echoes every update back, so it is
@@ -17,6 +19,13 @@ not the model here):
    Nothing new, nothing forwarded: flooding stops by itself.
 4. ``anti_entropy()``, called now and then by the runtime, sends step 1 to
    every neighbour, so anything a lost message missed is fetched again.
+5. The state vectors a neighbour sends (its step 1, its step 2's) say what it
+   holds: ``holds_own(peer)`` is whether it has every record this replica
+   wrote. A step 2 whose replier lacks something of ours is answered with a
+   step 2 of what it lacks (no state vector: nothing answers that). A node
+   about to leave asks (``ask``) until every neighbour holds its own records:
+   its last ones could otherwise die with a connection, and the neighbours
+   would never see them (``p2pfl.node.rounds``, the linger).
 
 The core never looks at the records: validity is the readers' business
 (``protocols.ledger_rules``). It only refuses bytes that are not a message,
@@ -35,6 +44,7 @@ from dataclasses import dataclass
 from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError
 from protocols.ledger import Ledger
 from protocols.records import canonical, unpack
+from protocols.yjs_bounds import state_vector_clocks
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 << 20
 DEFAULT_SEEN_CAPACITY = 4096
@@ -53,9 +63,12 @@ class SyncStep1:
 @dataclass(frozen=True)
 class SyncStep2:
     update: bytes
+    state_vector: bytes | None = None  # the replier's, when it is a reply to a step 1
 
     def encode(self) -> bytes:
-        return canonical([TAG_STEP2, self.update])
+        if self.state_vector is None:
+            return canonical([TAG_STEP2, self.update])
+        return canonical([TAG_STEP2, self.update, self.state_vector])
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,8 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
             return SyncStep1(fid, state_vector)
     elif tag in (TAG_STEP2, TAG_UPDATE) and len(fields) == 1 and isinstance(fields[0], bytes):
         return SyncStep2(fields[0]) if tag == TAG_STEP2 else Update(fields[0])
+    elif tag == TAG_STEP2 and len(fields) == 2 and all(isinstance(f, bytes) for f in fields):
+        return SyncStep2(fields[0], fields[1])
     raise DecodeError(f"bad ledger-sync message with tag {tag}")
 
 
@@ -102,6 +117,7 @@ class LedgerSync:
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._seen_capacity = seen_capacity
         self._peers: list[str] = []
+        self._reported: dict[str, dict[int, int]] = {}  # per peer: the clocks it last sent
         self.applied = 0
         self.duplicates = 0
 
@@ -132,14 +148,38 @@ class LedgerSync:
             message = decode(data, max_size=self.max_message_size)
             if isinstance(message, SyncStep1):
                 return self._answer(peer, message)
-            return self._merge(peer, message.update)
+            out = self._merge(peer, message.update)
+            if isinstance(message, SyncStep2) and message.state_vector is not None:
+                out += self._complete(peer, message.state_vector)
+            return out
         except DecodeError as exc:
             raise PeerProtocolError(peer, str(exc)) from exc
 
     def _answer(self, peer: str, message: SyncStep1) -> Outgoing:
         if message.federation_id != self.ledger.federation_id:
             raise PeerProtocolError(peer, f"step 1 for federation {message.federation_id!r}")
-        return [(peer, SyncStep2(self.ledger.diff(message.state_vector)).encode())]
+        lacks = self.ledger.diff(message.state_vector)  # checks the state vector
+        self._reported[peer] = state_vector_clocks(message.state_vector)
+        return [(peer, SyncStep2(lacks, self.ledger.state_vector()).encode())]
+
+    def _complete(self, peer: str, state_vector: bytes) -> Outgoing:
+        """A reply's state vector: note it; send the replier what it lacks of ours."""
+        theirs = self._reported[peer] = state_vector_clocks(state_vector)  # checks it
+        mine = state_vector_clocks(self.ledger.state_vector())
+        if all(theirs.get(client, 0) >= clock for client, clock in mine.items()):
+            return []
+        return [(peer, SyncStep2(self.ledger.diff(state_vector)).encode())]
+
+    def holds_own(self, peer: str) -> bool:
+        """Whether ``peer``'s last state vector has every record this replica wrote."""
+        client = self.ledger.client_id
+        mine = state_vector_clocks(self.ledger.state_vector()).get(client, 0)
+        return self._reported.get(peer, {}).get(client, 0) >= mine
+
+    def ask(self, peers: list[str] | tuple[str, ...]) -> Outgoing:
+        """Step 1 to each of ``peers`` linked now: their replies say what they hold."""
+        step1 = self._step1()
+        return [(peer, step1) for peer in peers if peer in self._peers]
 
     def _merge(self, source: str, update: bytes) -> Outgoing:
         digest = self._remember(update)

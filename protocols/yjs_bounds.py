@@ -151,6 +151,17 @@ def check_state_vector(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
     reader.end()
 
 
+def state_vector_clocks(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[int, int]:
+    """A state vector's clocks, client by client; ``DecodeError`` unless it is one."""
+    reader = _start(data, limits)
+    clocks: dict[int, int] = {}
+    for _ in range(reader.count(2, "state vector clients")):
+        client = reader.var(MAX_CLIENT, "client id")
+        clocks[client] = reader.clock("clock")
+    reader.end()
+    return clocks
+
+
 def check_update(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
     """Raise ``DecodeError`` unless ``data`` is a v1 update within ``limits``."""
     reader = _start(data, limits)

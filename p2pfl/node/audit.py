@@ -89,17 +89,28 @@ class AuditLog:
             self.record("audit-torn-tail", note="the previous line was cut short by a crash")
 
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Append one entry; returns it as written (``ValueError`` once closed)."""
+        """Append one entry; returns it as written (``ValueError`` once closed).
+
+        An append the disk refuses raises its ``OSError`` and closes the log: the
+        line it cut short is a torn tail, closed and noted when the log is next
+        opened (``audit-torn-tail``), so the chain still verifies.
+        """
         if self._fd < 0:
             raise ValueError(f"{self.path}: the audit log is closed")
         entry: dict[str, Any] = {"seq": self._seq, "time": self._clock(), "event": event}
         entry.update({k: _clean(v) for k, v in fields.items() if k not in entry})
         entry["prev"] = self._prev
         line = json.dumps(entry, separators=(",", ":"), sort_keys=False).encode()
-        os.write(self._fd, line + b"\n")
-        self._written += 1
-        if self._sync_each:
-            self.sync()
+        try:
+            rest = memoryview(line + b"\n")
+            while rest:
+                rest = rest[os.write(self._fd, rest) :]
+            self._written += 1
+            if self._sync_each:
+                self.sync()
+        except OSError:
+            self.close()  # a line may be half written: nothing may chain past it from here
+            raise
         self._prev = line_hash(line)
         self._seq += 1
         return entry

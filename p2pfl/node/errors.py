@@ -8,7 +8,8 @@
 - ``DataDirInUse``: another node process holds the data directory's lock.
 - ``CheckpointError``: a checkpoint file is damaged or belongs to another federation.
 - ``StorageError``: the node cannot write its state (a round's checkpoint, the ledger
-  file): a full or read-only disk. The node stops after the round it could not keep.
+  file, a line of its audit log): a full or read-only disk. The node stops after the
+  round it could not keep (at once for the audit log: ``p2pfl.node.latch``).
 - ``NodeStopped``: the node was asked something after it stopped.
 """
 

@@ -163,10 +163,11 @@ class Exchange:
         self.drive(out)
 
     def prune(self) -> None:
-        """Keep only this round's frames for replay (and none a peer is known to be past)."""
+        """Forget the frames for replay that no neighbour can need any more (``replay_floor``)."""
         progress = self.node.ledger.progress()
+        done = self.round - 1
         for peer in self.node.linked():
-            self.node.prune_replay(peer, max(progress.get(peer, 0) + 1, self.round))
+            self.node.prune_replay(peer, replay_floor(progress.get(peer, 0), done))
 
     def drive(self, out: RoundOutput) -> None:
         """Act on a core's output: ledger records first, then frames, then wake the timer."""
@@ -227,6 +228,30 @@ class Exchange:
         node.record("dropouts-declared", round=round_, dropped=sorted(peers))
         node.emit(DropoutsDeclared(round_, tuple(sorted(peers))))
         log.warning("round %d: declared %s dropped", round_, sorted(peers))
+
+
+REPLAY_ROUNDS = 2
+"""Rounds before the current one whose frames are kept for a neighbour not known past them."""
+
+
+def replay_floor(peer_done: int, done: int) -> int:
+    """The oldest round whose frames to a neighbour stay retained (``LinkManager.prune``).
+
+    ``peer_done`` is the last round the neighbour reported completed (ledger
+    progress), ``done`` ours. A frame of round r stays until both ends are past
+    r: the neighbour's own round r may still wait for our masked input or
+    reveal, and its sender side for our round r for our share relay and
+    declaration (a neighbour's progress says only that its receiver is done).
+    Frames are tagged with the round this node was in when it sent them, and a
+    receiver's frames may be one round ahead of it (a neighbour's shares open
+    our next round early), hence ``min(peer_done, done)`` and not one more.
+    Pruning at our own round alone lost, on every reset in that window, the
+    frames a slower neighbour still needed: its round then waited for a secure
+    timeout and declared us dropped (the soak's stalls). A neighbour that
+    stays behind (down) keeps the frames of ``REPLAY_ROUNDS`` rounds before
+    ours, no more: a restarted node catches up rather than replay them.
+    """
+    return max(min(peer_done, done), done + 1 - REPLAY_ROUNDS)
 
 
 def make_core(

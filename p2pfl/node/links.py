@@ -23,14 +23,19 @@ Rules:
 - Each link has one reader and one writer; frames for a peer go through its
   queue in order, so a ledger record sent before a protocol message arrives
   before it.
-- Round frames (gossip and secure aggregation) are *retained* per peer until
-  the peer is known to be past their round; a new link to the peer first
-  replays them. A restarted neighbour thus gets what was sent to it while it
-  was down, and a duplicate after a mere reconnection is refused by the
-  protocol core as such (and logged), never applied twice. Retention is
-  bounded per peer (``replay_budget`` bytes): a frame that does not fit is
-  sent but not kept, so a large model costs no second copy; a neighbour
-  that misses it closes its round without us (straggler or dropout rules).
+- Round frames (gossip and secure aggregation) are *retained* per peer, tagged
+  with a round, until the round layer prunes them (``prune``: once both ends
+  are past that round, ``p2pfl.node.exchange.replay_floor``); a new link to
+  the peer first replays them. A frame written to a socket that a reset then
+  kills is lost with it, even after this node finished its round, so the
+  replay is what a slower neighbour's round gets it from. A restarted
+  neighbour thus gets what was sent to it while it was down, and a duplicate
+  after a mere reconnection is dropped by the protocol core as such, never
+  applied twice. Retention is bounded per peer (``replay_budget`` bytes): a
+  frame of a newer round makes room by forgetting the oldest frames of older
+  rounds; one that still does not fit is sent but not kept, so a large model
+  costs no second copy; a neighbour that misses it closes its round without
+  us (straggler or dropout rules).
 
 What the status file shows of a link (``Link.snapshot``) is its live state:
 ``up`` while a connection is open, ``connecting`` while this end dials (with
@@ -45,6 +50,7 @@ forgets it. When the node stops, ``shut`` marks every link down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -93,21 +99,6 @@ FIRST_CONTACT_RETRY = 0.5
 FIRST_CONTACT_WINDOW = 15.0
 
 
-async def _reap(task: asyncio.Task[None]) -> None:
-    """Wait for ``task``, just cancelled, to end; its cancellation is no error.
-
-    The caller's own is: a node that stops while a link ends (the peer closed
-    it, and the writer is still unwinding) cancels its dial loop right here,
-    and that loop must end, not dial again (the node would never finish closing).
-    """
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if not task.cancelled() or (current is not None and current.cancelling()):
-            raise
-
-
 def first_contact_delay(delay: float, waited: float) -> float:
     """The delay before a retry to a peer never reached yet, ``waited`` s into the dialling.
 
@@ -123,6 +114,18 @@ def first_contact_delay(delay: float, waited: float) -> float:
 def _unknown_to_peer(exc: Exception) -> bool:
     """The peer refused us as a stranger: its replica does not know our admission yet."""
     return isinstance(exc, AuthenticationFailed) and exc.by_peer and exc.code == "not-member"
+
+
+def _raise_if_cancelled() -> None:
+    """Raise ``CancelledError`` if this task was cancelled and the error got lost.
+
+    A cancellation that arrives while a link's cleanup awaits its writer (``serve``)
+    is swallowed with the writer's own: the dial loop would then dial on forever and
+    the node's stop would wait for it (a daemon that never exited after its rounds).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class LinkState(StrEnum):
@@ -239,11 +242,25 @@ class LinkManager:
     def send(self, peer: str, frame: bytes | bytearray, *, round: int | None = None) -> None:
         """Queue ``frame`` for ``peer``; with ``round``, keep it for replay after a reconnection."""
         link = self.link(peer)
-        if round is not None and link.retained_bytes + len(frame) <= self.replay_budget:
-            link.retained.append((round, frame))
-            link.retained_bytes += len(frame)
+        if round is not None:
+            self._retain(link, round, frame)
         if link.session is not None:
             link.session.queue.put_nowait(frame)
+
+    def _retain(self, link: Link, round: int, frame: bytes | bytearray) -> None:
+        """Keep ``frame`` for replay, forgetting older rounds' frames first if it needs room.
+
+        Nothing is forgotten for a frame that would not fit even then.
+        """
+        size = len(frame)
+        retained = link.retained  # in the order sent: round tags never decrease
+        older = sum(len(f) for r, f in retained if r < round)
+        if link.retained_bytes - older + size > self.replay_budget:
+            return
+        while link.retained_bytes + size > self.replay_budget:
+            link.retained_bytes -= len(retained.pop(0)[1])
+        retained.append((round, frame))
+        link.retained_bytes += size
 
     def broadcast(self, frame: bytes) -> None:
         """Queue ``frame`` for every peer with a live link (ledger and control messages)."""
@@ -268,6 +285,7 @@ class LinkManager:
         stranger = self._stranger_delays()
         waited = 0.0  # before the first contact: see ``first_contact_delay``
         while True:
+            _raise_if_cancelled()
             if link.session is not None:  # the peer dialled us: wait for that link to end
                 link.ended.clear()
                 await link.ended.wait()
@@ -296,6 +314,7 @@ class LinkManager:
             if link.connects == 0 and wait is delays:
                 delay = first_contact_delay(delay, waited)
                 waited += delay
+            _raise_if_cancelled()
             await self._sleep(delay)
 
     async def serve(self, conn: Connection) -> None:
@@ -321,16 +340,15 @@ class LinkManager:
             reason = await self._read(link, session)
         finally:
             writer.cancel()
-            try:
-                await _reap(writer)
-            finally:
-                await conn.close()
-                if link.session is session:
-                    link.session = None
-                    link.synced = False
-                    link.set_state(LinkState.DOWN, reason)
-                    self._on_down(peer, reason)
-                    link.ended.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer  # (a cancellation of this task too: the dial loop re-raises it)
+            await conn.close()
+            if link.session is session:
+                link.session = None
+                link.synced = False
+                link.set_state(LinkState.DOWN, reason)
+                self._on_down(peer, reason)
+                link.ended.set()
 
     async def _read(self, link: Link, session: Session) -> str:
         while True:

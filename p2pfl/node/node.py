@@ -25,7 +25,8 @@ A node restarted after a crash or SIGTERM resumes from its newest checkpoint
 with the ledger it saved, catching up with its neighbours; the temporary files
 of writes a kill interrupted are deleted first. A node that cannot write a
 round's checkpoint or the ledger save that ends it (a full or read-only disk)
-stops with ``StorageError`` rather than train on without durability.
+stops with ``StorageError`` rather than train on without durability; so does
+one whose audit log the disk refuses a line, wherever it was recorded.
 
 The status file says what is true now: each link's live state and the last
 round mixed with that neighbour (``status``). When the node stops, it closes
@@ -52,9 +53,10 @@ from p2pfl.node.channels import Channel, Router, tagged
 from p2pfl.node.config import NodeConfig
 from p2pfl.node.dashboard import Dashboard
 from p2pfl.node.data import LocalData
-from p2pfl.node.errors import NodeStopped, StorageError
+from p2pfl.node.errors import NodeStopped, StorageError, storage_error
 from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
 from p2pfl.node.faults import Faults
+from p2pfl.node.latch import FailureLatch
 from p2pfl.node.links import LinkManager, backoff
 from p2pfl.node.phases import Phase
 from p2pfl.node.preflight import DataDirLock, Ready, preflight, tls_files
@@ -80,6 +82,7 @@ from protocols.ledger_sync import LedgerSync
 log = logging.getLogger(__name__)
 
 _END = object()
+DELIVERY_ASK = 0.5  # seconds between asks to a neighbour that lacks our records (``delivered``)
 
 
 class Node:
@@ -118,6 +121,7 @@ class Node:
         self._subscribers: list[asyncio.Queue[Any]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.storage = NodeStorage(config)
+        self._failure = FailureLatch()  # an audit append the disk refused stops the node
         self._open = False
         self._closed = False
         self._stack = contextlib.AsyncExitStack()
@@ -254,7 +258,7 @@ class Node:
         self.address = await transport.listen(cfg.node.listen, self._links.serve)
         # The node runs from here on (no await before the record: no link is up yet).
         self.audit = self.storage.open_audit()
-        self.audit.record(
+        self.record(
             "start",
             node=identity.node_id,
             federation=ledger.federation_id,
@@ -363,7 +367,7 @@ class Node:
         if self._links is not None:  # the transport is closed: no link is open any more
             self._links.shut(f"the node {self.phase.value}")
         self._save_ledger_quietly()
-        self.audit.record("stop", reason="requested" if stopping else self.last_error)
+        self.record("stop", reason="requested" if stopping else self.last_error)
         self.audit.close()
         from p2pfl.node.crate import record_node_run  # rocrate: not in the start path
 
@@ -387,7 +391,7 @@ class Node:
             rounds = self._rounds_asked
         self._ready.plan.check_rounds(rounds)
         try:
-            done = await self.rounds.run(rounds)
+            done = await self._failure.run(self.rounds.run(rounds))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -425,9 +429,19 @@ class Node:
         self._shown.set()
 
     def record(self, event: str, **fields: Any) -> None:
-        if self.audit is not None and not self.audit.closed:
+        """Audit ``event``; an append the disk refuses stops the node (``p2pfl.node.latch``)."""
+        if self.audit is None or self.audit.closed:
+            return
+        try:
             self.audit.record(event, **fields)
-            self._shown.set()
+        except OSError as exc:
+            kept = None if self._rounds is None else self._rounds.completed
+            error = storage_error("the audit log", self.audit.path, exc, kept)
+            if self._failure.fail(error):
+                self.last_error = str(error)
+                log.error("%s", error)
+            return
+        self._shown.set()
 
     def set_phase(self, phase: Phase) -> None:
         if phase != self.phase:
@@ -444,6 +458,28 @@ class Node:
                     await self._changed.wait()
         except TimeoutError:
             return predicate()
+        return True
+
+    async def delivered(self, peers: list[str], timeout: float) -> bool:
+        """Ask ``peers`` until each holds every record this node wrote; False at ``timeout``.
+
+        Every neighbour is asked once (the ask carries our state vector: it also tells
+        them we hold theirs), those that lack ours again every ``DELIVERY_ASK`` seconds
+        (their replies say what they hold; what they lack goes with the next exchange,
+        ``protocols.ledger_sync``), and any that comes back after a reset, by itself.
+        """
+        sync = self.sync
+        self.replica.send(sync.ask(peers))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        while missing := [p for p in peers if not sync.holds_own(p)]:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            got = await self.wait_until(lambda: all(sync.holds_own(p) for p in peers),
+                                        min(DELIVERY_ASK, left))  # fmt: skip
+            if not got:
+                self.replica.send(sync.ask(missing))
         return True
 
     def changed(self) -> None:

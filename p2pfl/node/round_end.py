@@ -116,6 +116,11 @@ class RoundEnd:
     async def _linger(self) -> None:
         """After the last round, keep serving until the neighbours have finished it too.
 
+        Then until every neighbour holds this node's own records (``Node.delivered``):
+        the last round's figures and progress, flooded as the round ended, die with a
+        connection reset at that moment, and a node that left then would leave its
+        neighbours waiting out their linger for them and their ledgers short of them.
+
         In push-sum the node also waits until it has absorbed the share of every
         step its in-neighbours send it and its own frames have left, then takes
         the mass it holds, x / w, as its final model (``_settle``).
@@ -133,8 +138,12 @@ class RoundEnd:
                 return False
             return push_sum is None or (self._absorbed_all(push_sum) and node.flushed())
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + node.config.limits.linger_timeout
         if not await node.wait_until(done, node.config.limits.linger_timeout):
             log.info("stopped waiting for neighbours to finish round %d", last)
+        elif not await node.delivered(sorted(peers), deadline - loop.time()):
+            log.info("stopped waiting for neighbours to confirm this node's last records")
         if push_sum is not None and self._final is not None:
             await self._settle(push_sum)
 

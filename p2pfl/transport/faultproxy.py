@@ -15,7 +15,8 @@ it), adding what ``LinkFaults`` asks for:
   ``burst`` bytes deep) paces the writes; 0 leaves a direction uncapped;
 - resets: each connection is reset (``SO_LINGER`` 0, both sides get an RST) after
   an exponentially distributed time (``resets_per_second``) or number of bytes
-  forwarded both ways (``resets_per_mb``), whichever comes first.
+  forwarded both ways (``resets_per_mb``), whichever comes first; or at a
+  moment the caller chooses (``reset_all``).
 
 Every draw comes from a ``random.Random`` seeded with ``(seed, connection
 index)`` (``connection_rng``), so a seed gives the same faults to the n-th
@@ -109,7 +110,7 @@ class Reset:
     forwarded: int
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pipe:
     """One connection's state: both streams and what has crossed."""
 
@@ -141,6 +142,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepted = 0
+        self._pipes: set[_Pipe] = set()  # connections being forwarded
         self.resets: list[Reset] = []
         self.forwarded = 0  # bytes, both directions, all connections
 
@@ -199,6 +201,7 @@ class FaultProxy:
         loop = asyncio.get_running_loop()
         pipe = _Pipe(index, loop.time(), [writer])
         directions: list[asyncio.Task[None]] = []
+        self._pipes.add(pipe)
         try:
             try:
                 up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -216,11 +219,23 @@ class FaultProxy:
                     await pipe.done.wait()
             self._reset(pipe)
         finally:
+            self._pipes.discard(pipe)
             for task in directions:
                 task.cancel()
             await asyncio.gather(*directions, return_exceptions=True)
             for side in pipe.sides:
                 side.transport.abort()
+
+    def reset_all(self) -> int:
+        """Reset every connection being forwarded, now (a fault at a moment a test chooses).
+
+        What is still in flight through the proxy (delayed or paced) is lost with
+        them, as it is with an RST on a real link. Returns how many were reset.
+        """
+        live = [pipe for pipe in self._pipes if len(pipe.sides) == 2 and not pipe.done.is_set()]
+        for pipe in live:
+            self._reset(pipe)
+        return len(live)
 
     def _reset(self, pipe: _Pipe) -> None:
         """Abort both sides: an RST each way if still open (a reset), a plain drop once ended."""

@@ -13,6 +13,8 @@ caller must not change it) until the roster is known. ``b_j`` must be fresh
 for every (round, receiver), from a CSPRNG (the runtime uses ``os.urandom``):
 the core takes it as an argument and never draws it. An ``Abandon`` from the
 receiver, or a declaration naming ``j`` as dropped, ends the round here.
+The relay accepted, received again unchanged (a reconnected link's replay),
+is dropped quietly; a different second relay breaks the protocol.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class MaskingSender:
         self.phase = Phase.ADVERTISE
         self._self_seed: bytes | None = None
         self._input: tuple[Floats, float] | None = None
+        self._relay: ShareRelay | None = None  # the relay accepted: a replay of it is no fault
 
     def _to(self, message: Message) -> list[Send]:
         return [Send(self.ctx.receiver, message)]
@@ -118,8 +121,11 @@ class MaskingSender:
             return []
         if isinstance(message, ShareRelay):
             if self.phase is not Phase.SHARE:
+                if message == self._relay:  # a replay after a reconnection: nothing new
+                    return []
                 raise PeerProtocolError(peer, f"share relay unexpected in phase {self.phase.name}")
             self.holder.accept(peer, message)
+            self._relay = message
             self.phase = advance(self.phase, Phase.MASKED)
             return self._emit() if self._input is not None else []
         if isinstance(message, DropoutDeclaration):

@@ -398,6 +398,7 @@ def _ledger_seeds() -> dict[str, list[bytes]]:
     fid = ledger.federation_id
     sync = [SyncStep1(fid, v).encode() for v in vectors]
     sync += [SyncStep2(ledger.diff(vectors[1])).encode(), Update(updates[-2]).encode()]
+    sync.append(SyncStep2(ledger.diff(vectors[1]), vectors[0]).encode())  # a reply: its vector
     content = [msgpack.packb([fid, [u]], use_bin_type=True) for u in (updates[-1], updates[0])]
     files = [encode_ledger_file(fid, [updates[-1]]), encode_ledger_file(fid, updates[:3])]
     return {

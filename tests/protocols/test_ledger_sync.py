@@ -196,3 +196,35 @@ def test_peers_that_break_the_protocol_are_named() -> None:
     sync.disconnect("p")
     with pytest.raises(LocalProtocolError):
         sync.disconnect("p")
+
+
+def test_a_reply_says_what_the_replier_holds_and_gets_what_it_lacks() -> None:
+    """The state vector of a step 2 (``holds_own``): a leaving node learns its last
+    records reached a neighbour, or sends them again when they did not."""
+    net = Net(replicas(2))
+    net.link(0, 1)
+    net.drain()
+    a, b = net.syncs
+    assert a.holds_own("1") and b.holds_own("0")  # the connect exchange told each
+    ledger = a.ledger
+    third = bytes(nacl.signing.SigningKey(b"\x03" * 32).verify_key)
+    net.write(0, ledger.admit(FOUNDER, third, clock=ledger.next_clock()))
+    net.queues[(0, 1)].clear()  # the record dies in flight (a reset)
+    assert not a.holds_own("1")
+    net.send(0, a.ask(("1", "absent")))  # only linked peers are asked
+    assert len(net.queues[(0, 1)]) == 1
+    net.drain()  # the reply lacks it: the asker sends it with a step 2
+    assert b.ledger.state_vector() == a.ledger.state_vector()
+    assert not a.holds_own("1")  # sent, not yet known to have arrived
+    net.send(0, a.ask(("1",)))
+    net.drain()
+    assert a.holds_own("1") and b.holds_own("0")
+
+
+def test_a_reply_without_a_state_vector_still_decodes() -> None:
+    """A step 2 of two fields (what peers sent before) is a step 2 that tells nothing."""
+    assert decode(canonical([1, b"\x00\x00"])) == SyncStep2(b"\x00\x00")
+    with_vector = SyncStep2(b"\x00\x00", b"\x00")
+    assert decode(with_vector.encode()) == with_vector
+    with pytest.raises(DecodeError):
+        decode(canonical([1, b"\x00\x00", 5]))

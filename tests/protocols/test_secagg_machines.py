@@ -78,6 +78,19 @@ def test_sender_masks_as_soon_as_both_input_and_roster_are_in() -> None:
     assert isinstance(out.message, MaskedInput) and senders["a"].phase is Phase.UNMASK
 
 
+def test_sender_drops_a_replayed_relay_quietly_and_refuses_a_different_one() -> None:
+    receiver = started()
+    senders, relays = share_all(receiver)
+    relay_a = next(r for r in relays if r.peer == "a").message
+    senders["a"].set_input(X, 0.5)
+    senders["a"].receive(R, relay_a)
+    assert senders["a"].receive(R, relay_a) == []  # a reconnection replays it: no fault
+    assert senders["a"].phase is Phase.UNMASK
+    other = dataclasses.replace(relay_a, roster=relay_a.roster[:2])
+    with pytest.raises(PeerProtocolError, match="share relay unexpected in phase UNMASK"):
+        senders["a"].receive(R, other)
+
+
 def test_sender_refuses_strangers_and_out_of_order_messages() -> None:
     s = sender()
     with pytest.raises(PeerProtocolError, match="only receiver") as info:

@@ -20,7 +20,9 @@
 - ``erofs``: from the Nth checkpoint on, every checkpoint write fails with
   ``EROFS`` (a read-only checkpoint volume; the status file can still be written);
 - ``ledger-enospc``: from the Nth save of the ledger file on, every one fails with
-  ``ENOSPC`` (the other files still write).
+  ``ENOSPC`` (the other files still write);
+- ``audit-enospc``: from the Nth checkpoint on, every append to the audit log
+  writes half its line and fails with ``ENOSPC`` (the other files still write).
 
 Tests run as root, so permission bits cannot make a directory read-only: the
 faults are raised where the writes happen (``os.fdopen`` of the temporary file,
@@ -40,9 +42,18 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from p2pfl.cli import main  # noqa: E402
-from p2pfl.node import exchange, local  # noqa: E402
+from p2pfl.node import audit, exchange, local  # noqa: E402
 
-POINTS = ("train", "masked", "checkpoint", "ledger", "enospc", "erofs", "ledger-enospc")
+POINTS = (
+    "train",
+    "masked",
+    "checkpoint",
+    "ledger",
+    "enospc",
+    "erofs",
+    "ledger-enospc",
+    "audit-enospc",
+)
 
 
 def die() -> None:
@@ -118,6 +129,10 @@ def fault_writes(point: str, n: int) -> None:
             return Faulty(handle, errno.ENOSPC) if kind == "ledger" and seen[kind] >= n else handle
         if kind == "checkpoint" and seen[kind] == n:
             failing[0] = True
+        if point == "audit-enospc":
+            if failing[0]:
+                fail_audit_appends()
+            return handle
         if not failing[0] or not kind:
             return handle
         if point == "enospc":
@@ -125,6 +140,24 @@ def fault_writes(point: str, n: int) -> None:
         return Faulty(handle, errno.EROFS) if kind == "checkpoint" else handle
 
     os.fdopen = patched  # type: ignore[assignment]
+
+
+class _FullDiskOs:
+    """``os`` as the audit log sees it: appends to ``audit.jsonl`` half written, then ENOSPC."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name != "audit.jsonl":
+            return os.write(fd, data)
+        view = memoryview(data).cast("B")
+        os.write(fd, view[: max(1, len(view) // 2)])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def fail_audit_appends() -> None:
+    audit.os = _FullDiskOs()  # type: ignore[assignment]
 
 
 def arm(point: str, n: int) -> None:

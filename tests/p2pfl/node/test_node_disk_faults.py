@@ -106,3 +106,32 @@ def test_a_daemon_that_cannot_save_its_ledger_stops_after_the_round_and_resumes(
     for site in (victim, other):
         assert check_disk(site) == ROUNDS
         assert audit_verifies(site), site.name
+
+
+def test_a_daemon_whose_audit_log_cannot_grow_stops_cleanly_and_its_chain_still_verifies(
+    tmp_path: Path,
+) -> None:
+    victim, other = federation(tmp_path, sites=2)
+    procs = [start(other)]
+    try:
+        failing = start_faulty(victim, "audit-enospc", 2)
+        code, log = finish(failing, timeout=120)
+        assert code == 2, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+        errors = [line for line in log.splitlines() if line.startswith("p2pfl: error:")]
+        assert len(errors) == 1, log[-3000:]
+        assert f"{victim.directory / 'audit.jsonl'}: cannot write the audit log" in errors[0]
+        assert FAULTS["enospc"] in errors[0]
+        kept = check_disk(victim)  # whole checkpoints, the ledger loads
+        assert 1 <= kept < ROUNDS
+        assert leftovers(victim) == []
+        procs.append(start(victim))
+        finish_all(procs, timeout=180)
+    finally:
+        reap(procs)
+
+    assert [e["round"] for e in events(victim, "resumed")] == [kept]
+    assert len(events(victim, "audit-torn-tail")) == 1  # the half line, closed on restart
+    for site in (victim, other):
+        assert check_disk(site) == ROUNDS
+        assert audit_verifies(site), site.name

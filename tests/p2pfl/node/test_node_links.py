@@ -1,8 +1,8 @@
-"""The dial loop: which backoff a failed dial waits on, and that it ends when cancelled.
+"""The dial loop's timing: which backoff a failed dial waits on.
 
 A fake transport refuses the dials as scripted; the delay generators record
 which of them the loop drew from, and its sleeps are recorded and return at once,
-so nothing here waits on the clock. Every wait is on an event the fakes set.
+so nothing here waits on the clock.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from p2pfl.node.links import FIRST_CONTACT_RETRY, FIRST_CONTACT_WINDOW, LinkManager
-from p2pfl.transport import AuthenticationFailed, TransportClosed
+from p2pfl.transport import AuthenticationFailed
 
 PEER = "z" * 26  # larger than ME: we dial
 ME = "a" * 26
@@ -92,12 +92,11 @@ def test_a_peer_never_reached_is_retried_often_for_a_while_then_on_the_backoff()
     assert slept == [4.0] + [FIRST_CONTACT_RETRY] * quick + [4.0, 4.0]
 
 
-class UnwindingConnection:
-    """A link the peer closes while our first frame is being sent.
+class SlowToStop:
+    """A link that ends at once (the peer closed) while its writer takes a moment to stop.
 
-    ``send`` blocks (``sending``); cancelled, it says so (``unwinding``) and gives way
-    only once ``release`` is set, as a send that cleans up first does (a websocket's
-    closing handshake). ``recv`` ends the link when the peer closes it (``close_by_peer``).
+    ``send`` blocks; cancelled (the link's cleanup stops the writer), it signals
+    ``stopping`` and waits for ``release`` before it lets the cancellation through.
     """
 
     peer_id = PEER
@@ -105,77 +104,67 @@ class UnwindingConnection:
     max_message_size = 1 << 20
 
     def __init__(self) -> None:
-        self.sending = asyncio.Event()
-        self.close_by_peer = asyncio.Event()
-        self.unwinding = asyncio.Event()
+        self.stopping = asyncio.Event()
         self.release = asyncio.Event()
+        self.ended = asyncio.Event()
 
     async def send(self, message: bytes | bytearray | memoryview) -> None:
-        self.sending.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
-            self.unwinding.set()
+            self.stopping.set()
             await self.release.wait()
             raise
 
     async def recv(self) -> bytes:
-        await self.close_by_peer.wait()
-        raise TransportClosed("link closed by the peer")
+        await self.ended.wait()
+        from p2pfl.transport import TransportClosed
+
+        raise TransportClosed("closed by the peer")
 
     async def close(self) -> None:
-        pass
+        return None
 
     async def wait_closed(self) -> None:
-        pass
+        return None
 
 
-class OneLinkTransport:
-    def __init__(self, conn: UnwindingConnection) -> None:
-        self.conn: UnwindingConnection | None = conn
+def test_a_dial_loop_cancelled_while_its_link_cleans_up_stops() -> None:
+    """The node's stop cancels a dial loop while ``serve`` awaits the link's writer: that
+    await swallowed the cancellation with the writer's own, and the loop dialled on
+    forever (a daemon that never exited after its rounds)."""
+    conn = SlowToStop()
+    dials: list[str] = []
 
-    async def connect(self, address: str, *, expected_peer: str | None = None) -> Any:
-        conn, self.conn = self.conn, None
-        if conn is None:
-            raise TransportClosed("the transport is closed")
-        return conn
+    class OneLink:
+        async def connect(self, address: str, *, expected_peer: str | None = None) -> Any:
+            dials.append(address)
+            if len(dials) > 1:
+                await asyncio.Event().wait()  # dialling on: the test fails below
+            return conn
 
-
-def test_a_dial_loop_cancelled_while_its_link_ends_ends_too() -> None:
-    """The node stops (cancels the loop) in the moment its peer closes the link.
-
-    The loop is then waiting for the link's writer to unwind; that wait swallowed the
-    node's cancellation, and the loop dialled on forever: the node never finished
-    closing (a three-peer run hung at its end now and then).
-    """
-    downs: list[tuple[str, str]] = []
-
-    async def sleep(seconds: float) -> None:
-        raise AssertionError("the dial loop went on after it was cancelled")
-
-    async def scenario() -> None:
-        conn = UnwindingConnection()
+    async def main() -> None:
         links = LinkManager(
             ME,
-            OneLinkTransport(conn),  # type: ignore[arg-type]
+            OneLink(),  # type: ignore[arg-type]
             on_frame=lambda peer, frame: None,
-            on_up=lambda peer: [b"ledger sync step 1"],
-            on_down=lambda peer, reason: downs.append((peer, reason)),
+            on_up=lambda peer: [b"hello"],  # the writer blocks sending it
+            on_down=lambda peer, reason: None,
             delays=lambda: drawn([], "backoff", 0.0),
-            sleep=sleep,
         )
         links.add_neighbour(PEER, "memory://z")
         task = asyncio.create_task(links.dial_loop(PEER))
         async with asyncio.timeout(10):
-            await conn.sending.wait()
-            conn.close_by_peer.set()
-            await conn.unwinding.wait()  # the link is ending: its writer unwinds
-        task.cancel()  # the node stops right then
+            while not dials:
+                await asyncio.sleep(0)
+            conn.ended.set()  # the link ends: serve's cleanup cancels the writer
+            await conn.stopping.wait()
+        task.cancel()  # the node stops, while serve awaits the writer
+        await asyncio.sleep(0)
         conn.release.set()
         with pytest.raises(asyncio.CancelledError):
-            await task
-        link = links.link(PEER)
-        assert link.session is None and link.state.value == "down"
+            async with asyncio.timeout(10):
+                await task
+        assert dials == ["memory://z"]
 
-    asyncio.run(scenario())
-    assert downs == [(PEER, "link closed by the peer")]
+    asyncio.run(main())

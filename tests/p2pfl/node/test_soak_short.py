@@ -1,9 +1,14 @@
 """A short soak: four ``p2pfl node run`` daemons, secure, behind fault proxies that reset links.
 
-The same harness as simulations/bench/soak_bench.py (which runs 16 daemons for 200
+The harness of simulations/bench/soak_bench.py (which runs 16 daemons for 200
 rounds), smaller: every daemon has a ``FaultProxy`` in front of it (the ledger
 records the proxy, ``[node] advertise``) adding latency, jitter, a bandwidth cap
-and a reset of each connection about every twenty seconds. Every round must
+and resets. A connection is reset once it has forwarded a number of bytes drawn
+from its seeded generator (``LinkFaults.resets_per_mb``: 100 kB on average),
+never after a time: the rounds move the same bytes however fast the machine, so
+a fast run meets as many resets as a slow one (about 200 kB cross each link in
+30 rounds, so a dozen or so resets; a time-based rate gave a run of 5 s on an
+idle machine none). Every round must
 complete on every node, missing only as many neighbours as the secure threshold
 allows (and then none abandoned or skipped); the saved ledgers must hold the same
 records and state vector; every audit chain must verify; RSS and open descriptors,
@@ -27,21 +32,23 @@ from p2pfl.transport.faultproxy import LinkFaults
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from simulations.bench.soak_bench import Settings, growth, soak, training  # noqa: E402
+from simulations.bench.soak_harness import Settings, growth, soak, training  # noqa: E402
 
 NODES, ROUNDS, WARMUP = 4, 30, 5
 BOUND = 0.25
+RESETS_PER_MB = 10.0
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 
 
 def test_daemons_soak_through_resetting_proxies(tmp_path: Path) -> None:
-    faults = LinkFaults(latency=0.002, jitter=0.003, bandwidth=10e6, resets_per_second=0.05)
+    faults = LinkFaults(latency=0.002, jitter=0.003, bandwidth=10e6, resets_per_mb=RESETS_PER_MB)
     settings = Settings(
         NODES, ROUNDS, seed=1, faults=faults, warmup=WARMUP, timeout=900.0, round_timeout=8.0
     )
     result = soak(tmp_path, settings)
 
+    print(f"{result.resets} resets, {result.proxied_bytes / 1e6:.2f} MB proxied")
     assert result.resets > 0  # the proxies did cut links under the rounds
     for node in result.nodes:
         assert node.returncode == 0, node.log_tail

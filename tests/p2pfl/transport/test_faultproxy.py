@@ -184,6 +184,27 @@ def test_connections_are_reset_after_the_seeded_bytes() -> None:
     assert back < reset.forwarded
 
 
+def test_reset_all_cuts_every_connection_now_and_loses_what_is_in_flight() -> None:
+    async def main() -> tuple[int, list[bytes], FaultProxy]:
+        async with proxied(LinkFaults(latency=0.5)) as proxy:
+            streams = [await dial(proxy) for _ in range(2)]
+            for _, writer in streams:
+                writer.write(b"in flight")  # delayed half a second: still in the proxy
+                await writer.drain()
+            await asyncio.sleep(0.05)
+            count = proxy.reset_all()
+            got = []
+            for reader, writer in streams:
+                with pytest.raises(ConnectionResetError):
+                    got.append(await reader.read())
+                writer.close()
+            return count, got, proxy
+
+    count, got, proxy = asyncio.run(main())
+    assert count == 2 and got == []
+    assert sorted(r.connection for r in proxy.resets) == [0, 1]
+
+
 def test_the_proxy_closes_cleanly_with_connections_open() -> None:
     async def main() -> None:
         async with proxied(LinkFaults(latency=0.01)) as proxy:
