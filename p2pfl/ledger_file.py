@@ -90,6 +90,7 @@ def ledger_from_updates(
     except DecodeError as exc:
         raise LedgerFileError(f"{where}: holds an invalid Yjs update ({exc})") from None
     if ledger.founder is None:
+        ledger.store.close()  # an open document is never freed (its observer holds it)
         raise LedgerFileError(
             f"{where}: no valid genesis record for federation {federation_id} in it"
         )

@@ -68,3 +68,24 @@ def test_a_file_whose_update_panics_pycrdt_is_a_ledger_file_error() -> None:
     data = encode_ledger_file(ledger.federation_id, [ledger.encode_state(), PANICS_WHEN_INTEGRATED])
     with pytest.raises(LedgerFileError, match="invalid Yjs update"):
         ledger_from_bytes(data, "mutated.ledger", client_id=9)
+
+
+def test_a_refused_file_leaves_no_document_behind() -> None:
+    """A file without its genesis is refused and its document freed (a fuzz campaign saw a
+    worker grow to 1 GB: every refused file left a pycrdt document that its observer held)."""
+    import gc
+
+    from protocols.ledger_doc import LedgerDoc
+
+    ledger = two_writers()
+    stranger = encode_ledger_file("e" * 32, [ledger.encode_state()])  # no genesis of "eee..."
+
+    def alive() -> int:
+        gc.collect()
+        return sum(type(o) is LedgerDoc for o in gc.get_objects())
+
+    before = alive()
+    for _ in range(20):
+        with pytest.raises(LedgerFileError, match="no valid genesis record"):
+            ledger_from_bytes(stranger, "stranger.ledger", client_id=9)
+    assert alive() == before
