@@ -75,14 +75,14 @@ def test_a_refused_file_leaves_no_document_behind() -> None:
     worker grow to 1 GB: every refused file left a pycrdt document that its observer held)."""
     import gc
 
-    from protocols.ledger_doc import LedgerDoc
+    from pycrdt import Doc
 
     ledger = two_writers()
     stranger = encode_ledger_file("e" * 32, [ledger.encode_state()])  # no genesis of "eee..."
 
     def alive() -> int:
         gc.collect()
-        return sum(type(o) is LedgerDoc for o in gc.get_objects())
+        return sum(type(o) is Doc for o in gc.get_objects())
 
     before = alive()
     for _ in range(20):
