@@ -35,6 +35,9 @@ sys.path.insert(0, str(ROOT))
 from simulations.bench.soak_harness import Settings, growth, soak, training  # noqa: E402
 
 NODES, ROUNDS, WARMUP = 4, 30, 5
+# Sampled every 50 ms: an idle machine runs the 25 rounds after the warm-up in about
+# 2.5 s, which the bench's 0.5 s left with fewer than the six samples growth needs.
+INTERVAL = 0.05
 BOUND = 0.25
 RESETS_PER_MB = 10.0
 
@@ -44,7 +47,14 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="
 def test_daemons_soak_through_resetting_proxies(tmp_path: Path) -> None:
     faults = LinkFaults(latency=0.002, jitter=0.003, bandwidth=10e6, resets_per_mb=RESETS_PER_MB)
     settings = Settings(
-        NODES, ROUNDS, seed=1, faults=faults, warmup=WARMUP, timeout=900.0, round_timeout=8.0
+        NODES,
+        ROUNDS,
+        seed=1,
+        faults=faults,
+        warmup=WARMUP,
+        timeout=900.0,
+        round_timeout=8.0,
+        interval=INTERVAL,
     )
     result = soak(tmp_path, settings)
 
