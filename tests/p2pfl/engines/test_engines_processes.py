@@ -137,6 +137,9 @@ def test_four_hospitals_over_wss_match_the_protocol_engine_and_refuse_a_stranger
         assert {"start", "link-up", "training", "round", "stop"} <= events
 
 
+TRAINING_FOR = 0.1  # seconds the victim trains before the kill: its shares have arrived
+
+
 def _phase(federation: Federation, i: int) -> tuple[str, int]:
     try:
         status = read_status(federation.sites[i].directory)
@@ -152,7 +155,7 @@ def test_a_daemon_killed_mid_round_is_dropped_then_resumes_from_its_checkpoint(
     scenario = hospitals(
         rounds,
         **{
-            "training.local_epochs": 60,  # long enough to be caught training (0.5-3 s)
+            "training.local_epochs": 120,  # caught training: 0.3 s idle, seconds under load
             "secure.share_timeout": 90.0,
             "secure.masked_timeout": 20.0,  # well above a round's training, even under load
             "secure.unmask_timeout": 20.0,
@@ -171,14 +174,19 @@ def test_a_daemon_killed_mid_round_is_dropped_then_resumes_from_its_checkpoint(
         # shares (dealt just before training) have then reached the receivers, so the
         # round needs dropout recovery. Killed at once, the shares may die in its send
         # queue, and the receivers close the round without it at the share deadline.
-        seen = state.setdefault("training_seen", {})
-        first = seen.setdefault(round_, time.monotonic())
-        if time.monotonic() - first >= 0.15:
-            proc = federation.procs[victim]
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-            state["round"] = round_
-            federation.start(victim)
+        # Watched here every 10 ms (the engine calls back every 0.1 s or more, and on an
+        # idle machine a round's training can pass between two calls); a round whose
+        # training ends first is let go, and the next one is tried.
+        first = time.monotonic()
+        while time.monotonic() - first < TRAINING_FOR:
+            time.sleep(0.01)
+            if _phase(federation, victim) != ("training", round_):
+                return
+        proc = federation.procs[victim]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        state["round"] = round_
+        federation.start(victim)
 
     result = run_processes(
         setup,
@@ -235,12 +243,19 @@ def test_a_plain_daemon_killed_mid_round_rejoins_its_neighbours(tmp_path: Path) 
     def kill_and_restart(federation: Federation) -> None:
         if "round" in state:
             return
+        # Watched every 5 ms for up to a second a call: on an idle machine a round's
+        # training can pass between two of the engine's calls (0.1 s or more apart).
+        until = time.monotonic() + 1.0
         phase, round_ = _phase(federation, victim)
-        if phase == "training" and 2 < round_ < rounds - 1:  # rounds numbered from 1
-            federation.procs[victim].send_signal(signal.SIGKILL)
-            federation.procs[victim].wait(timeout=30)
-            state["round"] = round_
-            federation.start(victim)
+        while not (phase == "training" and 2 < round_ < rounds - 1):  # rounds numbered from 1
+            if round_ >= rounds - 1 or time.monotonic() > until:
+                return
+            time.sleep(0.005)
+            phase, round_ = _phase(federation, victim)
+        federation.procs[victim].send_signal(signal.SIGKILL)
+        federation.procs[victim].wait(timeout=30)
+        state["round"] = round_
+        federation.start(victim)
 
     result = run_processes(
         prepare(scenario),
