@@ -64,8 +64,9 @@ def default_threads(environ: Mapping[str, str] | None = None) -> int:
 
 
 def free_cores() -> int:
-    """The cores free now (usable cores less the load average), at least one."""
-    return free_threads(usable_cores(), _load())
+    """The cores free to this busy process now, at least one: the usable cores less the
+    load average, less one for this process's own thread, which the load counts."""
+    return free_threads(usable_cores(), max(0.0, _load() - 1.0))
 
 
 def _load() -> float:
@@ -91,5 +92,8 @@ def parallel_map(fn: Callable[[T], R], items: list[T]) -> list[R]:
     workers = min(free_cores(), len(items) // PARALLEL_BATCH)
     if workers < 2:
         return list(map(fn, items))
+    size = -(-len(items) // workers)  # one slice a thread: a future per item costs more
+    slices = [items[i : i + size] for i in range(0, len(items), size)]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="p2pfl-check") as pool:
-        return list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * workers))))
+        done = pool.map(lambda part: [fn(item) for item in part], slices)
+        return [result for part in done for result in part]
