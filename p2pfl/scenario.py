@@ -29,6 +29,7 @@ from p2pfl.drift import DriftSection
 from p2pfl.energy import EnergySection
 from p2pfl.entrypoints import CodeSource, is_reference, resolve
 from p2pfl.errors import ConfigError
+from p2pfl.events import EventSection, check_events
 from p2pfl.spec import RunSpec
 from p2pfl.tables import build
 
@@ -127,6 +128,7 @@ class Scenario(RunSpec):
     baselines: BaselineSection = field(default_factory=BaselineSection)
     attack: AttackSection = field(default_factory=AttackSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    events: list[EventSection] = field(default_factory=list)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     source_file: str | None = field(default=None, compare=False)
     """The file the scenario was read from (not a key of it, nor part of its equality)."""
@@ -147,6 +149,7 @@ class Scenario(RunSpec):
         for pair in self.dropouts.schedule:
             if len(pair) != 2 or min(pair) < 0:
                 raise ConfigError(f"dropouts.schedule entries are [node, round] pairs, got {pair}")
+        check_events(self.events, self.engine, self.gossip.mode, self.privacy.private_metrics)
 
 
 def search_folders(scenario: Scenario) -> list[str]:

@@ -38,6 +38,10 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item,) = typing.get_args(hint) or (Any,)
+        if dataclasses.is_dataclass(item):  # an array of tables: [[name]]
+            return [
+                build(typing.cast(type, item), v, f"{where} [{i}]") for i, v in enumerate(value)
+            ]
         return [check_type(v, item, where) for v in value]
     if origin is dict:
         if not isinstance(value, dict):

@@ -37,6 +37,7 @@ TIERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "p2pfl.schema",
             "p2pfl.drift",
             "p2pfl.energy",
+            "p2pfl.events",
             "p2pfl.privacy",
             "p2pfl.training",
             "p2pfl.finetune",

@@ -28,8 +28,8 @@ def delivered(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     messages: list[bytes] = []
     deliver = protocol_engine._Run._on_deliver
 
-    def record(self: object, now: float, payload: tuple[str, str, bytes]) -> None:
-        messages.append(payload[2])
+    def record(self: object, now: float, payload: tuple[str, str, int, bytes]) -> None:
+        messages.append(payload[-1])  # (sender, receiver, epoch, frame)
         deliver(self, now, payload)  # type: ignore[arg-type]
 
     monkeypatch.setattr(protocol_engine._Run, "_on_deliver", record)
