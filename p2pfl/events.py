@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from p2pfl.errors import ConfigError
-from protocols.membership import LEDGER_KINDS, Event, Kind, MembershipError, Timeline
+from protocols.errors import MembershipError
+from protocols.membership import LEDGER_KINDS, Event, Kind, Timeline
 
 
 @dataclass(frozen=True)

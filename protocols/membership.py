@@ -38,6 +38,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from protocols.errors import MembershipError
+
 
 class Kind(StrEnum):
     """What a membership event does."""
@@ -61,10 +63,6 @@ class State(StrEnum):
     LEFT = "left"
     REVOKED = "revoked"
     INVITED = "invited"  # known to the ledger, not yet a member of any epoch
-
-
-class MembershipError(ValueError):
-    """Events that no federation could follow (the message says which and why)."""
 
 
 def boundary(acks: Mapping[str, int], members: Collection[str]) -> int | None:
