@@ -5,6 +5,15 @@ then a 32-byte BLAKE2b digest of everything before it. A truncated or altered
 file fails the digest and is reported as such; it is never overwritten by a
 failed load. Each save first keeps the file it replaces as ``LEDGER.prev``
 (a hard link where the file system has them), then renames the new file in.
+
+A node running on a ledger file owns it: it rewrites the file from its replica,
+so a tool that edits the file meanwhile (``p2pfl federation revoke``) would see
+its record overwritten. The node therefore keeps an inbox beside the file
+(``LEDGER.inbox/``, made when it starts): a tool saves the file and posts the
+record it signed there too (``save_record``); the node merges each posted
+record into its replica, floods it to its neighbours and deletes the post
+(``take_inbox``). Without an inbox (no node ever ran on the file) the file
+alone holds the record, and a node started later reads it there.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from pathlib import Path
 
 from p2pfl.atomic import atomic_write_bytes
@@ -136,3 +146,74 @@ def _keep_previous(target: Path) -> None:
     # staging name would stay behind.
     with contextlib.suppress(FileNotFoundError):
         staging.unlink()
+
+
+INBOX_SUFFIX = ".inbox"
+POST_SUFFIX = ".update"
+
+
+def inbox_of(path: str | os.PathLike[str]) -> Path:
+    """Where a node running on the ledger file ``path`` takes records from tools."""
+    target = Path(path)
+    return target.with_name(target.name + INBOX_SUFFIX)
+
+
+def open_inbox(path: str | os.PathLike[str]) -> Path:
+    """Make the inbox of the ledger file ``path`` (private, like the file) if it is not there."""
+    inbox = inbox_of(path)
+    inbox.mkdir(mode=0o700, exist_ok=True)
+    return inbox
+
+
+def save_record(ledger: Ledger, path: str | os.PathLike[str], update: bytes) -> bool:
+    """Save ``ledger`` holding a record just signed (``update``, as the write returned it),
+    and post the record to the node running on the file; True if there is such an inbox."""
+    save_ledger(ledger, path)
+    return post_update(path, ledger.federation_id, update)
+
+
+def post_update(path: str | os.PathLike[str], federation_id: str, update: bytes) -> bool:
+    """Put ``update`` in the inbox of the ledger file ``path``; False when it has none."""
+    inbox = inbox_of(path)
+    if not update or not inbox.is_dir():
+        return False
+    post = inbox / f"{time.time_ns():020d}-{os.getpid()}{POST_SUFFIX}"
+    try:
+        atomic_write_bytes(post, encode_ledger_file(federation_id, [update]), mode=0o600)
+    except OSError as exc:
+        raise LedgerFileError(f"{inbox}: cannot post the record: {exc.strerror}") from exc
+    return True
+
+
+def take_inbox(
+    path: str | os.PathLike[str], federation_id: str
+) -> list[tuple[Path, list[bytes] | LedgerFileError]]:
+    """The posts in the inbox of ``path``, oldest first: each one's updates, or why not.
+
+    The caller deletes each post once it has merged it. A post still being
+    written is a hidden temporary file (``p2pfl.atomic``), never listed here.
+    """
+    found: list[tuple[Path, list[bytes] | LedgerFileError]] = []
+    try:
+        posts = sorted(inbox_of(path).glob(f"*{POST_SUFFIX}"))
+    except OSError:
+        return found
+    for post in posts:
+        try:
+            if post.stat().st_size > MAX_LEDGER_FILE:
+                raise LedgerFileError(f"{post}: larger than a ledger may be")
+            posted, updates = decode_ledger_file(post.read_bytes(), str(post))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            found.append((post, LedgerFileError(f"{post}: cannot read it: {exc.strerror}")))
+            continue
+        except LedgerFileError as exc:
+            found.append((post, exc))
+            continue
+        if posted != federation_id:
+            error = LedgerFileError(f"{post}: a record of federation {posted}, not {federation_id}")
+            found.append((post, error))
+        else:
+            found.append((post, updates))
+    return found

@@ -163,7 +163,7 @@ def _require_admin(ledger: Ledger, identity: Identity, action: str) -> None:
 
 
 def _invite(args: argparse.Namespace) -> int:
-    from p2pfl.ledger_file import load_ledger, save_ledger
+    from p2pfl.ledger_file import load_ledger, save_record
 
     identity = load_key_argument(args)
     ledger = load_ledger(args.ledger)
@@ -173,7 +173,7 @@ def _invite(args: argparse.Namespace) -> int:
         raise P2PFLError("only the founder can make admins")
     if newcomer["node_id"] in ledger.revoked():
         raise P2PFLError(f"node {newcomer['node_id']} was revoked; it cannot be invited again")
-    ledger.admit(
+    update = ledger.admit(
         identity.signing_key,
         bytes.fromhex(newcomer["verify_key"]),
         clock=ledger.next_clock(),
@@ -181,7 +181,7 @@ def _invite(args: argparse.Namespace) -> int:
         institution=args.institution,
         admin=args.admin,
     )
-    save_ledger(ledger, args.ledger)
+    save_record(ledger, args.ledger, update)
     invitation = {
         "format": INVITATION_FORMAT,
         "federation_id": ledger.federation_id,
@@ -261,7 +261,7 @@ def _read_invitation(path: str) -> tuple[str, str, bytes]:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from p2pfl.ledger_file import load_ledger, save_ledger
+    from p2pfl.ledger_file import load_ledger, save_record
     from p2pfl.node.preflight import ledger_plan
     from p2pfl.spec import PlanError
 
@@ -276,14 +276,14 @@ def _approve(args: argparse.Namespace) -> int:
         ledger_plan(ledger)  # the check `create` ran: never sign a plan no daemon could run
     except PlanError as exc:
         raise PlanError(f"{args.ledger}: not approved: {exc}") from None
-    ledger.approve(identity.signing_key, plan_hash, clock=ledger.next_clock())
-    save_ledger(ledger, args.ledger)
+    update = ledger.approve(identity.signing_key, plan_hash, clock=ledger.next_clock())
+    save_record(ledger, args.ledger, update)
     print(f"{identity.node_id} approved plan {plan_hash.hex()}")
     return 0
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from p2pfl.ledger_file import load_ledger, save_ledger
+    from p2pfl.ledger_file import load_ledger, save_record
 
     identity = load_key_argument(args)
     ledger = load_ledger(args.ledger)
@@ -296,8 +296,10 @@ def _revoke(args: argparse.Namespace) -> int:
         return 0
     if args.node_id == ledger.founder or (target.admin and identity.node_id != ledger.founder):
         raise P2PFLError(f"{identity.node_id} may not revoke {args.node_id}")
-    ledger.revoke(identity.signing_key, args.node_id, clock=ledger.next_clock(), reason=args.reason)
-    save_ledger(ledger, args.ledger)
+    update = ledger.revoke(
+        identity.signing_key, args.node_id, clock=ledger.next_clock(), reason=args.reason
+    )
+    save_record(ledger, args.ledger, update)
     print(f"revoked {args.node_id}")
     return 0
 

@@ -47,7 +47,7 @@ from typing import Any
 
 from p2pfl.errors import ConfigError
 from p2pfl.identity import Identity, load_identity, read_passphrase_file
-from p2pfl.ledger_file import load_ledger
+from p2pfl.ledger_file import load_ledger, open_inbox
 from p2pfl.node.audit import AuditLog
 from p2pfl.node.channels import Channel, Router, tagged
 from p2pfl.node.config import NodeConfig
@@ -56,6 +56,7 @@ from p2pfl.node.data import LocalData
 from p2pfl.node.errors import NodeStopped, StorageError, storage_error
 from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
 from p2pfl.node.faults import Faults
+from p2pfl.node.inbox import merge_inbox
 from p2pfl.node.latch import FailureLatch
 from p2pfl.node.links import LinkManager, backoff
 from p2pfl.node.phases import Phase
@@ -133,6 +134,8 @@ class Node:
         self._replica: Replica | None = None
         self._links: LinkManager | None = None
         self._rounds: RoundDriver | None = None
+        self._revoked: frozenset[str] = frozenset()  # their frames are refused
+        self._refused_frames: dict[str, int] = {}
         limits = config.limits
         self.faults = Faults(
             limit=limits.peer_faults,
@@ -232,6 +235,7 @@ class Node:
         ledger = load_ledger(cfg.ledger_file)
         self._ready = await preflight(cfg, identity, ledger, rounds=self._rounds_asked)
         self._ledger = ledger
+        self._revoked = frozenset(ledger.revoked())
         self._sync = LedgerSync(ledger, max_message_size=cfg.limits.max_message_size)
         self._replica = Replica(
             ledger,
@@ -268,12 +272,14 @@ class Node:
         )
         log.info("node %s listening at %s", identity.node_id, self.address)
         self._remove_partial_writes()
+        open_inbox(cfg.ledger_file)  # tools post their records here from now on
         self._rounds.resume_from_checkpoint()
         self._spawn("timer", self._timer())
         self._spawn("housekeeping", self._housekeeping())
         if cfg.dashboard.listen:
             await self._open_dashboard()
         self._open = True
+        self._take_inbox()  # what tools posted while no node ran
         self.update_links()
         self.set_phase(Phase.IDLE)
         self.storage.status.flush()  # a started node's status file is on disk
@@ -538,7 +544,17 @@ class Node:
     def _on_frame(self, peer: str, data: bytes | bytearray | memoryview) -> None:
         if self.faults.banned(peer):
             return  # what a banned member sent before its link closed
+        if peer in self._revoked:
+            self._refuse_revoked(peer)
+            return
         self._router.route(peer, data)
+
+    def _refuse_revoked(self, peer: str) -> None:
+        """A frame of a member revoked since its link came up: dropped, audited once."""
+        count = self._refused_frames[peer] = self._refused_frames.get(peer, 0) + 1
+        if count == 1:
+            log.warning("refusing the frames of %s: revoked", peer)
+            self.record("frames-refused", peer=peer, reason="revoked")
 
     def peer_error(self, peer: str, error: str, *, kind: str = "protocol") -> None:
         """``peer`` broke the protocol: the frame is dropped; count, audit sparingly, ban.
@@ -593,8 +609,15 @@ class Node:
         """Flood a record this node just wrote, and note the ledger needs saving."""
         self.replica.write(update)
 
+    def _take_inbox(self) -> None:
+        """Merge and flood the records tools posted to our ledger file (``p2pfl.node.inbox``)."""
+        merge_inbox(
+            self.config.ledger_file, self.ledger, flood=self.replica.write, record=self.record
+        )
+
     def ledger_changed(self) -> None:
         self.storage.ledger_dirty = True
+        self._revoked = frozenset(self.ledger.revoked())
         members = self.ledger.members()
         for peer, link in list(self.links.links.items()):
             if peer not in members and link.session is not None:
@@ -672,6 +695,7 @@ class Node:
         last_sync = time.monotonic()
         while True:
             await asyncio.sleep(limits.status_interval)
+            self._take_inbox()
             if time.monotonic() - last_sync >= limits.anti_entropy_interval:
                 last_sync = time.monotonic()
                 self.replica.anti_entropy()
