@@ -23,7 +23,8 @@ named, they take effect at the epoch boundary of ``protocols.membership``
 outside the federation until then; a leaving or revoked node's last round is
 the one named. ``partition`` and ``heal`` are the network's: they hold from the
 round named. Rounds count from 0; every node not named by a ``join`` is a member
-from the start.
+from the start. A ledger change recorded in the run's last round would take
+effect after it, and is refused.
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ def timeline(events: Sequence[EventSection], names: Sequence[str], rounds: int) 
                 f"the run has rounds 0..{rounds - 1}"
             )
     built = [e.event(names) for e in events]
+    for entry, event in zip(events, built, strict=True):
+        if event.round >= rounds:  # a ledger change recorded in the last round
+            raise ConfigError(
+                f"[[events]] {entry.kind} at round {entry.round} takes effect at round "
+                f"{event.round}, after the run's last ({rounds - 1})"
+            )
     joining = {m for e in built if e.kind is Kind.JOIN for m in e.members}
     try:
         return Timeline.build([n for n in names if n not in joining], built, names)

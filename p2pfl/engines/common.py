@@ -212,10 +212,19 @@ class RunResult:
     wall_total: float = 0.0
     stragglers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    members: list[str] | None = None  # the last round's roster, where [[events]] changed it
 
     @property
     def averaged(self) -> Tensor:
-        return self.final_params.mean(dim=0)
+        """The mean of the final models of the last round's members (every node's by default).
+
+        A node that left or was revoked keeps its model of its last round, and a joiner
+        its start model until it joins: neither is part of the federation's result.
+        """
+        if self.members is None:
+            return self.final_params.mean(dim=0)
+        rows = [self.node_names.index(m) for m in self.members]
+        return self.final_params[rows].mean(dim=0)
 
 
 def round_record(

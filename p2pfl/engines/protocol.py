@@ -242,11 +242,19 @@ class _Run:
                 **drift_summary(self.drift, self.setup),
                 **attack_summary(self.setup, final),
             },
+            members=self._last_members(),
         )
 
     def _epoch(self, round: int) -> Epoch:
         assert self.line is not None
         return self.line.epoch_at(round)
+
+    def _last_members(self) -> list[str] | None:
+        """The last round's roster, where events changed it (``RunResult.averaged``)."""
+        assert self.line is not None
+        if len(self.line.epochs) == 1:
+            return None
+        return list(self._epoch(self.sc.training.rounds - 1).members)
 
     def _member(self, node: _Node) -> bool:
         """Whether ``node`` is a member in the run's last round (so must finish every round)."""

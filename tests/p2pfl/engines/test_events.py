@@ -111,6 +111,7 @@ def test_a_leaver_and_a_revoked_member_stop_and_the_rest_finish(wire: list[Any])
     assert all(epoch <= 1 for s, r, epoch in wire if "n2" in (s, r))
     stayed = result.final_params[[0, 3, 4]]
     assert (stayed - stayed.mean(0)).norm() < (result.final_params[1] - stayed.mean(0)).norm()
+    assert torch.equal(result.averaged, stayed.mean(0))  # the saved model: the stayers' only
 
 
 @pytest.fixture
@@ -180,6 +181,14 @@ def test_no_events_leave_the_run_as_it_was() -> None:
         ({"gossip": {"mode": "async"}}, "need gossip.mode = 'sync'"),
         ({"events": [{"round": 2, "kind": "join", "nodes": [9]}]}, "node 9 does not exist"),
         ({"events": [{"round": 12, "kind": "heal"}]}, "the run has rounds 0..9"),
+        (
+            {"events": [{"round": 9, "kind": "join", "nodes": [3]}]},
+            "join at round 9 takes effect at round 10, after the run's last",
+        ),
+        (
+            {"events": [{"round": 9, "kind": "leave", "nodes": [1]}]},
+            "leave at round 9 takes effect at round 10, after the run's last",
+        ),
         ({"events": [{"round": 2, "kind": "join"}]}, "names its nodes"),
         ({"events": [{"round": 2, "kind": "partition", "nodes": [1]}]}, "names its groups"),
         ({"events": [{"round": 2, "kind": "split", "nodes": [1]}]}, "kind must be one of"),
