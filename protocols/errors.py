@@ -5,7 +5,7 @@ The class says whose fault it is:
 - ``LocalProtocolError``: our own misuse of a core (a call out of order, a bad argument).
 - ``PeerProtocolError``: a peer sent something wrong; carries the peer's id.
 - ``DecodeError``: bytes that are not a valid message (the one error ``decode`` raises).
-- ``MembershipError``: membership events no federation could follow.
+- ``MembershipError``: membership events or change keys no federation could follow.
 """
 
 from __future__ import annotations
@@ -31,5 +31,5 @@ class DecodeError(ProtocolError, ValueError):
     """A byte string is not a valid encoded message."""
 
 
-class MembershipError(ValueError):
-    """Membership events that no federation could follow (the message says which and why)."""
+class MembershipError(ProtocolError, ValueError):
+    """Events that no federation could follow (the message says which and why)."""

@@ -1,9 +1,11 @@
 """The federation ledger: one pycrdt ``Doc`` of signed records, and the views read from it.
 
 The document has the top-level maps of DESIGN.md (``members``, ``revoked``,
-``plan``, ``approvals``, ``progress``, ``secagg``, ``metrics``). Every value is
-a signed record (``protocols.records``) stored as msgpack bytes, never as a
-pycrdt number (pycrdt hands integers back as floats). Anybody who can send a
+``plan``, ``approvals``, ``progress``, ``secagg``, ``metrics``) and those of
+membership over time (``left``: a member's signed leave; ``acks``: the round
+each member first knew of each change of the roster, ``protocols.membership``).
+Every value is a signed record (``protocols.records``) stored as msgpack bytes,
+never as a pycrdt number (pycrdt hands integers back as floats). Anybody who can send a
 Yjs update can put anything in the document; what counts is decided by the
 readers (``protocols.ledger_rules``), so invalid records stay in the document,
 out of every view, and are counted. The view is monotone
@@ -39,7 +41,7 @@ from pycrdt import Doc, merge_updates
 from protocols.errors import DecodeError, LocalProtocolError
 from protocols.ledger_doc import MAPS, LedgerDoc
 from protocols.ledger_guard import Violation, losses, restorable
-from protocols.ledger_payloads import Member
+from protocols.ledger_payloads import MAX_ACKS, Member, is_change_key
 from protocols.ledger_rules import NAMESPACE_MAPS, Checks, LedgerView, RecordCache, verdict
 from protocols.ledger_state import NamespaceState, evaluate
 from protocols.records import (
@@ -319,6 +321,15 @@ class Ledger:
                 out.setdefault(parsed[0], {})[parsed[1]] = dict(record.payload["values"])
         return out
 
+    def left(self) -> dict[str, int]:
+        """Each valid member's signed leave: node id -> the round it leaves after."""
+        return {n: r.payload["round"] for n, r in self._current("left").items()}
+
+    def acks(self) -> dict[str, dict[str, int]]:
+        """Each valid member's acknowledgements: node id -> change key -> the round it was
+        in when it first knew of the change (``protocols.membership.ledger_timeline``)."""
+        return {n: dict(r.payload["changes"]) for n, r in self._current("acks").items()}
+
     def _current(self, map_name: str) -> dict[str, Record]:
         return dict(self.view().current[map_name])
 
@@ -447,6 +458,51 @@ class Ledger:
         if digest is not None:
             payload["digest"] = bytes(digest)
         return self._write(signing_key, "progress", author, clock, payload)
+
+    def leave(self, signing_key: nacl.signing.SigningKey, round_: int, *, clock: int) -> bytes:
+        """Sign this member's leave: it takes part up to round ``round_`` and no further.
+
+        A leave is final: ``LocalProtocolError`` for a second one that names another
+        round (the same round again changes nothing and returns ``b""``), for a
+        negative round, or for a node that is not a member.
+        """
+        if type(round_) is not int or round_ < 0:
+            raise LocalProtocolError(f"a leave names a round >= 0, not {round_!r}")
+        author = node_id_for(bytes(signing_key.verify_key))
+        if author not in self.members():
+            raise LocalProtocolError(f"{author} is not a member; it has nothing to leave")
+        known = self.left().get(author)
+        if known == round_:
+            return b""
+        if known is not None:
+            raise LocalProtocolError(f"{author} already leaves after round {known}")
+        return self._write(signing_key, "left", author, clock, {"round": round_})
+
+    def ack(
+        self, signing_key: nacl.signing.SigningKey, changes: Mapping[str, int], *, clock: int
+    ) -> bytes | None:
+        """Acknowledge changes of the roster: change key -> the round this member was in
+        when it first knew of the change; ``None`` when that adds nothing.
+
+        Merged with the member's earlier acknowledgements, keeping the earliest round
+        of each change (a member first knew of a change once). ``LocalProtocolError``
+        for a key that is not ``protocols.membership.change_key`` of a node id, a
+        negative round, or more than ``MAX_ACKS`` changes in all.
+        """
+        author = node_id_for(bytes(signing_key.verify_key))
+        known = self.acks().get(author, {})
+        merged = dict(known)
+        for key, round_ in changes.items():
+            if not is_change_key(key):
+                raise LocalProtocolError(f"{key!r} is not a change key of a node id")
+            if type(round_) is not int or round_ < 0:
+                raise LocalProtocolError(f"{key}: an acknowledgement names a round >= 0")
+            merged[key] = min(round_, merged.get(key, round_))
+        if merged == known:
+            return None
+        if len(merged) > MAX_ACKS:
+            raise LocalProtocolError(f"{author} would acknowledge over {MAX_ACKS} changes")
+        return self._write(signing_key, "acks", author, clock, {"changes": merged})
 
     def declare_dropouts(
         self,

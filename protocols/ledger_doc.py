@@ -34,7 +34,7 @@ from protocols.errors import DecodeError
 from protocols.yjs_bounds import DEFAULT_LIMITS, Limits, check_state_vector, check_update
 from protocols.yjs_items import NOWHERE, ItemIndex, Target, walk
 
-MAPS = ("members", "revoked", "plan", "approvals", "progress", "secagg", "metrics")
+MAPS = ("members", "revoked", "plan", "approvals", "progress", "secagg", "metrics", "left", "acks")
 EMPTY_UPDATE = b"\x00\x00"
 MAX_PENDING = 256
 """Entries of updates Yrs holds back that are read back after each change."""

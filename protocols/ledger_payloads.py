@@ -13,6 +13,11 @@ progress    node id                 round (int >= 0: the last completed, numbere
                                     1), optional digest (<= 64 bytes)
 secagg      ``"{round}/{node}"``    dropped (sorted list of distinct node ids)
 metrics     ``"{round}/{node}"``    values (map of str to int or float)
+left        node id                 round (int >= 0: the round the member leaves after)
+acks        node id                 changes (map of change key, ``"join:<node>"``,
+                                    ``"leave:<node>"`` or ``"revoke:<node>"``, to the
+                                    int >= 0 round its author was in when it first
+                                    knew of the change; at most ``MAX_ACKS`` keys)
 ==========  ======================  =================================================
 
 Unknown payload fields make a record malformed: a reader that does not know a
@@ -25,7 +30,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from protocols.errors import DecodeError
+from protocols.errors import DecodeError, MembershipError
+from protocols.membership import parse_change
 from protocols.records import (
     KEY_SIZE,
     Record,
@@ -36,6 +42,9 @@ from protocols.records import (
 )
 
 MAX_TEXT = 1024
+MAX_ACKS = 1024
+"""Changes of the roster one member's ``acks`` record names: every join, leave and
+revocation of a federation's life that it acknowledged (about 40 bytes each)."""
 _MEMBER_FIELDS = frozenset({"verify_key", "box_key", "address", "institution", "admin"})
 _GENESIS_FIELDS = _MEMBER_FIELDS | {"federation", "nonce"}
 
@@ -144,6 +153,29 @@ def _check_metrics(p: dict[str, Any]) -> bool:
     )
 
 
+def _check_left(p: dict[str, Any]) -> bool:
+    return set(p) == {"round"} and _round(p["round"])
+
+
+def _check_acks(p: dict[str, Any]) -> bool:
+    changes = p.get("changes")
+    if set(p) != {"changes"} or not isinstance(changes, dict) or len(changes) > MAX_ACKS:
+        return False
+    return all(is_change_key(k) and _round(v) for k, v in changes.items())
+
+
+def _round(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def is_change_key(key: object) -> bool:
+    """A change key naming a node id (``protocols.membership.parse_change``)."""
+    try:
+        return is_node_id(parse_change(key)[1])
+    except MembershipError:
+        return False
+
+
 _CHECKS = {
     "revoked": _check_revoked,
     "plan": _check_plan,
@@ -151,6 +183,8 @@ _CHECKS = {
     "progress": _check_progress,
     "secagg": _check_secagg,
     "metrics": _check_metrics,
+    "left": _check_left,
+    "acks": _check_acks,
 }
 
 
@@ -174,7 +208,7 @@ def check_payload(record: Record) -> bool:
 
 def owner_of(map_name: str, slot: str) -> str | None:
     """The node whose own namespace ``slot`` is, for the maps that have one."""
-    if map_name in ("approvals", "progress"):
+    if map_name in ("approvals", "progress", "left", "acks"):
         return slot
     if map_name in ("secagg", "metrics"):
         parsed = parse_round_slot(slot)

@@ -22,8 +22,9 @@ The rules, in the order they are applied:
 4. Revocation is permanent and total: every record authored by a revoked
    node is rejected (``"revoked"``), including members it admitted, which
    stop being members unless the founder or another admin admitted them too.
-5. Own namespace: ``approvals``, ``progress`` (slot = node id) and ``secagg``,
-   ``metrics`` (slot = ``"{round}/{node_id}"``) are written only by that node.
+5. Own namespace: ``approvals``, ``progress``, ``left``, ``acks`` (slot = node
+   id) and ``secagg``, ``metrics`` (slot = ``"{round}/{node_id}"``) are written
+   only by that node.
 6. A member record's slot is ``node_id_for(verify_key)`` and its ``box_key``
    is the X25519 key derived from ``verify_key``: a node id cannot be claimed
    by another key.
@@ -48,7 +49,7 @@ from protocols.ledger_payloads import Member, check_payload, member_from_record,
 from protocols.records import Record, federation_id_for, open_record
 
 AUTHORITY_MAPS = ("members", "revoked")
-NAMESPACE_MAPS = ("plan", "approvals", "progress", "secagg", "metrics")
+NAMESPACE_MAPS = ("plan", "approvals", "progress", "secagg", "metrics", "left", "acks")
 REASONS = ("malformed", "bad_signature", "unknown_author", "not_authorized", "revoked")
 
 Entries = Mapping[str, Iterable[tuple[str, object]]]

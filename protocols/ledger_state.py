@@ -1,7 +1,7 @@
 """A ledger's view, kept up to date one changed entry at a time.
 
 The namespace maps (``plan``, ``approvals``, ``progress``, ``secagg``,
-``metrics``) are judged entry by entry against a fixed ``Authority``; when an
+``metrics``, ``left``, ``acks``) are judged entry by entry against a fixed ``Authority``; when an
 entry changes, only its verdict and its slot are recomputed, so a node that
 receives a progress update pays for that update, not for the whole ledger. A
 change to ``members`` or ``revoked`` changes who may write what: the owner

@@ -30,6 +30,23 @@ apart. A member that was not active in the previous epoch (it joined, or it
 returns from absence) catches up at the start of the epoch: it takes its
 start model from its active neighbours instead of mixing a stale one into
 theirs (``catching_up``).
+
+From the ledger (``ledger_timeline``). A daemon reads the same facts from the
+federation's ledger: who approved the plan, the signed leaves (``left``: the
+round each leaver leaves after), the revocations, and every member's
+acknowledgements (``acks``: per change key, ``change_key(kind, member)``, the
+round it was in when it first knew of the change). A member is a joiner when
+some acknowledgement names its join; the others that approved form the roster
+of epoch 0. A leaver's own record counts as its acknowledgement of its leave,
+so its boundary is never before the round after the one it named. The members
+whose acknowledgements a change waits for are the active members of the epoch
+in force, less the change's subject (a leaving or revoked member need not
+acknowledge; a joiner is not a member yet). The change with the earliest
+boundary is applied first (ties in the canonical order), then every other
+boundary is computed again against the new epoch, and so on; a change whose
+boundary is not yet known is pending, and so is one that would leave fewer than
+two members. A boundary is never before the epoch in force began, so the
+epochs only ever grow at the end as acknowledgements arrive.
 """
 
 from __future__ import annotations
@@ -38,7 +55,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from protocols.errors import MembershipError
+from protocols.errors import MembershipError as MembershipError  # its callers import it here
 
 
 class Kind(StrEnum):
@@ -53,6 +70,8 @@ class Kind(StrEnum):
 
 KINDS = tuple(Kind)
 LEDGER_KINDS = (Kind.JOIN, Kind.LEAVE, Kind.REVOKE)  # changes of the roster, via the ledger
+MAX_CHANGE_KEY = 64
+"""The longest change key (``"revoke:"`` and a node id of 26 characters fit well within)."""
 
 
 class State(StrEnum):
@@ -290,3 +309,132 @@ def _groups(
     sides = [tuple(m for m in roster if m in set(g)) for g in cut]
     rest = tuple(m for m in roster if m not in named)
     return tuple(side for side in [*sides, rest] if side)
+
+
+# -- the ledger's changes -----------------------------------------------------------
+
+
+def change_key(kind: Kind, member: str) -> str:
+    """The key under which members acknowledge a change of the roster: ``"join:<member>"``."""
+    if kind not in LEDGER_KINDS:
+        raise MembershipError(f"{kind} is not a change of the roster (join, leave or revoke)")
+    key = f"{kind}:{member}"
+    parse_change(key)
+    return key
+
+
+def parse_change(key: object) -> tuple[Kind, str]:
+    """The kind and member of a change key; ``MembershipError`` if it is not one."""
+    if not isinstance(key, str) or len(key) > MAX_CHANGE_KEY:
+        raise MembershipError(f"{key!r} is not a change key")
+    name, _, member = key.partition(":")
+    kinds = {str(kind): kind for kind in LEDGER_KINDS}
+    if name not in kinds or not member or ":" in member or member.strip() != member:
+        raise MembershipError(f"{key!r} is not a change key (join:, leave: or revoke: a member)")
+    return kinds[name], member
+
+
+Change = tuple[Kind, str]
+
+
+def ledger_timeline(
+    order: Sequence[str],
+    approved: Collection[str],
+    left: Mapping[str, int],
+    revoked: Collection[str],
+    acks: Mapping[str, Mapping[str, int]],
+) -> tuple[Timeline, list[str]]:
+    """The epochs a ledger's facts imply, and the change keys still pending.
+
+    ``order``: every member the ledger knows, in roster order (no name twice);
+    ``approved``: those who approved the plan; ``left``: each leaver's round it
+    leaves after; ``revoked``: the revoked members; ``acks``: per member, per
+    change key, the round it was in when it first knew of the change. A revoked
+    member counts as having approved: revocation takes its approval out of the
+    ledger's view, and a member revoked mid-run was in the roster until its
+    boundary. Names not in ``order`` are ignored. The pending keys come in the
+    canonical order (kind, then ``order``). Deterministic: the same facts give the
+    same result whatever the order of the mappings.
+    """
+    rank = {name: i for i, name in enumerate(order)}
+    if len(rank) != len(order):
+        raise MembershipError("the order names a member twice")
+    votes = _votes(rank, left, revoked, acks)
+    joiners = {m for kind, m in votes if kind is Kind.JOIN}
+    eligible = {m for m in (*approved, *revoked) if m in rank}
+    roster = [m for m in order if m in eligible and m not in joiners]
+    members, gone = set(roster), set[str]()
+    start, events, todo = 0, [], set(votes)
+    while True:
+        todo -= {c for c in todo if c[1] in gone}  # a change of somebody gone does nothing
+        best: Event | None = None
+        for kind, member in todo:
+            found = _boundary(kind, member, votes[(kind, member)], members, eligible)
+            if found is not None:
+                event = Event(max(found, start), kind, (member,))
+                if best is None or event.order() < best.order():
+                    best = event
+        if best is None:
+            break
+        member = best.members[0]
+        todo.discard((best.kind, member))
+        if best.kind is Kind.JOIN:
+            members.add(member)
+        else:
+            gone.add(member)
+            if member not in members:
+                continue  # revoked or left before it joined: it never does
+            members.discard(member)
+        events.append(best)
+        start = best.round
+    timeline = Timeline.build(roster, events, order=order)
+    pending = sorted(todo, key=lambda c: (KINDS.index(c[0]), rank[c[1]]))
+    return timeline, [change_key(kind, member) for kind, member in pending]
+
+
+def _votes(
+    rank: Mapping[str, int],
+    left: Mapping[str, int],
+    revoked: Collection[str],
+    acks: Mapping[str, Mapping[str, int]],
+) -> dict[Change, dict[str, int]]:
+    """Per change the ledger shows, who acknowledged it at which round.
+
+    A join is a change as soon as an acknowledgement names it; a leave or a
+    revocation once the ledger holds its record (acknowledgements that arrive
+    before the record wait for it).
+    """
+    votes: dict[Change, dict[str, int]] = {}
+    for member in left:
+        if member in rank:
+            votes[(Kind.LEAVE, member)] = {}
+    for member in revoked:
+        if member in rank:
+            votes[(Kind.REVOKE, member)] = {}
+    for author, theirs in acks.items():
+        for key, round_ in theirs.items():
+            kind, member = parse_change(key)
+            if member not in rank or (kind is not Kind.JOIN and (kind, member) not in votes):
+                continue
+            votes.setdefault((kind, member), {})[author] = round_
+    for member, round_ in left.items():
+        if member in rank:
+            votes[(Kind.LEAVE, member)][member] = round_  # its record is its acknowledgement
+    return votes
+
+
+def _boundary(
+    kind: Kind, member: str, acks: Mapping[str, int], members: set[str], eligible: set[str]
+) -> int | None:
+    """The boundary of one change against the epoch in force; ``None`` while it is pending."""
+    if kind is Kind.JOIN and member not in eligible:
+        return None  # a joiner takes part once it approved the plan
+    waiting = members - {member}
+    if not waiting:
+        return None
+    if kind is not Kind.JOIN and member in members and len(waiting) < 2:
+        return None  # the federation would fall below two members: the change waits
+    found = boundary(acks, waiting)
+    if found is not None and kind is Kind.LEAVE and member in acks:
+        found = max(found, 1 + acks[member])
+    return found

@@ -41,6 +41,7 @@ import nacl.signing
 from p2pfl.ledger_file import encode_ledger_file
 from p2pfl.threads import free_cores, parallel_map
 from protocols.ledger import Ledger
+from protocols.ledger_doc import MAPS
 from protocols.ledger_rules import Checks
 from protocols.ledger_sync import LedgerSync, Update
 from protocols.records import SIGNATURE_SIZE, node_id_for, plan_hash, seal
@@ -105,7 +106,7 @@ def signature_floor(ledger: Ledger, repeat: int) -> tuple[float, int]:
     view = ledger.view()
     keys = {node: m.verify_key for node, m in view.members.items()}
     checks = []
-    for name in ("members", "revoked", "plan", "approvals", "progress", "secagg", "metrics"):
+    for name in MAPS:
         for record in view.current[name].values():
             fid = "" if record.key == view.genesis_key else ledger.federation_id
             signed = record.value[-SIGNATURE_SIZE:] + record.signed_message(fid)

@@ -118,6 +118,12 @@ def _federation() -> tuple[Ledger, list[bytes]]:
         other.apply_update(mine)
         ledger.apply_update(theirs)
         updates += [mine, theirs]
+    leave = other.leave(member, 2, clock=other.next_clock())
+    ledger.apply_update(leave)
+    leaving = {f"leave:{node_id_for(bytes(member.verify_key))}": 2}
+    ack = ledger.ack(founder, leaving, clock=ledger.next_clock())
+    assert ack is not None
+    updates += [leave, ack]
     updates.append(ledger.publish_metrics(founder, 2, {"loss": 0.5}, clock=ledger.next_clock()))
     updates.append(ledger.encode_state())
     return ledger, updates
@@ -215,7 +221,7 @@ def _member_edits() -> list[bytes]:
         doc: Doc = Doc(client_id=66)
         doc.apply_update(ledger.encode_state())
         before = doc.get_state()
-        for name in ("members", "progress", "plan"):
+        for name in ("members", "progress", "plan", "left", "acks"):
             entries = doc.get(name, type=Map)
             for key in list(entries.keys()):
                 if edit == "delete":
