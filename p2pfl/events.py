@@ -36,6 +36,10 @@ from p2pfl.errors import ConfigError
 from protocols.errors import MembershipError
 from protocols.membership import LEDGER_KINDS, Event, Kind, Timeline
 
+DAEMON_KINDS = ("leave",)
+"""What ``engine = "processes"`` plays with real daemons: a leave, signed before the start
+(``p2pfl federation leave --after-round``), which the daemons follow from the ledger."""
+
 
 @dataclass(frozen=True)
 class EventSection:
@@ -92,9 +96,18 @@ def check_events(
             "[[events]] with privacy.private_metrics: the masked metrics sum over a fixed "
             "roster and are not rehearsed over changing ones yet"
         )
-    if engine != "protocol":
+    if engine == "processes":
+        others = sorted({e.kind for e in events} - set(DAEMON_KINDS))
+        if others:
+            raise ConfigError(
+                f"[[events]] {', '.join(others)}: the daemons of engine 'processes' play "
+                f"only {', '.join(DAEMON_KINDS)} (signed before they start); the protocol "
+                "engine rehearses every kind"
+            )
+    elif engine != "protocol":
         raise ConfigError(
-            f"[[events]] are rehearsed by the protocol engine (engine = 'protocol'), not {engine!r}"
+            f"[[events]] are rehearsed by the protocol engine (engine = 'protocol') and, "
+            f"for {', '.join(DAEMON_KINDS)}, by the daemons of 'processes'; not {engine!r}"
         )
     if mode != "sync":
         raise ConfigError(

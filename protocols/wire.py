@@ -265,3 +265,15 @@ def decode(
 def dense(values: npt.NDArray[np.floating[Any]]) -> Payload:
     """A dense payload over a 1-D float vector (no copy)."""
     return Payload(Encoding.DENSE, int(values.shape[0]), values)
+
+
+def peek_round(data: bytes | bytearray | memoryview) -> int:
+    """The round of a gossip frame, from its header alone; ``DecodeError`` if it has none.
+
+    For routing a frame to the core of its round's epoch without decoding its payload.
+    """
+    header, _ = _parse_header(memoryview(data).cast("B"))
+    round_ = _field(header, "r", int)
+    if round_ < 0:
+        raise DecodeError("negative round")
+    return int(round_)

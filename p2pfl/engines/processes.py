@@ -42,10 +42,12 @@ import torch
 import p2pfl
 from p2pfl.engines.attack import refuse_attack
 from p2pfl.engines.common import Progress, RoundRecord, RunResult, Setup, round_record
+from p2pfl.engines.epochs import epochs_summary
 from p2pfl.entrypoints import is_reference
 from p2pfl.errors import ConfigError, P2PFLError
-from p2pfl.identity import create_identity
-from p2pfl.ledger_file import load_ledger
+from p2pfl.events import timeline
+from p2pfl.identity import Identity, create_identity
+from p2pfl.ledger_file import load_ledger, save_ledger
 from p2pfl.node.bootstrap import Site, SiteFiles, local_federation
 from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint
 from p2pfl.node.numbering import index, number
@@ -173,9 +175,27 @@ def prepare_federation(
         for i, (name, port) in enumerate(zip(setup.names(), ports, strict=True))
     ]
     files = local_federation(root, sites, plan, name=setup.scenario.name, identities=identities)
+    _sign_leaves(setup, files, identities)
     own = is_reference(setup.scenario.data.dataset) or is_reference(setup.scenario.model.name)
     python_path = search_folders(setup.scenario) if own else []
     return Federation(root, files, scenario_file, python_path=python_path)
+
+
+def _sign_leaves(setup: Setup, files: list[SiteFiles], identities: list[Identity]) -> None:
+    """Each scenario ``leave`` as its member signs it before the start, in every ledger copy.
+
+    A leave named in round i (counted from 0, its last round) is ``leave --after-round``
+    its number, i + 1: the daemons acknowledge it in their first round, so its boundary
+    is the next round, where the rehearsal puts it.
+    """
+    leaves = [(e.round, i) for e in setup.scenario.events if e.kind == "leave" for i in e.nodes]
+    if not leaves:
+        return
+    ledger = load_ledger(files[0].directory / "ledger")
+    for round_, i in leaves:
+        ledger.leave(identities[i].signing_key, number(round_), clock=ledger.next_clock())
+    for site in files:
+        save_ledger(ledger, site.directory / "ledger")
 
 
 def _site_sections(setup: Setup, i: int) -> dict[str, dict[str, Any]]:
@@ -277,6 +297,12 @@ def collect(setup: Setup, federation: Federation, label: str, wall_total: float)
         if found:
             abandoned += int(found[max(found)].meta.get("abandoned", 0))
     train = t_train / n
+    members, epochs = None, {}
+    if sc.events:  # the rule the daemons followed, from the same events
+        line = timeline(sc.events, setup.names(), rounds)
+        members = list(line.epoch_at(rounds - 1).members)
+        epochs = epochs_summary(line, 0)
+        epochs.pop("late_frames", None)  # the rehearsal's count; daemons hold such frames
     return RunResult(
         label,
         "processes",
@@ -293,7 +319,9 @@ def collect(setup: Setup, federation: Federation, label: str, wall_total: float)
             "abandoned": abandoned,
             "node_ids": [s.node_id for s in federation.sites],
             **drift_from_audit(setup, federation),
+            **epochs,
         },
+        members=members,
     )
 
 

@@ -76,6 +76,7 @@ class LimitsSection:
     handshake_timeout: float = 10.0
     start_timeout: float = 600.0
     rejoin_timeout: float = 30.0
+    epoch_timeout: float = 60.0  # a round waits this long for a roster change's boundary
     linger_timeout: float = 60.0
     backoff_initial: float = 0.2
     backoff_max: float = 5.0
@@ -96,6 +97,7 @@ class LimitsSection:
             "handshake_timeout",
             "start_timeout",
             "rejoin_timeout",
+            "epoch_timeout",
             "backoff_initial",
             "backoff_max",
             "anti_entropy_interval",
@@ -273,6 +275,7 @@ frame_size = 1048576          # bytes: websocket fragments of large messages
 handshake_timeout = 10.0      # seconds for the mutual challenge-response
 start_timeout = 600.0         # seconds to wait for plan approvals and neighbours
 rejoin_timeout = 30.0         # seconds to wait for neighbours' ledgers when resuming
+epoch_timeout = 60.0          # seconds a round waits for a roster change's boundary
 linger_timeout = 60.0         # after the last round, serve neighbours until they finish
 backoff_initial = 0.2         # seconds before the first reconnection attempt
 backoff_max = 5.0             # longest wait between reconnection attempts

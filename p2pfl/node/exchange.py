@@ -19,6 +19,15 @@ The exchange never decodes a frame: the core reports what it decoded.
 ``make_core`` builds the core; a resumed node's core starts at its round
 (``resume_at``: no receiver is opened for the rounds it missed).
 
+Epochs (``p2pfl.node.membership``). When the roster changes at round b, the
+driver hands the exchange the new epoch's core (``switch``); the old one stays
+for ``RETIRE_ROUNDS`` rounds, since a neighbour still finishing round b - 1 may
+need this node's answers. From then on, and while the epoch of the coming rounds
+is not known yet (``horizon``: a change acknowledged, its boundary still open),
+each frame's round is read from its header alone (``peek_round``) and the frame
+goes to the core of that round's epoch; a frame at or past the horizon waits
+(a bounded number per peer) until the boundary is known.
+
 The exchange is where round numbers meet the core's indices
 (``p2pfl.node.numbering``): it takes and gives round numbers (1..R), calls the
 core with their indices (``begin_round``, ``start_round``, ``resume_at``,
@@ -54,10 +63,16 @@ from protocols.rounds import (
     TrackedRoundCore,
 )
 from protocols.secagg import Abandoned
+from protocols.secagg import messages as secagg_messages
+from protocols.wire import peek_round as peek_gossip_round
 
 Core = RoundCore
 
 log = logging.getLogger(__name__)
+
+RETIRE_ROUNDS = 2
+"""Rounds an epoch's core keeps answering after the next epoch began."""
+MAX_WAITING_FRAMES_PER_PEER = 64
 
 
 class Exchange:
@@ -74,6 +89,9 @@ class Exchange:
         self._waiters: dict[int, asyncio.Future[RoundMixed]] = {}
         self._mixed: dict[int, RoundMixed] = {}
         self._held: dict[tuple[int, str], frozenset[str]] = {}  # declarations the core holds
+        self._eras: list[tuple[int, Core]] = [(round, core)]  # (first round, core), oldest first
+        self.horizon: int | None = None  # frames of this round on wait: their epoch is unknown
+        self._waiting: list[tuple[str, int, memoryview]] = []
 
     @property
     def channel(self) -> Channel:
@@ -81,7 +99,45 @@ class Exchange:
 
     @property
     def deadline(self) -> float | None:
-        return self.core.deadline
+        deadlines = [d for _, core in self._eras if (d := core.deadline) is not None]
+        return min(deadlines, default=None)
+
+    # -- epochs ------------------------------------------------------------------------
+
+    def switch(self, core: Core, round: int) -> None:
+        """From round ``round`` on, frames go to ``core`` (a new epoch's); the old core retires."""
+        self._eras.append((round, core))
+        self.core = core
+        self.set_horizon(self.horizon)
+
+    def set_horizon(self, horizon: int | None) -> None:
+        """Rounds from ``horizon`` on are of an epoch not known yet (None: all known)."""
+        self.horizon = horizon
+        ready = [w for w in self._waiting if horizon is None or w[1] < horizon]
+        self._waiting = [w for w in self._waiting if not (horizon is None or w[1] < horizon)]
+        for peer, round_, body in ready:
+            self._feed(self._core_of(round_), peer, body)
+
+    def _core_of(self, round: int) -> Core:
+        chosen = self._eras[0][1]
+        for start, core in self._eras:
+            if start <= round:
+                chosen = core
+        return chosen
+
+    def _retire(self) -> None:
+        while len(self._eras) > 1 and self._eras[1][0] + RETIRE_ROUNDS <= self.round:
+            self._eras.pop(0)
+
+    def _round_of(self, body: memoryview) -> int:
+        peek = secagg_messages.peek_round if self.secure else peek_gossip_round
+        return number(peek(body))
+
+    def _wait(self, peer: str, round_: int, body: memoryview) -> None:
+        if sum(p == peer for p, _, _ in self._waiting) >= MAX_WAITING_FRAMES_PER_PEER:
+            self.node.peer_error(peer, "too many frames of rounds not known yet", kind="flood")
+            return
+        self._waiting.append((peer, round_, body))
 
     # -- the core, by round number ---------------------------------------------------
 
@@ -111,7 +167,8 @@ class Exchange:
         self._mixed.pop(round, None)
 
     def poll(self, now: float) -> None:
-        self.drive(self.core.poll(now))
+        for _, core in list(self._eras):
+            self.drive(core.poll(now))
 
     def receive(self, peer: str, channel: int, body: memoryview) -> None:
         if channel != self.channel:
@@ -120,9 +177,23 @@ class Exchange:
                 peer, f"a {kind} round got a message on channel {channel}", kind="channel"
             )
             return
+        if len(self._eras) == 1 and self.horizon is None:
+            self._feed(self.core, peer, body)
+            return
+        try:
+            round_ = self._round_of(body)
+        except DecodeError as exc:
+            self.node.peer_error(peer, str(exc), kind="malformed")
+            return
+        if self.horizon is not None and round_ >= self.horizon:
+            self._wait(peer, round_, bytes(body))  # a view into the link's buffer would change
+            return
+        self._feed(self._core_of(round_), peer, body)
+
+    def _feed(self, core: Core, peer: str, body: memoryview) -> None:
         now = asyncio.get_running_loop().time()
         try:
-            out = self.core.receive(peer, body, now)
+            out = core.receive(peer, body, now)
         except DecodeError as exc:
             self.node.peer_error(peer, str(exc), kind="malformed")
             return
@@ -147,7 +218,7 @@ class Exchange:
         if dropped is None or self.node.ledger.secagg(round_).get(receiver) != dropped:
             return
         del self._held[key]
-        core = self.core
+        core = self._core_of(round_)
         # only a secure core holds declarations (a tracked mode's inner one, or behind
         # partial sharing's, which forwards)
         assert isinstance(core, SecureRoundCore | TrackedRoundCore | PartialRoundCore)
@@ -164,6 +235,7 @@ class Exchange:
 
     def prune(self) -> None:
         """Forget the frames for replay that no neighbour can need any more (``replay_floor``)."""
+        self._retire()
         progress = self.node.ledger.progress()
         done = self.round - 1
         for peer in self.node.linked():

@@ -495,7 +495,8 @@ class Node:
     # -- links ------------------------------------------------------------------------
 
     def update_links(self) -> None:
-        """Dial the neighbours the plan's topology gives us (the smaller id dials)."""
+        """Dial the neighbours the plan's topology gives us (the smaller id dials), and stop
+        dialling members that left the run's roster (``RoundDriver.departed``)."""
         if not self._open:
             return
         members = self.ledger.members()
@@ -507,6 +508,11 @@ class Node:
             name = f"dial-{peer}"
             if link.dials and name not in self._tasks:
                 self._spawn(name, self.links.dial_loop(peer))
+        for peer in sorted(self.rounds.departed()):  # left or revoked: no more dialling
+            task = self._tasks.pop(f"dial-{peer}", None)
+            if task is not None:
+                task.cancel()
+                log.info("no longer dialling %s: not a member of this epoch", peer)
 
     def _on_link_up(self, peer: str) -> list[bytes]:
         self.record("link-up", peer=peer)

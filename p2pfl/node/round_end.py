@@ -43,6 +43,7 @@ class RoundEnd:
     plan: Plan | None
     plan_hash: bytes | None
     graph: Graph | None
+    roster: tuple[str, ...]
     exchange: Exchange | None
     learner: Learner | None
     privacy: NodePrivacy | None
@@ -95,7 +96,7 @@ class RoundEnd:
             "node": self.me,
             "federation": self.node.ledger.federation_id,
             "plan_hash": self.plan_hash,
-            "roster": list(self.graph.roster),
+            "roster": list(self.roster or self.graph.roster),  # the run's: epoch 0
             "index": self.graph.index(self.me),
             "arrived": list(mixed.arrived),
             "stragglers": list(mixed.stragglers),

@@ -57,6 +57,7 @@ from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
 from p2pfl.node.local import Learner, warm_up
+from p2pfl.node.membership import Membership
 from p2pfl.node.numbering import FIRST, index
 from p2pfl.node.personal import keep_personalised, selection_of
 from p2pfl.node.phases import Phase
@@ -66,6 +67,7 @@ from p2pfl.node.round_files import dealt_round, mark_dealt, split_state
 from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
 from protocols.gossip import RoundMixed
+from protocols.membership import Epoch
 from protocols.rounds import GossipRoundCore, TrackedRoundCore
 
 if TYPE_CHECKING:
@@ -91,7 +93,9 @@ class RoundDriver(RoundEnd):
         self.me = node.node_id
         self.plan: Plan | None = None
         self.plan_hash: bytes | None = None
-        self.graph: Graph | None = None
+        self.graph: Graph | None = None  # the current epoch's
+        self.roster: tuple[str, ...] = ()  # the run's, epoch 0
+        self.membership: Membership | None = None  # sync mode only
         self.exchange: Exchange | None = None
         self.secure = False
         self.round = FIRST  # the number of the round in progress, or the next to run
@@ -130,6 +134,11 @@ class RoundDriver(RoundEnd):
             self._early.append((peer, channel, body))
 
     def on_ledger_changed(self) -> None:
+        membership = self.membership
+        if membership is not None and membership.changes():
+            membership.acknowledge(self.round)
+            if self.exchange is not None:
+                self.exchange.set_horizon(membership.horizon())
         if self.exchange is not None:
             self.exchange.ledger_changed()
 
@@ -178,6 +187,12 @@ class RoundDriver(RoundEnd):
         except ConfigError:
             return set(roster) - {self.me}
         return graph.links_of(self.me) if self.me in graph.roster else set()
+
+    def departed(self) -> set[str]:
+        """Members of the run's roster that are no members of the current epoch."""
+        if self.graph is None or self.membership is None:
+            return set()
+        return set(self.roster) - set(self.graph.roster)
 
     def _approved(self) -> bool:
         ledger = self.node.ledger
@@ -233,9 +248,14 @@ class RoundDriver(RoundEnd):
         assert plan_hash is not None
         log.info("plan %s... approved by every member of the roster", plan_hash.hex()[:16])
         self._check_resume(plan_hash)
-        graph = plan.graph(self._roster())
+        self.roster = self._roster()
+        graph = plan.graph(self.roster)
         if self.me not in graph.roster:
             raise PlanError(f"node {self.me} is not in the roster of this run")
+        if plan.gossip.mode == "sync":
+            self.membership = Membership(node, self.roster)
+            self.membership.acknowledge(self.round)  # what was signed before the start
+            graph = self._epoch_graph(plan, graph)
         self.plan, self.plan_hash, self.graph = plan, plan_hash, graph
         self.secure = plan.secure.enabled
         node.update_links()
@@ -284,6 +304,19 @@ class RoundDriver(RoundEnd):
         early, self._early = self._early, []
         for peer, channel, body in early:
             self.exchange.receive(peer, channel, body)
+
+    def _epoch_graph(self, plan: Plan, graph: Graph) -> Graph:
+        """The graph of the epoch the node resumes in (the run's own before any change)."""
+        membership = self.membership
+        if membership is None or not membership.changes():
+            return graph
+        epoch, _ = membership.epoch_at(self.round)
+        membership.epoch = epoch.number
+        if epoch.number == 0:
+            return graph
+        if self.me not in epoch.members:
+            raise PlanError(f"node {self.me} is no member of this run from round {epoch.start}")
+        return plan.graph(epoch.members, epoch=True)
 
     def _check_resume(self, plan_hash: bytes) -> None:
         ckpt = self._resume
@@ -358,7 +391,7 @@ class RoundDriver(RoundEnd):
         )
         while self.round <= self.target:
             self._catch_up()
-            if self.round > self.target:
+            if self.round > self.target or not await self._enter_epoch(self.round):
                 break
             await self._one_round(self.round)
         await self._linger()
@@ -369,6 +402,78 @@ class RoundDriver(RoundEnd):
             await self._personalise()
         self.node.set_phase(Phase.FINISHED)
         return self.completed
+
+    async def _enter_epoch(self, r: int) -> bool:
+        """Before round ``r``: know its epoch (``p2pfl.node.membership``) and switch to it.
+
+        False when this node is no member of it (it left, or was revoked): the run ends.
+        """
+        membership = self.membership
+        if membership is None or not membership.changes():
+            return True
+        node = self.node
+        if self.me in node.ledger.revoked():
+            log.warning("round %d: this node was revoked: it stops", r)
+            node.record("membership-ended", round=r, state="revoked")
+            return False
+        if membership.waiting(r):
+            log.info(
+                "round %d waits for the federation to acknowledge %s",
+                r,
+                ", ".join(membership.waiting(r)),
+            )
+            timeout = node.config.limits.epoch_timeout
+            if not await node.wait_until(lambda: not membership.waiting(r), timeout):
+                pending = membership.waiting(r)
+                log.warning(
+                    "round %d: %s not acknowledged by every member after %.0f s; "
+                    "going on in epoch %d",
+                    r,
+                    ", ".join(pending),
+                    timeout,
+                    membership.epoch,
+                )
+                node.record("epoch-unknown", round=r, pending=pending)
+        epoch, line = membership.epoch_at(r)
+        if epoch.number == membership.epoch:
+            return True
+        membership.epoch = epoch.number
+        node.record("epoch", number=epoch.number, start=r, members=list(epoch.members))
+        if self.me not in epoch.members:
+            state = line.state(self.me, r)
+            log.warning("round %d: this node is no member any more (%s): it stops", r, state)
+            node.record("membership-ended", round=r, state=str(state))
+            return False
+        self._switch(epoch, r)
+        return True
+
+    def _switch(self, epoch: Epoch, r: int) -> None:
+        """Round ``r`` starts ``epoch``: its graph, a core for it, the links it wants."""
+        assert self.plan is not None and self.learner is not None and self.exchange is not None
+        graph = self.plan.graph(epoch.members, epoch=True)
+        core = make_core(
+            self.node,
+            self.plan,
+            graph,
+            round=r,
+            dim=self.learner.dim,
+            selection=selection_of(self.plan, self.learner),
+        )
+        old = self.exchange.core
+        if isinstance(core, GossipRoundCore) and isinstance(old, GossipRoundCore):
+            core.gossip.import_state(old.gossip.export_state())
+        elif isinstance(core, TrackedRoundCore) and isinstance(old, TrackedRoundCore):
+            core.import_state(old.export_state())
+        self.exchange.switch(core, r)
+        self.graph = graph
+        log.info(
+            "round %d: epoch %d, %d members, neighbours %s",
+            r,
+            epoch.number,
+            len(epoch.members),
+            ", ".join(sorted(graph.links_of(self.me))),
+        )
+        self.node.update_links()
 
     async def _personalise(self) -> None:
         """The plan's fine-tuning of the final model, kept at this site (``personal``)."""
@@ -444,9 +549,10 @@ class RoundDriver(RoundEnd):
         # The masked figures go out before the progress record: every path floods them in
         # that order, so a peer that sees our round done (its linger ends on it) has them.
         federation = self.privacy.publish(r, figures, drift)
-        node.write_ledger(
-            ledger.report_progress(node.identity.signing_key, r, clock=ledger.next_clock())
-        )
+        if self.me not in ledger.revoked():  # revoked during the round: it stops next
+            node.write_ledger(
+                ledger.report_progress(node.identity.signing_key, r, clock=ledger.next_clock())
+            )
         await node.persist()  # the ledger file and the audit lines so far, fsynced
         self.completed, self.round = r, r + 1
         self._final = (r, mixed, seconds)
@@ -504,6 +610,7 @@ class RoundDriver(RoundEnd):
             "resumed_from": self.resumed_from,
             "secure": self.secure,
             "roster": None if graph is None else list(graph.roster),
+            "epoch": None if self.membership is None else self.membership.epoch,
             "plan_hash": None if self.plan_hash is None else self.plan_hash.hex(),
             "last_round": self.last,
         }

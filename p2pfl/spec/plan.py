@@ -85,11 +85,16 @@ class Plan(RunSpec):
             topo = self.check(n)
             self._check_dropouts(topo, None)
 
-    def graph(self, roster: tuple[str, ...]) -> Graph:
-        """The members' graph: roster sorted by node id, so every member computes the same."""
+    def graph(self, roster: tuple[str, ...], *, epoch: bool = False) -> Graph:
+        """The members' graph: roster sorted by node id, so every member computes the same.
+
+        ``epoch``: the roster of a later epoch (members left or were revoked), which
+        ``members``, the size of the run's roster, does not bound.
+        """
         if list(roster) != sorted(set(roster)):
             raise PlanError("the roster must be sorted node ids without repeats")
-        self._check_size(len(roster))
+        if not epoch:
+            self._check_size(len(roster))
         with plan_errors(f"plan for {len(roster)} members: "):
             graph = Graph.build(self, roster)
             self._check_dropouts(graph.topo, list(roster))

@@ -382,3 +382,35 @@ def _narrow(message: _Message) -> Message:
         message, ShareKeys | ShareRelay | MaskedInput | DropoutDeclaration | Reveal | Abandon
     )
     return message
+
+
+def peek_round(data: bytes | bytearray | memoryview) -> int:
+    """The round of a secure-aggregation frame: its header's first field, nothing else decoded.
+
+    For routing a frame to the core of its round's epoch; ``DecodeError`` if it has none.
+    """
+    try:
+        view = memoryview(data).cast("B")
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(f"not a contiguous byte buffer: {exc}") from None
+    if len(view) < _HEAD.size:
+        raise DecodeError("frame shorter than its fixed head")
+    magic, version, _, header_len = _HEAD.unpack_from(view)
+    if magic != MAGIC or version != VERSION:
+        raise DecodeError("not a secure-aggregation frame of a supported version")
+    end = _HEAD.size + min(header_len, 16)  # an array head and one integer fit in 10 bytes
+    if end > len(view):
+        raise DecodeError("header length out of bounds")
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=16)
+    unpacker.feed(view[_HEAD.size : end])
+    try:
+        if unpacker.read_array_header() < 1:
+            raise DecodeError("empty header")
+        round_ = unpacker.unpack()
+    except DecodeError:
+        raise
+    except Exception as exc:  # msgpack raises many types for bad input
+        raise DecodeError(f"header is not valid msgpack: {exc}") from None
+    if type(round_) is not int or round_ < 0:
+        raise DecodeError("the header's first field is not a round")
+    return round_

@@ -47,7 +47,9 @@ import pytest
 
 from p2pfl.engines import prepare, run_engine
 from p2pfl.engines.processes import run_processes
+from p2pfl.events import EventSection
 from p2pfl.ledger_file import load_ledger
+from p2pfl.node.audit import read_entries
 from p2pfl.scenario import load_scenario
 from p2pfl.training import evaluate
 
@@ -163,3 +165,30 @@ def check_plan_hash(setup: Any, root: Path, node_ids: list[str]) -> None:
         assert recorded == [expected.hex()]
         assert len(approvals) == len(node_ids)
         assert all(e["description"] == f"signed plan hash {expected.hex()}" for e in approvals)
+
+
+@pytest.mark.parametrize("name", ["sync", "sync-secure"])
+def test_the_daemons_follow_a_rehearsed_leave(name: str, tmp_path: Path) -> None:
+    """A member leaves after round 2 of 5: the daemons switch epochs where the rehearsal does.
+
+    The leave is signed before the daemons start (``p2pfl federation leave``); they
+    follow it from the ledger (``p2pfl.node.membership``) and end, the leaver too,
+    with the protocol engine's parameters.
+    """
+    leave = EventSection(round=1, kind="leave", nodes=[3])  # its last round: number 2
+    cell = {**CELLS[name], "training.rounds": 5}
+    if "secure.enabled" in cell:  # three members left on a complete graph: 2 neighbours each
+        cell["secure.allow_no_dropout"] = True
+    loaded = scenario(cell)
+    setup = prepare(dataclasses.replace(loaded, engine="protocol", events=[leave]))
+    reference = run_engine("protocol", setup, "protocol")
+    result = run_processes(setup, "processes", root=tmp_path, timeout=400)
+
+    assert result.extra["epochs"] == reference.extra["epochs"]
+    assert [e["start"] for e in result.extra["epochs"]] == [0, 2]
+    assert result.stragglers == 0 and result.extra["abandoned"] == 0
+    gap = relative(reference.final_params, result.final_params)
+    assert gap <= 1e-4, gap  # the leaver's row is its model of its last round, in both
+    leaver = tmp_path / setup.names()[3] / "audit.jsonl"
+    ended = [e for e in read_entries(leaver) if e["event"] == "membership-ended"]
+    assert [(e["round"], e["state"]) for e in ended] == [(3, "left")]

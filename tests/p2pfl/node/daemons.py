@@ -7,6 +7,7 @@ armed (``killer.py``); ``check_disk`` reads back what a site left on disk.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,6 +83,36 @@ def _popen(argv: list[str]) -> subprocess.Popen[str]:
 
 def start(site: SiteFiles) -> subprocess.Popen[str]:
     return _popen(["-m", "p2pfl", "node", "run", "--config", str(site.config), "--insecure"])
+
+
+def start_logged(site: SiteFiles) -> subprocess.Popen[bytes]:
+    """``node run`` logging to ``daemon.log`` (a pipe nobody reads fills in a long run)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    with (site.directory / "daemon.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "p2pfl", "node", "run", "--config", str(site.config),
+             "--insecure"],
+            stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT,
+        )  # fmt: skip
+
+
+def log_tail(site: SiteFiles) -> str:
+    return (site.directory / "daemon.log").read_text(errors="replace")[-3000:]
+
+
+def audited(site: SiteFiles, event: str) -> list[dict[str, Any]]:
+    """The whole lines of ``event`` in a (running) node's audit log so far."""
+    try:
+        lines = (site.directory / "audit.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # the line being written
+    return [e for e in entries if e.get("event") == event]
 
 
 def start_faulty(site: SiteFiles, point: str, n: int) -> subprocess.Popen[str]:

@@ -7,16 +7,13 @@ alone would be overwritten and never reach the federation while the node runs.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import nacl.signing
 import pytest
-from daemons import ROOT, SITES, wait_for
+from daemons import SITES, audited, log_tail, start_logged, wait_for
 from loopback import free_ports
 
 from p2pfl.cli import main
@@ -124,41 +121,11 @@ def federation(root: Path) -> list[SiteFiles]:
     return local_federation(root, sites, plan, tls=False)
 
 
-def start(site: SiteFiles) -> subprocess.Popen[bytes]:
-    """``node run`` logging to a file (a pipe nobody reads would fill in a long run)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    with (site.directory / "daemon.log").open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "p2pfl", "node", "run", "--config", str(site.config),
-             "--insecure"],
-            stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT,
-        )  # fmt: skip
-
-
-def audited(site: SiteFiles, event: str) -> list[dict[str, Any]]:
-    """The whole lines of ``event`` in a running node's audit log so far."""
-    try:
-        lines = (site.directory / "audit.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    entries = []
-    for line in lines:
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # the line being written
-    return [e for e in entries if e.get("event") == event]
-
-
-def log_tail(site: SiteFiles) -> str:
-    return (site.directory / "daemon.log").read_text(errors="replace")[-3000:]
-
-
 @pytest.mark.slow
 def test_a_member_revoked_while_training_is_cut_off_at_once(tmp_path: Path) -> None:
     sites = federation(tmp_path)
     founder, other, revoked = sites
-    procs = [start(site) for site in sites]
+    procs = [start_logged(site) for site in sites]
     try:
         assert wait_for(lambda: all(audited(s, "round") for s in sites), 120), log_tail(founder)
         code = main(

@@ -1,0 +1,184 @@
+"""The daemon's epochs in pieces: frames routed by their round's epoch, and ``Membership``.
+
+``Exchange`` hands a frame to the core of its round's epoch once the roster changed
+(the old core answers late frames of the rounds before), and holds back frames of
+rounds whose epoch is not known yet. ``Membership`` acknowledges changes with the
+round the node is in, says what a round must wait for, and remembers the
+acknowledgements of a member revoked since, so that boundaries fixed before never move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import nacl.signing
+import numpy as np
+import pytest
+
+from p2pfl.node.exchange import RETIRE_ROUNDS, Exchange
+from p2pfl.node.membership import Membership
+from protocols import wire
+from protocols.errors import DecodeError
+from protocols.ledger import Ledger, node_id_for
+from protocols.membership import Kind, change_key
+from protocols.rounds import RoundOutput
+from protocols.secagg import messages
+
+
+def gossip_frame(round_index: int) -> bytes:
+    return wire.encode(wire.GossipMessage("s", round_index, wire.dense(np.zeros(2, np.float32))))
+
+
+def test_peek_reads_the_round_of_either_frame_kind_and_nothing_else() -> None:
+    assert wire.peek_round(gossip_frame(41)) == 41
+    share = messages.ShareKeys(7, "a" * 26, "b" * 26, {"c" * 26: b"x" * 80})
+    assert messages.peek_round(messages.encode(share)) == 7
+    abandon = messages.Abandon(3, "a" * 26, "why")
+    assert messages.peek_round(messages.encode(abandon)) == 3
+    for bad in (b"", b"P2G", b"SA\x02\x01\x00\x00\x00\x00", gossip_frame(1)[:12]):
+        with pytest.raises(DecodeError):
+            messages.peek_round(bad) if bad.startswith(b"SA") else wire.peek_round(bad)
+
+
+class Core:
+    """Records the frames it is fed."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.fed: list[int] = []
+        self.deadline: float | None = None
+
+    def receive(self, peer: str, body: Any, now: float) -> RoundOutput:
+        self.fed.append(wire.peek_round(body))
+        return RoundOutput((), ())
+
+    def poll(self, now: float) -> RoundOutput:
+        return RoundOutput((), ())
+
+
+class Host:
+    node_id = "me"
+
+    def __init__(self) -> None:
+        self.ledger = SimpleNamespace(progress=lambda: {})
+        self.errors: list[tuple[str, str]] = []
+
+    def peer_error(self, peer: str, error: str, *, kind: str = "protocol") -> None:
+        self.errors.append((peer, kind))
+
+    def linked(self) -> list[str]:
+        return []
+
+    def wake_timer(self) -> None:
+        pass
+
+
+def test_frames_go_to_the_core_of_their_rounds_epoch() -> None:
+    async def run() -> tuple[Core, Core, Exchange, Host]:
+        old, new, host = Core("old"), Core("new"), Host()
+        exchange = Exchange(host, old, secure=False, round=9)  # type: ignore[arg-type]
+        channel = int(exchange.channel)
+        exchange.receive("p", channel, memoryview(gossip_frame(8)))  # round 9, one core
+        exchange.set_horizon(11)  # a change acknowledged: rounds 11.. of an unknown epoch
+        for index in (9, 10, 11):  # rounds 10, 11, 12
+            exchange.receive("p", channel, memoryview(gossip_frame(index)))
+        assert old.fed == [8, 9] and new.fed == []
+        exchange.switch(new, 11)  # the boundary is round 11
+        exchange.set_horizon(None)
+        assert new.fed == [10, 11]  # the held frames, to the new epoch's core
+        exchange.receive("p", channel, memoryview(gossip_frame(9)))  # a late round 10
+        exchange.receive("p", channel, memoryview(b"garbage"))
+        return old, new, exchange, host
+
+    old, new, exchange, host = asyncio.run(run())
+    assert old.fed == [8, 9, 9] and new.fed == [10, 11]
+    assert host.errors == [("p", "malformed")]
+    exchange.round = 11 + RETIRE_ROUNDS
+    exchange.prune()
+    assert exchange._eras == [(11, new)]  # the old core retired
+
+
+def test_frames_held_for_an_unknown_epoch_are_bounded_per_peer() -> None:
+    async def run() -> Host:
+        host = Host()
+        exchange = Exchange(host, Core("c"), secure=False, round=1)  # type: ignore[arg-type]
+        exchange.set_horizon(2)
+        for _ in range(100):
+            exchange.receive("p", int(exchange.channel), memoryview(gossip_frame(5)))
+        return host
+
+    host = asyncio.run(run())
+    assert host.errors and set(host.errors) == {("p", "flood")}
+
+
+# -- Membership on a real ledger ----------------------------------------------------------
+
+
+class LedgerHost:
+    """What ``Membership`` reaches of its node: the ledger, a key, the journal."""
+
+    def __init__(self, ledger: Ledger, key: nacl.signing.SigningKey) -> None:
+        self.ledger = ledger
+        self.identity = SimpleNamespace(signing_key=key)
+        self.node_id = node_id_for(bytes(key.verify_key))
+        self.records: list[tuple[str, dict[str, Any]]] = []
+
+    def record(self, event: str, **fields: Any) -> None:
+        self.records.append((event, fields))
+
+    def write_ledger(self, update: bytes) -> None:
+        pass  # the ledger holds it already
+
+
+def federation(n: int) -> tuple[Ledger, list[nacl.signing.SigningKey], list[str]]:
+    keys = [nacl.signing.SigningKey.generate() for _ in range(n)]
+    ledger = Ledger.found(keys[0], name="t", nonce=os.urandom(16), address="ws://a:1")
+    for key in keys[1:]:
+        ledger.admit(keys[0], bytes(key.verify_key), clock=ledger.next_clock(), address="ws://b:2")
+    return ledger, keys, [node_id_for(bytes(k.verify_key)) for k in keys]
+
+
+def test_membership_acknowledges_waits_and_finds_the_boundary() -> None:
+    ledger, keys, ids = federation(4)
+    hosts = [LedgerHost(ledger, key) for key in keys]
+    views = [Membership(h, tuple(ids)) for h in hosts]  # type: ignore[arg-type]
+    leaver = ids[3]
+    ledger.leave(keys[3], 10, clock=ledger.next_clock())
+    key = change_key(Kind.LEAVE, leaver)
+    assert views[0].changes() == {key: leaver}
+    views[0].acknowledge(4)
+    assert hosts[0].records == [("acknowledged", {"round": 4, "changes": [key]})]
+    views[0].acknowledge(6)  # once only
+    assert len(hosts[0].records) == 1
+    assert views[0].waiting(5) == [key] and views[0].waiting(4) == []
+    assert views[0].horizon() == 11  # never before one past the leave's own round
+    views[3].acknowledge(5)  # the leaver's record is its acknowledgement
+    assert hosts[3].records == []
+    views[1].acknowledge(5)
+    views[2].acknowledge(12)
+    assert views[0].waiting(5) == [] and views[0].horizon() is None
+    epoch, _ = views[0].epoch_at(13)
+    assert epoch.start == 13 and leaver not in epoch.members
+    assert views[0].epoch_at(12)[0].number == 0
+
+
+def test_a_revocation_does_not_move_a_boundary_fixed_before_it() -> None:
+    ledger, keys, ids = federation(4)
+    host = LedgerHost(ledger, keys[0])
+    view = Membership(host, tuple(ids))  # type: ignore[arg-type]
+    ledger.leave(keys[3], 2, clock=ledger.next_clock())
+    key = change_key(Kind.LEAVE, ids[3])
+    ledger.ack(keys[0], {key: 2}, clock=ledger.next_clock())
+    ledger.ack(keys[1], {key: 2}, clock=ledger.next_clock())
+    ledger.ack(keys[2], {key: 7}, clock=ledger.next_clock())  # the latest: it fixes round 8
+    assert view.epoch_at(8)[0].start == 8
+    ledger.revoke(keys[0], ids[2], clock=ledger.next_clock())
+    assert ids[2] not in ledger.acks()  # its records left the ledger's view
+    assert view.epoch_at(8)[0].start == 8  # remembered: the leave still takes effect at 8
+    fresh = Membership(host, tuple(ids))  # type: ignore[arg-type]
+    # A view of the ledger alone finds the leave pending again (the revoked member's
+    # acknowledgement is missing): epoch 0 at round 8, the past rewritten.
+    assert fresh.epoch_at(8)[0].number == 0 and key in fresh.refresh()[1]
