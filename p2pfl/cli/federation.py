@@ -1,4 +1,5 @@
-"""``p2pfl federation``: found a federation, invite, join, approve the plan, revoke, show.
+"""``p2pfl federation``: found a federation, invite, join, approve the plan, revoke, leave,
+show, status (``p2pfl.cli.federation_status``).
 
 Every command that changes a ledger loads it, signs one record with the node's
 key and writes the file back atomically (``p2pfl.ledger_file``). An invitation
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from p2pfl.atomic import atomic_write_bytes
+from p2pfl.cli.federation_status import register as register_status
 from p2pfl.cli.keys import add_passphrase_argument, load_key_argument
 from p2pfl.errors import ConfigError, KeyFileError, LedgerFileError, P2PFLError
 
@@ -72,10 +74,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revoke.add_argument("node_id", metavar="NODE_ID", help="the member to revoke")
     revoke.set_defaults(handler=_revoke)
 
+    leave = _keyed(sub, "leave", "sign this member's leave: it takes part up to a round")
+    leave.add_argument("--ledger", required=True, help="ledger file (updated)")
+    leave.add_argument(
+        "--after-round", required=True, type=int, metavar="N", help="its last round (from 1)"
+    )
+    leave.set_defaults(handler=_leave)
+
     show = sub.add_parser("show", help="members, plan, approvals, progress, rejected records")
     show.add_argument("ledger", metavar="LEDGER", help="ledger file")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(handler=_show)
+    register_status(sub)
 
 
 def _keyed(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -301,6 +311,24 @@ def _revoke(args: argparse.Namespace) -> int:
     )
     save_record(ledger, args.ledger, update)
     print(f"revoked {args.node_id}")
+    return 0
+
+
+def _leave(args: argparse.Namespace) -> int:
+    from p2pfl.ledger_file import load_ledger, save_record
+
+    identity = load_key_argument(args)
+    ledger = load_ledger(args.ledger)
+    if args.after_round < 0:
+        raise P2PFLError(f"--after-round is a round number >= 0, not {args.after_round}")
+    if identity.node_id not in ledger.members():
+        raise P2PFLError(f"node {identity.node_id} is not a member of this federation")
+    known = ledger.left().get(identity.node_id)
+    if known is not None:
+        raise P2PFLError(f"node {identity.node_id} already leaves after round {known}")
+    update = ledger.leave(identity.signing_key, args.after_round, clock=ledger.next_clock())
+    save_record(ledger, args.ledger, update)
+    print(f"{identity.node_id} leaves after round {args.after_round}")
     return 0
 
 
