@@ -34,7 +34,7 @@ real network. ``heal`` ends the partition: later bytes flow, new connections are
 forwarded, and every connection that lost bytes to it is reset then (a TCP
 stream with a hole in it cannot go on: a real one would have retransmitted
 them or timed out), while those that lost nothing carry on as if nothing had
-happened.
+happened (``heal(reset=False)`` lets all of them go on, holes and all).
 
 Every draw comes from a ``random.Random`` seeded with ``(seed, connection
 index)`` (``connection_rng``), so a seed gives the same faults to the n-th
@@ -227,13 +227,19 @@ class FaultProxy:
         self._cut = direction
         self._healed.clear()
 
-    def heal(self) -> int:
+    def heal(self, *, reset: bool = True) -> int:
         """End the partition; reset the connections that lost bytes to it, and say how many.
 
-        Call it from the proxy's event loop; healing an unpartitioned proxy does nothing.
+        ``reset=False`` lets them go on instead, a hole in each stream: what the
+        endpoints make of it depends on where the lost chunks began and ended (a
+        websocket over plain TCP on loopback may lose whole messages and parse on;
+        TLS fails at the next record). Call it from the proxy's event loop; healing
+        an unpartitioned proxy does nothing.
         """
         self._cut = None
         self._healed.set()
+        if not reset:
+            return 0
         broken = [pipe for pipe in self._pipes if pipe.lost and not pipe.done.is_set()]
         for pipe in broken:
             self._reset(pipe)

@@ -413,6 +413,27 @@ def test_heal_resets_what_lost_bytes_and_forwards_new_connections_again() -> Non
     asyncio.run(main())
 
 
+def test_heal_without_reset_lets_a_connection_go_on_past_what_it_lost() -> None:
+    async def main() -> None:
+        async with target_proxy() as (target, proxy):
+            reader, writer, back = await connected(target, proxy)
+            proxy.partition("both")
+            writer.write(b"lost")
+            await writer.drain()
+            await until(lambda: proxy.dropped == 4)
+            assert proxy.heal(reset=False) == 0
+            writer.write(b"later")
+            await writer.drain()
+            await target.until(lambda: target.received[0] == b"later")  # the hole stays
+            back.write(b"back")
+            await back.drain()
+            assert await reader.readexactly(4) == b"back"
+            assert proxy.resets == []
+            writer.close()
+
+    asyncio.run(main())
+
+
 def test_a_one_way_partition_forwards_new_connections_with_the_same_direction_cut() -> None:
     async def main() -> None:
         async with target_proxy() as (target, proxy):
