@@ -233,8 +233,8 @@ class FaultProxy:
         ``reset=False`` lets them go on instead, a hole in each stream: what the
         endpoints make of it depends on where the lost chunks began and ended (a
         websocket over plain TCP on loopback may lose whole messages and parse on;
-        TLS fails at the next record). Call it from the proxy's event loop; healing
-        an unpartitioned proxy does nothing.
+        TLS numbers its records, so a session cannot read past a lost one). Call it
+        from the proxy's event loop; healing an unpartitioned proxy does nothing.
         """
         self._cut = None
         self._healed.set()
