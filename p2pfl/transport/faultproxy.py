@@ -16,7 +16,25 @@ it), adding what ``LinkFaults`` asks for:
 - resets: each connection is reset (``SO_LINGER`` 0, both sides get an RST) after
   an exponentially distributed time (``resets_per_second``) or number of bytes
   forwarded both ways (``resets_per_mb``), whichever comes first; or at a
-  moment the caller chooses (``reset_all``).
+  moment the caller chooses (``reset_all``);
+- partitions, at moments the caller chooses (``partition``, ``heal``): ``"up"``
+  cuts the bytes from the dialler to the target, ``"down"`` those back,
+  ``"both"`` both ways (``DIRECTIONS``).
+
+While a direction is cut, every chunk due on it (what is read then, and what
+was still in flight, delayed or paced) is discarded and counted (``dropped``):
+it is never delivered, as a partition loses packets. Nothing tells the other
+side: an end of stream or a failure of one side that would travel a cut
+direction waits for the heal, so each end learns of the cut only by its own
+timeouts, as it would across a real network. A ``"both"`` partition refuses new
+connections (accepted, then reset at once: ``refused``); a one-way partition
+accepts and forwards them with the same direction cut, so a dialler's
+handshake waits for an answer that never comes, as behind a one-way cut on a
+real network. ``heal`` ends the partition: later bytes flow, new connections are
+forwarded, and every connection that lost bytes to it is reset then (a TCP
+stream with a hole in it cannot go on: a real one would have retransmitted
+them or timed out), while those that lost nothing carry on as if nothing had
+happened (``heal(reset=False)`` lets all of them go on, holes and all).
 
 Every draw comes from a ``random.Random`` seeded with ``(seed, connection
 index)`` (``connection_rng``), so a seed gives the same faults to the n-th
@@ -44,6 +62,7 @@ log = logging.getLogger(__name__)
 MB = 1_000_000
 CHUNK = 64 << 10  # bytes read at once
 QUEUED = 64  # chunks in flight per direction before reading waits
+DIRECTIONS = ("up", "down", "both")  # what ``FaultProxy.partition`` cuts
 
 
 @dataclass(frozen=True)
@@ -120,6 +139,7 @@ class _Pipe:
     forwarded: int = 0
     reset_bytes: float = math.inf
     ended: int = 0  # directions that reached their end of stream
+    lost: int = 0  # bytes a partition discarded
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -145,6 +165,11 @@ class FaultProxy:
         self._pipes: set[_Pipe] = set()  # connections being forwarded
         self.resets: list[Reset] = []
         self.forwarded = 0  # bytes, both directions, all connections
+        self._cut: str | None = None  # the partition's direction
+        self._healed = asyncio.Event()  # set while no partition holds
+        self._healed.set()
+        self._dropped = 0
+        self._refused = 0
 
     async def __aenter__(self) -> FaultProxy:
         await self.start()
@@ -177,6 +202,57 @@ class FaultProxy:
         """Connections being forwarded now."""
         return len(self._tasks)
 
+    @property
+    def partitioned(self) -> str | None:
+        """The direction cut now (``DIRECTIONS``), ``None`` while none is."""
+        return self._cut
+
+    @property
+    def dropped(self) -> int:
+        """Bytes partitions discarded so far, both directions, all connections."""
+        return self._dropped
+
+    @property
+    def refused(self) -> int:
+        """Connections refused so far (accepted during a ``"both"`` partition, then reset)."""
+        return self._refused
+
+    def partition(self, direction: str = "both") -> None:
+        """Cut ``direction`` (``DIRECTIONS``) from now until ``heal`` (module docstring).
+
+        A partition in force is replaced: ``"up"`` then ``"both"`` cuts both ways.
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"a partition cuts one of {', '.join(DIRECTIONS)}, not {direction!r}")
+        self._cut = direction
+        self._healed.clear()
+
+    def heal(self, *, reset: bool = True) -> int:
+        """End the partition; reset the connections that lost bytes to it, and say how many.
+
+        ``reset=False`` lets them go on instead, a hole in each stream: what the
+        endpoints make of it depends on where the lost chunks began and ended (a
+        websocket over plain TCP on loopback may lose whole messages and parse on;
+        TLS numbers its records, so a session cannot read past a lost one). Call it
+        from the proxy's event loop; healing an unpartitioned proxy does nothing.
+        """
+        self._cut = None
+        self._healed.set()
+        if not reset:
+            return 0
+        broken = [pipe for pipe in self._pipes if pipe.lost and not pipe.done.is_set()]
+        for pipe in broken:
+            self._reset(pipe)
+        return len(broken)
+
+    def _cuts(self, direction: str) -> bool:
+        return self._cut is not None and self._cut in (direction, "both")
+
+    async def _across(self, direction: str) -> None:
+        """Wait until news of an end may travel ``direction`` (it is not cut)."""
+        while self._cuts(direction):
+            await self._healed.wait()
+
     async def close(self) -> None:
         """Stop listening, drop every connection, wait for every task; idempotent."""
         if self._server is not None:
@@ -188,6 +264,11 @@ class FaultProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._cut == "both":
+            self._refused += 1
+            _linger_zero(writer)
+            writer.transport.abort()
+            return
         index = self._accepted
         self._accepted += 1
         task = asyncio.get_running_loop().create_task(self._serve(index, reader, writer))
@@ -260,26 +341,33 @@ class FaultProxy:
         rng = connection_rng(self.seed, pipe.index, name)
         loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._deliver(pipe, queue, writer))
+            tg.create_task(self._deliver(pipe, queue, writer, name))
             last = 0.0
             try:
                 while data := await reader.read(CHUNK):
                     last = max(last, loop.time() + self.faults.delay(rng))
                     await queue.put((last, data))
             except OSError:
+                await self._across(name)
                 pipe.done.set()  # a side failed: drop the other too
                 return
             await queue.put((last, b""))  # end of stream, after what was read
 
     async def _deliver(
-        self, pipe: _Pipe, queue: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter
+        self,
+        pipe: _Pipe,
+        queue: asyncio.Queue[tuple[float, bytes]],
+        writer: asyncio.StreamWriter,
+        name: str,
     ) -> None:
         loop = asyncio.get_running_loop()
         bucket = TokenBucket(self.faults.bandwidth, self.faults.burst, loop.time())
+        back = "down" if name == "up" else "up"
         while True:
             at, data = await queue.get()
             await asyncio.sleep(max(0.0, at - loop.time()))
             if not data:
+                await self._across(name)
                 with contextlib.suppress(OSError):
                     writer.write_eof()
                 pipe.ended += 1
@@ -288,12 +376,17 @@ class FaultProxy:
                 return
             if self.faults.bandwidth:
                 await asyncio.sleep(bucket.take(len(data), loop.time()))
+            if self._cuts(name):  # lost: neither delivered nor kept
+                pipe.lost += len(data)
+                self._dropped += len(data)
+                continue
             pipe.forwarded += len(data)
             self.forwarded += len(data)
             try:
                 writer.write(data)
                 await writer.drain()
             except OSError:
+                await self._across(back)
                 pipe.done.set()
                 return
             if pipe.forwarded >= pipe.reset_bytes:

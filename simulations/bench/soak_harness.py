@@ -45,6 +45,7 @@ from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint  # noqa: E40
 from p2pfl.node.status import read_status  # noqa: E402
 from p2pfl.spec import plan_from_table  # noqa: E402
 from p2pfl.transport.faultproxy import FaultProxy, LinkFaults  # noqa: E402
+from protocols.ledger import Ledger  # noqa: E402
 from protocols.ledger_doc import MAPS  # noqa: E402
 from protocols.secagg.config import threshold_for  # noqa: E402
 
@@ -301,10 +302,15 @@ def records_hash(records: dict[str, dict[str, object]]) -> str:
     return digest.hexdigest()
 
 
+def ledger_records(ledger: Ledger) -> dict[str, dict[str, object]]:
+    """Every record a ledger holds, map by map (what ``records_hash`` digests)."""
+    return {name: ledger.entries(name) for name in MAPS}
+
+
 def converged(files: list[SiteFiles]) -> tuple[bool, bool, list[str]]:
     """Whether every saved ledger holds the same records and state vector; each one's hash."""
     ledgers = [load_ledger(site.directory / "ledger") for site in files]
-    records = [{name: ledger.entries(name) for name in MAPS} for ledger in ledgers]
+    records = [ledger_records(ledger) for ledger in ledgers]
     vectors = {ledger.state_vector() for ledger in ledgers}
     hashes = [records_hash(r) for r in records]
     return all(r == records[0] for r in records), len(vectors) == 1, hashes

@@ -8,6 +8,7 @@ for a loaded machine, and one-sided where load can only add time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -232,3 +233,232 @@ def test_bad_faults_are_refused() -> None:
         LinkFaults(latency=-1.0)
     with pytest.raises(ValueError, match="burst"):
         LinkFaults(burst=0)
+
+
+# -- partitions ---------------------------------------------------------------------------
+
+GUARD = 10.0  # seconds any wait below may take before the test fails (a guard, not a figure)
+
+
+class Target:
+    """A server on 127.0.0.1 that keeps what each connection sent, and its writers to answer."""
+
+    def __init__(self) -> None:
+        self.received: list[bytearray] = []
+        self.writers: list[asyncio.StreamWriter] = []
+        self.ended: list[bool] = []
+        self.changed = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(self.received)
+        self.received.append(bytearray())
+        self.writers.append(writer)
+        self.ended.append(False)
+        self.changed.set()
+        with contextlib.suppress(OSError):
+            while data := await reader.read(1 << 16):
+                self.received[index] += data
+                self.changed.set()
+        self.ended[index] = True
+        self.changed.set()
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(GUARD):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Poll ``predicate`` (the proxy's counters) until it holds, within the guard."""
+    async with asyncio.timeout(GUARD):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def target_proxy() -> AsyncIterator[tuple[Target, FaultProxy]]:
+    target = Target()
+    try:
+        async with proxied(LinkFaults(), target.handle) as proxy:
+            yield target, proxy
+    finally:
+        target.close()
+
+
+async def connected(
+    target: Target, proxy: FaultProxy
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.StreamWriter]:
+    """A connection through ``proxy``, once the target holds it: (reader, writer, its writer)."""
+    before = len(target.writers)
+    reader, writer = await dial(proxy)
+    await target.until(lambda: len(target.writers) > before)
+    return reader, writer, target.writers[before]
+
+
+def test_an_up_partition_loses_what_the_dialler_sends_and_lets_the_answers_through() -> None:
+    async def main() -> None:
+        async with target_proxy() as (target, proxy):
+            reader, writer, back = await connected(target, proxy)
+            proxy.partition("up")
+            assert proxy.partitioned == "up"
+            writer.write(b"lost")
+            await writer.drain()
+            await until(lambda: proxy.dropped == 4)
+            back.write(b"answer")
+            await back.drain()
+            assert await reader.readexactly(6) == b"answer"  # the other way still flows
+            assert target.received == [bytearray()]  # discarded, not held back
+            assert proxy.refused == 0
+            writer.close()
+
+    asyncio.run(main())
+
+
+def test_a_down_partition_loses_what_the_target_sends_and_lets_the_dialler_through() -> None:
+    async def main() -> None:
+        async with target_proxy() as (target, proxy):
+            reader, writer, back = await connected(target, proxy)
+            proxy.partition("down")
+            back.write(b"lost!")
+            await back.drain()
+            await until(lambda: proxy.dropped == 5)
+            writer.write(b"ask")
+            await writer.drain()
+            await target.until(lambda: target.received[0] == b"ask")
+            assert proxy.heal() == 1  # it lost bytes: reset, not resumed with a hole
+            with pytest.raises(ConnectionResetError):
+                await reader.read()  # nothing of what was lost arrives, ever
+            writer.close()
+
+    asyncio.run(main())
+
+
+def test_a_partition_both_ways_loses_everything_and_refuses_new_connections() -> None:
+    async def main() -> None:
+        async with target_proxy() as (target, proxy):
+            _reader, writer, back = await connected(target, proxy)
+            proxy.partition("both")
+            writer.write(b"up")
+            back.write(b"down")
+            await writer.drain()
+            await back.drain()
+            await until(lambda: proxy.dropped == 6)
+            for _ in range(2):
+                refused_reader, refused_writer = await dial(proxy)
+                with contextlib.suppress(ConnectionResetError):
+                    assert await refused_reader.read() == b""
+                refused_writer.close()
+            assert proxy.refused == 2
+            assert proxy.connections == 1 and len(target.writers) == 1  # none reached it
+            assert target.received == [bytearray()]
+            writer.close()
+
+    asyncio.run(main())
+
+
+def test_an_end_of_stream_waits_for_the_heal_and_a_connection_that_lost_nothing_goes_on() -> None:
+    async def main() -> None:
+        async with target_proxy() as (target, proxy):
+            reader, writer, back = await connected(target, proxy)
+            _closing_reader, closing_writer, _ = await connected(target, proxy)
+            proxy.partition("both")
+            closing_writer.write_eof()
+            await asyncio.sleep(0.2)  # time for an end of stream to cross, were it let through
+            assert target.ended == [False, False]
+            assert proxy.heal() == 0  # neither lost a byte: both carry on
+            assert proxy.partitioned is None
+            await target.until(lambda: target.ended[1])  # the end crossed once healed
+            writer.write(b"after")
+            await writer.drain()
+            await target.until(lambda: target.received[0] == b"after")
+            back.write(b"back")
+            await back.drain()
+            assert await reader.readexactly(4) == b"back"
+            assert proxy.dropped == 0 and proxy.resets == []
+            writer.close()
+            closing_writer.close()
+
+    asyncio.run(main())
+
+
+def test_heal_resets_what_lost_bytes_and_forwards_new_connections_again() -> None:
+    async def main() -> None:
+        async with target_proxy() as (target, proxy):
+            reader, writer, _ = await connected(target, proxy)
+            proxy.partition("both")
+            writer.write(b"x" * 1000)
+            await writer.drain()
+            await until(lambda: proxy.dropped == 1000)
+            assert proxy.heal() == 1
+            with pytest.raises(ConnectionResetError):
+                await reader.read()
+            assert [r.connection for r in proxy.resets] == [0]
+            fresh_reader, fresh_writer, fresh_back = await connected(target, proxy)
+            fresh_writer.write(b"flows")
+            await fresh_writer.drain()
+            await target.until(lambda: target.received[1] == b"flows")
+            fresh_back.write(b"again")
+            await fresh_back.drain()
+            assert await fresh_reader.readexactly(5) == b"again"
+            assert target.received[0] == b""  # what was lost stays lost
+            assert (proxy.dropped, proxy.refused, proxy.connections) == (1000, 0, 2)
+            writer.close()
+            fresh_writer.close()
+
+    asyncio.run(main())
+
+
+def test_heal_without_reset_lets_a_connection_go_on_past_what_it_lost() -> None:
+    async def main() -> None:
+        async with target_proxy() as (target, proxy):
+            reader, writer, back = await connected(target, proxy)
+            proxy.partition("both")
+            writer.write(b"lost")
+            await writer.drain()
+            await until(lambda: proxy.dropped == 4)
+            assert proxy.heal(reset=False) == 0
+            writer.write(b"later")
+            await writer.drain()
+            await target.until(lambda: target.received[0] == b"later")  # the hole stays
+            back.write(b"back")
+            await back.drain()
+            assert await reader.readexactly(4) == b"back"
+            assert proxy.resets == []
+            writer.close()
+
+    asyncio.run(main())
+
+
+def test_a_one_way_partition_forwards_new_connections_with_the_same_direction_cut() -> None:
+    async def main() -> None:
+        async with target_proxy() as (target, proxy):
+            proxy.partition("down")
+            _reader, writer, back = await connected(target, proxy)  # accepted: not refused
+            writer.write(b"hello")
+            await writer.drain()
+            await target.until(lambda: target.received[0] == b"hello")
+            back.write(b"never")
+            await back.drain()
+            await until(lambda: proxy.dropped == 5)
+            assert proxy.refused == 0 and proxy.connections == 1
+            proxy.partition("both")  # a partition in force is replaced
+            assert proxy.partitioned == "both"
+            writer.write(b"now lost")
+            await writer.drain()
+            await until(lambda: proxy.dropped == 13)
+            assert target.received[0] == b"hello"
+            writer.close()
+
+    asyncio.run(main())
+
+
+def test_a_partition_names_a_direction() -> None:
+    proxy = FaultProxy(("127.0.0.1", 9))
+    with pytest.raises(ValueError, match="up, down, both"):
+        proxy.partition("sideways")
+    assert proxy.partitioned is None
