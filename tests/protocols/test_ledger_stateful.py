@@ -3,8 +3,7 @@
 3 to 6 replicas start from one founder's snapshot (founder F, admin M0, member
 M1 admitted by F, member M2 admitted by M0) and are joined pairwise by
 lossy, reorderable links. Hypothesis writes genuine records through the
-``Ledger`` API (admissions, revocations, plans, progress, leaves and
-acknowledgements of roster changes) at random replicas,
+``Ledger`` API (admissions, revocations, plans, progress) at random replicas,
 injects forged records (bad signatures, another member's namespace, outsiders,
 flipped bytes, another federation, non-admins admitting, non-founders planning),
 records by revoked members, and replays of genuine records (in place and moved
@@ -42,9 +41,6 @@ F, M0 = key(1), key(2)  # founder, and the admin it grants
 MEMBERS = [key(n) for n in range(3, 7)]
 OUT = key(9)
 EVERYONE = [F, M0, *MEMBERS]
-CHANGES = [
-    f"{kind}:{node_id_for(bytes(k.verify_key))}" for kind in ("join", "leave") for k in MEMBERS
-]
 
 
 def nid(k: nacl.signing.SigningKey) -> str:
@@ -69,7 +65,6 @@ class LedgerReplicas(RuleBasedStateMachine):
         self.admitted_by: dict[str, set[str]] = {nid(M0): {nid(F)}}
         self.revocations: set[tuple[str, str]] = set()
         self.progress: dict[str, bytes] = {}
-        self.own: dict[tuple[str, str], bytes] = {}  # (map, member) -> its last leave or acks
         self.plan = b""
         self.genuine: set[bytes] = set()
         self.history: list[tuple[str, str, bytes]] = []
@@ -109,8 +104,6 @@ class LedgerReplicas(RuleBasedStateMachine):
             update = write(ledger, clock)  # type: ignore[operator]
         except LocalProtocolError:
             return None
-        if not update:
-            return None  # nothing new to write
         value = bytes(ledger.entries(map_name)[f"{slot}@{clock}"])  # type: ignore[arg-type]
         self._genuine(map_name, f"{slot}@{clock}", value)
         self.net.write(r % self.n, update)
@@ -150,27 +143,6 @@ class LedgerReplicas(RuleBasedStateMachine):
             value = self._api(r, "progress", nid(m), write)
             if value:
                 self.progress[nid(m)] = value
-
-    @rule(
-        r=st.integers(0, 5),
-        writers=st.lists(st.sampled_from(EVERYONE), max_size=3),
-        changes=st.dictionaries(st.sampled_from(CHANGES), st.integers(0, 100), max_size=3),
-        leave=st.booleans(),
-    )
-    def leave_or_acknowledge(
-        self, r: int, writers: list[nacl.signing.SigningKey], changes: dict[str, int], leave: bool
-    ) -> None:
-        map_name = "left" if leave else "acks"
-        for m in writers:
-
-            def write(ledger: Ledger, clock: int, m: nacl.signing.SigningKey = m) -> bytes | None:
-                if leave:
-                    return ledger.leave(m, min(changes.values(), default=0), clock=clock)
-                return ledger.ack(m, changes, clock=clock)
-
-            value = self._api(r, map_name, nid(m), write)
-            if value:
-                self.own[(map_name, nid(m))] = value
 
     # -- what must stay out of every view ---------------------------------------------
 
@@ -327,10 +299,6 @@ class LedgerReplicas(RuleBasedStateMachine):
         assert set(shown) <= set(expected)
         assert shown == expected  # tampering in place never hides a genuine record
         assert view.current["plan"]["plan"].value == self.plan
-        for map_name in ("left", "acks"):
-            shown = {m: r.value for m, r in view.current[map_name].items()}
-            own = {m: v for (name, m), v in self.own.items() if name == map_name}
-            assert shown == {m: v for m, v in own.items() if m in roster - revoked}
         for records in view.current.values():
             for record in records.values():
                 assert record.value in self.genuine, "a forged record is in the view"
