@@ -293,6 +293,16 @@ class Ledger:
         also how many it completed (a member with no record has completed none)."""
         return {n: r.payload["round"] for n, r in self._current("progress").items()}
 
+    def progress_digests(self) -> dict[str, tuple[int, bytes]]:
+        """Each valid member's last completed round and the digest of its model after it,
+        where its progress record carries one (a newcomer checks its start model so)."""
+        found = {}
+        for n, r in self._current("progress").items():
+            digest = r.payload.get("digest")
+            if isinstance(digest, bytes):
+                found[n] = (r.payload["round"], digest)
+        return found
+
     def secagg(self, round_: int) -> dict[str, frozenset[str]]:
         """Per receiver, the dropout set it declared for ``round_``."""
         return {

@@ -85,33 +85,50 @@ def local_federation(
     assert plan_hash is not None
     for identity in ids:
         ledger.approve(identity.signing_key, plan_hash, clock=ledger.next_clock())
-    files = []
-    for identity, site, address in zip(ids, sites, addresses, strict=True):
-        directory = root / site.name
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # `node run` wants it private
-        save_identity(identity, directory / "node.key")
-        save_ledger(ledger, directory / "ledger", overwrite=False)
-        table: dict[str, Any] = {
-            "node": {
-                "key": "node.key",
-                "ledger": "ledger",
-                "data_dir": ".",
-                "listen": site.listen,
-                "name": site.name,
-            },
-            "data": {
-                "entrypoint": site.entrypoint,
-                "args": list(site.args),
-                "kwargs": dict(site.kwargs),
-            },
-        }
-        if tls:
-            make_self_signed(directory)
-            table["tls"] = {"cert": "tls-cert.pem", "key": "tls-key.pem"}
-        if site.limits:
-            table["limits"] = dict(site.limits)
-        table.update({name: dict(section) for name, section in site.sections.items()})
-        config = directory / "node.toml"
-        config.write_text(tomli_w.dumps(table))
-        files.append(SiteFiles(site.name, directory, config, identity.node_id, address))
-    return files
+    return [
+        site_files(root, site, identity, ledger, address=address, tls=tls)
+        for identity, site, address in zip(ids, sites, addresses, strict=True)
+    ]
+
+
+def site_files(
+    root: Path,
+    site: Site,
+    identity: Identity,
+    ledger: Ledger,
+    *,
+    address: str = "",
+    tls: bool = True,
+) -> SiteFiles:
+    """One site's directory under ``root``: its key, a copy of ``ledger``, its node config.
+
+    ``local_federation`` makes every site so; a trial makes a newcomer so, with the
+    ledger it was invited into.
+    """
+    directory = root / site.name
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # `node run` wants it private
+    save_identity(identity, directory / "node.key")
+    save_ledger(ledger, directory / "ledger", overwrite=False)
+    table: dict[str, Any] = {
+        "node": {
+            "key": "node.key",
+            "ledger": "ledger",
+            "data_dir": ".",
+            "listen": site.listen,
+            "name": site.name,
+        },
+        "data": {
+            "entrypoint": site.entrypoint,
+            "args": list(site.args),
+            "kwargs": dict(site.kwargs),
+        },
+    }
+    if tls:
+        make_self_signed(directory)
+        table["tls"] = {"cert": "tls-cert.pem", "key": "tls-key.pem"}
+    if site.limits:
+        table["limits"] = dict(site.limits)
+    table.update({name: dict(section) for name, section in site.sections.items()})
+    config = directory / "node.toml"
+    config.write_text(tomli_w.dumps(table))
+    return SiteFiles(site.name, directory, config, identity.node_id, address or site.listen)

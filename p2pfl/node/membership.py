@@ -16,16 +16,19 @@ knew of it. ``Membership`` is the node's side of it:
   exchange holds back until it is.
 
 The epoch-0 roster is the run's (every valid member when training started);
-a change of somebody outside it changes nothing.
+a change of somebody outside it changes nothing, but for a join: a valid member
+that approved the plan and is no member of the run is joining
+(``joiners``), and the members acknowledge its join as any other change. A
+joining node itself learns the run's roster from those acknowledgements
+(``joining_roster``) and takes part from its boundary on
+(``p2pfl.node.joining``).
 
 A revoked member's records leave the ledger's view, its acknowledgements with
 them; the epochs they fixed must not move. ``Membership`` therefore remembers
 every acknowledgement it has seen (the earliest round of each) and computes
 from what it remembers: a change resolved before a revocation keeps its
 boundary. A node restarted after a revocation has only the ledger's view (see
-docs/membership.md). Joining a running federation
-is not handled here yet: a member admitted during a run joins the next one.
-"""
+docs/membership.md)."""
 
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from protocols.membership import Epoch, Kind, Timeline, change_key, ledger_timel
 
 if TYPE_CHECKING:
     from p2pfl.node.host import RoundHost
+    from protocols.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +65,44 @@ class Membership:
                 kept[key] = min(round_, kept.get(key, round_))
         return {author: dict(theirs) for author, theirs in self._acks.items()}
 
+    def joiners(self) -> set[str]:
+        """Valid members that approved the plan and are no members of the run's roster."""
+        ledger = self.node.ledger
+        return ledger.approvers() - set(self.roster) - set(ledger.revoked())
+
+    def joining_soon(self, round: int) -> set[str]:
+        """Joiners whose first round is not known yet or is at most two rounds away."""
+        line, _ = self.refresh()
+        soon = set()
+        for joiner in self.joiners():
+            first = line.first_round(joiner)
+            if first is None or first >= round - 1:
+                soon.add(joiner)
+        return soon
+
+    def order(self) -> tuple[str, ...]:
+        """Every member the epochs may hold, sorted by node id (the graphs' order)."""
+        return tuple(sorted(set(self.roster) | self.joiners()))
+
     def changes(self) -> dict[str, str]:
         """The roster's changes the ledger holds: change key -> its subject."""
         ledger = self.node.ledger
-        inside = set(self.roster)
-        keys = {change_key(Kind.LEAVE, m): m for m in ledger.left() if m in inside}
+        inside = set(self.order())
+        keys = {change_key(Kind.JOIN, m): m for m in self.joiners()}
+        keys.update({change_key(Kind.LEAVE, m): m for m in ledger.left() if m in inside})
         keys.update({change_key(Kind.REVOKE, m): m for m in ledger.revoked() if m in inside})
         return keys
 
     def refresh(self) -> tuple[Timeline, list[str]]:
         """The timeline and the pending change keys the ledger implies now (cached)."""
         ledger = self.node.ledger
-        left = {m: r for m, r in ledger.left().items() if m in set(self.roster)}
-        revoked = sorted(m for m in ledger.revoked() if m in set(self.roster))
+        order = self.order()
+        left = {m: r for m, r in ledger.left().items() if m in set(order)}
+        revoked = sorted(m for m in ledger.revoked() if m in set(order))
         acks = self.acks()
-        facts = (left, revoked, acks)
+        facts = (order, left, revoked, acks)
         if self._line is None or facts != self._facts:
-            self._line, self._pending = ledger_timeline(
-                self.roster, self.roster, left, revoked, acks
-            )
+            self._line, self._pending = ledger_timeline(order, order, left, revoked, acks)
             self._facts = facts
         return self._line, self._pending
 
@@ -89,8 +112,8 @@ class Membership:
         if self.me in ledger.revoked():
             return  # its records count no more
         mine = ledger.acks().get(self.me, {})
-        new = {k: round for k, subject in self.changes().items() if k not in mine}
-        new = {k: r for k, r in new.items() if self.changes()[k] != self.me}
+        changes = self.changes()
+        new = {k: round for k, subject in changes.items() if k not in mine and subject != self.me}
         if not new:
             return
         update = ledger.ack(self.node.identity.signing_key, new, clock=ledger.next_clock())
@@ -127,3 +150,17 @@ class Membership:
     def epoch_at(self, round: int) -> tuple[Epoch, Timeline]:
         line, _ = self.refresh()
         return line.epoch_at(round), line
+
+
+def joining_roster(ledger: Ledger, me: str) -> tuple[str, ...] | None:
+    """The run's roster as a joining node learns it: once a member acknowledged its join,
+    the epoch-0 members the ledger implies; ``None`` before."""
+    key = change_key(Kind.JOIN, me)
+    acks = ledger.acks()
+    if not any(key in theirs for theirs in acks.values()):
+        return None
+    revoked = set(ledger.revoked())
+    order = tuple(sorted(set(ledger.members(include_revoked=True))))
+    approved = ledger.approvers() | revoked
+    line, _ = ledger_timeline(order, approved, ledger.left(), sorted(revoked), acks)
+    return tuple(sorted(line.epochs[0].members))

@@ -505,6 +505,7 @@ class Node:
             if member is None:
                 continue
             link = self.links.add_neighbour(peer, member.address)
+            link.dials = link.dials or self.rounds.dials_everyone
             name = f"dial-{peer}"
             if link.dials and name not in self._tasks:
                 self._spawn(name, self.links.dial_loop(peer))
@@ -600,7 +601,11 @@ class Node:
         self.rounds.on_frame(peer, channel, body)
 
     def _on_control_frame(self, peer: str, channel: Channel, body: memoryview) -> None:
-        log.debug("control message from %s ignored", peer)
+        self.rounds.on_control(peer, body)
+
+    def send_control(self, peer: str, frame: bytes) -> None:
+        """A control message for ``peer``, sent now or never (not kept for replay)."""
+        self.links.send(peer, tagged(Channel.CONTROL, frame))
 
     def _on_ledger_frame(self, peer: str, channel: Channel, frame: memoryview) -> None:
         self.replica.receive(peer, frame)

@@ -56,8 +56,9 @@ from p2pfl.node.errors import PlanError
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
+from p2pfl.node.joining import ask_model, decode_control, model_digest, model_reply, start_model
 from p2pfl.node.local import Learner, warm_up
-from p2pfl.node.membership import Membership
+from p2pfl.node.membership import Membership, joining_roster
 from p2pfl.node.numbering import FIRST, index
 from p2pfl.node.personal import keep_personalised, selection_of
 from p2pfl.node.phases import Phase
@@ -66,6 +67,7 @@ from p2pfl.node.round_end import RoundEnd
 from p2pfl.node.round_files import dealt_round, mark_dealt, split_state
 from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
+from protocols.errors import DecodeError
 from protocols.gossip import RoundMixed
 from protocols.membership import Epoch
 from protocols.rounds import GossipRoundCore, TrackedRoundCore
@@ -113,6 +115,8 @@ class RoundDriver(RoundEnd):
         self._final: tuple[int, RoundMixed, float] | None = (
             None  # the last round this run completed
         )
+        self._served: tuple[int, np.ndarray] | None = None  # what a joiner may ask for
+        self._answers: dict[str, tuple[int, np.ndarray]] = {}  # a joiner's start models
         self.mixed_with: dict[str, int] = {}
         """Per neighbour, the last round whose frames from it were mixed in."""
 
@@ -124,6 +128,39 @@ class RoundDriver(RoundEnd):
             self._keep_early(peer, channel, body)
             return
         self.exchange.receive(peer, channel, body)
+
+    def on_control(self, peer: str, body: memoryview) -> None:
+        """A joiner asks for our model, or a neighbour answers ours (``p2pfl.node.joining``)."""
+        dim = None if self.learner is None else self.learner.dim
+        try:
+            kind, round_, model = decode_control(body, dim)
+        except DecodeError as exc:
+            self.node.peer_error(peer, str(exc), kind="control")
+            return
+        if kind == "model":
+            assert round_ is not None
+            self._answers[peer] = (round_, model)
+            self.node.changed()
+            return
+        membership, served = self.membership, self._served
+        if membership is None or served is None or peer not in membership.joining_soon(self.round):
+            log.debug(
+                "model request from %s not answered: no joiner of ours, or no model yet", peer
+            )
+            return
+        self.node.send_control(peer, model_reply(*served))
+
+    @property
+    def dials_everyone(self) -> bool:
+        """A joiner dials every member until its epoch begins: nobody dials a stranger."""
+        return self.graph is None and self._joining()
+
+    def _joining(self) -> bool:
+        """This node is new to a run under way: others progressed, it never did."""
+        if self._resume is not None:
+            return False
+        progress = self.node.ledger.progress()
+        return progress.get(self.me, 0) == 0 and any(r > 0 for r in progress.values())
 
     def _keep_early(self, peer: str, channel: Channel, body: memoryview) -> None:
         mine = [len(b) for p, _, b in self._early if p == peer]
@@ -249,8 +286,11 @@ class RoundDriver(RoundEnd):
         log.info("plan %s... approved by every member of the roster", plan_hash.hex()[:16])
         self._check_resume(plan_hash)
         self.roster = self._roster()
+        joining = plan.gossip.mode == "sync" and self._joining()
+        if joining:
+            self.roster = await self._await_join()
         graph = plan.graph(self.roster)
-        if self.me not in graph.roster:
+        if self.me not in graph.roster and not joining:
             raise PlanError(f"node {self.me} is not in the roster of this run")
         if plan.gossip.mode == "sync":
             self.membership = Membership(node, self.roster)
@@ -285,6 +325,8 @@ class RoundDriver(RoundEnd):
             )
         if not await node.wait_until(self._neighbours_synced, wait):
             log.warning("starting without links to every neighbour (their messages will wait)")
+        if joining:
+            await self._start_from_neighbours(graph)
         if self.secure:
             self._skip_dealt_round()
         core = make_core(
@@ -304,6 +346,63 @@ class RoundDriver(RoundEnd):
         early, self._early = self._early, []
         for peer, channel, body in early:
             self.exchange.receive(peer, channel, body)
+
+    async def _await_join(self) -> tuple[str, ...]:
+        """A joiner waits (``start_timeout``) until the members fixed its first round.
+
+        Returns the run's roster; ``self.round`` is then the joiner's first round.
+        """
+        node = self.node
+        timeout = node.config.limits.start_timeout
+        node.set_phase(Phase.CONNECTING)
+        log.info("joining a run under way: waiting for the members to acknowledge the join")
+        if not await node.wait_until(lambda: joining_roster(node.ledger, self.me), timeout):
+            raise PlanError(f"no member acknowledged the join of {self.me} in {timeout:.0f} s")
+        roster = joining_roster(node.ledger, self.me)
+        assert roster is not None
+        membership = Membership(node, roster)
+
+        def first() -> int | None:
+            return membership.refresh()[0].first_round(self.me)
+
+        if not await node.wait_until(lambda: first() is not None, timeout):
+            raise PlanError(f"the join of {self.me} has no boundary after {timeout:.0f} s")
+        start = first()
+        assert start is not None
+        self.round = start
+        node.record("joining", round=start, roster=list(roster))
+        log.info("joining from round %d", start)
+        return roster
+
+    async def _start_from_neighbours(self, graph: Graph) -> None:
+        """A joiner's start model: the mean of its in-neighbours' checked models."""
+        assert self.learner is not None
+        node = self.node
+        peers = sorted(set(graph.neighbourhood(self.me, index(self.round)).in_weights) - {self.me})
+        earliest = self.round - 1
+
+        def ready() -> bool:
+            recorded = node.ledger.progress_digests()
+            return start_model(self._answers, recorded, peers, earliest) is not None
+
+        deadline = asyncio.get_running_loop().time() + node.config.limits.start_timeout
+        while not ready():  # ask once a second those whose answer is missing or stale
+            recorded = node.ledger.progress_digests()
+            for peer in peers:
+                answer, seen = self._answers.get(peer), recorded.get(peer, (0, b""))[0]
+                if seen >= earliest and (answer is None or answer[0] != seen):
+                    node.send_control(peer, ask_model())
+            late = asyncio.get_running_loop().time() > deadline
+            if not await node.wait_until(ready, 1.0) and late:
+                raise PlanError(f"no checked start model from {', '.join(peers)}")
+        found = start_model(self._answers, node.ledger.progress_digests(), peers, earliest)
+        assert found is not None
+        round_, model = found
+        self.learner.set(model)
+        self.round = round_ + 1
+        self._answers = {}
+        node.record("start-model", round=round_, peers=peers)
+        log.info("starting round %d from the mean of %s's models", self.round, ", ".join(peers))
 
     def _epoch_graph(self, plan: Plan, graph: Graph) -> Graph:
         """The graph of the epoch the node resumes in (the run's own before any change)."""
@@ -549,9 +648,15 @@ class RoundDriver(RoundEnd):
         # The masked figures go out before the progress record: every path floods them in
         # that order, so a peer that sees our round done (its linger ends on it) has them.
         federation = self.privacy.publish(r, figures, drift)
+        digest = None
+        if self.membership is not None and self.membership.joining_soon(r + 1):
+            model = learner.params[0].numpy().copy()  # what a joiner may start from
+            self._served, digest = (r, model), model_digest(model)
         if self.me not in ledger.revoked():  # revoked during the round: it stops next
             node.write_ledger(
-                ledger.report_progress(node.identity.signing_key, r, clock=ledger.next_clock())
+                ledger.report_progress(
+                    node.identity.signing_key, r, clock=ledger.next_clock(), digest=digest
+                )
             )
         await node.persist()  # the ledger file and the audit lines so far, fsynced
         self.completed, self.round = r, r + 1
