@@ -601,7 +601,10 @@ class Node:
         self.rounds.on_frame(peer, channel, body)
 
     def _on_control_frame(self, peer: str, channel: Channel, body: memoryview) -> None:
-        self.rounds.on_control(peer, body)
+        if self._rounds is None:
+            log.debug("control message from %s ignored: the node is not started", peer)
+            return
+        self._rounds.on_control(peer, body)  # a joiner's model request, or its answer
 
     def send_control(self, peer: str, frame: bytes) -> None:
         """A control message for ``peer``, sent now or never (not kept for replay)."""

@@ -14,11 +14,13 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
+import msgpack
 import nacl.signing
 import numpy as np
 import pytest
 
 from p2pfl.node.exchange import RETIRE_ROUNDS, Exchange
+from p2pfl.node.joining import ask_model, decode_control, model_digest, model_reply, start_model
 from p2pfl.node.membership import Membership
 from protocols import wire
 from protocols.errors import DecodeError
@@ -182,3 +184,29 @@ def test_a_revocation_does_not_move_a_boundary_fixed_before_it() -> None:
     # A view of the ledger alone finds the leave pending again (the revoked member's
     # acknowledgement is missing): epoch 0 at round 8, the past rewritten.
     assert fresh.epoch_at(8)[0].number == 0 and key in fresh.refresh()[1]
+
+
+# -- a joiner's start model ---------------------------------------------------------------
+
+
+def test_control_messages_decode_or_are_refused() -> None:
+    assert decode_control(memoryview(ask_model()), 3) == ("ask", None, None)
+    kind, round_, model = decode_control(memoryview(model_reply(7, np.arange(3.0))), 3)
+    assert (kind, round_) == ("model", 7) and model.tolist() == [0.0, 1.0, 2.0]
+    for bad in (b"hello", model_reply(7, np.arange(4.0)), msgpack.packb({"ask": "keys"})):
+        with pytest.raises(DecodeError):
+            decode_control(memoryview(bad), 3)
+
+
+def test_a_start_model_is_the_mean_of_answers_that_match_their_records() -> None:
+    a, b = np.ones(3, np.float32), np.full(3, 3.0, np.float32)
+    recorded = {"a": (9, model_digest(a)), "b": (9, model_digest(b))}
+    replies = {"a": (9, a), "b": (9, b)}
+    found = start_model(replies, recorded, ["a", "b"], earliest=9)
+    assert found is not None and found[0] == 9 and found[1].tolist() == [2.0, 2.0, 2.0]
+    assert start_model({"a": (9, a)}, recorded, ["a", "b"], 9) is None  # b not answered yet
+    forged = {"a": (9, a), "b": (9, b + 1)}  # not the model b recorded
+    assert start_model(forged, recorded, ["a", "b"], 9) is None
+    assert start_model(replies, recorded, ["a", "b"], 10) is None  # older than the boundary
+    stale = {"a": (9, a), "b": (8, b)}
+    assert start_model(stale, {**recorded, "b": (8, model_digest(b))}, ["a", "b"], 8) is None

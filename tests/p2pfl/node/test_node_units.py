@@ -375,7 +375,7 @@ def test_a_node_is_only_reachable_once_started_and_routes_by_its_table(
     assert status["node_id"] is None and status["federation"] is None
     caplog.set_level("DEBUG", logger="p2pfl.node.node")
     node._router.route("mallory", b"\x09junk")
-    node._router.route("mallory", tagged(Channel.CONTROL, b"hello"))  # reserved: ignored
+    node._router.route("mallory", tagged(Channel.CONTROL, b"hello"))  # no rounds yet: ignored
     assert "protocol error from mallory: unknown channel 9" in caplog.text
     assert "control message from mallory ignored" in caplog.text
 
