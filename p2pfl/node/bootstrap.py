@@ -38,6 +38,7 @@ class Site:
     address: str = ""  # what others dial (default: ``listen``)
     limits: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # more config tables
+    reachable: bool = True  # False: no listener, recorded without an address (it dials out)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def local_federation(
     if len(ids) != len(sites):
         raise ValueError("one identity per site")
     founder = ids[0]
-    addresses = [site.address or site.listen for site in sites]
+    addresses = [(site.address or site.listen) if site.reachable else "" for site in sites]
     ledger = Ledger.found(
         founder.signing_key,
         name=name,
@@ -98,6 +99,7 @@ def local_federation(
                 "data_dir": ".",
                 "listen": site.listen,
                 "name": site.name,
+                **({} if site.reachable else {"reachable": False}),
             },
             "data": {
                 "entrypoint": site.entrypoint,

@@ -5,6 +5,10 @@ Rules:
 - Of two neighbours, the one with the smaller node id dials, the other
   accepts; a link either end opens replaces an older one to the same peer
   (the newest wins), so a restarted peer is never locked out by a dead link.
+  Reachability comes first (``dials``): a member whose ledger record has no
+  address accepts no inbound connection, so on an edge where exactly one end
+  is reachable the unreachable end dials, whatever the ids; where neither is,
+  both dial the member relaying the edge (``p2pfl.node.relaying``).
 - A dialler that fails or loses its link waits ``next(delays)`` from
   ``backoff()``, a generator of delays (it never sleeps itself: the caller
   does), and tries again, forever, until the node stops. The first failed dial
@@ -109,6 +113,17 @@ def first_contact_delay(delay: float, waited: float) -> float:
     round trip), then the backoff takes over.
     """
     return min(delay, FIRST_CONTACT_RETRY) if waited < FIRST_CONTACT_WINDOW else delay
+
+
+def dials(me: str, peer: str, *, me_reachable: bool = True, peer_reachable: bool = True) -> bool:
+    """Whether ``me`` dials its neighbour ``peer`` (module docstring).
+
+    Exactly one end reachable: the other end dials. Both reachable: the smaller
+    id. Neither: both ends dial (the relay that splices them), so both get True.
+    """
+    if me_reachable != peer_reachable:
+        return not me_reachable
+    return me < peer if me_reachable else True
 
 
 def _unknown_to_peer(exc: Exception) -> bool:
@@ -231,10 +246,11 @@ class LinkManager:
             self.links[peer] = Link(peer)
         return self.links[peer]
 
-    def add_neighbour(self, peer: str, address: str) -> Link:
+    def add_neighbour(self, peer: str, address: str, *, dials: bool | None = None) -> Link:
+        """Keep a link to ``peer``; ``dials`` says whether this end dials (default: by ids)."""
         link = self.link(peer)
         link.address = address
-        link.dials = self.me < peer
+        link.dials = self.me < peer if dials is None else dials
         return link
 
     # -- sending ---------------------------------------------------------------------

@@ -58,7 +58,7 @@ from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
 from p2pfl.node.faults import Faults
 from p2pfl.node.inbox import merge_inbox
 from p2pfl.node.latch import FailureLatch
-from p2pfl.node.links import LinkManager, backoff
+from p2pfl.node.links import LinkManager, backoff, dials
 from p2pfl.node.phases import Phase
 from p2pfl.node.preflight import DataDirLock, Ready, preflight, tls_files
 from p2pfl.node.replica import Replica
@@ -259,7 +259,8 @@ class Node:
         )
         self._stack.push_async_callback(transport.close)
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
-        self.address = await transport.listen(cfg.node.listen, self._links.serve)
+        if cfg.listens:  # a site that accepts no inbound connection only dials (config)
+            self.address = await transport.listen(cfg.node.listen, self._links.serve)
         # The node runs from here on (no await before the record: no link is up yet).
         self.audit = self.storage.open_audit()
         self.record(
@@ -267,10 +268,13 @@ class Node:
             node=identity.node_id,
             federation=ledger.federation_id,
             pid=os.getpid(),
-            listen=cfg.node.listen,
+            listen=cfg.node.listen if cfg.listens else "",
             insecure=cfg.insecure,
         )
-        log.info("node %s listening at %s", identity.node_id, self.address)
+        if self.address:
+            log.info("node %s listening at %s", identity.node_id, self.address)
+        else:
+            log.info("node %s accepts no inbound connection: it dials out", identity.node_id)
         self._remove_partial_writes()
         open_inbox(cfg.ledger_file)  # tools post their records here from now on
         self._rounds.resume_from_checkpoint()
@@ -315,7 +319,9 @@ class Node:
             on_refusal=self._on_refusal,
             banned=self.faults.banned,
         )
-        if cfg.node.listen.startswith("memory://"):
+        if cfg.node.listen.startswith("memory://") or (
+            not cfg.node.listen and self._network is not None
+        ):
             if self._network is None:
                 raise ConfigError("listen = 'memory://...' needs a MemoryNetwork (Peer(network=))")
             return self._network.transport(auth, max_message_size=cfg.limits.max_message_size)
@@ -325,7 +331,9 @@ class Node:
             frame_size=cfg.limits.frame_size,
             open_timeout=cfg.limits.handshake_timeout,
         )
-        transport = WsTransport(auth, tls=tls, insecure=cfg.insecure, options=options)
+        transport = WsTransport(
+            auth, tls=tls, insecure=cfg.insecure, options=options, dial_only=not cfg.listens
+        )
         self.transfers = transport.transfers
         return transport
 
@@ -495,16 +503,24 @@ class Node:
     # -- links ------------------------------------------------------------------------
 
     def update_links(self) -> None:
-        """Dial the neighbours the plan's topology gives us (the smaller id dials), and stop
-        dialling members that left the run's roster (``RoundDriver.departed``)."""
+        """Dial the neighbours the plan's topology gives us (``p2pfl.node.links.dials``), and
+        stop dialling members that left the run's roster (``RoundDriver.departed``)."""
         if not self._open:
             return
         members = self.ledger.members()
+        me = members.get(self.node_id)
+        reachable = me is None or me.reachable
         for peer in sorted(self.rounds.wanted_links()):
             member = members.get(peer)
             if member is None:
                 continue
-            link = self.links.add_neighbour(peer, member.address)
+            if not (reachable or member.reachable):
+                log.warning("neither this node nor %s accepts inbound connections", peer)
+                continue
+            dialler = dials(
+                self.node_id, peer, me_reachable=reachable, peer_reachable=member.reachable
+            )
+            link = self.links.add_neighbour(peer, member.address, dials=dialler)
             name = f"dial-{peer}"
             if link.dials and name not in self._tasks:
                 self._spawn(name, self.links.dial_loop(peer))

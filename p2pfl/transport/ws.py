@@ -306,8 +306,10 @@ class WsTransport(Transport):
     """Websocket links: wss with ``tls`` files, plain ws only with ``insecure=True``.
 
     Dialling ``wss://`` needs no files (the handshake authenticates the peer);
-    listening uses TLS whenever ``tls`` is given. ``transfers`` holds the newest
-    fragmented messages' times on the wire, every link's (module docstring).
+    listening uses TLS whenever ``tls`` is given. A ``dial_only`` transport (a site
+    that accepts no inbound connection) needs no files and refuses to listen.
+    ``transfers`` holds the newest fragmented messages' times on the wire, every
+    link's (module docstring).
     """
 
     def __init__(
@@ -317,8 +319,9 @@ class WsTransport(Transport):
         tls: TlsFiles | None = None,
         insecure: bool = False,
         options: WsOptions | None = None,
+        dial_only: bool = False,
     ) -> None:
-        if tls is None and not insecure:
+        if tls is None and not insecure and not dial_only:
             raise ConfigError("websocket links need TLS files; pass insecure=True for plain ws")
         if insecure:
             log.warning(
@@ -336,6 +339,7 @@ class WsTransport(Transport):
         self._pending: set[WebSocket] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._dial_only = dial_only
         self.transfers = TransferLog()
 
     async def listen(self, address: str, on_connection: Handler) -> str:
@@ -343,6 +347,8 @@ class WsTransport(Transport):
             raise TransportClosed("the transport is closed")
         if self._server is not None:
             raise RuntimeError("this transport is already listening")
+        if self._dial_only:
+            raise ConfigError(f"cannot listen at {address}: this transport only dials")
         scheme, host, port = _split(address)
         want = "wss" if self._server_ssl is not None else "ws"
         if scheme not in ("", want):
