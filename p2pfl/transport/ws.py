@@ -57,6 +57,8 @@ from websockets.frames import CloseCode
 from p2pfl.errors import ConfigError
 from p2pfl.transport.base import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    LINK,
+    RELAY,
     Connection,
     Handler,
     Transport,
@@ -68,6 +70,9 @@ from p2pfl.transport.tls import TlsFiles, client_context, server_context
 from p2pfl.transport.transfers import TransferLog
 
 log = logging.getLogger(__name__)
+
+_RELAY_PATH = "/relay"
+"""The request path of a connection dialled to ask for a relay (``base.RELAY``)."""
 
 _LENGTH = struct.Struct(">Q")
 """The first fragment of a message longer than one frame: its length in bytes."""
@@ -366,7 +371,9 @@ class WsTransport(Transport):
         bound_port = self._server.sockets[0].getsockname()[1]
         return _join(want, host, bound_port)
 
-    async def connect(self, address: str, expected_peer: str | None = None) -> Connection:
+    async def connect(
+        self, address: str, expected_peer: str | None = None, *, purpose: str = LINK
+    ) -> Connection:
         if self._closed:
             raise TransportClosed("the transport is closed")
         scheme, host, port = _split(address)
@@ -377,7 +384,7 @@ class WsTransport(Transport):
         uri = _join(scheme, host, port)
         try:
             websocket: ClientConnection = await ws_connect(
-                uri,
+                uri + (_RELAY_PATH if purpose == RELAY else "/"),
                 ssl=self._client_ssl if scheme == "wss" else None,
                 proxy=None,
                 user_agent_header=None,
@@ -432,6 +439,8 @@ class WsTransport(Transport):
             connection = await self._wrap(websocket, peer_id, address)
         except TransportClosed:
             return
+        if websocket.request is not None and websocket.request.path == _RELAY_PATH:
+            connection.purpose = RELAY
         task = asyncio.create_task(self._handle(connection))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
