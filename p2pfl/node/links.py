@@ -163,8 +163,9 @@ class Link:
     """What the node knows of its link to one peer (the status file shows it)."""
 
     peer: str
-    address: str = ""
+    address: str = ""  # where this end dials: the peer's address, or its relay's
     dials: bool = False
+    via: str = ""  # the member relaying the link ("": a direct link)
     state: LinkState = LinkState.DOWN
     since: float = field(default_factory=time.time)
     error: str = ""  # why the link is down or refused ("" while up or connecting)
@@ -195,6 +196,7 @@ class Link:
             "state": self.state.value,
             "address": self.address,
             "dials": self.dials,
+            "via": self.via,
             "since": self.since,
             "last_error": self.error,
             "attempts": self.attempts,
@@ -208,6 +210,8 @@ class Link:
 
 
 FrameHandler = Callable[[str, bytes | memoryview], None]
+RelayDial = Callable[[str, str, str], Awaitable[Connection]]
+"""``relay_dial(peer, relay, relay_address)``: a link to ``peer`` through ``relay``."""
 UpHandler = Callable[[str], list[bytes]]
 DownHandler = Callable[[str, str], None]
 
@@ -228,8 +232,10 @@ class LinkManager:
         replay_budget: int = 64 << 20,
         on_fault: DownHandler | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        relay_dial: RelayDial | None = None,
     ) -> None:
         self.me = me
+        self._relay_dial = relay_dial
         self._on_fault = on_fault  # (peer, error): a link closed for the peer's framing
         self._stranger_delays = stranger_delays
         self._sleep = sleep
@@ -246,11 +252,18 @@ class LinkManager:
             self.links[peer] = Link(peer)
         return self.links[peer]
 
-    def add_neighbour(self, peer: str, address: str, *, dials: bool | None = None) -> Link:
-        """Keep a link to ``peer``; ``dials`` says whether this end dials (default: by ids)."""
+    def add_neighbour(
+        self, peer: str, address: str, *, dials: bool | None = None, via: str = ""
+    ) -> Link:
+        """Keep a link to ``peer``; ``dials`` says whether this end dials (default: by ids).
+
+        With ``via``, the link goes through that relay, dialled at ``address``; a
+        change of relay takes effect at the next dial (a live link stays up).
+        """
         link = self.link(peer)
         link.address = address
         link.dials = self.me < peer if dials is None else dials
+        link.via = via
         return link
 
     # -- sending ---------------------------------------------------------------------
@@ -308,8 +321,9 @@ class LinkManager:
                 continue
             link.set_state(LinkState.CONNECTING)
             wait = delays
+            where = f"{link.address} (relay {link.via})" if link.via else link.address
             try:
-                conn = await self.transport.connect(link.address, expected_peer=peer)
+                conn = await self._connect(link)
             except (AuthenticationFailed, TransportClosed, ConfigError, OSError) as exc:
                 refused = isinstance(exc, AuthenticationFailed)
                 reason = str(exc) or type(exc).__name__
@@ -317,11 +331,11 @@ class LinkManager:
                 failed += 1
                 level = logging.INFO if failed == 1 else logging.DEBUG
                 what = "handshake refused by" if refused else "cannot reach"
-                log.log(level, "%s %s at %s: %s (retrying)", what, peer, link.address, reason)
+                log.log(level, "%s %s at %s: %s (retrying)", what, peer, where, reason)
                 wait = stranger if _unknown_to_peer(exc) else delays
             else:
                 if failed:
-                    log.info("reached %s at %s after %d failed dials", peer, link.address, failed)
+                    log.info("reached %s at %s after %d failed dials", peer, where, failed)
                 failed = 0
                 delays, stranger = self._delays(), self._stranger_delays()
                 wait = delays
@@ -332,6 +346,14 @@ class LinkManager:
                 waited += delay
             _raise_if_cancelled()
             await self._sleep(delay)
+
+    async def _connect(self, link: Link) -> Connection:
+        """Dial ``link``'s peer: directly, or through its relay."""
+        if not link.via:
+            return await self.transport.connect(link.address, expected_peer=link.peer)
+        if self._relay_dial is None:
+            raise ConfigError(f"the link to {link.peer} needs a relay, and this node dials none")
+        return await self._relay_dial(link.peer, link.via, link.address)
 
     async def serve(self, conn: Connection) -> None:
         """Run one link until it closes: replay, then read and write (the accept handler)."""

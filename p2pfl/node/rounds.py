@@ -180,12 +180,9 @@ class RoundDriver(RoundEnd):
         """
         if self.graph is not None:
             return self.graph.links_of(self.me)
-        roster = self._roster()
-        try:
-            plan = plan_from_table(self.node.ledger.plan())
-            graph = plan.graph(roster)
-        except ConfigError:
-            return set(roster) - {self.me}
+        graph = self._graph_or_tentative()
+        if graph is None:
+            return set(self._roster()) - {self.me}
         return graph.links_of(self.me) if self.me in graph.roster else set()
 
     def departed(self) -> set[str]:
@@ -193,6 +190,30 @@ class RoundDriver(RoundEnd):
         if self.graph is None or self.membership is None:
             return set()
         return set(self.roster) - set(self.graph.roster)
+
+    def edges(self) -> set[tuple[str, str]]:
+        """Every link of the topology (tentative before training), as (smaller, larger) ids.
+
+        What relays are assigned over (``p2pfl.node.relaying``): every member computes
+        it from the same plan and roster. Where ``wanted_links`` falls back to every
+        member, so does this (a complete graph over the roster known here).
+        """
+        graph = self._graph_or_tentative()
+        roster = self._roster() if graph is None else graph.roster
+        found: set[tuple[str, str]] = set()
+        for a in roster:
+            peers = set(roster) - {a} if graph is None else graph.links_of(a)
+            found.update((a, b) for b in peers if a < b)
+            found.update((b, a) for b in peers if b < a)
+        return found
+
+    def _graph_or_tentative(self) -> Graph | None:
+        if self.graph is not None:
+            return self.graph
+        try:
+            return plan_from_table(self.node.ledger.plan()).graph(self._roster())
+        except ConfigError:
+            return None
 
     def _approved(self) -> bool:
         ledger = self.node.ledger
