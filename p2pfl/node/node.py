@@ -526,10 +526,13 @@ class Node:
             await self.links.serve(conn)
 
     def _may_splice(self, end: str, peer: str) -> tuple[str, str] | None:
+        """The splicer's rule (``Relaying.allowed``); each request served is audited.
+
+        Refusals are not: an end whose ledger is ahead of ours asks again with
+        backoff until ours catches up, and every ask would be a line.
+        """
         verdict = self.relaying.allowed(end, peer) if self._open else ("stopping", "stopping")
-        if verdict is not None:
-            self.record("relay-refused", peer=end, to=peer, code=verdict[0])
-        else:
+        if verdict is None:
             self.record("relay", peer=end, to=peer)
         return verdict
 

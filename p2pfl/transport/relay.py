@@ -334,7 +334,7 @@ class Splicer:
             partner.done.set()
 
     async def _refuse(self, conn: Connection, code: str, reason: str) -> None:
-        log.info("refused to relay %s: %s (%s)", conn.peer_id, reason, code)
+        log.debug("refused to relay %s: %s (%s)", conn.peer_id, reason, code)
         with contextlib.suppress(TransportClosed, MessageTooLarge):
             await conn.send(_pack({"t": "refused", "code": code, "reason": reason[:200]}))
 

@@ -21,8 +21,10 @@ from loopback import free_ports
 from loopback import plan as secure_plan
 
 import p2pfl
+from p2pfl.ledger_file import load_ledger
 from p2pfl.node.bootstrap import Site, SiteFiles, local_federation
 from p2pfl.node.config import load_config
+from p2pfl.node.relaying import Relaying
 from p2pfl.transport import MemoryNetwork
 
 # (site, data) in the order of the sites; the first two accept connections
@@ -124,3 +126,54 @@ def test_a_relayed_federation_over_websockets(tmp_path: Path) -> None:
     ]
     files = federation(tmp_path, {"kind": "ring"}, listen)
     check(files, run(files))
+
+
+def test_a_relay_that_never_comes_is_replaced_once_it_falls_behind(tmp_path: Path) -> None:
+    """Three reachable sites, one never started: its relayed link moves to another relay.
+
+    Plain gossip on the complete graph, so every round waits out the missing site
+    (``round_timeout``); once the others are more than two rounds ahead of it
+    (``ABSENT_LAG``) every node hands its link to a present relay, and the two ends
+    mix over it in the rounds that follow.
+    """
+    reachable = ("basel", "cleveland", "hungary")
+    plan = {
+        "seed": 0,
+        "data": {"input_shape": [37], "num_classes": 2},
+        "model": {"name": "logreg"},
+        "training": {"rounds": 6, "local_epochs": 1, "batch_size": 32, "lr": 0.05},
+        "topology": {"kind": "complete"},
+        "gossip": {"mode": "sync", "round_timeout": 3.0},
+    }
+    limits = {
+        "status_interval": 0.2,
+        "start_timeout": 3.0,
+        "backoff_max": 1.0,
+        "linger_timeout": 1.0,
+    }
+    sites = [
+        Site(name, f"memory://{name}", "p2pfl.node.examples:heart_site", [data],
+             limits=limits, reachable=name in reachable)
+        for name, data in SITES
+    ]  # fmt: skip
+    files = local_federation(tmp_path, sites, plan, tls=False)
+    missing = files[0].node_id  # basel: never started
+    ids = sorted(f.node_id for f in files)
+    complete = {(a, b) for a in ids for b in ids if a < b}
+    before = Relaying(missing, load_ledger(files[0].directory / "ledger"), lambda: complete)
+    first = before.snapshot()
+    assert len(first) == 3 and sorted(Counter(first.values()).values()) == [1, 1, 1]
+    seen = run(files[1:], MemoryNetwork())
+    names = {f.node_id: f.name for f in files}
+    final = seen["cleveland"]["relays"]
+    assert set(final) == set(first) and missing not in final.values()
+    assert {p: r for p, r in final.items() if first[p] != missing} == {
+        p: r for p, r in first.items() if r != missing
+    }  # only the missing relay's link moved
+    for status in seen.values():
+        assert status["completed"] == 6 and status["relays"] == final
+    for pair, relay in final.items():
+        a, b = pair.split()
+        for end, other in ((a, b), (b, a)):
+            link = seen[names[end]]["neighbours"][other]
+            assert link["via"] == relay and link["last_round"] >= 4  # mixed after the move
