@@ -12,23 +12,26 @@ anyone. The rules:
   reachable member that is not absent;
 - the load is spread: edges are taken in the order of a hash of the edge
   (not of the ids' order, which would hand the first relay the first ids'
-  edges), and each goes to the least-loaded candidate, ties broken by a hash
-  of (edge, candidate) (rendezvous hashing). With two or more candidates and
-  two or more relayed edges, no candidate carries them all;
+  edges), and dealt round-robin over the reachable members in the order of a
+  hash of their ids: loads differ by at most one, so with two or more
+  candidates and two or more relayed edges no candidate carries them all;
 - an absent relay is replaced without moving anything else: the assignment is
   first made over every reachable member, then only the edges of absent
-  relays are handed, in the same order, to the least-loaded present ones; a
-  member that comes back gets its edges back;
+  relays are handed, in the same order, each to the least-loaded present
+  member (ties: the member's hash order); a member that comes back gets its
+  edges back;
 - an edge that needs a relay when no reachable member is present raises
   ``NoRelay``, naming the edge.
 
 Pure: the standard library only; the hash is SHA-256, so the assignment is
-the same on every machine and Python version.
+the same on every machine and Python version. The cost is one hash per edge
+and per reachable member, and a heap operation per replaced edge.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Collection, Iterable, Sequence
 
 from topology.errors import NoRelay, TopologyError
@@ -67,10 +70,6 @@ def relayed_edges(
     return sorted(cut, key=lambda e: (_digest(*e), e))
 
 
-def _pick(e: Edge, candidates: Sequence[str], load: dict[str, int]) -> str:
-    return min(candidates, key=lambda c: (load[c], _digest(*e, c), c))
-
-
 def assign_relays(
     members: Sequence[str],
     reachable: Collection[str],
@@ -85,8 +84,9 @@ def assign_relays(
     relay and no reachable member is present, ``TopologyError`` for inconsistent input.
     """
     order = relayed_edges(members, reachable, edges)
-    everyone = sorted(set(reachable))
-    present = [m for m in everyone if m not in set(absent)]
+    everyone = sorted(set(reachable), key=lambda m: (_digest(m), m))
+    gone = set(absent)
+    present = [m for m in everyone if m not in gone]
     if order and not present:
         a, b = order[0]
         raise NoRelay(
@@ -95,14 +95,18 @@ def assign_relays(
             f"{'is present' if everyone else 'exists'} to relay their link "
             f"({len(order)} such edge(s)): make a member reachable, or change the topology",
         )
-    load = dict.fromkeys(everyone, 0)
-    chosen: dict[Edge, str] = {}
-    for e in order:
-        relay = chosen[e] = _pick(e, everyone, load)
-        load[relay] += 1
-    load = {m: n for m, n in load.items() if m in present}
-    for e in order:
-        if chosen[e] not in load:
-            relay = chosen[e] = _pick(e, present, load)
-            load[relay] += 1
+    chosen = {e: everyone[i % len(everyone)] for i, e in enumerate(order)}
+    if gone & set(chosen.values()):
+        rank = {m: i for i, m in enumerate(everyone)}
+        load = dict.fromkeys(present, 0)
+        for relay in chosen.values():
+            if relay in load:
+                load[relay] += 1
+        heap = [(n, rank[m], m) for m, n in load.items()]
+        heapq.heapify(heap)
+        for e in order:
+            if chosen[e] in gone:
+                n, r, relay = heapq.heappop(heap)
+                chosen[e] = relay
+                heapq.heappush(heap, (n + 1, r, relay))
     return chosen

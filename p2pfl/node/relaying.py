@@ -26,7 +26,7 @@ link that could not be made.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from protocols.ledger import Ledger
 from protocols.ledger_payloads import Member
@@ -48,41 +48,53 @@ def absent_members(progress: dict[str, int], roster: list[str]) -> set[str]:
 class Relaying:
     """The relay assignment as this node's ledger gives it, recomputed after each change.
 
-    ``edges`` returns the topology's edges (``RoundDriver.edges``); it is only
-    called while some member is unreachable, so a federation of reachable sites
-    never computes them.
+    ``edges`` returns the topology's edges (``RoundDriver.edges``, the same object
+    while they do not change); it is only called while some member is
+    unreachable, so a federation of reachable sites never computes them. After a
+    ledger change (``invalidate``) the next question compares the inputs (roster,
+    reachability, absent members, edges) and recomputes only if one changed.
     """
 
-    def __init__(self, me: str, ledger: Ledger, edges: Callable[[], set[tuple[str, str]]]) -> None:
+    def __init__(
+        self, me: str, ledger: Ledger, edges: Callable[[], Collection[tuple[str, str]]]
+    ) -> None:
         self.me = me
         self._ledger = ledger
         self._edges = edges
-        self._assignment: dict[Edge, str] | None = None
+        self._dirty = True
+        self._inputs: tuple[object, ...] | None = None
+        self._edges_seen: Collection[tuple[str, str]] | None = None
+        self._assignment: dict[Edge, str] = {}
         self.error = ""  # why an edge has no relay (``NoRelay``), shown in the status
 
     def invalidate(self) -> None:
-        """The ledger changed: the next question recomputes the assignment."""
-        self._assignment = None
+        """The ledger changed: the next question checks the inputs again."""
+        self._dirty = True
 
     def assignment(self) -> dict[Edge, str]:
-        if self._assignment is None:
-            self._assignment = self._assign(self._ledger.members())
+        if self._dirty:
+            self._dirty = False
+            self._refresh(self._ledger.members())
         return self._assignment
 
-    def _assign(self, members: dict[str, Member]) -> dict[Edge, str]:
+    def _refresh(self, members: dict[str, Member]) -> None:
         roster = sorted(members)
-        reachable = {m for m, member in members.items() if member.reachable}
-        self.error = ""
+        reachable = frozenset(m for m, member in members.items() if member.reachable)
         if len(reachable) == len(roster):
-            return {}
-        edges = {e for e in self._edges() if e[0] in members and e[1] in members}
-        absent = absent_members(self._ledger.progress(), roster)
+            self._inputs, self._assignment, self.error = None, {}, ""
+            return
+        edges = self._edges()
+        absent = frozenset(absent_members(self._ledger.progress(), roster))
+        inputs = (tuple(roster), reachable, absent)
+        if inputs == self._inputs and edges is self._edges_seen:
+            return
+        self._inputs, self._edges_seen, self.error = inputs, edges, ""
+        cut = [e for e in edges if e[0] in members and e[1] in members]
         try:
-            return assign_relays(roster, reachable, edges, absent)
+            self._assignment = assign_relays(roster, reachable, cut, absent)
         except NoRelay as exc:
-            self.error = str(exc)
+            self._assignment, self.error = {}, str(exc)
             log.error("links without a relay: %s", exc)
-            return {}
 
     def relay_for(self, peer: str) -> str | None:
         """The member relaying our link to ``peer``, or None (not relayed, or nobody can)."""

@@ -96,6 +96,7 @@ class RoundDriver(RoundEnd):
         self.graph: Graph | None = None  # the current epoch's
         self.roster: tuple[str, ...] = ()  # the run's, epoch 0
         self.membership: Membership | None = None  # sync mode only
+        self._edges: tuple[object, frozenset[tuple[str, str]]] | None = None
         self.exchange: Exchange | None = None
         self.secure = False
         self.round = FIRST  # the number of the round in progress, or the next to run
@@ -191,13 +192,21 @@ class RoundDriver(RoundEnd):
             return set()
         return set(self.roster) - set(self.graph.roster)
 
-    def edges(self) -> set[tuple[str, str]]:
+    def edges(self) -> frozenset[tuple[str, str]]:
         """Every link of the topology (tentative before training), as (smaller, larger) ids.
 
         What relays are assigned over (``p2pfl.node.relaying``): every member computes
         it from the same plan and roster. Where ``wanted_links`` falls back to every
-        member, so does this (a complete graph over the roster known here).
+        member, so does this (a complete graph over the roster known here). Kept until
+        the plan, the roster or the graph changes: the same object while they do not.
         """
+        epoch = None if self.graph is None else self.graph.roster  # the current epoch's graph
+        key = (epoch, self.node.ledger.plan_hash(), self._roster())
+        if self._edges is None or self._edges[0] != key:
+            self._edges = (key, frozenset(self._all_edges()))
+        return self._edges[1]
+
+    def _all_edges(self) -> set[tuple[str, str]]:
         graph = self._graph_or_tentative()
         roster = self._roster() if graph is None else graph.roster
         found: set[tuple[str, str]] = set()

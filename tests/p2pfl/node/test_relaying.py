@@ -88,3 +88,26 @@ def test_a_federation_of_reachable_sites_never_computes_its_edges() -> None:
         raise AssertionError("computed")
 
     assert Relaying(IDS[0], book, edges).assignment() == {}
+
+
+def test_a_ledger_change_that_changes_no_input_keeps_the_assignment() -> None:
+    book = ledger()
+    calls: list[int] = []
+    edges = frozenset(ring())
+
+    def counted() -> frozenset[tuple[str, str]]:
+        calls.append(1)
+        return edges
+
+    view = Relaying(IDS[2], book, counted)
+    first = view.assignment()
+    book.approve(KEYS[3], b"h" * 32, clock=book.next_clock())  # no input of the assignment
+    view.invalidate()
+    assert view.assignment() is first and len(calls) == 2  # asked, compared, kept
+    assert view.assignment() is first and len(calls) == 2  # not even asked: nothing changed
+    gone = next(iter(first.values()))
+    for n in range(6):
+        if IDS[n] != gone:
+            book.report_progress(KEYS[n], ABSENT_LAG + 1, clock=book.next_clock())
+    view.invalidate()
+    assert gone not in view.assignment().values()
