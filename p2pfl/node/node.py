@@ -142,6 +142,7 @@ class Node:
         self._refused_frames: dict[str, int] = {}
         self._auth: Authenticator | None = None
         self._relaying: Relaying | None = None
+        self._unrelayed: set[str] = set()  # neighbours with no relay to reach them by (logged)
         self.splicer = Splicer(self._may_splice, request_timeout=config.limits.handshake_timeout)
         limits = config.limits
         self.faults = Faults(
@@ -563,8 +564,15 @@ class Node:
                 via = self.relaying.relay_for(peer) or ""
                 relay = members.get(via)
                 if relay is None:
-                    log.warning("no member relays the link to %s (both accept no connection)", peer)
+                    if peer not in self._unrelayed:  # once, not at every ledger change
+                        self._unrelayed.add(peer)
+                        log.warning(
+                            "no member relays the link to %s (both accept no connection): %s",
+                            peer,
+                            self.relaying.error or "no relay assigned yet",
+                        )
                     continue
+                self._unrelayed.discard(peer)
                 address = relay.address
             dialler = dials(
                 self.node_id, peer, me_reachable=reachable, peer_reachable=member.reachable
@@ -811,6 +819,7 @@ class Node:
             "peer_faults": self.faults.snapshot(),
             "relays": {} if self._relaying is None else self._relaying.snapshot(),
             "relaying": self.splicer.snapshot(),
+            "relay_error": "" if self._relaying is None else self._relaying.error,
             **({} if rounds is None else rounds.status()),
         }
 

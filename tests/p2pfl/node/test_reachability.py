@@ -197,3 +197,21 @@ def test_a_site_that_accepts_no_connection_dials_out_and_the_run_completes(
     ]
     start = next(e for e in audit if e["event"] == "start")
     assert start["listen"] == ""
+
+
+def test_a_federation_with_no_reachable_site_says_why_its_links_have_no_relay(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = local_federation(tmp_path, sites(set(SITES)), plan(1), tls=False)
+
+    async def attempt() -> dict[str, Any]:
+        async with p2pfl.Peer(load_config(files[0].config), network=MemoryNetwork()) as peer:
+            peer.node.ledger_changed()  # a second look logs nothing more
+            return peer.node.status()
+
+    with caplog.at_level("WARNING", logger="p2pfl.node.node"):
+        status = asyncio.run(attempt())
+    assert "no reachable member exists" in status["relay_error"]
+    assert status["relays"] == {} and status["neighbours"] == {}
+    warned = [r for r in caplog.records if "no member relays the link" in r.getMessage()]
+    assert len(warned) == 2  # once per neighbour
