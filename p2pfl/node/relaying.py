@@ -15,6 +15,8 @@ rounds while the others go on (their rounds close without the links it
 carried, as with any dropout), and once it lags that far its links move to
 the least-loaded present relay; only those links move, and they move back
 when it catches up. Before training every record says 0: nobody is absent.
+A member that signed its leave (``Ledger.left``) counts as absent from then
+on, so its links move while it still serves them; a revoked one is no member.
 
 The relay refuses (``allowed``) a peer that is not a member, a pair that is
 not an edge of the topology, an edge with a reachable end (those dial each
@@ -84,7 +86,8 @@ class Relaying:
             self._inputs, self._assignment, self.error = None, {}, ""
             return
         edges = self._edges()
-        absent = frozenset(absent_members(self._ledger.progress(), roster))
+        lagging = absent_members(self._ledger.progress(), roster)
+        absent = frozenset(lagging | set(self._ledger.left()))
         inputs = (tuple(roster), reachable, absent)
         if inputs == self._inputs and edges is self._edges_seen:
             return

@@ -111,3 +111,13 @@ def test_a_ledger_change_that_changes_no_input_keeps_the_assignment() -> None:
             book.report_progress(KEYS[n], ABSENT_LAG + 1, clock=book.next_clock())
     view.invalidate()
     assert gone not in view.assignment().values()
+
+
+def test_a_relay_that_signed_its_leave_hands_its_links_on() -> None:
+    book = ledger()
+    before = relaying(book, 3).assignment()
+    leaving = next(iter(before.values()))
+    book.leave(KEYS[IDS.index(leaving)], 5, clock=book.next_clock())
+    after = relaying(book, 3).assignment()
+    assert set(after) == set(before) and leaving not in after.values()
+    assert all(after[e] == r for e, r in before.items() if r != leaving)
