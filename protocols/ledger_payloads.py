@@ -3,7 +3,8 @@
 ==========  ======================  =================================================
 map         slot                    payload
 ==========  ======================  =================================================
-members     node id                 verify_key, box_key (32 bytes each), address,
+members     node id                 verify_key, box_key (32 bytes each), address
+                                    (empty: the member accepts no inbound link),
                                     institution (str), admin (bool); the genesis
                                     record adds federation (its name) and nonce
 revoked     node id                 reason (str)
@@ -63,6 +64,16 @@ class Member:
     admin: bool = False
     revoked: bool = False
     genesis_name: str | None = None
+
+    @property
+    def reachable(self) -> bool:
+        """Whether members can dial this one: a record without an address says it listens nowhere.
+
+        A site behind a firewall that accepts no inbound connection is admitted with an
+        empty address; it dials out to all its links, and where both ends of an edge are
+        unreachable a reachable member relays the link (``topology.relays``).
+        """
+        return bool(self.address)
 
     def with_status(self, *, admin: bool, revoked: bool) -> Member:
         if (admin, revoked) == (self.admin, self.revoked):

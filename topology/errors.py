@@ -1,4 +1,4 @@
-"""The one error the topology lab raises for bad input."""
+"""The errors the topology lab raises for bad input (``NoRelay`` is a ``TopologyError``)."""
 
 from __future__ import annotations
 
@@ -13,3 +13,7 @@ class TopologyError(ValueError):
         super().__init__(f"{parameter}: {rule}")
         self.parameter = parameter
         self.rule = rule
+
+
+class NoRelay(TopologyError):
+    """An edge joins two members that accept no connection and no member can relay it."""

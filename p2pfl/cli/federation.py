@@ -54,7 +54,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     invite.add_argument(
         "--member", required=True, metavar="PUBLIC_KEYS.json", help="`p2pfl keys show --json`"
     )
-    _member_details(invite, "the new member's address (wss://HOST:PORT)", required=True)
+    where = invite.add_mutually_exclusive_group(required=True)
+    where.add_argument("--address", default="", help="the new member's address (wss://HOST:PORT)")
+    where.add_argument(
+        "--unreachable",
+        action="store_true",
+        help="the new member accepts no inbound connection (recorded without an address: "
+        "it dials out, and a reachable member relays its links to other such sites)",
+    )
+    invite.add_argument("--institution", default="", help="a name people recognise")
     invite.add_argument("--admin", action="store_true", help="let it admit and revoke (founder)")
     invite.add_argument("--out", metavar="FILE", help="write the invitation here, not to stdout")
     invite.set_defaults(handler=_invite)
@@ -187,7 +195,7 @@ def _invite(args: argparse.Namespace) -> int:
         identity.signing_key,
         bytes.fromhex(newcomer["verify_key"]),
         clock=ledger.next_clock(),
-        address=check_address(args.address),
+        address="" if args.unreachable else check_address(args.address),
         institution=args.institution,
         admin=args.admin,
     )

@@ -264,6 +264,9 @@ def _link(peer: str, link: object, running: bool) -> str:
         shown = state
     last = _count(link.get("last_round"))
     address = _text(link.get("address"))
+    via = link.get("via")
+    if isinstance(via, str) and via:
+        address = f"{address} (relay {_text(via)})"
     return f"  {peer}  {shown}  {address}  last round mixed: {last if last is not None else '?'}"
 
 

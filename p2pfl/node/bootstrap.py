@@ -38,6 +38,7 @@ class Site:
     address: str = ""  # what others dial (default: ``listen``)
     limits: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # more config tables
+    reachable: bool = True  # False: no listener, recorded without an address (it dials out)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def local_federation(
     if len(ids) != len(sites):
         raise ValueError("one identity per site")
     founder = ids[0]
-    addresses = [site.address or site.listen for site in sites]
+    addresses = [(site.address or site.listen) if site.reachable else "" for site in sites]
     ledger = Ledger.found(
         founder.signing_key,
         name=name,
@@ -97,7 +98,7 @@ def site_files(
     identity: Identity,
     ledger: Ledger,
     *,
-    address: str = "",
+    address: str | None = None,
     tls: bool = True,
 ) -> SiteFiles:
     """One site's directory under ``root``: its key, a copy of ``ledger``, its node config.
@@ -131,4 +132,6 @@ def site_files(
     table.update({name: dict(section) for name, section in site.sections.items()})
     config = directory / "node.toml"
     config.write_text(tomli_w.dumps(table))
-    return SiteFiles(site.name, directory, config, identity.node_id, address or site.listen)
+    if address is None:  # what its member record says: nothing for an unreachable site
+        address = (site.address or site.listen) if site.reachable else ""
+    return SiteFiles(site.name, directory, config, identity.node_id, address)

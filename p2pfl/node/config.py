@@ -2,7 +2,7 @@
 
 Sections (``p2pfl node init`` writes a commented template)::
 
-    [node]    key, passphrase_file, ledger, data_dir, listen, advertise, name
+    [node]    key, passphrase_file, ledger, data_dir, listen, advertise, reachable, name
     [tls]     cert, key, cafile
     [data]    entrypoint ("module:function"), args, kwargs
     [limits]  message sizes, timeouts, reconnect backoff, checkpoints kept, threads,
@@ -21,6 +21,14 @@ private to their owner (no group/other bits: ``chmod 600``), so is the data
 directory holding the ledger, checkpoints and audit log (``chmod 700``; a
 missing one is created so), and links are TLS (``[tls]`` cert and key,
 ``wss://``) unless ``--insecure`` was given.
+
+A site that accepts no inbound connection (a firewall that lets nothing in)
+says ``reachable = false`` or leaves ``listen`` empty: the node then starts no
+listener and needs no ``[tls]`` pair (it only dials, and the peer's TLS
+certificate proves nothing anyway: the handshake does). Its ledger record must
+have no address; its neighbours learn from that record that they cannot dial
+it, and it dials them, or a relay where they cannot be dialled either
+(``p2pfl.node.relaying``).
 """
 
 from __future__ import annotations
@@ -50,6 +58,9 @@ class NodeSection:
     # Where peers reach this node when a proxy, NAT or port forward sits in front of
     # ``listen`` (the ledger records it); empty: they reach it at ``listen`` itself.
     advertise: str = ""
+    # False (or an empty ``listen``): the site accepts no inbound connection, so no
+    # listener is started; the node dials out to all its links (module docstring).
+    reachable: bool = True
     name: str = ""
 
 
@@ -149,6 +160,11 @@ class NodeConfig:
         return expanded if expanded.is_absolute() else Path(self.base_dir) / expanded
 
     @property
+    def listens(self) -> bool:
+        """Whether this node starts a listener: ``reachable`` and a ``listen`` address."""
+        return self.node.reachable and bool(self.node.listen)
+
+    @property
     def key_file(self) -> Path:
         return self.path(self.node.key)
 
@@ -200,7 +216,7 @@ def check_safe_settings(config: NodeConfig, where: str = "node config") -> None:
     if not data_dir.exists():
         data_dir.mkdir(mode=0o700, parents=True)
     _check_private(data_dir, "the data directory (ledger, checkpoints, audit log)", "700")
-    if not config.insecure:
+    if not config.insecure and config.listens:  # a node that only dials needs no TLS pair
         _check_tls(config, where)
 
 
@@ -256,6 +272,8 @@ ledger = "ledger"             # the federation ledger: p2pfl federation create/j
 data_dir = "."                # checkpoints/, audit.jsonl, status.json live here
 listen = "{listen}"   # where neighbours reach this node (the ledger has its address)
 # advertise = "wss://host:port" # where they reach it instead, via a proxy / NAT / port forward
+# reachable = false           # the site accepts no inbound connection: no listener, it
+#                             # dials out (its ledger record has no address; see docs/node.md)
 # name = "my hospital"        # a label for logs
 
 [tls]                         # wss needs a certificate and key (p2pfl tls init, node init --tls)

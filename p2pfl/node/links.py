@@ -5,6 +5,10 @@ Rules:
 - Of two neighbours, the one with the smaller node id dials, the other
   accepts; a link either end opens replaces an older one to the same peer
   (the newest wins), so a restarted peer is never locked out by a dead link.
+  Reachability comes first (``dials``): a member whose ledger record has no
+  address accepts no inbound connection, so on an edge where exactly one end
+  is reachable the unreachable end dials, whatever the ids; where neither is,
+  both dial the member relaying the edge (``p2pfl.node.relaying``).
 - A dialler that fails or loses its link waits ``next(delays)`` from
   ``backoff()``, a generator of delays (it never sleeps itself: the caller
   does), and tries again, forever, until the node stops. The first failed dial
@@ -111,6 +115,17 @@ def first_contact_delay(delay: float, waited: float) -> float:
     return min(delay, FIRST_CONTACT_RETRY) if waited < FIRST_CONTACT_WINDOW else delay
 
 
+def dials(me: str, peer: str, *, me_reachable: bool = True, peer_reachable: bool = True) -> bool:
+    """Whether ``me`` dials its neighbour ``peer`` (module docstring).
+
+    Exactly one end reachable: the other end dials. Both reachable: the smaller
+    id. Neither: both ends dial (the relay that splices them), so both get True.
+    """
+    if me_reachable != peer_reachable:
+        return not me_reachable
+    return me < peer if me_reachable else True
+
+
 def _unknown_to_peer(exc: Exception) -> bool:
     """The peer refused us as a stranger: its replica does not know our admission yet."""
     return isinstance(exc, AuthenticationFailed) and exc.by_peer and exc.code == "not-member"
@@ -148,8 +163,9 @@ class Link:
     """What the node knows of its link to one peer (the status file shows it)."""
 
     peer: str
-    address: str = ""
+    address: str = ""  # where this end dials: the peer's address, or its relay's
     dials: bool = False
+    via: str = ""  # the member relaying the link ("": a direct link)
     state: LinkState = LinkState.DOWN
     since: float = field(default_factory=time.time)
     error: str = ""  # why the link is down or refused ("" while up or connecting)
@@ -180,6 +196,7 @@ class Link:
             "state": self.state.value,
             "address": self.address,
             "dials": self.dials,
+            "via": self.via,
             "since": self.since,
             "last_error": self.error,
             "attempts": self.attempts,
@@ -193,6 +210,8 @@ class Link:
 
 
 FrameHandler = Callable[[str, bytes | memoryview], None]
+RelayDial = Callable[[str, str, str], Awaitable[Connection]]
+"""``relay_dial(peer, relay, relay_address)``: a link to ``peer`` through ``relay``."""
 UpHandler = Callable[[str], list[bytes]]
 DownHandler = Callable[[str, str], None]
 
@@ -213,8 +232,10 @@ class LinkManager:
         replay_budget: int = 64 << 20,
         on_fault: DownHandler | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        relay_dial: RelayDial | None = None,
     ) -> None:
         self.me = me
+        self._relay_dial = relay_dial
         self._on_fault = on_fault  # (peer, error): a link closed for the peer's framing
         self._stranger_delays = stranger_delays
         self._sleep = sleep
@@ -231,10 +252,18 @@ class LinkManager:
             self.links[peer] = Link(peer)
         return self.links[peer]
 
-    def add_neighbour(self, peer: str, address: str) -> Link:
+    def add_neighbour(
+        self, peer: str, address: str, *, dials: bool | None = None, via: str = ""
+    ) -> Link:
+        """Keep a link to ``peer``; ``dials`` says whether this end dials (default: by ids).
+
+        With ``via``, the link goes through that relay, dialled at ``address``; a
+        change of relay takes effect at the next dial (a live link stays up).
+        """
         link = self.link(peer)
         link.address = address
-        link.dials = self.me < peer
+        link.dials = self.me < peer if dials is None else dials
+        link.via = via
         return link
 
     # -- sending ---------------------------------------------------------------------
@@ -292,8 +321,9 @@ class LinkManager:
                 continue
             link.set_state(LinkState.CONNECTING)
             wait = delays
+            where = f"{link.address} (relay {link.via})" if link.via else link.address
             try:
-                conn = await self.transport.connect(link.address, expected_peer=peer)
+                conn = await self._connect(link)
             except (AuthenticationFailed, TransportClosed, ConfigError, OSError) as exc:
                 refused = isinstance(exc, AuthenticationFailed)
                 reason = str(exc) or type(exc).__name__
@@ -301,11 +331,11 @@ class LinkManager:
                 failed += 1
                 level = logging.INFO if failed == 1 else logging.DEBUG
                 what = "handshake refused by" if refused else "cannot reach"
-                log.log(level, "%s %s at %s: %s (retrying)", what, peer, link.address, reason)
+                log.log(level, "%s %s at %s: %s (retrying)", what, peer, where, reason)
                 wait = stranger if _unknown_to_peer(exc) else delays
             else:
                 if failed:
-                    log.info("reached %s at %s after %d failed dials", peer, link.address, failed)
+                    log.info("reached %s at %s after %d failed dials", peer, where, failed)
                 failed = 0
                 delays, stranger = self._delays(), self._stranger_delays()
                 wait = delays
@@ -316,6 +346,14 @@ class LinkManager:
                 waited += delay
             _raise_if_cancelled()
             await self._sleep(delay)
+
+    async def _connect(self, link: Link) -> Connection:
+        """Dial ``link``'s peer: directly, or through its relay."""
+        if not link.via:
+            return await self.transport.connect(link.address, expected_peer=link.peer)
+        if self._relay_dial is None:
+            raise ConfigError(f"the link to {link.peer} needs a relay, and this node dials none")
+        return await self._relay_dial(link.peer, link.via, link.address)
 
     async def serve(self, conn: Connection) -> None:
         """Run one link until it closes: replay, then read and write (the accept handler)."""

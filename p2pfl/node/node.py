@@ -58,16 +58,19 @@ from p2pfl.node.events import Event, Finished, LinkDown, LinkUp, Refused
 from p2pfl.node.faults import Faults
 from p2pfl.node.inbox import merge_inbox
 from p2pfl.node.latch import FailureLatch
-from p2pfl.node.links import LinkManager, backoff
+from p2pfl.node.links import LinkManager, backoff, dials
 from p2pfl.node.phases import Phase
 from p2pfl.node.preflight import DataDirLock, Ready, preflight, tls_files
+from p2pfl.node.relaying import RELAY_WAIT, Relaying
 from p2pfl.node.replica import Replica
 from p2pfl.node.rounds import RoundDriver
 from p2pfl.node.status import peak_rss
 from p2pfl.node.storage import NodeStorage
 from p2pfl.node.view import NodeView
 from p2pfl.transport import (
+    RELAY,
     Authenticator,
+    Connection,
     MemoryNetwork,
     RateLimiter,
     Refusal,
@@ -76,6 +79,7 @@ from p2pfl.transport import (
     WsOptions,
     WsTransport,
 )
+from p2pfl.transport.relay import Splicer, open_relayed
 from protocols.errors import LocalProtocolError
 from protocols.ledger import Ledger
 from protocols.ledger_sync import LedgerSync
@@ -136,6 +140,10 @@ class Node:
         self._rounds: RoundDriver | None = None
         self._revoked: frozenset[str] = frozenset()  # their frames are refused
         self._refused_frames: dict[str, int] = {}
+        self._auth: Authenticator | None = None
+        self._relaying: Relaying | None = None
+        self._unrelayed: set[str] = set()  # neighbours with no relay to reach them by (logged)
+        self.splicer = Splicer(self._may_splice, request_timeout=config.limits.handshake_timeout)
         limits = config.limits
         self.faults = Faults(
             limit=limits.peer_faults,
@@ -246,6 +254,7 @@ class Node:
             on_change=self.ledger_changed,
         )
         self._rounds = RoundDriver(self)
+        self._relaying = Relaying(identity.node_id, ledger, self._rounds.edges)
         transport = self._transport()
         self._links = LinkManager(
             identity.node_id,
@@ -256,10 +265,12 @@ class Node:
             delays=lambda: backoff(cfg.limits.backoff_initial, cfg.limits.backoff_max),
             replay_budget=cfg.limits.replay_buffer,
             on_fault=lambda peer, error: self.peer_error(peer, error, kind="framing"),
+            relay_dial=self._dial_relayed,
         )
         self._stack.push_async_callback(transport.close)
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
-        self.address = await transport.listen(cfg.node.listen, self._links.serve)
+        if cfg.listens:  # a site that accepts no inbound connection only dials (config)
+            self.address = await transport.listen(cfg.node.listen, self._accept)
         # The node runs from here on (no await before the record: no link is up yet).
         self.audit = self.storage.open_audit()
         self.record(
@@ -267,10 +278,13 @@ class Node:
             node=identity.node_id,
             federation=ledger.federation_id,
             pid=os.getpid(),
-            listen=cfg.node.listen,
+            listen=cfg.node.listen if cfg.listens else "",
             insecure=cfg.insecure,
         )
-        log.info("node %s listening at %s", identity.node_id, self.address)
+        if self.address:
+            log.info("node %s listening at %s", identity.node_id, self.address)
+        else:
+            log.info("node %s accepts no inbound connection: it dials out", identity.node_id)
         self._remove_partial_writes()
         open_inbox(cfg.ledger_file)  # tools post their records here from now on
         self._rounds.resume_from_checkpoint()
@@ -315,7 +329,10 @@ class Node:
             on_refusal=self._on_refusal,
             banned=self.faults.banned,
         )
-        if cfg.node.listen.startswith("memory://"):
+        self._auth = auth
+        if cfg.node.listen.startswith("memory://") or (
+            not cfg.node.listen and self._network is not None
+        ):
             if self._network is None:
                 raise ConfigError("listen = 'memory://...' needs a MemoryNetwork (Peer(network=))")
             return self._network.transport(auth, max_message_size=cfg.limits.max_message_size)
@@ -325,7 +342,9 @@ class Node:
             frame_size=cfg.limits.frame_size,
             open_timeout=cfg.limits.handshake_timeout,
         )
-        transport = WsTransport(auth, tls=tls, insecure=cfg.insecure, options=options)
+        transport = WsTransport(
+            auth, tls=tls, insecure=cfg.insecure, options=options, dial_only=not cfg.listens
+        )
         self.transfers = transport.transfers
         return transport
 
@@ -494,18 +513,71 @@ class Node:
 
     # -- links ------------------------------------------------------------------------
 
+    @property
+    def relaying(self) -> Relaying:
+        if self._relaying is None:
+            raise NodeStopped("the node is not started: it relays nothing yet")
+        return self._relaying
+
+    async def _accept(self, conn: Connection) -> None:
+        """The listener's handler: a neighbour's link, or an end asking us to relay."""
+        if conn.purpose == RELAY:
+            await self.splicer.serve(conn)
+        else:
+            await self.links.serve(conn)
+
+    def _may_splice(self, end: str, peer: str) -> tuple[str, str] | None:
+        """The splicer's rule (``Relaying.allowed``); each request served is audited.
+
+        Refusals are not: an end whose ledger is ahead of ours asks again with
+        backoff until ours catches up, and every ask would be a line.
+        """
+        verdict = self.relaying.allowed(end, peer) if self._open else ("stopping", "stopping")
+        if verdict is None:
+            self.record("relay", peer=end, to=peer)
+        return verdict
+
+    async def _dial_relayed(self, peer: str, relay: str, address: str) -> Connection:
+        """A link to ``peer`` through ``relay`` (``p2pfl.transport.relay``)."""
+        assert self._auth is not None
+        conn = await self.links.transport.connect(address, expected_peer=relay, purpose=RELAY)
+        return await open_relayed(conn, self._auth, peer=peer, wait=RELAY_WAIT)
+
     def update_links(self) -> None:
-        """Dial the neighbours the plan's topology gives us (the smaller id dials), and stop
-        dialling members that left the run's roster (``RoundDriver.departed``)."""
+        """Dial the neighbours the plan's topology gives us (``p2pfl.node.links.dials``), and
+        stop dialling members that left the run's roster (``RoundDriver.departed``).
+
+        A neighbour that accepts no connection either, when this node accepts none,
+        is dialled through the member relaying that edge (``p2pfl.node.relaying``).
+        """
         if not self._open:
             return
         members = self.ledger.members()
+        me = members.get(self.node_id)
+        reachable = me is None or me.reachable
         for peer in sorted(self.rounds.wanted_links()):
             member = members.get(peer)
             if member is None:
                 continue
-            link = self.links.add_neighbour(peer, member.address)
-            link.dials = link.dials or self.rounds.dials_everyone
+            address, via = member.address, ""
+            if not (reachable or member.reachable):
+                via = self.relaying.relay_for(peer) or ""
+                relay = members.get(via)
+                if relay is None:
+                    if peer not in self._unrelayed:  # once, not at every ledger change
+                        self._unrelayed.add(peer)
+                        log.warning(
+                            "no member relays the link to %s (both accept no connection): %s",
+                            peer,
+                            self.relaying.error or "no relay assigned yet",
+                        )
+                    continue
+                self._unrelayed.discard(peer)
+                address = relay.address
+            dialler = dials(
+                self.node_id, peer, me_reachable=reachable, peer_reachable=member.reachable
+            ) or (self.rounds.dials_everyone and member.reachable)  # a joiner: none dials it
+            link = self.links.add_neighbour(peer, address, dials=dialler, via=via)
             name = f"dial-{peer}"
             if link.dials and name not in self._tasks:
                 self._spawn(name, self.links.dial_loop(peer))
@@ -632,6 +704,8 @@ class Node:
     def ledger_changed(self) -> None:
         self.storage.ledger_dirty = True
         self._revoked = frozenset(self.ledger.revoked())
+        if self._relaying is not None:
+            self._relaying.invalidate()
         members = self.ledger.members()
         for peer, link in list(self.links.links.items()):
             if peer not in members and link.session is not None:
@@ -750,6 +824,9 @@ class Node:
             "peak_rss_bytes": peak_rss() if rss else None,
             "neighbours": links,
             "peer_faults": self.faults.snapshot(),
+            "relays": {} if self._relaying is None else self._relaying.snapshot(),
+            "relaying": self.splicer.snapshot(),
+            "relay_error": "" if self._relaying is None else self._relaying.error,
             **({} if rounds is None else rounds.status()),
         }
 

@@ -152,7 +152,9 @@ async def preflight(
     plan = ledger_plan(ledger)
     plan.check_rounds(rounds)
     _warn_about_roster(plan, tuple(sorted(ledger.members())))
-    if config.node.advertise:
+    if not config.listens:
+        check_unreachable(member.address)
+    elif config.node.advertise:
         await check_listen_address(config.node.advertise, member.address, setting="advertise")
     else:
         await check_listen_address(config.node.listen, member.address)
@@ -239,6 +241,21 @@ async def check_listen_address(listen: str, recorded: str, *, setting: str = "li
         f"reach it at {recorded!r}: they would dial where it does not listen; "
         f"set [node] {setting} = {recorded!r}{wildcard}"
     )
+
+
+def check_unreachable(recorded: str) -> None:
+    """``ConfigError`` when a node that starts no listener has an address in the ledger.
+
+    Its neighbours would dial that address for ever instead of waiting for it to
+    dial them (or for a relay): an unreachable site is admitted without an address.
+    """
+    if recorded:
+        raise ConfigError(
+            "[node] reachable = false (or an empty listen): this node starts no listener, "
+            f"but its record in the ledger says neighbours reach it at {recorded!r}: they "
+            "would dial where nothing listens; admit it without an address "
+            "(`p2pfl federation invite --unreachable`), or make it reachable there"
+        )
 
 
 def _port(parts: SplitResult) -> int | None:

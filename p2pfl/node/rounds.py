@@ -98,6 +98,7 @@ class RoundDriver(RoundEnd):
         self.graph: Graph | None = None  # the current epoch's
         self.roster: tuple[str, ...] = ()  # the run's, epoch 0
         self.membership: Membership | None = None  # sync mode only
+        self._edges: tuple[object, frozenset[tuple[str, str]]] | None = None
         self.exchange: Exchange | None = None
         self.secure = False
         self.round = FIRST  # the number of the round in progress, or the next to run
@@ -217,12 +218,9 @@ class RoundDriver(RoundEnd):
         """
         if self.graph is not None:
             return self.graph.links_of(self.me)
-        roster = self._roster()
-        try:
-            plan = plan_from_table(self.node.ledger.plan())
-            graph = plan.graph(roster)
-        except ConfigError:
-            return set(roster) - {self.me}
+        graph = self._graph_or_tentative()
+        if graph is None:
+            return set(self._roster()) - {self.me}
         return graph.links_of(self.me) if self.me in graph.roster else set()
 
     def departed(self) -> set[str]:
@@ -230,6 +228,38 @@ class RoundDriver(RoundEnd):
         if self.graph is None or self.membership is None:
             return set()
         return set(self.roster) - set(self.graph.roster)
+
+    def edges(self) -> frozenset[tuple[str, str]]:
+        """Every link of the topology (tentative before training), as (smaller, larger) ids.
+
+        What relays are assigned over (``p2pfl.node.relaying``): every member computes
+        it from the same plan and roster. Where ``wanted_links`` falls back to every
+        member, so does this (a complete graph over the roster known here). Kept until
+        the plan, the roster or the graph changes: the same object while they do not.
+        """
+        epoch = None if self.graph is None else self.graph.roster  # the current epoch's graph
+        key = (epoch, self.node.ledger.plan_hash(), self._roster())
+        if self._edges is None or self._edges[0] != key:
+            self._edges = (key, frozenset(self._all_edges()))
+        return self._edges[1]
+
+    def _all_edges(self) -> set[tuple[str, str]]:
+        graph = self._graph_or_tentative()
+        roster = self._roster() if graph is None else graph.roster
+        found: set[tuple[str, str]] = set()
+        for a in roster:
+            peers = set(roster) - {a} if graph is None else graph.links_of(a)
+            found.update((a, b) for b in peers if a < b)
+            found.update((b, a) for b in peers if b < a)
+        return found
+
+    def _graph_or_tentative(self) -> Graph | None:
+        if self.graph is not None:
+            return self.graph
+        try:
+            return plan_from_table(self.node.ledger.plan()).graph(self._roster())
+        except ConfigError:
+            return None
 
     def _approved(self) -> bool:
         ledger = self.node.ledger

@@ -8,12 +8,20 @@ conformance suite in ``tests/p2pfl/transport/test_transport.py``.
 
 from __future__ import annotations
 
-from p2pfl.transport.base import DEFAULT_MAX_MESSAGE_SIZE, Connection, Handler, Transport
+from p2pfl.transport.base import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    LINK,
+    RELAY,
+    Connection,
+    Handler,
+    Transport,
+)
 from p2pfl.transport.errors import (
     AuthenticationFailed,
     FramingError,
     MessageTooLarge,
     RateLimited,
+    RelayRefused,
     TransportClosed,
 )
 from p2pfl.transport.handshake import Authenticator, MembershipCheck, RateLimiter, Refusal
@@ -24,6 +32,8 @@ from p2pfl.transport.ws import WsOptions, WsTransport
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "LINK",
+    "RELAY",
     "AuthenticationFailed",
     "Authenticator",
     "Connection",
@@ -36,6 +46,7 @@ __all__ = [
     "RateLimited",
     "RateLimiter",
     "Refusal",
+    "RelayRefused",
     "TlsFiles",
     "Transfer",
     "TransferLog",

@@ -38,9 +38,17 @@ from typing import Self
 
 from p2pfl.transport.errors import MessageTooLarge
 
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Connection", "Handler", "Transport"]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "LINK", "RELAY", "Connection", "Handler", "Transport"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 256 << 20
+
+LINK, RELAY = "link", "relay"
+"""A connection's purpose: a neighbour's link, or a request to relay one (``transport.relay``).
+
+The dialler names it (``Transport.connect(purpose=)``) and the accepting end's
+handler reads it (``Connection.purpose``) before a single message, so a relayed
+pair's connections never take the place of a neighbour's link to the relay.
+"""
 
 
 def _bytes_length(message: bytes | bytearray | memoryview) -> int:
@@ -48,7 +56,12 @@ def _bytes_length(message: bytes | bytearray | memoryview) -> int:
 
 
 class Connection(ABC):
-    """One authenticated link to one peer. ``async with`` closes it."""
+    """One authenticated link to one peer. ``async with`` closes it.
+
+    ``purpose`` is what the dialler opened it for (``LINK`` or ``RELAY``).
+    """
+
+    purpose: str = LINK
 
     @property
     @abstractmethod
@@ -131,10 +144,13 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    async def connect(self, address: str, expected_peer: str | None = None) -> Connection:
+    async def connect(
+        self, address: str, expected_peer: str | None = None, *, purpose: str = LINK
+    ) -> Connection:
         """Dial ``address`` and run the handshake.
 
-        With ``expected_peer``, a peer proving another node id is refused.
+        With ``expected_peer``, a peer proving another node id is refused. The
+        accepting end's connection says ``purpose`` (``LINK`` or ``RELAY``).
         Raises ``TransportClosed`` when the address cannot be reached and
         ``AuthenticationFailed`` when either side refuses the handshake.
         """

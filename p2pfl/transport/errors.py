@@ -6,7 +6,8 @@ They say whose fault it is:
 - ``AuthenticationFailed``: a refused handshake, by us or by the peer
   (``RateLimited``: an address refused for a while after too many failures);
 - ``TransportClosed``: a link that is gone or could not be made
-  (``FramingError``: closed by us because the peer broke the framing).
+  (``FramingError``: closed by us because the peer broke the framing;
+  ``RelayRefused``: a relay would not splice us to the peer we asked for).
 """
 
 from __future__ import annotations
@@ -21,6 +22,21 @@ class TransportClosed(P2PFLError):
 class FramingError(TransportClosed):
     """We closed a link because the peer broke the framing: a message over our limit,
     or a fragmented one longer or shorter than it announced. The peer's fault."""
+
+
+class RelayRefused(TransportClosed):
+    """A relay refused to splice us to a peer (``p2pfl.transport.relay``).
+
+    ``relay`` is its node id, ``code`` a short reason (``not-member``,
+    ``not-assigned``, ``malformed``, ``replaced``); the link is retried like one
+    that could not be made: the relay's ledger may not know what ours does yet.
+    """
+
+    def __init__(self, relay: str, code: str, reason: str) -> None:
+        super().__init__(f"relay {relay} refused the splice ({code}): {reason}")
+        self.relay = relay
+        self.code = code
+        self.reason = reason
 
 
 class MessageTooLarge(P2PFLError):
@@ -54,5 +70,6 @@ __all__ = [
     "FramingError",
     "MessageTooLarge",
     "RateLimited",
+    "RelayRefused",
     "TransportClosed",
 ]

@@ -323,12 +323,20 @@ class Authenticator:
         self.on_probation = 0  # of which from rate-limited addresses
 
     async def accept(
-        self, channel: Channel, *, address: str, limit_key: str, binding: bytes = b""
+        self,
+        channel: Channel,
+        *,
+        address: str,
+        limit_key: str,
+        binding: bytes = b"",
+        expected_peer: str | None = None,
     ) -> str:
         """Authenticate an incoming link; the peer's id, or ``AuthenticationFailed``.
 
         ``limit_key`` (the remote host) is what the rate limiter counts failures by;
-        a limited one gets a handshake on probation (module docstring).
+        a limited one gets a handshake on probation (module docstring). With
+        ``expected_peer`` (the responder of a relayed link knows whom it asked
+        for), a peer proving another id is refused.
         """
         limited = not self.limiter.allowed(limit_key)
         busy = self.pending >= self.max_pending
@@ -343,7 +351,7 @@ class Authenticator:
         self.on_probation += limited
         try:
             return await self._run(
-                channel, address, binding, initiator=False, expected=None, limited=limited
+                channel, address, binding, initiator=False, expected=expected_peer, limited=limited
             )
         except (AuthenticationFailed, TransportClosed):
             if self.limiter.record_failure(limit_key):

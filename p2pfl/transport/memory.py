@@ -17,6 +17,7 @@ from collections import deque
 
 from p2pfl.transport.base import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    LINK,
     Connection,
     Handler,
     Transport,
@@ -237,7 +238,9 @@ class MemoryTransport(Transport):
         self.address, self._listening, self._on_connection = name, True, on_connection
         return name
 
-    async def connect(self, address: str, expected_peer: str | None = None) -> Connection:
+    async def connect(
+        self, address: str, expected_peer: str | None = None, *, purpose: str = LINK
+    ) -> Connection:
         if self._closed:
             raise TransportClosed("the transport is closed")
         name = address if address.startswith(SCHEME) else SCHEME + address
@@ -245,7 +248,7 @@ class MemoryTransport(Transport):
         if listener is None:
             raise TransportClosed(f"cannot connect to {name}: nothing listens there")
         mine, theirs = _link(self._buffer, self.address, name)
-        listener._accept(theirs)
+        listener._accept(theirs, purpose)
         self._raw.add(mine)
         try:
             peer_id = await self._auth.dial(mine, address=name, expected_peer=expected_peer)
@@ -263,13 +266,13 @@ class MemoryTransport(Transport):
         self._connections.add(connection)
         return connection
 
-    def _accept(self, endpoint: _Endpoint) -> None:
+    def _accept(self, endpoint: _Endpoint, purpose: str) -> None:
         self._raw.add(endpoint)
-        task = asyncio.create_task(self._serve(endpoint))
+        task = asyncio.create_task(self._serve(endpoint, purpose))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, endpoint: _Endpoint) -> None:
+    async def _serve(self, endpoint: _Endpoint, purpose: str) -> None:
         try:
             peer_id = await self._auth.accept(
                 endpoint, address=endpoint.remote, limit_key=endpoint.remote
@@ -281,6 +284,7 @@ class MemoryTransport(Transport):
         finally:
             self._raw.discard(endpoint)
         connection = self._wrap(endpoint, peer_id)
+        connection.purpose = purpose
         assert self._on_connection is not None
         try:
             await self._on_connection(connection)

@@ -57,6 +57,8 @@ from websockets.frames import CloseCode
 from p2pfl.errors import ConfigError
 from p2pfl.transport.base import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    LINK,
+    RELAY,
     Connection,
     Handler,
     Transport,
@@ -68,6 +70,9 @@ from p2pfl.transport.tls import TlsFiles, client_context, server_context
 from p2pfl.transport.transfers import TransferLog
 
 log = logging.getLogger(__name__)
+
+_RELAY_PATH = "/relay"
+"""The request path of a connection dialled to ask for a relay (``base.RELAY``)."""
 
 _LENGTH = struct.Struct(">Q")
 """The first fragment of a message longer than one frame: its length in bytes."""
@@ -306,8 +311,10 @@ class WsTransport(Transport):
     """Websocket links: wss with ``tls`` files, plain ws only with ``insecure=True``.
 
     Dialling ``wss://`` needs no files (the handshake authenticates the peer);
-    listening uses TLS whenever ``tls`` is given. ``transfers`` holds the newest
-    fragmented messages' times on the wire, every link's (module docstring).
+    listening uses TLS whenever ``tls`` is given. A ``dial_only`` transport (a site
+    that accepts no inbound connection) needs no files and refuses to listen.
+    ``transfers`` holds the newest fragmented messages' times on the wire, every
+    link's (module docstring).
     """
 
     def __init__(
@@ -317,8 +324,9 @@ class WsTransport(Transport):
         tls: TlsFiles | None = None,
         insecure: bool = False,
         options: WsOptions | None = None,
+        dial_only: bool = False,
     ) -> None:
-        if tls is None and not insecure:
+        if tls is None and not insecure and not dial_only:
             raise ConfigError("websocket links need TLS files; pass insecure=True for plain ws")
         if insecure:
             log.warning(
@@ -336,6 +344,7 @@ class WsTransport(Transport):
         self._pending: set[WebSocket] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._dial_only = dial_only
         self.transfers = TransferLog()
 
     async def listen(self, address: str, on_connection: Handler) -> str:
@@ -343,6 +352,8 @@ class WsTransport(Transport):
             raise TransportClosed("the transport is closed")
         if self._server is not None:
             raise RuntimeError("this transport is already listening")
+        if self._dial_only:
+            raise ConfigError(f"cannot listen at {address}: this transport only dials")
         scheme, host, port = _split(address)
         want = "wss" if self._server_ssl is not None else "ws"
         if scheme not in ("", want):
@@ -360,7 +371,9 @@ class WsTransport(Transport):
         bound_port = self._server.sockets[0].getsockname()[1]
         return _join(want, host, bound_port)
 
-    async def connect(self, address: str, expected_peer: str | None = None) -> Connection:
+    async def connect(
+        self, address: str, expected_peer: str | None = None, *, purpose: str = LINK
+    ) -> Connection:
         if self._closed:
             raise TransportClosed("the transport is closed")
         scheme, host, port = _split(address)
@@ -371,7 +384,7 @@ class WsTransport(Transport):
         uri = _join(scheme, host, port)
         try:
             websocket: ClientConnection = await ws_connect(
-                uri,
+                uri + (_RELAY_PATH if purpose == RELAY else "/"),
                 ssl=self._client_ssl if scheme == "wss" else None,
                 proxy=None,
                 user_agent_header=None,
@@ -426,6 +439,8 @@ class WsTransport(Transport):
             connection = await self._wrap(websocket, peer_id, address)
         except TransportClosed:
             return
+        if websocket.request is not None and websocket.request.path == _RELAY_PATH:
+            connection.purpose = RELAY
         task = asyncio.create_task(self._handle(connection))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)

@@ -418,3 +418,19 @@ def test_the_example_plan_is_a_valid_plan(cli: Cli) -> None:
     example = Path(__file__).resolve().parents[3] / "simulations" / "plans" / "heart_disease.toml"
     plan = read_plan(str(example))
     assert plan["model"]["name"] == "logreg" and plan["secure"]["enabled"] is True
+
+
+def test_invite_unreachable_records_no_address_and_needs_one_or_the_other(
+    cli: Cli, founded: dict[str, str]
+) -> None:
+    c = cli.new_key("c")
+    invite = ("federation", "invite", "--key", cli.path("f.key"), "--ledger", cli.path("f.ledger"),
+              "--member", cli.path("c.json"))  # fmt: skip
+    for extra in ((), ("--unreachable", "--address", "wss://c.example:8443")):
+        with pytest.raises(SystemExit):
+            cli(*invite, *extra, "--out", cli.path("c.inv"))
+    cli.capsys.readouterr()
+    cli.ok(*invite, "--unreachable", "--out", cli.path("c.inv"))
+    members = {m["node_id"]: m for m in cli.show("f.ledger")["members"]}
+    assert members[c]["address"] == ""
+    assert members[founded["a"]]["address"] == "wss://a.example:8443"

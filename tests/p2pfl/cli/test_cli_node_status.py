@@ -104,6 +104,14 @@ def test_each_link_shows_its_own_state_and_nothing_stale(tmp_path: Path) -> None
     assert "mixing round 3 of 5: 2 of 5 rounds completed" in out
 
 
+def test_a_relayed_link_names_its_relay(tmp_path: Path) -> None:
+    content = with_links(a={"via": "relay-r"}, b={"via": ""})
+    code, out, _ = status_of(node_dir(tmp_path), content)
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert code == 0
+    assert "ws://127.0.0.1:7443 (relay relay-r)" in lines["a"] and "relay" not in lines["b"]
+
+
 def test_a_node_whose_process_is_gone_is_not_running_and_has_no_link_up(tmp_path: Path) -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
