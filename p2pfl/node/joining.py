@@ -95,5 +95,6 @@ def start_model(
         rounds.add(reply[0])
     if len(rounds) != 1 or not peers:
         return None
-    mean = np.mean(np.stack([replies[p][1] for p in peers]), axis=0, dtype=np.float64)
-    return rounds.pop(), mean.astype(np.float32)
+    stacked = np.stack([replies[p][1] for p in peers]).astype(np.float64)
+    mean: npt.NDArray[np.float32] = (stacked.sum(axis=0) / len(peers)).astype(np.float32)
+    return rounds.pop(), mean

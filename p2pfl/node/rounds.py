@@ -56,20 +56,19 @@ from p2pfl.node.errors import PlanError
 from p2pfl.node.events import RoundCompleted, RoundSkipped, TrainingStarted
 from p2pfl.node.exchange import Exchange, make_core
 from p2pfl.node.host import RoundHost
-from p2pfl.node.joining import ask_model, decode_control, model_digest, model_reply, start_model
+from p2pfl.node.joining import model_digest
 from p2pfl.node.local import Learner, warm_up
-from p2pfl.node.membership import Membership, joining_roster
+from p2pfl.node.membership import Membership
 from p2pfl.node.numbering import FIRST, index
 from p2pfl.node.personal import keep_personalised, selection_of
 from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
 from p2pfl.node.round_end import RoundEnd
+from p2pfl.node.round_epochs import RoundEpochs
 from p2pfl.node.round_files import dealt_round, mark_dealt, split_state
 from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
-from protocols.errors import DecodeError
 from protocols.gossip import RoundMixed
-from protocols.membership import Epoch
 from protocols.rounds import GossipRoundCore, TrackedRoundCore
 
 if TYPE_CHECKING:
@@ -83,7 +82,7 @@ MAX_EARLY_FRAMES_PER_PEER = 64
 most, so one member cannot fill the buffer the others' first frames need."""
 
 
-class RoundDriver(RoundEnd):
+class RoundDriver(RoundEpochs, RoundEnd):
     """The learning half of a node, which it reaches as a ``RoundHost`` (module docstring).
 
     The node calls ``on_frame`` with every round frame, ``on_ledger_changed`` after
@@ -129,39 +128,6 @@ class RoundDriver(RoundEnd):
             self._keep_early(peer, channel, body)
             return
         self.exchange.receive(peer, channel, body)
-
-    def on_control(self, peer: str, body: memoryview) -> None:
-        """A joiner asks for our model, or a neighbour answers ours (``p2pfl.node.joining``)."""
-        dim = None if self.learner is None else self.learner.dim
-        try:
-            kind, round_, model = decode_control(body, dim)
-        except DecodeError as exc:
-            self.node.peer_error(peer, str(exc), kind="control")
-            return
-        if kind == "model":
-            assert round_ is not None
-            self._answers[peer] = (round_, model)
-            self.node.changed()
-            return
-        membership, served = self.membership, self._served
-        if membership is None or served is None or peer not in membership.joining_soon(self.round):
-            log.debug(
-                "model request from %s not answered: no joiner of ours, or no model yet", peer
-            )
-            return
-        self.node.send_control(peer, model_reply(*served))
-
-    @property
-    def dials_everyone(self) -> bool:
-        """A joiner dials every member until its epoch begins: nobody dials a stranger."""
-        return self.graph is None and self._joining()
-
-    def _joining(self) -> bool:
-        """This node is new to a run under way: others progressed, it never did."""
-        if self._resume is not None:
-            return False
-        progress = self.node.ledger.progress()
-        return progress.get(self.me, 0) == 0 and any(r > 0 for r in progress.values())
 
     def _keep_early(self, peer: str, channel: Channel, body: memoryview) -> None:
         mine = [len(b) for p, _, b in self._early if p == peer]
@@ -222,12 +188,6 @@ class RoundDriver(RoundEnd):
         if graph is None:
             return set(self._roster()) - {self.me}
         return graph.links_of(self.me) if self.me in graph.roster else set()
-
-    def departed(self) -> set[str]:
-        """Members of the run's roster that are no members of the current epoch."""
-        if self.graph is None or self.membership is None:
-            return set()
-        return set(self.roster) - set(self.graph.roster)
 
     def edges(self) -> frozenset[tuple[str, str]]:
         """Every link of the topology (tentative before training), as (smaller, larger) ids.
@@ -377,76 +337,6 @@ class RoundDriver(RoundEnd):
         for peer, channel, body in early:
             self.exchange.receive(peer, channel, body)
 
-    async def _await_join(self) -> tuple[str, ...]:
-        """A joiner waits (``start_timeout``) until the members fixed its first round.
-
-        Returns the run's roster; ``self.round`` is then the joiner's first round.
-        """
-        node = self.node
-        timeout = node.config.limits.start_timeout
-        node.set_phase(Phase.CONNECTING)
-        log.info("joining a run under way: waiting for the members to acknowledge the join")
-        if not await node.wait_until(lambda: joining_roster(node.ledger, self.me), timeout):
-            raise PlanError(f"no member acknowledged the join of {self.me} in {timeout:.0f} s")
-        roster = joining_roster(node.ledger, self.me)
-        assert roster is not None
-        membership = Membership(node, roster)
-
-        def first() -> int | None:
-            return membership.refresh()[0].first_round(self.me)
-
-        if not await node.wait_until(lambda: first() is not None, timeout):
-            raise PlanError(f"the join of {self.me} has no boundary after {timeout:.0f} s")
-        start = first()
-        assert start is not None
-        self.round = start
-        node.record("joining", round=start, roster=list(roster))
-        log.info("joining from round %d", start)
-        return roster
-
-    async def _start_from_neighbours(self, graph: Graph) -> None:
-        """A joiner's start model: the mean of its in-neighbours' checked models."""
-        assert self.learner is not None
-        node = self.node
-        peers = sorted(set(graph.neighbourhood(self.me, index(self.round)).in_weights) - {self.me})
-        earliest = self.round - 1
-
-        def ready() -> bool:
-            recorded = node.ledger.progress_digests()
-            return start_model(self._answers, recorded, peers, earliest) is not None
-
-        deadline = asyncio.get_running_loop().time() + node.config.limits.start_timeout
-        while not ready():  # ask once a second those whose answer is missing or stale
-            recorded = node.ledger.progress_digests()
-            for peer in peers:
-                answer, seen = self._answers.get(peer), recorded.get(peer, (0, b""))[0]
-                if seen >= earliest and (answer is None or answer[0] != seen):
-                    node.send_control(peer, ask_model())
-            late = asyncio.get_running_loop().time() > deadline
-            if not await node.wait_until(ready, 1.0) and late:
-                raise PlanError(f"no checked start model from {', '.join(peers)}")
-        found = start_model(self._answers, node.ledger.progress_digests(), peers, earliest)
-        assert found is not None
-        round_, model = found
-        self.learner.set(model)
-        self.round = round_ + 1
-        self._answers = {}
-        node.record("start-model", round=round_, peers=peers)
-        log.info("starting round %d from the mean of %s's models", self.round, ", ".join(peers))
-
-    def _epoch_graph(self, plan: Plan, graph: Graph) -> Graph:
-        """The graph of the epoch the node resumes in (the run's own before any change)."""
-        membership = self.membership
-        if membership is None or not membership.changes():
-            return graph
-        epoch, _ = membership.epoch_at(self.round)
-        membership.epoch = epoch.number
-        if epoch.number == 0:
-            return graph
-        if self.me not in epoch.members:
-            raise PlanError(f"node {self.me} is no member of this run from round {epoch.start}")
-        return plan.graph(epoch.members, epoch=True)
-
     def _check_resume(self, plan_hash: bytes) -> None:
         ckpt = self._resume
         if ckpt is None:
@@ -531,78 +421,6 @@ class RoundDriver(RoundEnd):
             await self._personalise()
         self.node.set_phase(Phase.FINISHED)
         return self.completed
-
-    async def _enter_epoch(self, r: int) -> bool:
-        """Before round ``r``: know its epoch (``p2pfl.node.membership``) and switch to it.
-
-        False when this node is no member of it (it left, or was revoked): the run ends.
-        """
-        membership = self.membership
-        if membership is None or not membership.changes():
-            return True
-        node = self.node
-        if self.me in node.ledger.revoked():
-            log.warning("round %d: this node was revoked: it stops", r)
-            node.record("membership-ended", round=r, state="revoked")
-            return False
-        if membership.waiting(r):
-            log.info(
-                "round %d waits for the federation to acknowledge %s",
-                r,
-                ", ".join(membership.waiting(r)),
-            )
-            timeout = node.config.limits.epoch_timeout
-            if not await node.wait_until(lambda: not membership.waiting(r), timeout):
-                pending = membership.waiting(r)
-                log.warning(
-                    "round %d: %s not acknowledged by every member after %.0f s; "
-                    "going on in epoch %d",
-                    r,
-                    ", ".join(pending),
-                    timeout,
-                    membership.epoch,
-                )
-                node.record("epoch-unknown", round=r, pending=pending)
-        epoch, line = membership.epoch_at(r)
-        if epoch.number == membership.epoch:
-            return True
-        membership.epoch = epoch.number
-        node.record("epoch", number=epoch.number, start=r, members=list(epoch.members))
-        if self.me not in epoch.members:
-            state = line.state(self.me, r)
-            log.warning("round %d: this node is no member any more (%s): it stops", r, state)
-            node.record("membership-ended", round=r, state=str(state))
-            return False
-        self._switch(epoch, r)
-        return True
-
-    def _switch(self, epoch: Epoch, r: int) -> None:
-        """Round ``r`` starts ``epoch``: its graph, a core for it, the links it wants."""
-        assert self.plan is not None and self.learner is not None and self.exchange is not None
-        graph = self.plan.graph(epoch.members, epoch=True)
-        core = make_core(
-            self.node,
-            self.plan,
-            graph,
-            round=r,
-            dim=self.learner.dim,
-            selection=selection_of(self.plan, self.learner),
-        )
-        old = self.exchange.core
-        if isinstance(core, GossipRoundCore) and isinstance(old, GossipRoundCore):
-            core.gossip.import_state(old.gossip.export_state())
-        elif isinstance(core, TrackedRoundCore) and isinstance(old, TrackedRoundCore):
-            core.import_state(old.export_state())
-        self.exchange.switch(core, r)
-        self.graph = graph
-        log.info(
-            "round %d: epoch %d, %d members, neighbours %s",
-            r,
-            epoch.number,
-            len(epoch.members),
-            ", ".join(sorted(graph.links_of(self.me))),
-        )
-        self.node.update_links()
 
     async def _personalise(self) -> None:
         """The plan's fine-tuning of the final model, kept at this site (``personal``)."""
