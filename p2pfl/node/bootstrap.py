@@ -117,6 +117,7 @@ def site_files(
             "data_dir": ".",
             "listen": site.listen,
             "name": site.name,
+            **({} if site.reachable else {"reachable": False}),
         },
         "data": {
             "entrypoint": site.entrypoint,

@@ -142,11 +142,15 @@ def test_a_member_revoked_while_training_is_cut_off_at_once(tmp_path: Path) -> N
                 e for e in audited(s, "link-closed") if e["peer"] == revoked.node_id
             ]
             assert wait_for(closed, GUARD), log_tail(site)
+        # It is refused when it dials again, or it learnt of its revocation and stopped.
         assert wait_for(
-            lambda: any(
-                e["peer"] == revoked.node_id
-                for s in (founder, other)
-                for e in audited(s, "auth-refused")
+            lambda: (
+                any(
+                    e["peer"] == revoked.node_id
+                    for s in (founder, other)
+                    for e in audited(s, "auth-refused")
+                )
+                or any(e["state"] == "revoked" for e in audited(revoked, "membership-ended"))
             ),
             GUARD,
         ), log_tail(other)
