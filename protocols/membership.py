@@ -70,6 +70,9 @@ class Kind(StrEnum):
 
 KINDS = tuple(Kind)
 LEDGER_KINDS = (Kind.JOIN, Kind.LEAVE, Kind.REVOKE)  # changes of the roster, via the ledger
+ABSENT_AFTER = 5
+"""Rounds behind the furthest member past which a member counts as absent (sync rounds keep
+neighbours within one round, so a member taking part is at most the graph's diameter behind)."""
 MAX_CHANGE_KEY = 64
 """The longest change key (``"revoke:"`` and a node id of 26 characters fit well within)."""
 

@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # the ledger (pycrdt) loads in the handler, not for --help
     from protocols.ledger import Ledger
     from protocols.membership import Timeline
 
-ABSENT_AFTER = 5
+from protocols.membership import ABSENT_AFTER
+
 SHORT_ID = 10
 """Characters of a node id the table shows (``--json`` has them whole)."""
 

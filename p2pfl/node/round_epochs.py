@@ -49,6 +49,9 @@ class RoundEpochs:
     exchange: Exchange | None
     learner: Learner | None
     round: int
+    completed: int
+    target: int | None
+    _cut_off: int | None
     _resume: Any
     _served: tuple[int, np.ndarray] | None
     _answers: dict[str, tuple[int, np.ndarray]]
@@ -66,13 +69,52 @@ class RoundEpochs:
             self._answers[peer] = (round_, model)
             self.node.changed()
             return
-        membership, served = self.membership, self._served
-        if membership is None or served is None or peer not in membership.joining_soon(self.round):
-            log.debug(
-                "model request from %s not answered: no joiner of ours, or no model yet", peer
-            )
+        served = self._served
+        if served is None or peer not in self._catching_up(self.completed):
+            log.debug("no model for %s: not joining nor behind us, or no model yet", peer)
             return
         self.node.send_control(peer, model_reply(*served))
+
+    def _catching_up(self, done: int) -> set[str]:
+        """Members that may ask for our model after round ``done``: joiners whose first round
+        is near, and members behind us (back from absence, or restarted)."""
+        wanting = set() if self.membership is None else self.membership.joining_soon(done + 1)
+        if self.graph is not None:
+            progress = self.node.ledger.progress()
+            wanting |= {m for m in self.graph.roster if m != self.me and progress.get(m, 0) < done}
+        return wanting
+
+    def _serving(self, done: int) -> bool:
+        """Whether round ``done``'s model is kept and its digest recorded: a joiner is near,
+        or a member is two rounds or more behind (it will catch up from us)."""
+        if self.membership is not None and self.membership.joining_soon(done + 1):
+            return True
+        if self.graph is None:
+            return False
+        progress = self.node.ledger.progress()
+        return any(progress.get(m, 0) < done - 1 for m in self.graph.roster if m != self.me)
+
+    async def _await_neighbours(self) -> None:
+        """Cut off from every in-neighbour in round ``_cut_off``: train on alone no further.
+
+        Waits (``start_timeout`` at most) until one of them is heard from past that round
+        in the ledger; the node then catches up from them instead of mixing a model it
+        trained alone into theirs.
+        """
+        assert self.graph is not None and self._cut_off is not None
+        node, cut = self.node, self._cut_off
+        peers = set(self.graph.neighbourhood(self.me, index(self.round)).in_weights) - {self.me}
+
+        def heard() -> bool:
+            progress = node.ledger.progress()
+            return any(progress.get(p, 0) >= cut for p in peers)
+
+        if not heard():
+            log.warning("round %d mixed no neighbour: waiting to hear from one", cut)
+            node.record("cut-off", round=cut)
+            if not await node.wait_until(heard, node.config.limits.start_timeout):
+                log.warning("no neighbour heard from: going on alone")
+        self._cut_off = None
 
     @property
     def dials_everyone(self) -> bool:
@@ -121,8 +163,12 @@ class RoundEpochs:
         log.info("joining from round %d", start)
         return roster
 
-    async def _start_from_neighbours(self, graph: Graph) -> None:
-        """A joiner's start model: the mean of its in-neighbours' checked models."""
+    async def _start_from_neighbours(self, graph: Graph, *, required: bool = True) -> None:
+        """The mean of the in-neighbours' checked models, to start round ``self.round`` from.
+
+        A joiner must have it (``PlanError`` after ``start_timeout``); a member back
+        from absence waits ``epoch_timeout`` at most, then goes on with its own model.
+        """
         assert self.learner is not None
         node = self.node
         peers = sorted(set(graph.neighbourhood(self.me, index(self.round)).in_weights) - {self.me})
@@ -132,7 +178,9 @@ class RoundEpochs:
             recorded = node.ledger.progress_digests()
             return start_model(self._answers, recorded, peers, earliest) is not None
 
-        deadline = asyncio.get_running_loop().time() + node.config.limits.start_timeout
+        limits = node.config.limits
+        wait = limits.start_timeout if required else limits.epoch_timeout
+        deadline = asyncio.get_running_loop().time() + wait
         while not ready():  # ask once a second those whose answer is missing or stale
             recorded = node.ledger.progress_digests()
             for peer in peers:
@@ -141,12 +189,18 @@ class RoundEpochs:
                     node.send_control(peer, ask_model())
             late = asyncio.get_running_loop().time() > deadline
             if not await node.wait_until(ready, 1.0) and late:
-                raise PlanError(f"no checked start model from {', '.join(peers)}")
+                if required:
+                    raise PlanError(f"no checked start model from {', '.join(peers)}")
+                log.warning("no checked model from %s: going on with ours", ", ".join(peers))
+                self._answers = {}
+                return
         found = start_model(self._answers, node.ledger.progress_digests(), peers, earliest)
         assert found is not None
         round_, model = found
         self.learner.set(model)
-        self.round = round_ + 1
+        self.round = max(self.round, round_ + 1)
+        if self.exchange is not None:
+            self.exchange.resume_at(self.round)
         self._answers = {}
         node.record("start-model", round=round_, peers=peers)
         log.info("starting round %d from the mean of %s's models", self.round, ", ".join(peers))

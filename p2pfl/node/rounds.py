@@ -69,6 +69,7 @@ from p2pfl.node.round_files import dealt_round, mark_dealt, split_state
 from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
 from protocols.gossip import RoundMixed
+from protocols.membership import ABSENT_AFTER
 from protocols.rounds import GossipRoundCore, TrackedRoundCore
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class RoundDriver(RoundEpochs, RoundEnd):
             None  # the last round this run completed
         )
         self._served: tuple[int, np.ndarray] | None = None  # what a joiner may ask for
+        self._cut_off: int | None = None  # a round that mixed no neighbour
         self._answers: dict[str, tuple[int, np.ndarray]] = {}  # a joiner's start models
         self.mixed_with: dict[str, int] = {}
         """Per neighbour, the last round whose frames from it were mixed in."""
@@ -409,7 +411,10 @@ class RoundDriver(RoundEpochs, RoundEnd):
             "training from round %d of %d with %s", self.round, self.target, ", ".join(neighbours)
         )
         while self.round <= self.target:
-            self._catch_up()
+            if self._cut_off is not None:
+                await self._await_neighbours()
+            if self._catch_up() and self.round <= self.target:
+                await self._start_from_neighbours(self.graph, required=False)
             if self.round > self.target or not await self._enter_epoch(self.round):
                 break
             await self._one_round(self.round)
@@ -428,20 +433,21 @@ class RoundDriver(RoundEpochs, RoundEnd):
         site = self.graph.index(self.me)
         await keep_personalised(self.node, self.plan, self.learner, site, self.completed)
 
-    def _catch_up(self) -> None:
-        """Skip the rounds every in-neighbour finished without us (we were down).
+    def _catch_up(self) -> bool:
+        """Skip the rounds every in-neighbour finished without us (we were down or cut off);
+        True if it did (the node then starts from their models, ``_start_from_neighbours``).
 
         Not in push-sum: with no barrier, rounds are each node's own steps, and a
         node that was down goes on with its own from where it stopped.
         """
         assert self.graph is not None and self.exchange is not None and self.plan is not None
         if self.plan.gossip.mode == "async":
-            return
+            return False
         hood = self.graph.neighbourhood(self.me, index(self.round))
         progress = self.node.ledger.progress()  # rounds completed, per member
         ahead = [progress.get(j, 0) for j in hood.in_weights]
         if not ahead or min(ahead) < self.round:
-            return
+            return False
         first, new_round = self.round, min(ahead) + 1
         if self.target is not None:
             new_round = min(new_round, self.target + 1)
@@ -455,6 +461,7 @@ class RoundDriver(RoundEpochs, RoundEnd):
         self.node.emit(RoundSkipped(first, new_round - 1))
         self.round = new_round
         self.exchange.resume_at(new_round)
+        return True
 
     async def _one_round(self, r: int) -> None:
         exchange = self.exchange
@@ -497,7 +504,9 @@ class RoundDriver(RoundEpochs, RoundEnd):
         # that order, so a peer that sees our round done (its linger ends on it) has them.
         federation = self.privacy.publish(r, figures, drift)
         digest = None
-        if self.membership is not None and self.membership.joining_soon(r + 1):
+        hood = set(self.graph.neighbourhood(self.me, index(r)).in_weights) - {self.me}
+        self._cut_off = r if hood and not mixed.arrived else None
+        if self._serving(r):
             model = learner.params[0].numpy().copy()  # what a joiner may start from
             self._served, digest = (r, model), model_digest(model)
         if self.me not in ledger.revoked():  # revoked during the round: it stops next
@@ -552,6 +561,14 @@ class RoundDriver(RoundEpochs, RoundEnd):
             raise ConfigError("the node has no model yet: it builds one when training starts")
         return self.learner.current_model()
 
+    def _absent(self) -> list[str]:
+        """Members more than ``ABSENT_AFTER`` rounds behind the furthest, from the ledger."""
+        if self.graph is None:
+            return []
+        progress = self.node.ledger.progress()
+        furthest = max([self.completed, *progress.values()])
+        return sorted(m for m in self.graph.roster if progress.get(m, 0) < furthest - ABSENT_AFTER)
+
     def status(self) -> dict[str, Any]:
         """The rounds' part of ``status.json``: round numbers, ``completed`` a count."""
         graph = self.graph
@@ -564,6 +581,7 @@ class RoundDriver(RoundEpochs, RoundEnd):
             "secure": self.secure,
             "roster": None if graph is None else list(graph.roster),
             "epoch": None if self.membership is None else self.membership.epoch,
+            "absent": self._absent(),
             "plan_hash": None if self.plan_hash is None else self.plan_hash.hex(),
             "last_round": self.last,
         }
