@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,7 +143,11 @@ class Federation:
 
 
 def prepare_federation(
-    setup: Setup, root: str | os.PathLike[str], *, limits: dict[str, Any] | None = None
+    setup: Setup,
+    root: str | os.PathLike[str],
+    *,
+    limits: dict[str, Any] | None = None,
+    unreachable: Collection[int] = (),
 ) -> Federation:
     """Keys, TLS pairs, ledger, configs and the scenario file for ``setup``, under ``root``."""
     root = Path(root)
@@ -171,6 +175,7 @@ def prepare_federation(
             kwargs={"scenario": str(scenario_file.resolve()), "index": i},
             limits=site_limits,
             sections=_site_sections(setup, i),
+            reachable=i not in unreachable,
         )
         for i, (name, port) in enumerate(zip(setup.names(), ports, strict=True))
     ]
@@ -371,14 +376,19 @@ def run_processes(
     timeout: float | None = None,
     limits: dict[str, Any] | None = None,
     watch: Callable[[Federation], None] | None = None,
+    unreachable: Collection[int] = (),
 ) -> RunResult:
-    """Run ``setup`` with one daemon per node; ``root`` keeps the working directory."""
+    """Run ``setup`` with one daemon per node; ``root`` keeps the working directory.
+
+    ``unreachable``: the nodes that accept no connection (``[node] reachable = false``):
+    they dial out, and a reachable member relays the links between two of them.
+    """
     refuse_attack(setup, "the processes engine (real daemons)")
     keep = root is not None
     workdir = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="p2pfl-procs-"))
     rounds = setup.scenario.training.rounds
     timeout = timeout if timeout is not None else 300.0 + 30.0 * rounds
-    federation = prepare_federation(setup, workdir, limits=limits)
+    federation = prepare_federation(setup, workdir, limits=limits, unreachable=unreachable)
     start = time.perf_counter()
     try:
         for i in range(setup.n):

@@ -192,3 +192,37 @@ def test_the_daemons_follow_a_rehearsed_leave(name: str, tmp_path: Path) -> None
     leaver = tmp_path / setup.names()[3] / "audit.jsonl"
     ended = [e for e in read_entries(leaver) if e["event"] == "membership-ended"]
     assert [(e["round"], e["state"]) for e in ended] == [(3, "left")]
+
+
+@pytest.mark.parametrize("kind", ["ring", "regular"])
+def test_sites_behind_firewalls_end_where_the_protocol_engine_ends(
+    kind: str, tmp_path: Path
+) -> None:
+    """Six sites, four accepting no connection, secure mode: relayed links change nothing.
+
+    The daemons of nodes 0-3 have no listener; the reachable nodes 4 and 5 relay the
+    links between two of them, end to end sealed (``p2pfl.node.relaying``).
+    """
+    cell = {
+        **SECURE,
+        "data.nodes": 6,
+        "data.partition": "iid",
+        "topology.kind": kind,
+        "secure.allow_no_dropout": True,  # a ring: two neighbours each
+        "training.rounds": 3,
+    }
+    if kind == "regular":
+        cell["topology.degree"] = 3
+    setup = prepare(scenario(cell))
+    reference = run_engine("protocol", setup, "protocol")
+    result = run_processes(setup, "processes", root=tmp_path, timeout=400, unreachable=range(4))
+
+    assert [r.round for r in result.rounds] == [1, 2, 3]
+    assert result.stragglers == 0 and result.extra["abandoned"] == 0
+    gap = relative(reference.final_params, result.final_params)
+    assert gap <= 1e-4, gap
+    relayed = [
+        e for i in (4, 5) for e in read_entries(tmp_path / f"n{i}" / "audit.jsonl")
+        if e["event"] == "relay"
+    ]  # fmt: skip
+    assert relayed, "no link went through a relay"
