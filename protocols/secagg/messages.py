@@ -341,8 +341,8 @@ def encode(message: Message) -> bytes:
     return message.encode()
 
 
-def decode(data: bytes | bytearray | memoryview) -> Message:
-    """Decode one frame; raise :class:`DecodeError` for anything that is not a valid message."""
+def _head(data: bytes | bytearray | memoryview) -> tuple[memoryview, int, int]:
+    """A frame's bytes, its kind and its header's length, from its fixed head."""
     try:
         view = memoryview(data).cast("B")
     except (TypeError, ValueError) as exc:
@@ -352,6 +352,12 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     magic, version, kind, header_len = _HEAD.unpack_from(view)
     if magic != MAGIC or version != VERSION:
         raise DecodeError("not a secure-aggregation frame of a supported version")
+    return view, kind, header_len
+
+
+def decode(data: bytes | bytearray | memoryview) -> Message:
+    """Decode one frame; raise :class:`DecodeError` for anything that is not a valid message."""
+    view, kind, header_len = _head(data)
     cls = _KINDS.get(kind)
     if cls is None:
         raise DecodeError(f"unknown message kind {kind}")
@@ -389,15 +395,7 @@ def peek_round(data: bytes | bytearray | memoryview) -> int:
 
     For routing a frame to the core of its round's epoch; ``DecodeError`` if it has none.
     """
-    try:
-        view = memoryview(data).cast("B")
-    except (TypeError, ValueError) as exc:
-        raise DecodeError(f"not a contiguous byte buffer: {exc}") from None
-    if len(view) < _HEAD.size:
-        raise DecodeError("frame shorter than its fixed head")
-    magic, version, _, header_len = _HEAD.unpack_from(view)
-    if magic != MAGIC or version != VERSION:
-        raise DecodeError("not a secure-aggregation frame of a supported version")
+    view, _, header_len = _head(data)
     end = _HEAD.size + min(header_len, 16)  # an array head and one integer fit in 10 bytes
     if end > len(view):
         raise DecodeError("header length out of bounds")

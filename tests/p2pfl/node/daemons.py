@@ -50,6 +50,23 @@ def plan(*, secure: bool) -> dict[str, Any]:
     return table
 
 
+LIMITS = {"threads": 1, "status_interval": 0.2, "backoff_max": 0.5}
+"""A test daemon's limits: one torch thread, a status every 0.2 s, quick redials."""
+
+
+def heart_plan(rounds: int, *, round_timeout: float, lr: float = 0.05, **sections: Any) -> Any:
+    """A heart-disease plan (logistic regression, complete graph, sync) with ``sections`` more."""
+    return {
+        "seed": 0,
+        "data": {"input_shape": [37], "num_classes": 2},
+        "model": {"name": "logreg"},
+        "training": {"rounds": rounds, "local_epochs": 1, "batch_size": 32, "lr": lr},
+        "topology": {"kind": "complete"},
+        "gossip": {"mode": "sync", "round_timeout": round_timeout},
+        **sections,
+    }
+
+
 def federation(root: Path, *, sites: int, secure: bool = False) -> list[SiteFiles]:
     ports = free_ports(sites)
     return local_federation(

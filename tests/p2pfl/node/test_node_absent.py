@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import tomli_w
-from daemons import events
+from daemons import LIMITS, events, heart_plan
 from loopback import free_ports
 
 import p2pfl
@@ -53,20 +53,16 @@ def federation(root: Path) -> tuple[list[SiteFiles], int, int]:
     identities = sorted((create_identity() for _ in range(NODES)), key=lambda i: i.node_id)
     ports = free_ports(NODES + 1)
     front = ports[NODES]
-    plan = {
-        "seed": 0,
-        "data": {"input_shape": [37], "num_classes": 2},
-        "model": {"name": "logreg"},
-        "training": {"rounds": ROUNDS, "local_epochs": 1, "batch_size": 32, "lr": 0.05},
-        "topology": {"kind": "complete"},
-        "gossip": {"mode": "sync", "round_timeout": 30.0},
-        "secure": {
+    plan = heart_plan(
+        ROUNDS,
+        round_timeout=30.0,
+        secure={
             "enabled": True,
             "share_timeout": 1.5,
             "masked_timeout": 1.5,
             "unmask_timeout": 3.0,
         },
-    }
+    )
     sites = [
         Site(
             f"n{i}",
@@ -74,7 +70,7 @@ def federation(root: Path) -> tuple[list[SiteFiles], int, int]:
             "p2pfl.node.examples:heart_site",
             [HOSPITALS[i]],
             address=f"ws://127.0.0.1:{front}" if i == CUT else "",
-            limits={"threads": 1, "status_interval": 0.2, "backoff_max": 0.5},
+            limits=dict(LIMITS),
         )
         for i in range(NODES)
     ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import nacl.signing
 import pytest
-from daemons import SITES, audited, log_tail, start_logged, wait_for
+from daemons import LIMITS, SITES, audited, heart_plan, log_tail, start_logged, wait_for
 from loopback import free_ports
 
 from p2pfl.cli import main
@@ -105,15 +105,8 @@ GUARD = 90.0  # seconds, a bound for a loaded machine (each wait ends when it se
 
 def federation(root: Path) -> list[SiteFiles]:
     ports = free_ports(3)
-    plan = {
-        "seed": 0,
-        "data": {"input_shape": [37], "num_classes": 2},
-        "model": {"name": "logreg"},
-        "training": {"rounds": ROUNDS, "local_epochs": 1, "batch_size": 32, "lr": 0.05},
-        "topology": {"kind": "complete"},
-        "gossip": {"mode": "sync", "round_timeout": 60.0},
-    }
-    limits = {"threads": 1, "status_interval": 0.2, "backoff_max": 0.5}
+    plan = heart_plan(ROUNDS, round_timeout=60.0)
+    limits = LIMITS
     sites = [
         Site(name.lower(), f"ws://127.0.0.1:{port}", "p2pfl.node.examples:heart_site", [name],
              limits=dict(limits))

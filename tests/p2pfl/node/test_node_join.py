@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from daemons import ROOT, audited, log_tail, start_logged, wait_for
+from daemons import LIMITS, ROOT, audited, heart_plan, log_tail, start_logged, wait_for
 from loopback import free_ports
 
 from p2pfl.engines import prepare
@@ -34,14 +34,7 @@ INVITE = 20
 
 
 def plan() -> dict[str, object]:
-    return {
-        "seed": 0,
-        "data": {"input_shape": [37], "num_classes": 2},
-        "model": {"name": "logreg"},
-        "training": {"rounds": ROUNDS, "local_epochs": 1, "batch_size": 32, "lr": 0.02},
-        "topology": {"kind": "complete"},
-        "gossip": {"mode": "sync", "round_timeout": 10.0},
-    }
+    return heart_plan(ROUNDS, round_timeout=10.0, lr=0.02)  # type: ignore[no-any-return]
 
 
 def site(i: int, port: int) -> Site:
@@ -50,7 +43,7 @@ def site(i: int, port: int) -> Site:
         f"ws://127.0.0.1:{port}",
         "p2pfl.node.examples:scenario_node",
         kwargs={"scenario": str(SCENARIO), "index": i},
-        limits={"threads": 1, "status_interval": 0.2, "backoff_max": 0.5},
+        limits=dict(LIMITS),
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemons import audited, log_tail, start_logged, wait_for
+from daemons import LIMITS, audited, heart_plan, log_tail, start_logged, wait_for
 from loopback import free_ports
 
 from p2pfl.identity import load_identity
@@ -32,17 +32,10 @@ REVOKE_AFTER = 15  # the founder revokes once it has completed this many rounds
 
 def federation(root: Path) -> list[SiteFiles]:
     ports = free_ports(len(HEART_SITES))
-    plan = {
-        "seed": 0,
-        "data": {"input_shape": [37], "num_classes": 2},
-        "model": {"name": "logreg"},
-        "training": {"rounds": ROUNDS, "local_epochs": 1, "batch_size": 32, "lr": 0.05},
-        "topology": {"kind": "complete"},
-        # A revoked member's frames are refused before its boundary: its neighbours
-        # treat it as a straggler for those rounds.
-        "gossip": {"mode": "sync", "round_timeout": 5.0},
-    }
-    limits = {"threads": 1, "status_interval": 0.2, "backoff_max": 0.5}
+    # A revoked member's frames are refused before its boundary: its neighbours treat it
+    # as a straggler for those rounds.
+    plan = heart_plan(ROUNDS, round_timeout=5.0)
+    limits = LIMITS
     sites = [
         Site(name.split()[0].lower(), f"ws://127.0.0.1:{port}",
              "p2pfl.node.examples:heart_site", [name], limits=dict(limits))
