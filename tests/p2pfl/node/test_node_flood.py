@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import nacl.signing
 import pytest
-from daemons import ROOT, SITES, audit_verifies, check_disk, events
+from daemons import SITES, audit_verifies, check_disk, events, start_logged
 from loopback import free_ports
 
 from p2pfl.errors import P2PFLError
@@ -70,18 +68,6 @@ def federation(root: Path) -> list[SiteFiles]:
         for name, port in zip(SITES[:3], ports, strict=True)
     ]  # fmt: skip
     return local_federation(root, sites, plan, tls=False)
-
-
-def start(site: SiteFiles) -> subprocess.Popen[bytes]:
-    """``node run`` logging to a file: a refusal is logged per stranger, too much for a pipe
-    nobody reads until the end (the daemon would block on its stderr)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    with (site.directory / "daemon.log").open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "p2pfl", "node", "run", "--config", str(site.config),
-             "--insecure"],
-            stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT,
-        )  # fmt: skip
 
 
 def finish_all(procs: list[subprocess.Popen[bytes]], sites: list[SiteFiles]) -> None:
@@ -203,7 +189,7 @@ def linked(site: SiteFiles, peer: str) -> bool:
 def test_a_flooded_daemon_trains_on_and_lets_its_member_in(tmp_path: Path) -> None:
     # The larger id accepts the link (``p2pfl.node.links``): the others dial the victim.
     member, gate, victim = sorted(federation(tmp_path), key=lambda site: site.node_id)
-    procs = [start(victim)]
+    procs = [start_logged(victim)]
     peak: list[int] = []
     try:
         deadline = time.monotonic() + 60
@@ -217,7 +203,7 @@ def test_a_flooded_daemon_trains_on_and_lets_its_member_in(tmp_path: Path) -> No
             async with asyncio.timeout(WAVE):
                 flood = asyncio.create_task(wave(victim.address, peak, procs[0].pid))
                 await asyncio.sleep(0.5)  # the strangers under way, the slow ones hanging
-                procs.append(start(member))  # dials the victim from the same address
+                procs.append(start_logged(member))  # dials the victim from the same address
                 return await flood
 
         codes, cut = asyncio.run(first())
@@ -233,7 +219,7 @@ def test_a_flooded_daemon_trains_on_and_lets_its_member_in(tmp_path: Path) -> No
             waves = asyncio.create_task(flood(victim.address, peak, procs[0].pid, enough))
             await asyncio.sleep(0.5)  # the first wave of it under way
             assert not waves.done()
-            procs.append(start(gate))  # the rounds can begin once its links are up
+            procs.append(start_logged(gate))  # the rounds can begin once its links are up
             async with asyncio.timeout(3 * WAVE):
                 while status(victim).get("completed", 0) < UNDER_FLOOD and not waves.done():
                     await asyncio.sleep(0.1)
