@@ -72,9 +72,12 @@ class Membership:
 
     def joining_soon(self, round: int) -> set[str]:
         """Joiners whose first round is not known yet or is at most two rounds away."""
+        joiners = self.joiners()
+        if not joiners:
+            return set()  # every round of every run asks: no timeline for nothing
         line, _ = self.refresh()
         soon = set()
-        for joiner in self.joiners():
+        for joiner in joiners:
             first = line.first_round(joiner)
             if first is None or first >= round - 1:
                 soon.add(joiner)
