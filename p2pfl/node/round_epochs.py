@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def in_neighbours(graph: Graph, me: str, round: int) -> set[str]:
+    """The members whose models ``me`` mixes in round number ``round`` (itself not counted)."""
+    return set(graph.neighbourhood(me, index(round)).in_weights) - {me}
+
+
 class RoundEpochs:
     """The round driver's epochs (module docstring)."""
 
@@ -103,7 +108,7 @@ class RoundEpochs:
         """
         assert self.graph is not None and self._cut_off is not None
         node, cut = self.node, self._cut_off
-        peers = set(self.graph.neighbourhood(self.me, index(self.round)).in_weights) - {self.me}
+        peers = in_neighbours(self.graph, self.me, self.round)
 
         def heard() -> bool:
             progress = node.ledger.progress()
@@ -171,7 +176,7 @@ class RoundEpochs:
         """
         assert self.learner is not None
         node = self.node
-        peers = sorted(set(graph.neighbourhood(self.me, index(self.round)).in_weights) - {self.me})
+        peers = sorted(in_neighbours(graph, self.me, self.round))
         earliest = self.round - 1
 
         def ready() -> bool:

@@ -64,7 +64,7 @@ from p2pfl.node.personal import keep_personalised, selection_of
 from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
 from p2pfl.node.round_end import RoundEnd
-from p2pfl.node.round_epochs import RoundEpochs
+from p2pfl.node.round_epochs import RoundEpochs, in_neighbours
 from p2pfl.node.round_files import dealt_round, mark_dealt, split_state
 from p2pfl.spec import Graph, Plan, plan_from_table
 from p2pfl.transport import wire_totals
@@ -504,7 +504,7 @@ class RoundDriver(RoundEpochs, RoundEnd):
         # that order, so a peer that sees our round done (its linger ends on it) has them.
         federation = self.privacy.publish(r, figures, drift)
         digest = None
-        hood = set(self.graph.neighbourhood(self.me, index(r)).in_weights) - {self.me}
+        hood = in_neighbours(self.graph, self.me, r)
         self._cut_off = r if hood and not mixed.arrived else None
         if self._serving(r):
             model = learner.params[0].numpy().copy()  # what a joiner may start from
