@@ -221,9 +221,11 @@ class Ledger:
                 state = self._state = NamespaceState.rebuild(self.federation_id, pairs, self._cache)
             else:
                 for name in NAMESPACE_MAPS:
-                    entries = self.store.entries(name)
-                    for key in changed[name]:
-                        state.put(name, key, entries.get(key))
+                    keys = changed.get(name)
+                    if keys:
+                        entries = self.store.entries(name)
+                        for key in keys:
+                            state.put(name, key, entries.get(key))
             self._view = state.view()
         return self._view
 
@@ -237,10 +239,10 @@ class Ledger:
         self._violations += violations
         arrived, self.store.arrived = self.store.arrived, []
         restored = restorable(state, self.store.entries, arrived, self._cache)
-        for name in {*puts, *restored}:
-            entries = {**restored.get(name, {}), **puts.get(name, {})}
-            self._repairs.append(self.store.transact(name, entries, ()))
         if puts or restored:
+            for name in {*puts, *restored}:
+                entries = {**restored.get(name, {}), **puts.get(name, {})}
+                self._repairs.append(self.store.transact(name, entries, ()))
             for name, keys in self.store.refresh().items():
                 changed[name] |= keys
             for name, entries in puts.items():

@@ -6,33 +6,35 @@ brings up to date after each change, reporting which keys changed so that the
 validated view (``protocols.ledger``) is recomputed for those entries only.
 
 Foreign bytes (a peer's update or state vector, a file's updates) reach pycrdt
-only here, and only through ``_foreign``: they are first bounded
+only here, and only through ``_Foreign``: they are first bounded
 (``protocols.yjs_bounds``: a few bytes can otherwise make Yrs reserve
-gigabytes), and any failure inside pycrdt, a Rust panic included, comes out as
-``DecodeError``. A Rust panic surfaces as ``pyo3_runtime.PanicException``, a
-``BaseException`` that passes every ``except Exception``; left alone it would
-end the daemon. An update that fails, or that leaves maps which cannot be read
-back, is undone: the document is rebuilt from a snapshot of its encoding and
-the transactions' updates since (``_snapshot`` and ``_log``; a snapshot is
-taken again once the log outweighs it, so keeping it costs O(1) per byte
-changed, not an encoding of the whole document per update)
-(pycrdt can leave a panicked transaction half applied), so a failed apply
-leaves the document exactly as it was.
+gigabytes; an update is checked by the same walk that finds the entries it
+touches, ``protocols.yjs_items``), and any failure inside pycrdt, a Rust panic
+included, comes out as ``DecodeError``. A Rust panic surfaces as
+``pyo3_runtime.PanicException``, a ``BaseException`` that passes every
+``except Exception``; left alone it would end the daemon. An update that
+fails, or that leaves maps which cannot be read back, is undone: the document
+is rebuilt from a snapshot of its encoding and the transactions' updates since
+(``_snapshot`` and ``_log``; a snapshot is taken again once the log outweighs
+it, right after the update that made it so, so keeping it costs O(1) per byte
+changed, not an encoding of the whole document per update) (pycrdt can leave a
+panicked transaction half applied), so a failed apply leaves the document
+exactly as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import weakref
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pycrdt import Doc, Map, TransactionEvent, merge_updates
 
 from protocols.errors import DecodeError
-from protocols.yjs_bounds import DEFAULT_LIMITS, Limits, check_state_vector, check_update
-from protocols.yjs_items import NOWHERE, ItemIndex, Target, walk
+from protocols.yjs_bounds import DEFAULT_LIMITS, Limits, check_state_vector
+from protocols.yjs_items import NOWHERE, ItemIndex, Target, Walk, walk
 
 MAPS = ("members", "revoked", "plan", "approvals", "progress", "secagg", "metrics", "left", "acks")
 EMPTY_UPDATE = b"\x00\x00"
@@ -41,23 +43,40 @@ MAX_PENDING = 256
 _ABSENT = object()
 
 
-@contextlib.contextmanager
-def _foreign(what: str) -> Iterator[None]:
-    """Turn whatever pycrdt raises on foreign bytes, a Rust panic included, into ``DecodeError``."""
-    try:
-        yield
-    except ValueError as exc:
-        raise DecodeError(f"{what}: {exc}") from exc
-    except BaseException as exc:
-        if not _is_panic(exc):
-            raise
-        raise DecodeError(f"{what}: pycrdt panicked ({exc})") from None
+class _Foreign:
+    """Turn whatever pycrdt raises on foreign bytes, a Rust panic included, into ``DecodeError``.
+
+    A class, not a generator context manager (which costs a generator per use): it is
+    entered twice per update applied.
+    """
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, ValueError):
+            raise DecodeError(f"{self.what}: {exc}") from exc
+        if _is_panic(exc):
+            raise DecodeError(f"{self.what}: pycrdt panicked ({exc})") from None
 
 
 def _is_panic(exc: BaseException) -> bool:
     """Whether ``exc`` is a Rust panic (pyo3 exports its class from no importable module)."""
     kind = type(exc)
     return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
+
+
+_NOT_AN_UPDATE = _Foreign("not a Yjs update")  # it keeps no state: one serves every update
+_UNREADABLE = _Foreign("the update leaves maps that cannot be read")
 
 
 class LedgerDoc:
@@ -74,7 +93,7 @@ class LedgerDoc:
         self._open(Doc(client_id=client_id))
         self._entries: dict[str, dict[str, object]] = {name: {} for name in MAPS}
         self._slots: dict[str, dict[str, set[str]]] = {name: {} for name in MAPS}
-        self._changed: dict[str, set[str]] = {name: set() for name in MAPS}
+        self._changed: defaultdict[str, set[str]] = defaultdict(set)  # maps with changed keys
         self._index = ItemIndex(MAPS)
         self._touched: set[Target] = set()
         self._pending: OrderedDict[tuple[int, int], Target] = OrderedDict()
@@ -82,6 +101,7 @@ class LedgerDoc:
         self.arrived: list[tuple[Target, bytes]] = []  # values of the last foreign update
         self._txn_updates: list[bytes] = []
         self._applying = False  # within apply_update: the transactions are a foreign update's
+        self._walked: tuple[bytes, Walk | None] | None = None  # that update, and its walk
         self._snapshot = self.encode_state()
         self._log: list[bytes] = []
         self._log_bytes = 0
@@ -98,12 +118,13 @@ class LedgerDoc:
         """
         self.doc: Doc[Any] = doc
         self._maps: dict[str, Map[Any]] = {name: doc.get(name, type=Map) for name in MAPS}
-        handler = weakref.WeakMethod(self._on_transaction)
+        self._native = {name: m.integrated for name, m in self._maps.items()}  # Rust-level maps
+        owner = weakref.ref(self)
 
         def observe(event: TransactionEvent) -> None:
-            method = handler()
-            if method is not None:
-                method(event)
+            found = owner()
+            if found is not None:
+                found._on_transaction(event)
 
         self._subscription = doc.observe(observe)
 
@@ -124,11 +145,18 @@ class LedgerDoc:
         so its entries are read back after every change until Yrs integrates it.
         The values of a ``foreign`` update's items are kept in ``arrived``.
         """
-        try:
-            structs, deleted = walk(update)
-        except DecodeError:
+        walked = self._walked
+        if walked is not None and walked[0] == update:
+            found = walked[1]  # the update that arrived, walked when it was checked
+        else:
+            try:
+                found = walk(update)
+            except DecodeError:
+                found = None
+        if found is None:
             self._full = True
             return
+        structs, deleted = found
         index, touched = self._index, self._touched
         for struct in structs:
             target = index.target(struct)
@@ -155,10 +183,11 @@ class LedgerDoc:
     @property
     def stale(self) -> bool:
         """Whether the document changed since the copy of the maps was last refreshed."""
-        return self._full or bool(self._touched or self.arrived) or any(self._changed.values())
+        return self._full or bool(self._touched or self.arrived or self._changed)
 
     def refresh(self) -> dict[str, set[str]]:
-        """Re-read the maps after a change; return (and forget) the keys that changed.
+        """Re-read the maps after a change; return (and forget) the keys that changed, by map
+        (a ``defaultdict``: a map with none reads as an empty set).
 
         Only the entries that the updates since the last refresh touched are read
         back (``protocols.yjs_items`` resolves their item ids), with those of
@@ -171,7 +200,7 @@ class LedgerDoc:
         trigger at will by reordering updates.
         """
         self._update_copy()
-        changed, self._changed = self._changed, {name: set() for name in MAPS}
+        changed, self._changed = self._changed, defaultdict(set)
         return changed
 
     def _update_copy(self) -> None:
@@ -180,9 +209,11 @@ class LedgerDoc:
             self._reindex()
             fresh = self._read_maps()
             for name, new in fresh.items():
-                old, keys = self._entries[name], self._changed[name]
-                keys.update(k for k, v in new.items() if old.get(k) != v)
+                old = self._entries[name]
+                keys = {k for k, v in new.items() if old.get(k) != v}
                 keys.update(k for k in old if k not in new)
+                if keys:  # _changed holds no empty set (``stale`` relies on it)
+                    self._changed[name] |= keys
             self._entries = fresh
             self._slots = {name: {} for name in MAPS}
             for name, entries in fresh.items():
@@ -190,10 +221,13 @@ class LedgerDoc:
                     self._slots[name].setdefault(key.partition("@")[0], set()).add(key)
             self._full = False
         elif self._touched or self._pending:
-            targets = self._touched | set(self._pending.values())
+            targets = self._touched
+            if self._pending:
+                targets = targets | set(self._pending.values())
             with self.doc.transaction() as txn:
+                read = self._reader(txn)
                 for name, key in targets:
-                    value = self._read_entry(txn, name, key)
+                    value = read(name, key)
                     known = self._entries[name]
                     if known.get(key, _ABSENT) != value:
                         self._changed[name].add(key)
@@ -207,25 +241,40 @@ class LedgerDoc:
                         else:
                             known[key] = value
                             self._slots[name].setdefault(slot, set()).add(key)
-        self._touched = set()
+        if self._touched:
+            self._touched = set()
 
-    def _read_entry(self, txn: Any, name: str, key: str) -> object:
-        """One entry's value (``_ABSENT`` if there is none), within ``txn``.
+    def _reader(self, txn: Any) -> Callable[[str, str], object]:
+        """A function of ``(map, key)`` to the entry's value (``_ABSENT`` if none), within ``txn``.
 
-        Through pycrdt's public ``Map.get``, not its native binding's private one.
+        Reads through pycrdt's Rust-level map with the transaction's ``_txn``, as
+        ``_read_maps`` does: ``Map.get`` enters the transaction three times and
+        checks the key twice, about twice as slow (one of these per update).
+        Should a later pycrdt lack ``_txn``, the public ``Map.get`` is taken.
         """
-        del txn  # the map reads within the document's current transaction
-        return self._maps[name].get(key, _ABSENT)
+        raw_txn = getattr(txn, "_txn", None)
+        if raw_txn is None:
+            maps = self._maps
+            return lambda name, key: maps[name].get(key, _ABSENT)
+        native = self._native
+
+        def read(name: str, key: str) -> object:
+            found = native[name]
+            return found.get(raw_txn, key) if found.has(raw_txn, key) else _ABSENT
+
+        return read
 
     def _reindex(self) -> None:
         """Learn the item ids of the whole document again (after a full read was needed)."""
         self._index.clear()
         self._pending.clear()
         try:
-            structs, _ = walk(self.encode_state())
+            found = walk(self.encode_state())
         except DecodeError:
             return
-        waiting = structs
+        if found is None:
+            return
+        waiting = found[0]
         while waiting:  # an origin may come later in the encoding: resolve until stuck
             left = []
             for struct in waiting:
@@ -251,8 +300,8 @@ class LedgerDoc:
             if raw_txn is None:
                 return {name: dict(m.items()) for name, m in self._maps.items()}
             fresh = {}
-            for name, m in self._maps.items():
-                get, keys = m.integrated.get, m.integrated.keys
+            for name, m in self._native.items():
+                get, keys = m.get, m.keys
                 fresh[name] = {key: get(raw_txn, key) for key in keys(raw_txn)}
             return fresh
 
@@ -280,7 +329,7 @@ class LedgerDoc:
         """What a replica at ``state_vector`` lacks, as one update; ``DecodeError`` if bad."""
         state_vector = bytes(state_vector)
         check_state_vector(state_vector, self.limits)
-        with _foreign("not a Yjs state vector"):
+        with _Foreign("not a Yjs state vector"):
             return bytes(self.doc.get_update(state_vector))
 
     def apply_update(self, update: bytes, *, limits: Limits | None = None) -> list[bytes]:
@@ -291,19 +340,19 @@ class LedgerDoc:
         document is then as it was.
         """
         update = bytes(update)
-        check_update(update, self.limits if limits is None else limits)
-        if self._log_bytes > len(self._snapshot) + (64 << 10):
-            self._snapshot, self._log, self._log_bytes = self.encode_state(), [], 0
+        walked = walk(update, self.limits if limits is None else limits)  # checks it
+        self._trim_log()  # after local writes
         logged, logged_bytes = len(self._log), self._log_bytes
         self._txn_updates = []
         self.arrived = []
         try:
             self._applying = True
-            with _foreign("not a Yjs update"):
+            self._walked = (update, walked)
+            with _NOT_AN_UPDATE:
                 self.doc.apply_update(update)
             if self._txn_updates != [update]:  # not all of it integrated as it came
                 self._note(update, integrated=False)
-            with _foreign("the update leaves maps that cannot be read"):
+            with _UNREADABLE:
                 self._update_copy()
         except DecodeError:
             del self._log[logged:]
@@ -312,8 +361,15 @@ class LedgerDoc:
             raise
         finally:
             self._applying = False
+            self._walked = None
             changed, self._txn_updates = self._txn_updates, []
-        return changed
+        self._trim_log()  # here, not before the next one: a file's or a full sync's update
+        return changed  # makes the log outweigh the snapshot, not the small update after it
+
+    def _trim_log(self) -> None:
+        """Take a snapshot again once the log outweighs it (O(1) per byte logged)."""
+        if self._log_bytes > len(self._snapshot) + (64 << 10):
+            self._snapshot, self._log, self._log_bytes = self.encode_state(), [], 0
 
     def _restore(self) -> None:
         """Put back the document as the snapshot and the log say it was."""
@@ -333,7 +389,7 @@ class LedgerDoc:
 
     def close(self) -> None:
         """Stop observing the document, so that pycrdt frees it once it is dropped."""
-        with contextlib.suppress(DecodeError), _foreign("closing the document"):
+        with contextlib.suppress(DecodeError), _Foreign("closing the document"):
             self.doc.unobserve(self._subscription)
 
     def transact(self, map_name: str, puts: Mapping[str, bytes], deletes: Iterable[str]) -> bytes:

@@ -96,16 +96,22 @@ def losses(
     puts: dict[str, dict[str, bytes]] = {}
     violations = []
     for name, keys in changed.items():
+        if not keys:
+            continue
         entries = entries_of(name)
+        lost = []  # the verified records of changed keys that hold something else now
+        for key in keys:
+            record = state.valid_record(name, key)
+            if record is not None and entries.get(key) != record.value:
+                lost.append((key, record))
+        if not lost:
+            continue
         by_slot: dict[str, list[str]] = {}  # the changed keys still there, by slot
         for key in keys:
             if key in entries:
                 by_slot.setdefault(key.partition("@")[0], []).append(key)
-        for key in keys:
-            record = state.valid_record(name, key)
+        for key, record in lost:
             now = entries.get(key)
-            if record is None or now == record.value:
-                continue
             candidates = [(k, entries[k]) for k in by_slot.get(record.slot, ())]
             candidates += [(k, r.value) for k, r in state.valid_in_slot(name, record.slot).items()]
             if superseded(record, candidates, state.auth, cache):

@@ -103,7 +103,7 @@ class RecordCache:
 
     def entry(self, map_name: str, key: object, value: object) -> Entry | None:
         """The entry, or ``None`` when it is not a well-formed record."""
-        if not isinstance(value, bytes | bytearray) or not isinstance(key, str):
+        if not isinstance(value, (bytes, bytearray)) or not isinstance(key, str):
             return None
         cache_key = (map_name, key, bytes(value))
         if cache_key in self._used:
@@ -121,7 +121,7 @@ class RecordCache:
 
     def forget(self, map_name: str, key: str, value: object) -> None:
         """An entry left the document: drop what was remembered about it."""
-        if isinstance(value, bytes | bytearray):
+        if isinstance(value, (bytes, bytearray)):
             cache_key = (map_name, key, bytes(value))
             self._used.pop(cache_key, None)
             self._known.pop(cache_key, None)

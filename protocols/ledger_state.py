@@ -50,7 +50,11 @@ class NamespaceState:
         self._authority_slots: dict[tuple[str, str], list[Record]] = {}
         for record in auth.valid:
             self._authority_slots.setdefault((record.map_name, record.slot), []).append(record)
-        self._base = assemble(auth, {}, Counter(), 0)
+        self._base = base = assemble(auth, {}, Counter(), 0)
+        current = dict(base.current)  # read-only views of this state's own, live
+        current.update((name, MappingProxyType(s)) for name, s in self._current.items())
+        self._current_view: Mapping[str, Mapping[str, Record]] = current
+        self._rejections: dict[str, int] | None = None  # the view's, until _rejected changes
         self._clocks: Counter[int] = Counter()  # the current records' clocks
         self._heap: list[int] = []  # their negatives, with stale ones popped lazily
 
@@ -81,9 +85,10 @@ class NamespaceState:
     def put(self, map_name: str, key: str, value: object | None) -> None:
         """The entry ``key`` of ``map_name`` now holds ``value`` (``None``: deleted)."""
         verdict_before = self._verdicts.get((map_name, key))
-        if verdict_before is not None and value is not None and verdict_before[2] == value:
-            return
-        self._remove(map_name, key)
+        if verdict_before is not None:
+            if value is not None and verdict_before[2] == value:
+                return
+            self._remove(map_name, key)
         if value is None:
             return
         entry = self._cache.entry(map_name, key, value)
@@ -91,6 +96,7 @@ class NamespaceState:
         self._verdicts[(map_name, key)] = (reason, entry, value)
         if reason is not None or entry is None:
             self._rejected[reason or "malformed"] += 1
+            self._rejections = None
             return
         record = entry.record
         self._valid[map_name].setdefault(record.slot, {})[key] = record
@@ -106,6 +112,7 @@ class NamespaceState:
         self._cache.forget(map_name, key, value)
         if reason is not None or entry is None:
             self._rejected[reason or "malformed"] -= 1
+            self._rejections = None
             return
         slot = entry.record.slot
         records = self._valid[map_name][slot]
@@ -124,7 +131,8 @@ class NamespaceState:
             self._clocks[old.clock] -= 1
         if record is not None:
             slots[slot] = record
-            self._clocks[record.clock] += 1
+            clocks = self._clocks
+            clocks[record.clock] = clocks.get(record.clock, 0) + 1  # a new clock, mostly
             heapq.heappush(self._heap, -record.clock)
         if len(self._heap) > 2 * len(self._clocks) + 64:  # drop what lingers below the top
             self._clocks = +self._clocks
@@ -157,12 +165,18 @@ class NamespaceState:
         """The view, in O(maps): its namespace maps are read-only views of this state's own,
         so a view shows the state as it is when read, not as it was when taken."""
         base = self._base
-        current = dict(base.current)
-        current.update((name, MappingProxyType(s)) for name, s in self._current.items())
-        return dataclasses.replace(
-            base,
-            current=current,
-            rejections=dict(Counter(base.rejections) + self._rejected),
+        rejections = self._rejections
+        if rejections is None:
+            rejections = self._rejections = dict(Counter(base.rejections) + self._rejected)
+        return LedgerView(  # not dataclasses.replace: twice as slow, once per update
+            founder=base.founder,
+            name=base.name,
+            genesis_key=base.genesis_key,
+            members=base.members,
+            admins=base.admins,
+            revoked=base.revoked,
+            current=self._current_view,
+            rejections=rejections,
             max_clock=max(base.max_clock, self._max_clock()),
         )
 

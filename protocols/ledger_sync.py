@@ -41,6 +41,8 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import msgpack
+
 from protocols.errors import DecodeError, LocalProtocolError, PeerProtocolError
 from protocols.ledger import Ledger
 from protocols.records import canonical, unpack
@@ -76,7 +78,9 @@ class Update:
     update: bytes
 
     def encode(self) -> bytes:
-        return canonical([TAG_UPDATE, self.update])
+        # An integer and a byte string are canonical as msgpack writes them: one per update
+        # forwarded, so not through ``canonical``'s normalisation.
+        return bytes(msgpack.packb([TAG_UPDATE, bytes(self.update)], use_bin_type=True))
 
 
 Message = SyncStep1 | SyncStep2 | Update
@@ -188,6 +192,8 @@ class LedgerSync:
             return []
         self.applied += 1
         changes = self.ledger.apply_update(update, origin=source)
+        if changes == [update]:  # all of it was new: its digest is the one just remembered
+            return self._send(update, exclude=source)
         return self._flood(changes, exclude=source)
 
     def _remember(self, update: bytes) -> bytes | None:
@@ -205,9 +211,13 @@ class LedgerSync:
         out: Outgoing = []
         for update in updates:
             self._remember(update)
-            encoded = Update(update).encode()
-            out.extend((peer, encoded) for peer in self._peers if peer != exclude)
+            out += self._send(update, exclude=exclude)
         return out
+
+    def _send(self, update: bytes, *, exclude: str | None) -> Outgoing:
+        """``update`` as a message to every neighbour but ``exclude`` (already remembered)."""
+        encoded = Update(update).encode()
+        return [(peer, encoded) for peer in self._peers if peer != exclude]
 
     def local_update(self, update: bytes) -> Outgoing:
         """This node wrote to its ledger (``update`` as a write returned it): tell everyone."""

@@ -91,29 +91,31 @@ def _normalise(obj: object) -> object:
 
 
 def unpack(data: bytes, *, max_size: int = MAX_RECORD_SIZE) -> Any:
-    """Decode one msgpack object, or raise ``DecodeError`` (never anything else)."""
+    """Decode one msgpack object, or raise ``DecodeError`` (never anything else).
+
+    Records hold plain data: extension types (msgpack's timestamps among them) are
+    refused by the decoder itself, ``max_ext_len=0`` for any that carries data and
+    ``ext_hook`` for an empty one (an empty timestamp is refused as invalid), so
+    nothing is walked again after decoding. With ``strict_map_key``, map keys are
+    ``str`` or ``bytes``.
+    """
     if len(data) > max_size:
         raise DecodeError(f"{len(data)} bytes is more than the limit of {max_size}")
     try:
-        obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True)
+        return msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_ext_len=0,
+            ext_hook=_refuse_extension,
+        )
     except (ValueError, TypeError, msgpack.exceptions.UnpackException) as exc:
         raise DecodeError(f"not msgpack: {exc}") from exc
-    _check_plain(obj)
-    return obj
 
 
-def _check_plain(obj: object) -> None:
-    """Refuse extension types (msgpack's timestamps among them): records hold plain data."""
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif not (item is None or isinstance(item, bool | int | float | str | bytes)):
-            raise DecodeError(f"a {type(item).__name__} has no place in a record")
+def _refuse_extension(code: int, data: bytes) -> object:
+    raise DecodeError(f"an extension type ({code}) has no place in a record")
 
 
 def plan_hash(plan: Mapping[str, object]) -> bytes:
@@ -221,7 +223,7 @@ def seal(
 
 def open_record(map_name: str, key: object, value: object) -> Record:
     """Decode a stored entry; raise ``DecodeError`` if it is not a well-formed record."""
-    if not isinstance(value, bytes | bytearray):
+    if not isinstance(value, (bytes, bytearray)):
         raise DecodeError(f"a record is bytes, not {type(value).__name__}")
     value = bytes(value)
     slot, clock = parse_key(key)

@@ -64,13 +64,20 @@ DEFAULT_LIMITS = Limits()
 
 
 class _Reader:
-    """A cursor over lib0 v1 bytes that counts what Yrs would allocate."""
+    """A cursor over lib0 v1 bytes that counts what Yrs would allocate.
+
+    Every update a replica receives is read through it, so the one-byte varints
+    (most of them) are read inline by the methods that take one, not through ``var``.
+    """
+
+    __slots__ = ("data", "elements", "limits", "pos", "readable")
 
     def __init__(self, data: bytes, limits: Limits) -> None:
         self.data = data
         self.pos = 0
         self.limits = limits
         self.elements = 0
+        self.readable = True  # for yjs_items: every name it decoded was UTF-8
 
     def remaining(self) -> int:
         return len(self.data) - self.pos
@@ -90,11 +97,15 @@ class _Reader:
             if data[pos] > hi:
                 raise DecodeError(f"{what} {data[pos]} is over {hi}")
             return data[pos]
-        value, shift = 0, 0
-        for _ in range(_MAX_VARINT_BYTES):
-            b = self.byte()
+        value, shift, end = 0, 0, len(data)
+        for _ in range(_MAX_VARINT_BYTES):  # the bytes read here, not through byte(): client
+            if pos >= end:  # ids take eight, and an update names several
+                raise DecodeError("truncated Yjs encoding")
+            b = data[pos]
+            pos += 1
             value |= (b & 0x7F) << shift
             if b < 0x80:
+                self.pos = pos
                 if value > hi:
                     raise DecodeError(f"{what} {value} is over {hi}")
                 return value
@@ -115,19 +126,35 @@ class _Reader:
 
     def blob(self, what: str) -> int:
         """A length-prefixed string or buffer; returns its length in bytes."""
-        n = self.var(len(self.data) - self.pos, what)  # the length: at most what is left
+        pos, data = self.pos, self.data
+        hi = len(data) - pos  # the length: at most what is left
+        if pos < len(data) and data[pos] < 0x80 and data[pos] <= hi:
+            n = data[pos]
+            self.pos = pos + 1 + n
+            return n
+        n = self.var(hi, what)
         self.pos += n
         return n
 
     def count(self, min_size: int, what: str) -> int:
         """A count of elements of at least ``min_size`` bytes each, charged to the budget."""
-        n = self.var((len(self.data) - self.pos) // min_size, what)
+        pos, data = self.pos, self.data
+        hi = (len(data) - pos) // min_size
+        if pos < len(data) and data[pos] < 0x80 and data[pos] <= hi:
+            n = data[pos]
+            self.pos = pos + 1
+        else:
+            n = self.var(hi, what)
         self.elements += n
         if self.elements > self.limits.max_elements:
             raise DecodeError(f"more than {self.limits.max_elements} elements in one update")
         return n
 
     def clock(self, what: str) -> int:
+        pos, data = self.pos, self.data
+        if pos < len(data) and data[pos] < 0x80:  # below MAX_CLOCK
+            self.pos = pos + 1
+            return data[pos]
         return self.var(MAX_CLOCK, what)
 
     def length(self, what: str) -> int:
@@ -193,22 +220,23 @@ def _struct(reader: _Reader) -> int:
     if info in (_GC, _SKIP):
         return reader.length("length")
     if info & _HAS_ORIGIN:
-        _id(reader, "left origin")
+        _id(reader, "left origin client", "left origin clock")
     if info & _HAS_RIGHT_ORIGIN:
-        _id(reader, "right origin")
+        _id(reader, "right origin client", "right origin clock")
     if not info & (_HAS_ORIGIN | _HAS_RIGHT_ORIGIN):
         if reader.var(MAX_CLOCK, "parent info") == 1:
             reader.blob("parent name")
         else:
-            _id(reader, "parent")
+            _id(reader, "parent client", "parent clock")
         if info & _HAS_PARENT_SUB:
             reader.blob("map key")
     return _content(reader, info & 0x0F)
 
 
-def _id(reader: _Reader, what: str) -> None:
-    reader.var(MAX_CLIENT, f"{what} client")
-    reader.clock(f"{what} clock")
+def _id(reader: _Reader, client: str, clock: str) -> None:
+    """An item id; ``client`` and ``clock`` name its parts in errors."""
+    reader.var(MAX_CLIENT, client)
+    reader.clock(clock)
 
 
 def _content(reader: _Reader, ref: int) -> int:

@@ -9,18 +9,21 @@ none of the ledger's maps), so that any later struct or deletion is resolved
 to the entry it touches in a dictionary look-up. The ledger's document reads
 back those entries only, instead of every map (``protocols.ledger_doc``).
 
-The walk follows the layout that ``protocols.yjs_bounds`` checks (and is run
-only on bytes that passed it, or that Yrs itself encoded).
+The walk follows the layout that ``protocols.yjs_bounds`` checks. Given
+``Limits``, it also checks what ``check_update`` checks, in the same pass, so
+that a foreign update is read once; without, it is run only on bytes that
+passed that check or that Yrs itself encoded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from protocols.errors import DecodeError
 from protocols.yjs_bounds import (
     _ANY,
+    _ANY_BUFFER,
     _GC,
     _HAS_ORIGIN,
     _HAS_PARENT_SUB,
@@ -42,8 +45,7 @@ _WALK_LIMITS = Limits(max_bytes=1 << 31, max_elements=1 << 40)
 _MAX_INDEXED_RUN = 64
 
 
-@dataclass(frozen=True, slots=True)
-class Struct:
+class Struct(NamedTuple):
     """One item of an update: its id run, and where it says it belongs."""
 
     client: int
@@ -56,80 +58,158 @@ class Struct:
     value: bytes | None = None  # the content, when it is one byte string (a ledger value)
 
 
-def walk(update: bytes) -> tuple[list[Struct], list[tuple[int, int, int]]]:
-    """``(structs, deleted)`` of a v1 update; ``deleted`` holds ``(client, clock, length)``."""
-    reader = _Reader(bytes(update), _WALK_LIMITS)
+Walk = tuple[list[Struct], list[tuple[int, int, int]]]
+"""``(structs, deleted)`` of an update; ``deleted`` holds ``(client, clock, length)``."""
+
+
+def walk(update: bytes, limits: Limits | None = None) -> Walk | None:
+    """``(structs, deleted)`` of a v1 update, or ``None`` when a name in it is not UTF-8.
+
+    With ``limits``, the walk also checks the update as ``yjs_bounds.check_update``
+    does, in the same pass: it raises ``DecodeError`` for exactly the bytes that
+    ``check_update(update, limits)`` refuses (a foreign update is then read once,
+    not once to check it and once to resolve its entries). Without, it is run only
+    on bytes that passed that check or that Yrs itself encoded.
+    """
+    data = bytes(update)
+    checked = limits is not None
+    if limits is not None and len(data) > limits.max_bytes:
+        raise DecodeError(f"a Yjs encoding of {len(data)} bytes is over {limits.max_bytes}")
+    reader = _Reader(data, _WALK_LIMITS if limits is None else limits)
     structs: list[Struct] = []
+    seen: set[int] = set()
     for _ in range(reader.count(3, "update clients")):
         count = reader.count(2, "structs")
         client = reader.var(MAX_CLIENT, "client id")
-        clock = reader.clock("start clock")
+        if checked:
+            if client in seen:  # as check_update refuses it (a SIGSEGV in Yrs)
+                raise DecodeError(f"client {client} has two blocks of structs in one update")
+            seen.add(client)
+        clock = bound = reader.clock("start clock")
         for _ in range(count):
-            struct = _struct(reader, client, clock)
+            struct = _entry(reader, client, clock)
+            if struct is None:
+                struct, moved = _struct(reader, client, clock)
+            else:
+                moved = 1
             structs.append(struct)
             clock += struct.length
+            bound += moved
+            if checked and bound > MAX_CLOCK:
+                raise DecodeError(f"a client's clock runs past {MAX_CLOCK}")
     deleted = []
     for _ in range(reader.count(2, "delete set clients")):
         client = reader.var(MAX_CLIENT, "client id")
         for _ in range(reader.count(2, "delete ranges")):
-            deleted.append((client, reader.clock("deleted clock"), reader.length("length")))
+            start = reader.clock("deleted clock")
+            length = reader.length("deleted length")
+            if checked and start + length > MAX_CLOCK:
+                raise DecodeError(f"a deleted range runs past {MAX_CLOCK}")
+            deleted.append((client, start, length))
     reader.end()
-    return structs, deleted
+    return (structs, deleted) if reader.readable else None
+
+
+_ENTRY_INFO = _ANY | _HAS_PARENT_SUB
+"""The info byte of an item that sets a key of a map, with no origin: a new ledger entry."""
+
+
+def _entry(reader: _Reader, client: int, clock: int) -> Struct | None:
+    """The next struct when it sets a key of a root map to one byte string, else ``None``.
+
+    Every record a writer adds is such an item, so it is read here byte by byte:
+    its info byte, a named parent, the parent's name and the key (each under 128
+    bytes and UTF-8), one ``Any`` value that is a buffer (its length in one or two
+    bytes) and nothing past the end of the update. Anything else, or anything
+    ``_struct`` would refuse (the element budget, the nesting depth), is left to
+    ``_struct``, from the same position: both read this shape alike (the tests
+    compare them on mutated updates), this one without a call per field.
+    """
+    data, pos = reader.data, reader.pos
+    end = len(data)
+    if end - pos < 4 or data[pos] != _ENTRY_INFO or data[pos + 1] != 1:
+        return None
+    name_start = pos + 3
+    name_end = name_start + data[pos + 2]
+    if data[pos + 2] >= 0x80 or name_end >= end:
+        return None
+    key_start = name_end + 1
+    key_end = key_start + data[name_end]
+    if data[name_end] >= 0x80 or key_end + 3 > end:
+        return None
+    if data[key_end] != 1 or data[key_end + 1] != _ANY_BUFFER:
+        return None
+    at = key_end + 2  # the value's length
+    if data[at] < 0x80:
+        n, at = data[at], at + 1
+    elif at + 1 < end and data[at + 1] < 0x80:
+        n, at = (data[at] & 0x7F) | (data[at + 1] << 7), at + 2
+    else:
+        return None
+    limits = reader.limits
+    if at + n > end or reader.elements >= limits.max_elements or limits.max_depth < 1:
+        return None
+    try:
+        parent = data[name_start:name_end].decode("utf-8")
+        key = data[key_start:key_end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    reader.elements += 1  # the one value, as _struct charges it
+    reader.pos = at + n
+    return Struct(client, clock, 1, None, parent, key, False, data[at : at + n])
 
 
 def _text(reader: _Reader, what: str) -> str:
     n = reader.blob(what)
     try:
         return reader.data[reader.pos - n : reader.pos].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"{what} is not UTF-8") from exc
+    except UnicodeDecodeError:
+        reader.readable = False
+        return ""
 
 
-def _id(reader: _Reader, what: str) -> tuple[int, int]:
-    return reader.var(MAX_CLIENT, f"{what} client"), reader.clock(f"{what} clock")
+def _id(reader: _Reader, client: str, clock: str) -> tuple[int, int]:
+    """An item id; ``client`` and ``clock`` name its parts in errors."""
+    return reader.var(MAX_CLIENT, client), reader.clock(clock)
 
 
-def _struct(reader: _Reader, client: int, clock: int) -> Struct:
+def _struct(reader: _Reader, client: int, clock: int) -> tuple[Struct, int]:
+    """The next struct, and how far ``check_update`` counts it to move the clock."""
     info = reader.byte()
     if info in (_GC, _SKIP):
-        return Struct(client, clock, reader.length("length"), None, None, None, gc=True)
+        length = reader.length("length")
+        return Struct(client, clock, length, None, None, None, True), length
     origin = right = None
     if info & _HAS_ORIGIN:
-        origin = _id(reader, "left origin")
+        origin = _id(reader, "left origin client", "left origin clock")
     if info & _HAS_RIGHT_ORIGIN:
-        right = _id(reader, "right origin")
+        right = _id(reader, "right origin client", "right origin clock")
     parent = key = None
     if not info & (_HAS_ORIGIN | _HAS_RIGHT_ORIGIN):
         if reader.var(MAX_CLOCK, "parent info") == 1:
             parent = _text(reader, "parent name")
         else:
-            _id(reader, "parent")
+            _id(reader, "parent client", "parent clock")
             parent = ""  # nested content: no ledger map
         if info & _HAS_PARENT_SUB:
             key = _text(reader, "map key")
     start = reader.pos
-    length = _content(reader, info & 0x0F)
+    ref = info & 0x0F
+    data = reader.data
     value = None
-    raw = reader.data[start : reader.pos]
-    if info & 0x0F == _ANY and raw[:2] == b"\x01\x74":  # one value, a byte string
-        sub = _Reader(raw[2:], _WALK_LIMITS)
-        n = sub.blob("value")
-        if sub.pos == len(raw) - 2:
-            value = raw[2 + sub.pos - n : 2 + sub.pos]
-    return Struct(client, clock, length, origin or right, parent, key, value=value)
-
-
-def _content(reader: _Reader, ref: int) -> int:
-    """Skip an item's content; return how many clocks it takes.
-
-    A string takes one clock per UTF-16 unit (``yjs_bounds`` counts its bytes, an
-    upper bound); every other content is skipped and counted as ``yjs_bounds`` does.
-    """
     if ref == _STRING:
         n = reader.blob("string")
-        text = reader.data[reader.pos - n : reader.pos].decode("utf-8", "replace")
-        return max(1, len(text.encode("utf-16-le")) // 2)
-    return skip_content(reader, ref)
+        text = data[reader.pos - n : reader.pos].decode("utf-8", "replace")
+        length, moved = max(1, len(text.encode("utf-16-le")) // 2), n
+    else:
+        length = moved = skip_content(reader, ref)
+        if ref == _ANY and data[start : start + 2] == b"\x01\x74":  # one value, a byte string
+            sub = _Reader(data, _WALK_LIMITS)
+            sub.pos = start + 2
+            n = sub.blob("value")
+            if sub.pos == reader.pos:
+                value = data[sub.pos - n : sub.pos]
+    return Struct(client, clock, length, origin or right, parent, key, False, value), moved
 
 
 class ItemIndex:
@@ -158,7 +238,9 @@ class ItemIndex:
         if struct.gc:
             return
         ids = self._ids
-        if struct.length <= _MAX_INDEXED_RUN:
+        if struct.length == 1:  # a ledger value: one item
+            ids[(struct.client, struct.clock)] = target
+        elif struct.length <= _MAX_INDEXED_RUN:
             for clock in range(struct.clock, struct.clock + struct.length):
                 ids[(struct.client, clock)] = target
         else:

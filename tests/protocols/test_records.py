@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import msgpack
 import nacl.signing
 import pytest
 from hypothesis import given, settings
@@ -65,6 +66,40 @@ def test_unpack_refuses_extension_types_and_oversized_input() -> None:
         unpack(b"\xd4\x01\x02")  # ext type 1
     with pytest.raises(DecodeError):
         unpack(b"\xc0" * 11, max_size=10)
+
+
+EXTENSIONS = [
+    b"\xc7\x00\x01",  # an empty extension of type 1: refused by the hook, not its length
+    b"\xc7\x00\xff",  # an empty timestamp
+    msgpack.packb(msgpack.ExtType(5, b"x" * 300)),
+    msgpack.packb(msgpack.Timestamp(1, 0)),  # 32, 64 and 96 bits
+    msgpack.packb(msgpack.Timestamp(1, 5)),
+    msgpack.packb(msgpack.Timestamp(2**40, 5)),
+]
+
+
+@FAST
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary(),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+        max_leaves=8,
+    ),
+    st.sampled_from(EXTENSIONS),
+    st.integers(0, 3),
+)
+def test_unpack_refuses_an_extension_type_wherever_it_sits(
+    plain: object, extension: bytes, depth: int
+) -> None:
+    """msgpack's decoder refuses them itself (nothing walks the result again): at the
+    top, in a list, as a map's value, at any depth; plain data round-trips."""
+    packed = msgpack.packb(plain, use_bin_type=True)
+    assert unpack(packed) == plain
+    wrapped = extension
+    for level in range(depth):  # [plain, ...] or {"k": ...}
+        wrapped = b"\x92" + packed + wrapped if level % 2 else b"\x81\xa1k" + wrapped
+    with pytest.raises(DecodeError):
+        unpack(wrapped)
 
 
 def test_seal_then_open_round_trips_and_verifies() -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Callable
+from unittest import mock
 
 import nacl.signing
 import pytest
@@ -12,7 +15,16 @@ from pycrdt import Array, Doc, Map, Text
 
 from protocols.errors import DecodeError
 from protocols.ledger import Ledger
-from protocols.yjs_bounds import Limits, check_state_vector, check_update
+from protocols.yjs_bounds import DEFAULT_LIMITS, Limits, check_state_vector, check_update
+from protocols.yjs_items import walk
+
+
+def checked_walk(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
+    """The walk a replica runs on a foreign update: it checks as ``check_update`` does."""
+    walk(data, limits)
+
+
+CHECKS = [check_update, checked_walk]
 
 
 def key(n: int) -> nacl.signing.SigningKey:
@@ -115,26 +127,93 @@ def test_bad_state_vectors(data: bytes, why: str) -> None:
         (update(entry(ANY, var(1) + b"\x70")), "value tag"),
     ],
 )
-def test_bad_updates(data: bytes, why: str) -> None:
+@pytest.mark.parametrize("check", CHECKS)
+def test_bad_updates(data: bytes, why: str, check: Callable[[bytes], None]) -> None:
     with pytest.raises(DecodeError, match=why):
-        check_update(data)
+        check(data)
 
 
-def test_nesting_and_element_budgets() -> None:
+@pytest.mark.parametrize("check", CHECKS)
+def test_nesting_and_element_budgets(check: Callable[[bytes, Limits], None]) -> None:
     deep = update(entry(ANY, var(1) + b"\x75\x01" * 40 + b"\x7e"))
     with pytest.raises(DecodeError, match="nested deeper"):
-        check_update(deep)
-    check_update(deep, Limits(max_depth=64))
+        check(deep, DEFAULT_LIMITS)
+    check(deep, Limits(max_depth=64))
     updates, _ = ledger_encodings()
     with pytest.raises(DecodeError, match="elements"):
-        check_update(updates[-3], Limits(max_elements=4))
+        check(updates[-3], Limits(max_elements=4))
     with pytest.raises(DecodeError, match="over 8"):
-        check_update(updates[-3], Limits(max_bytes=8))
+        check(updates[-3], Limits(max_bytes=8))
+    one_entry = updates[2]  # a progress record: read by the walk's fast path
+    with pytest.raises(DecodeError, match="elements"):
+        check(one_entry, Limits(max_elements=2))
+    with pytest.raises(DecodeError, match="nested deeper"):
+        check(one_entry, Limits(max_depth=0))
+
+
+@functools.cache
+def samples() -> tuple[bytes, ...]:
+    """Valid encodings: a ledger's, every type's, and map entries of byte strings whose
+    lengths take one, two and three varint bytes (the walk reads two inline)."""
+    updates, _ = ledger_encodings()
+    doc: Doc = Doc(client_id=7)
+    root = doc.get("progress", type=Map)
+    out = [*updates, bytes(doc_of_every_type().get_update())]
+    for n in (0, 127, 128, 16383, 16384):
+        before = doc.get_state()
+        root[f"k{n}é"] = bytes(n)
+        out.append(bytes(doc.get_update(before)))
+    out.append(bytes(doc.get_update()))
+    return tuple(out)
+
+
+def _refused(check: Callable[[bytes, Limits], object], data: bytes, limits: Limits) -> bool:
+    try:
+        check(data, limits)
+    except DecodeError:
+        return True
+    return False
+
+
+LIMITS = st.builds(
+    Limits,
+    max_bytes=st.sampled_from([150, DEFAULT_LIMITS.max_bytes]),
+    max_elements=st.integers(1, 12) | st.just(DEFAULT_LIMITS.max_elements),
+    max_depth=st.integers(0, 3) | st.just(DEFAULT_LIMITS.max_depth),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_the_checked_walk_refuses_exactly_what_check_update_refuses(data: st.DataObject) -> None:
+    """On valid encodings and on bytes near them (a few bytes set, cut or put in), the
+    walk with limits refuses what ``check_update`` refuses, and where both pass, its
+    inline reading of new entries finds what the general reading finds."""
+    mutated = bytearray(data.draw(st.sampled_from(samples())))
+    for _ in range(data.draw(st.integers(0, 3))):
+        at = data.draw(st.integers(0, len(mutated)))
+        op = data.draw(st.sampled_from(["set", "cut", "insert"]))
+        byte = data.draw(st.integers(0, 255))
+        if op == "set" and at < len(mutated):
+            mutated[at] = byte
+        elif op == "cut":
+            del mutated[at:]
+        else:
+            mutated.insert(at, byte)
+    raw = bytes(mutated)
+    limits = data.draw(LIMITS)
+    refused = _refused(check_update, raw, limits)
+    assert _refused(walk, raw, limits) == refused
+    if not refused:
+        found = walk(raw, limits)
+        with mock.patch("protocols.yjs_items._entry", return_value=None):
+            assert walk(raw, limits) == found
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_any_bytes_pass_or_raise_decode_error(data: bytes) -> None:
-    for check in (check_update, check_state_vector):
+    for check in (check_update, check_state_vector, checked_walk):
         with contextlib.suppress(DecodeError):
             check(data)
+    assert _refused(walk, data, DEFAULT_LIMITS) == _refused(check_update, data, DEFAULT_LIMITS)
