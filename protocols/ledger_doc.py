@@ -248,8 +248,8 @@ class LedgerDoc:
         """A function of ``(map, key)`` to the entry's value (``_ABSENT`` if none), within ``txn``.
 
         Reads through pycrdt's Rust-level map with the transaction's ``_txn``, as
-        ``_read_maps`` does: ``Map.get`` enters the transaction three times and
-        checks the key twice, about twice as slow (one of these per update).
+        ``_read_maps`` does: ``Map.get`` enters the transaction three times per
+        key, about twice as slow (and one of these runs per update).
         Should a later pycrdt lack ``_txn``, the public ``Map.get`` is taken.
         """
         raw_txn = getattr(txn, "_txn", None)
