@@ -216,16 +216,14 @@ class Ledger:
             if self._state is not None:
                 self._guard(changed)
             state = self._state
-            if state is None or changed["members"] or changed["revoked"]:
+            if state is None or changed.get("members") or changed.get("revoked"):
                 pairs = {name: self.store.entries(name).items() for name in MAPS}
                 state = self._state = NamespaceState.rebuild(self.federation_id, pairs, self._cache)
             else:
-                for name in NAMESPACE_MAPS:
-                    keys = changed.get(name)
-                    if keys:
-                        entries = self.store.entries(name)
-                        for key in keys:
-                            state.put(name, key, entries.get(key))
+                for name, keys in changed.items():  # namespace maps only, here
+                    entries = self.store.entries(name)
+                    for key in keys:
+                        state.put(name, key, entries.get(key))
             self._view = state.view()
         return self._view
 
