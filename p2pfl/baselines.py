@@ -1,7 +1,10 @@
 """Reference points for a gossip run: pooled data, each node alone, and personalisation.
 
 - pooled: one model trained on every node's training data together (what a
-  central server with all the data would get), for the same rounds and epochs;
+  central server with all the data would get) for the same total steps: the
+  same rounds, each as many steps of the same batch size as the nodes take
+  together (``local_epochs`` passes over the pooled data; with ``local_steps``,
+  that many steps for every node);
 - local-only: every node trains alone for the same rounds, with no mixing;
 - personalised: as the run spec's ``[personalise]`` says. ``finetune``: each
   node's final gossip model fine-tuned on its own data, stopped early on its own
@@ -44,12 +47,24 @@ def _site_accuracy(setup: Setup, params: Tensor, own: bool) -> list[float]:
     return result
 
 
+def pooled_schedule(schedule: LocalSchedule, nodes: int) -> LocalSchedule:
+    """The pooled model's schedule: per round, the steps of all ``nodes`` together.
+
+    Epochs over the pooled data already take the nodes' steps together (up to each
+    node's short last batch); ``local_steps`` per node become ``nodes`` times as many.
+    """
+    if not schedule.local_steps:
+        return schedule
+    return replace(schedule, local_steps=schedule.local_steps * nodes)
+
+
 def pooled(setup: Setup) -> tuple[float, list[float]]:
     nodes = setup.data.nodes
     x = torch.cat([nd.x_train for nd in nodes])
     y = torch.cat([nd.y_train for nd in nodes])
+    schedule = pooled_schedule(setup.schedule, len(nodes))
     trainer = StackedTrainer(
-        setup.model, [(x, y)], [0], setup.schedule, seed=setup.scenario.seed, device=setup.device
+        setup.model, [(x, y)], [0], schedule, seed=setup.scenario.seed, device=setup.device
     )
     params = setup.initial.to(setup.device).unsqueeze(0).clone()
     for r in range(setup.scenario.training.rounds):
@@ -79,7 +94,9 @@ def local_only(setup: Setup) -> tuple[list[float], list[float]]:
 
 def personalised(setup: Setup, final: Tensor, steps: int) -> list[float]:
     """Each node's final model after ``steps`` more local steps, on its own test split."""
-    schedule: LocalSchedule = replace(setup.schedule, local_epochs=0, local_steps=steps)
+    schedule: LocalSchedule = replace(
+        setup.schedule, local_epochs=0, local_steps=steps, lr_schedule="constant"
+    )
     nodes = setup.data.nodes
     params = final.to(setup.device).clone()
     trainer = StackedTrainer(

@@ -101,7 +101,9 @@ def finetune(
     """Site ``site``'s model ``start`` (1, D) fine-tuned on (x, y), stopped on validation."""
     fit, held = validation_split(int(x.shape[0]), section.val_fraction, seed, site)
     x_fit, y_fit, x_val, y_val = x[fit], y[fit], x[held].to(device), y[held].to(device)
-    chunk = dataclasses.replace(schedule, local_epochs=0, local_steps=section.eval_every)
+    chunk = dataclasses.replace(
+        schedule, local_epochs=0, local_steps=section.eval_every, lr_schedule="constant"
+    )
     trainer = StackedTrainer(
         model, [(x_fit, y_fit)], [site], chunk, seed=seed + VALIDATION_STREAM, device=device
     )

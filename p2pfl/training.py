@@ -41,6 +41,9 @@ from p2pfl.errors import ConfigError
 from protocols.errors import LocalProtocolError
 from protocols.partial import matching
 
+LR_SCHEDULES = ("constant", "cosine")
+"""How the learning rate moves over a run's rounds (``LocalSchedule.lr_at``)."""
+
 
 @dataclass(frozen=True)
 class LocalSchedule:
@@ -54,6 +57,8 @@ class LocalSchedule:
     momentum: float = 0.0
     weight_decay: float = 0.0
     trainable: tuple[str, ...] = ()  # names of parameters or modules; empty: all
+    lr_schedule: str = "constant"  # or "cosine": decays over ``rounds`` rounds
+    rounds: int = 0  # the run's rounds (what ``cosine`` decays over)
 
     def __post_init__(self) -> None:
         if self.local_epochs < 0 or self.local_steps < 0:
@@ -68,6 +73,26 @@ class LocalSchedule:
             raise ConfigError("training.lr must be positive")
         if not 0 <= self.momentum < 1:
             raise ConfigError("training.momentum must be in [0, 1)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"training.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                f"not {self.lr_schedule!r}"
+            )
+        if self.lr_schedule == "cosine" and self.rounds < 1:
+            raise ConfigError("training.lr_schedule = 'cosine' needs the run's rounds")
+
+    def lr_at(self, round: int) -> float:
+        """The learning rate of round ``round`` (0-based).
+
+        ``constant``: ``lr`` every round. ``cosine``: lr (1 + cos(pi r / R)) / 2 over
+        the R rounds of the run (Loshchilov & Hutter, "SGDR", ICLR 2017, eq. 5 with
+        one cycle and no restart), from ``lr`` at round 0 down towards 0 at the last;
+        a round past the run (a joiner's or a resumed count never is) keeps the last.
+        """
+        if self.lr_schedule == "constant":
+            return self.lr
+        r = min(max(round, 0), self.rounds - 1)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * r / self.rounds))
 
     def steps_for(self, size: int) -> int:
         if self.local_steps:
@@ -86,6 +111,8 @@ def schedule_from(training: Any) -> LocalSchedule:
         momentum=training.momentum,
         weight_decay=training.weight_decay,
         trainable=tuple(training.trainable),
+        lr_schedule=training.lr_schedule,
+        rounds=training.rounds,
     )
 
 
@@ -187,6 +214,7 @@ class StackedTrainer:
         self._state: list[Tensor] = []
         self._adam_steps = torch.zeros(len(self.sizes), device=self.device)
         self._batch: _BatchBuffers | None = None
+        self._lr = schedule.lr  # this round's (``LocalSchedule.lr_at``)
 
     def _loss(
         self,
@@ -242,6 +270,7 @@ class StackedTrainer:
         rows = min(chunk, k) * width
         if self._batch is None or self._batch.rows < rows:
             self._batch = _BatchBuffers(self.x, self.y, rows)
+        self._lr = self.schedule.lr_at(round)
         samples = 0
         for step in range(max(steps)):
             active = sum(1 for s in steps if s > step)
@@ -346,14 +375,14 @@ class StackedTrainer:
                 buf = self._state[0][start:stop, cols]
                 buf.mul_(s.momentum).add_(g)
                 g = buf
-            p.add_(g, alpha=-s.lr)
+            p.add_(g, alpha=-self._lr)
             return
         m, v = self._state[0][start:stop, cols], self._state[1][start:stop, cols]
         beta1, beta2, eps = 0.9, 0.999, 1e-8
         t = self._adam_steps[start:stop, None]
         m.mul_(beta1).add_(g, alpha=1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        step_size = s.lr / (1 - beta1**t)
+        step_size = self._lr / (1 - beta1**t)
         denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
         p.addcdiv_(m * step_size, denom, value=-1.0)
 

@@ -21,6 +21,11 @@ this is the algorithm above exactly; with several local steps the round's
 local displacement plays eta g_i. Nothing more travels than in D-PSGD: the node
 mixes x^{t+1/2}, one model-sized vector, plainly or with the secure sum.
 
+Under a learning-rate schedule the buffer stays in model units: it keeps the
+moves as they were made, and a round's rate scale does not enter (the paper's
+buffer is in gradient units, m_hat = M / eta; on the non-IID sweep with a cosine
+schedule the model-unit buffer did better, README "Learning quality").
+
 The functions work on numpy arrays and torch tensors alike (a node's vector or
 the vectorized engine's stack of rows).
 """
@@ -67,7 +72,8 @@ class QuasiGlobalMomentum:
         self._buffer: Vector | None = None
         self._origin: Vector | None = None  # this round's model, kept until the mix is in
 
-    def outgoing(self, origin: Vector, trained: Vector) -> Vector:
+    def outgoing(self, origin: Vector, trained: Vector, scale: float = 1.0) -> Vector:
+        """The half-step model to mix; ``scale`` (the round's rate) does not enter."""
         origin = np.asarray(origin, dtype=np.float32)
         trained = np.asarray(trained, dtype=np.float32)
         if origin.shape != trained.shape:

@@ -23,6 +23,13 @@ plain SGD step per round this is DSGT exactly; with several local steps g_i is
 that round's local displacement (the pseudo-gradient), so the tracker follows
 the average displacement.
 
+Under a learning-rate schedule (``scale`` = this round's rate over the base
+rate), the tracker follows steps in units of the base rate, g / scale, and the
+node steps scale * y: DSGT with a diminishing step alpha_k (Pu & Nedic 2021,
+Section 4), so the trackers' disagreement left from earlier, larger steps
+shrinks with the rate instead of being stepped along whole. With a constant rate
+(scale 1) nothing changes.
+
 Per round each node sends one vector of twice the model's length,
 [x_i - y_i, y_i] (gradient tracking costs two model-sized vectors a round), and
 the mix of it is [x_i^{k+1}, sum_j W_ij y_j]. The two halves are mixed with the
@@ -44,25 +51,27 @@ Vector = npt.NDArray[Any]
 CoreState = dict[str, Vector]
 
 
-def tracker_step(origin: Any, trained: Any, mixed_tracker: Any, last_step: Any) -> tuple[Any, Any]:
-    """This round's step g = origin - trained and tracker y = mixed_tracker + g - last_step.
+def tracker_step(
+    origin: Any, trained: Any, mixed_tracker: Any, last_step: Any, scale: float = 1.0
+) -> tuple[Any, Any]:
+    """This round's step g = (origin - trained) / scale and tracker y = mixed + g - last_step.
 
     In the first round ``mixed_tracker`` and ``last_step`` are zero, so y^0 = g^0.
     """
-    step = origin - trained
+    step = (origin - trained) / scale if scale != 1.0 else origin - trained
     tracker = mixed_tracker + step - last_step
     return step, tracker
 
 
-def descent(origin: Any, tracker: Any) -> Any:
-    """x - y: what a node mixes as its model (its step along the tracker)."""
-    return origin - tracker
+def descent(origin: Any, tracker: Any, scale: float = 1.0) -> Any:
+    """x - scale y: what a node mixes as its model (its step along the tracker)."""
+    return origin - scale * tracker if scale != 1.0 else origin - tracker
 
 
 class GradientTracking:
     """One node's tracker state between rounds (module docstring).
 
-    ``outgoing(origin, trained)`` is the vector the round mixes, [x - y, y];
+    ``outgoing(origin, trained, scale)`` is the vector the round mixes, [x - scale y, y];
     ``incoming(mixed)`` takes the mix of it back and returns the node's next
     model. The state kept across rounds is the mixed tracker sum_j W_ij y_j and
     the node's last step g (both zero before the first round).
@@ -75,7 +84,9 @@ class GradientTracking:
         self._last_step: Vector | None = None
         self._pending: Vector | None = None  # this round's step, kept once the mix is in
 
-    def outgoing(self, origin: Vector, trained: Vector) -> Vector:
+    def outgoing(self, origin: Vector, trained: Vector, scale: float = 1.0) -> Vector:
+        if not scale > 0:
+            raise LocalProtocolError(f"the round's step scale must be positive, got {scale}")
         origin = np.asarray(origin, dtype=np.float32)
         trained = np.asarray(trained, dtype=np.float32)
         if origin.shape != trained.shape:
@@ -85,9 +96,10 @@ class GradientTracking:
         last = zero if self._last_step is None else self._last_step
         if mixed.shape != origin.shape:
             raise LocalProtocolError("the tracker does not match the model's length")
-        step, tracker = tracker_step(origin, trained, mixed, last)
+        step, tracker = tracker_step(origin, trained, mixed, last, scale)
         self._pending = step
-        return np.concatenate([descent(origin, tracker), tracker])
+        out = np.concatenate([descent(origin, tracker, scale), tracker])
+        return out.astype(np.float32, copy=False)
 
     def incoming(self, mixed: Vector) -> Vector:
         if self._pending is None:

@@ -9,8 +9,10 @@ table also replaces what stands between the README's two markers, so the README
 shows what the sweep measured and nothing else. Every figure comes from the
 report: final mean and minimum accuracy over the nodes (each node's model on the
 global test set), bytes each node sent per round (gradient tracking's frames
-carry two vectors), and pooled training of the same model for the same steps,
-from the same run.
+carry two vectors), and pooled training of the same model for the same total
+steps (the nodes' steps together, in batches of the same size), from the same
+run. Under the table, the issue's three targets, each met or not, with the
+figure that decides it.
 """
 
 from __future__ import annotations
@@ -46,12 +48,51 @@ def swept(label: str) -> dict[str, str]:
     return {key: value for key, value in pairs}
 
 
+def scenario_table(out: Path) -> dict[str, Any]:
+    """The run's ``scenario.toml`` as a table (empty when the folder has none)."""
+    path = out / "scenario.toml"
+    return tomllib.loads(path.read_text()) if path.exists() else {}
+
+
 def scenario_alpha(out: Path) -> float:
     """``data.alpha`` of the run's ``scenario.toml`` (the alpha of runs that do not sweep it)."""
-    path = out / "scenario.toml"
-    if not path.exists():
-        return float("nan")
-    return float(tomllib.loads(path.read_text()).get("data", {}).get("alpha", float("nan")))
+    return float(scenario_table(out).get("data", {}).get("alpha", float("nan")))
+
+
+TARGETS = (("exponential", 0.03), ("regular", 0.05))
+"""At Dirichlet 0.1: the best mode on each graph within this many points of pooled."""
+DPSGD_SLACK = 0.01
+"""No mode worse than D-PSGD on the same graph and alpha by more than this."""
+
+
+def targets(table: list[dict[str, Any]]) -> list[str]:
+    """One line per target: met or not, and the figure that decides it."""
+    lines = []
+    for graph, slack in TARGETS:
+        cell = [r for r in table if r["alpha"] == 0.1 and r["graph"] == graph and r["pooled"]]
+        if not cell:
+            lines.append(f"- {graph}, Dirichlet 0.1: not in this run")
+            continue
+        best = max(cell, key=lambda r: r["acc_mean"])
+        verdict = "met" if best["gap_to_pooled"] >= -slack else "NOT met"
+        lines.append(
+            f"- {graph}, Dirichlet 0.1, best mode within {100 * slack:.0f} points of pooled: "
+            f"{verdict} ({MODES.get(best['mode'], best['mode'])}, "
+            f"{signed(best['gap_to_pooled'])})"
+        )
+    worst = min(
+        (r for r in table if r["gap_to_dpsgd"] is not None),
+        key=lambda r: r["gap_to_dpsgd"],
+        default=None,
+    )
+    if worst is not None:
+        verdict = "met" if worst["gap_to_dpsgd"] >= -DPSGD_SLACK else "NOT met"
+        lines.append(
+            f"- no mode worse than D-PSGD by more than {100 * DPSGD_SLACK:.0f} point: {verdict} "
+            f"(worst {MODES.get(worst['mode'], worst['mode'])} on {worst['graph']} at "
+            f"{worst['alpha']:g}, {signed(worst['gap_to_dpsgd'])})"
+        )
+    return lines
 
 
 def rows(report: dict[str, Any], alpha: float) -> list[dict[str, Any]]:
@@ -97,13 +138,15 @@ def signed(value: float | None) -> str:
     return "" if value is None else f"{100 * value:+.1f}"
 
 
-def markdown(report: dict[str, Any], table: list[dict[str, Any]]) -> str:
+def markdown(report: dict[str, Any], table: list[dict[str, Any]], schedule: str = "") -> str:
     first = report["runs"][0]
+    rate = f", learning rate {schedule}" if schedule else ""
     head = (
         f"Scenario `{report['scenario']}`, {first['nodes']} nodes, "
-        f"{first['rounds'][-1]['round']} rounds, engine {report['engine']}, seed {report['seed']}; "
-        "accuracy (%) of each node's final model on the global test set; "
-        "pooled: one model on all the data, same model and steps, same run.\n\n"
+        f"{first['rounds'][-1]['round']} rounds{rate}, engine {report['engine']}, "
+        f"seed {report['seed']}; accuracy (%) of each node's final model on the global test "
+        "set; pooled: one model on all the data, same model, same total steps (every "
+        "node's steps together, same batch size), same run.\n\n"
     )
     lines = [
         "| Dirichlet alpha | graph | mode | mean | min | KB per node per round "
@@ -117,7 +160,7 @@ def markdown(report: dict[str, Any], table: list[dict[str, Any]]) -> str:
             f"| {r['bytes_per_node_round'] / 1e3:.0f} | {pct(r['pooled'])} "
             f"| {signed(r['gap_to_pooled'])} | {signed(r['gap_to_dpsgd'])} |"
         )
-    return head + "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n\nTargets:\n\n" + "\n".join(targets(table)) + "\n"
 
 
 def replace_between_markers(text: str, table: str) -> str:
@@ -135,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads((args.out / "metrics.json").read_text())
     table = rows(report, scenario_alpha(args.out))
     (args.out / "non_iid.csv").write_text(write_csv(table))
-    text = markdown(report, table)
+    scenario = scenario_table(args.out)  # a written scenario spells every key
+    schedule = scenario.get("training", {}).get("lr_schedule", "constant") if scenario else ""
+    text = markdown(report, table, schedule)
     (args.out / "non_iid.md").write_text(text)
     if args.readme is not None:
         args.readme.write_text(replace_between_markers(args.readme.read_text(), text))

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from p2pfl.scenario import expand_sweep, load_scenario
-from simulations.non_iid_table import BEGIN, END, main, markdown, rows
+from simulations.non_iid_table import BEGIN, END, main, markdown, rows, targets
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(alpha: float, graph: str, mode: str, acc: float, sent: float) -> dict:
+def run(alpha: float, graph: str, mode: str, acc: float, sent: float, pooled: float = 0.8) -> dict:
     return {
         "label": f"data.alpha={alpha}, topology.kind={graph}, gossip.mode={mode}",
         "topology": graph,
@@ -21,7 +21,7 @@ def run(alpha: float, graph: str, mode: str, acc: float, sent: float) -> dict:
         "nodes": 64,
         "final": {"acc_mean": acc, "acc_min": acc - 0.1},
         "rounds": [{"round": 1, "bytes_per_node": sent}, {"round": 2, "bytes_per_node": sent}],
-        "baselines": {"pooled": 0.8},
+        "baselines": {"pooled": pooled},
     }
 
 
@@ -57,6 +57,25 @@ def test_the_script_writes_csv_markdown_and_the_readme_between_its_markers(tmp_p
     assert "| 0.1 | ring | gradient tracking | 70.0 | 60.0 | 2 | 80.0 | -10.0 | +20.0 |" in text
     csv = (tmp_path / "non_iid.csv").read_text().splitlines()
     assert csv[0].startswith("alpha,graph,mode,acc_mean") and len(csv) == 4
+
+
+def test_each_target_is_judged_on_the_figure_that_decides_it() -> None:
+    report = {
+        **REPORT,
+        "runs": [
+            run(0.1, "exponential", "sync", 0.70, 1.0),
+            run(0.1, "exponential", "qgm", 0.78, 1.0),  # 2 points below pooled: met
+            run(0.1, "regular", "sync", 0.70, 1.0),
+            run(0.1, "regular", "tracking", 0.74, 1.0),  # 6 points below: not met
+            run(0.5, "ring", "sync", 0.60, 1.0),
+            run(0.5, "ring", "qgm", 0.585, 1.0),  # 1.5 points below D-PSGD: not met
+        ],
+    }
+    lines = targets(rows(report, 0.1))
+    assert lines[0].startswith("- exponential") and ": met (QG-DSGDm, -2.0)" in lines[0]
+    assert lines[1].startswith("- regular") and ": NOT met (gradient tracking, -6.0)" in lines[1]
+    assert ": NOT met (worst QG-DSGDm on ring at 0.5, -1.5)" in lines[2]
+    assert "exponential, Dirichlet 0.1: not in this run" in targets(rows(REPORT, 0.1))[0]
 
 
 def test_the_readme_table_is_the_scripts_output() -> None:

@@ -44,18 +44,20 @@ class TrackedRows:
         self.state = torch.zeros_like(params)  # tracking: the mixed trackers; qgm: the buffers
         self.step = torch.zeros_like(params) if self.mode == "tracking" else None
         self._pending: Tensor | None = None
+        self._scale = 1.0
 
-    def begin(self, params: Tensor) -> None:
-        """Before local training: the rows it starts from."""
+    def begin(self, params: Tensor, scale: float = 1.0) -> None:
+        """Before local training: the rows it starts from, and the round's rate over the base."""
         self.origin.copy_(params)
+        self._scale = scale
 
     def outgoing(self, params: Tensor) -> Tensor:
         """After local training: fill ``sent`` with what every node mixes, and return it."""
         d = self.dim
         if self.mode == "tracking":
             assert self.step is not None
-            step, tracker = tracker_step(self.origin, params, self.state, self.step)
-            self.sent[:, :d] = descent(self.origin, tracker)
+            step, tracker = tracker_step(self.origin, params, self.state, self.step, self._scale)
+            self.sent[:, :d] = descent(self.origin, tracker, self._scale)
             self.sent[:, d:] = tracker
             self._pending = step
         else:

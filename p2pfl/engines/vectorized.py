@@ -125,7 +125,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         if before is not None:
             before.copy_(params)
         if tracked is not None:
-            tracked.begin(params)
+            tracked.begin(params, setup.schedule.lr_at(r) / setup.schedule.lr)
         if drift is not None:
             for pos in range(n):
                 drift.inject(pos, r)

@@ -83,6 +83,8 @@ class _NodeTrainer:
             generator=torch.Generator().manual_seed(derived_seed(self.seed, 2, round)),
             steps=self.schedule.steps_for(self.size),
         )
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr_at(round)
         samples = 0
         self.module.train()
         with warnings.catch_warnings():

@@ -16,12 +16,15 @@ wait for the ledger (a daemon) or is acted on at once (a simulation).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from p2pfl.errors import ConfigError
 from p2pfl.spec.derive import KeyRing, Randomness
 from p2pfl.spec.graph import Graph
 from p2pfl.spec.run import RunSpec
+from p2pfl.training import schedule_from
 from protocols.compression import make_compressor
 from protocols.gossip import ChocoGossip, GossipCore, PushSumGossip, SyncGossip
 from protocols.momentum import QuasiGlobalMomentum
@@ -94,10 +97,18 @@ def build_core(
             gossip_core(spec, graph, me, mix_in_place=mix_in_place), prefix=prefix
         )
     if rule is not None:
-        core = TrackedRoundCore(core, rule)
+        core = TrackedRoundCore(core, rule, lr_scale(spec))
     if start_at:
         core.resume_at(start_at)
     return core if selection is None else PartialRoundCore(core, selection)
+
+
+def lr_scale(spec: RunSpec) -> Callable[[int], float] | None:
+    """Round r's learning rate over the base rate (``training.lr_schedule``); ``None``: constant."""
+    schedule = schedule_from(spec.training)
+    if schedule.lr_schedule == "constant":
+        return None
+    return lambda round: schedule.lr_at(round) / schedule.lr
 
 
 def round_rule(spec: RunSpec) -> RoundRule | None:

@@ -146,6 +146,8 @@ class RunSpec:
             table.pop("personalise")  # absent at the default: old hashes hold
         if not table["training"]["trainable"]:
             table["training"].pop("trainable")  # the whole model trains: old hashes hold
+        if table["training"]["lr_schedule"] == "constant":
+            table["training"].pop("lr_schedule")  # absent at the default: old hashes hold
         return table
 
     def digest(self) -> bytes:

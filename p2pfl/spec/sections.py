@@ -49,6 +49,10 @@ class TrainingSection:
     as parameters (``"2.weight"``) or modules (``"2"``: every parameter under it);
     the others stay at the initial model, the same at every site, so only the
     trainable ones are sent, masked and mixed. Empty: the whole model trains.
+
+    ``lr_schedule``: ``constant`` (``lr`` every round) or ``cosine`` (``lr`` decayed
+    over the run's rounds, ``p2pfl.training.LocalSchedule.lr_at``), the same at every
+    site and in the pooled and local-only baselines.
     """
 
     rounds: int = 20
@@ -60,12 +64,17 @@ class TrainingSection:
     momentum: float = 0.0
     weight_decay: float = 0.0
     trainable: list[str] = field(default_factory=list)
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise ConfigError("training.rounds must be at least 1")
         if len(set(self.trainable)) != len(self.trainable) or any(not w for w in self.trainable):
             raise ConfigError(f"training.trainable must be distinct names, got {self.trainable}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(
+                f"training.lr_schedule must be constant or cosine, not {self.lr_schedule!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ not how the mixing is done. ``TrackedRoundCore`` wraps the round core that mixes
 model's length) and a ``RoundRule``:
 
     begin_round(r, now, origin)   the model local training starts from (copied)
-    start_round(r, trained, now)  the inner core mixes rule.outgoing(origin, trained)
+    start_round(r, trained, now)  the inner core mixes rule.outgoing(origin, trained, scale(r))
     RoundMixed of the inner core  its model becomes rule.incoming(mix)
 
-so a node's round stays one call sequence, whatever the mode, and the secure sum
+where ``scale(r)`` is round r's learning rate over the base rate (1 without a
+schedule), so a node's round stays one call sequence, whatever the mode, and the secure sum
 masks the whole outgoing vector (gradient tracking: [x - y, y] concatenated).
 A round the inner core closes over its own vector alone (every neighbour missed
 it, a secure receiver abandoned) hands that vector back: the rule then steps
@@ -20,6 +21,7 @@ with its own values.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -37,7 +39,7 @@ class RoundRule(Protocol):
 
     width: int
 
-    def outgoing(self, origin: Vector, trained: Vector) -> Vector: ...
+    def outgoing(self, origin: Vector, trained: Vector, scale: float = 1.0) -> Vector: ...
 
     def incoming(self, mixed: Vector) -> Vector: ...
 
@@ -49,9 +51,12 @@ class RoundRule(Protocol):
 class TrackedRoundCore:
     """A round core whose model goes through ``rule`` on its way in and out (module docstring)."""
 
-    def __init__(self, inner: RoundCore, rule: RoundRule) -> None:
+    def __init__(
+        self, inner: RoundCore, rule: RoundRule, scale: Callable[[int], float] | None = None
+    ) -> None:
         self._inner = inner
         self._rule = rule
+        self._scale = scale
         self._origins: dict[int, Vector] = {}
 
     @property
@@ -76,7 +81,8 @@ class TrackedRoundCore:
         origin = self._origins.pop(round, None)
         if origin is None:
             raise LocalProtocolError(f"round {round} was not begun with its model")
-        outgoing = self._rule.outgoing(origin, model)
+        scale = 1.0 if self._scale is None else self._scale(round)
+        outgoing = self._rule.outgoing(origin, model, scale)
         return self._map(self._inner.start_round(round, outgoing, now))
 
     def receive(self, peer: str, frame: Frame, now: float) -> RoundOutput:

@@ -6,6 +6,9 @@ the vectorized engine (every node in one stack) agree.
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -92,11 +95,44 @@ def test_batch_plan_leaves_global_rng_alone():
         {"optimizer": "lbfgs"},
         {"lr": 0.0},
         {"momentum": 1.0},
+        {"lr_schedule": "linear", "rounds": 5},
+        {"lr_schedule": "cosine"},  # cosine needs the run's rounds
     ],
 )
 def test_bad_schedules(kwargs):
     with pytest.raises(ConfigError):
         LocalSchedule(**kwargs)
+
+
+def test_cosine_decays_from_lr_towards_zero_over_the_run_and_constant_stays():
+    cosine = LocalSchedule(lr=0.2, lr_schedule="cosine", rounds=10)
+    rates = [cosine.lr_at(r) for r in range(10)]
+    assert rates[0] == pytest.approx(0.2)
+    assert rates[5] == pytest.approx(0.1)  # half-way: half the rate
+    assert all(a > b > 0 for a, b in itertools.pairwise(rates))
+    assert rates[-1] == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 0.9)))
+    assert cosine.lr_at(12) == rates[-1]  # past the run: the last round's rate
+    assert {LocalSchedule(lr=0.2, rounds=10).lr_at(r) for r in range(12)} == {0.2}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_scheduled_round_trains_as_a_constant_rate_of_that_rounds_value(digits, optimizer):
+    """Round r under cosine equals round r under the constant rate lr_at(r), and not lr."""
+    model = build_model("mlp", digits.input_shape, digits.num_classes, hidden=(16,), seed=0)
+    data = node_data(digits)[:1]
+    kwargs = {"local_epochs": 0, "local_steps": 4, "batch_size": 8, "optimizer": optimizer}
+    cosine = LocalSchedule(lr=0.05, lr_schedule="cosine", rounds=4, **kwargs)
+    results = {}
+    for name, schedule in {
+        "cosine": cosine,
+        "its rate": LocalSchedule(lr=cosine.lr_at(3), **kwargs),
+        "base rate": LocalSchedule(lr=0.05, **kwargs),
+    }.items():
+        params = flat_parameters(model).unsqueeze(0).clone()
+        StackedTrainer(model, data, [0], schedule, seed=3).train_round(params, 3)
+        results[name] = params
+    torch.testing.assert_close(results["cosine"], results["its rate"])
+    assert not torch.allclose(results["cosine"], results["base rate"])
 
 
 # -- stacked equals separate ---------------------------------------------------------------
@@ -287,3 +323,27 @@ def test_batch_buffers_gather_what_a_fresh_index_select_gathers() -> None:
         assert torch.equal(mask, (idx >= 0).to(x.dtype))
         first = bx.data_ptr() if first is None else first
         assert bx.data_ptr() == first  # no fresh allocation
+
+
+def test_dp_sgd_trains_each_round_at_its_scheduled_rate():
+    from p2pfl.privacy.dpsgd import DpSgdTrainer
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    model = build_model("mlp", (6,), 2, hidden=(5,), seed=1)
+    cosine = LocalSchedule(batch_size=8, lr=0.1, lr_schedule="cosine", rounds=4)
+    results = {}
+    for name, schedule in {
+        "cosine": cosine,
+        "its rate": LocalSchedule(batch_size=8, lr=cosine.lr_at(2)),
+        "base rate": LocalSchedule(batch_size=8, lr=0.1),
+    }.items():
+        params = flat_parameters(model).unsqueeze(0).clone()
+        trainer = DpSgdTrainer(
+            model, [(x, y)], [0], schedule, seed=5, noise_multipliers=[0.0], clip=1.0
+        )
+        trainer.train_round(params, 2)
+        results[name] = params
+    torch.testing.assert_close(results["cosine"], results["its rate"])
+    assert not torch.allclose(results["cosine"], results["base rate"])

@@ -31,17 +31,31 @@ B = np.random.default_rng(0).normal(size=(N, DIM)) * 3
 OPTIMUM = (A * B).sum(axis=0) / A.sum()
 
 
-def gradient_step(x: Any, i: int) -> Any:
-    """One SGD step of size ALPHA on f_i: the node's local training."""
-    return (x - ALPHA * A[i] * (x - B[i])).astype(np.float32)
+def gradient_step(x: Any, i: int, scale: float = 1.0) -> Any:
+    """One SGD step of size ``scale`` ALPHA on f_i: the node's local training."""
+    return (x - scale * ALPHA * A[i] * (x - B[i])).astype(np.float32)
 
 
-def run_rules(make: Callable[[], RoundRule], rounds: int, w: Any = W) -> Any:
-    """Every node's rule, mixed by the exact matrix product; the models after ``rounds``."""
+def cosine(rounds: int) -> Callable[[int], float]:
+    """A decaying learning-rate scale over ``rounds`` (as ``training.lr_schedule = 'cosine'``)."""
+    return lambda r: 0.5 * (1 + np.cos(np.pi * min(r, rounds - 1) / rounds))
+
+
+def run_rules(
+    make: Callable[[], RoundRule],
+    rounds: int,
+    w: Any = W,
+    scale: Callable[[int], float] = lambda r: 1.0,
+) -> Any:
+    """Every node's rule, mixed by the exact matrix product; the models after ``rounds``.
+
+    Round r's local step is ``scale(r)`` times ALPHA, and the rules are told so.
+    """
     rules = [make() for _ in range(N)]
     x = np.zeros((N, DIM), np.float32)
-    for _ in range(rounds):
-        out = np.stack([rules[i].outgoing(x[i], gradient_step(x[i], i)) for i in range(N)])
+    for r in range(rounds):
+        s = scale(r)
+        out = np.stack([rules[i].outgoing(x[i], gradient_step(x[i], i, s), s) for i in range(N)])
         mixed = (w @ out.astype(np.float64)).astype(np.float32)
         x = np.stack([rules[i].incoming(mixed[i]) for i in range(N)])
     return x
@@ -87,6 +101,46 @@ def test_the_average_tracker_is_the_average_step_every_round() -> None:
         assert np.allclose(trackers.mean(axis=0), (x - trained).mean(axis=0), atol=1e-5)
         mixed = (W @ out.astype(np.float64)).astype(np.float32)
         x = np.stack([rules[i].incoming(mixed[i]) for i in range(N)])
+
+
+def test_under_a_decaying_rate_tracking_follows_base_rate_steps_and_reaches_the_optimum() -> None:
+    rules = [GradientTracking() for _ in range(N)]
+    x = np.random.default_rng(2).normal(size=(N, DIM)).astype(np.float32)
+    scale = cosine(8)
+    for r in range(8):
+        s = scale(r)
+        trained = np.stack([gradient_step(x[i], i, s) for i in range(N)])
+        out = np.stack([rules[i].outgoing(x[i], trained[i], s) for i in range(N)])
+        trackers = out[:, DIM:]
+        # the average tracker is the average gradient step at the base rate ...
+        assert np.allclose(trackers.mean(axis=0), (x - trained).mean(axis=0) / s, atol=1e-4)
+        # ... and each node steps along its tracker at this round's rate
+        assert np.allclose(out[:, :DIM], x - s * trackers, atol=1e-5)
+        mixed = (W @ out.astype(np.float64)).astype(np.float32)
+        x = np.stack([rules[i].incoming(mixed[i]) for i in range(N)])
+    decayed = run_rules(GradientTracking, 600, scale=cosine(600))
+    assert np.abs(decayed - OPTIMUM).max() < 1e-4
+
+
+def test_a_core_tells_its_rule_each_rounds_scale() -> None:
+    scale = cosine(8)
+    hood_of = hoods(W)
+    cores: dict[str, RoundCore] = {}
+    for name in names(N):
+        sync = SyncGossip(name, lambda r, name=name: hood_of(name, r))
+        cores[name] = TrackedRoundCore(GossipRoundCore(sync), GradientTracking(), scale)
+
+    class ScaledNet(TrainingNet):
+        def start(self, name: str, round: int) -> None:
+            core, x = self.cores[name], self.models[name]
+            self.absorb(name, core.begin_round(round, self.now, x))
+            trained = gradient_step(x, int(name), scale(round))
+            self.absorb(name, core.start_round(round, trained, self.now))
+
+    net = ScaledNet(cores, rounds=8).run(zeros(N))
+    assert np.allclose(stack(net.models), run_rules(GradientTracking, 8, scale=scale), atol=1e-5)
+    with pytest.raises(LocalProtocolError, match="scale"):
+        GradientTracking().outgoing(np.zeros(DIM), np.zeros(DIM), 0.0)
 
 
 def test_the_first_round_of_either_mode_is_dpsgds() -> None:

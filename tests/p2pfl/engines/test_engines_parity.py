@@ -95,6 +95,7 @@ CELLS = {
     "choco-topk-dp": {**TOPK, **DP},
     "tracking": {"gossip.mode": "tracking"},
     "tracking-secure": {"gossip.mode": "tracking", **SECURE},
+    "tracking-cosine": {"gossip.mode": "tracking", "training.lr_schedule": "cosine"},
     "qgm": {"gossip.mode": "qgm"},
     "qgm-secure": {"gossip.mode": "qgm", **SECURE},
     "push-sum": PUSH_SUM,

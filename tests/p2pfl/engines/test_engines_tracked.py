@@ -71,6 +71,15 @@ def test_the_engines_agree(mode: str, secure: bool, runs: dict) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_the_engines_agree_under_a_cosine_rate(mode: str, cache: dict[str, object]) -> None:
+    scenario = tiny(mode, **{"training.lr_schedule": "cosine"})
+    p, v = run(scenario, "protocol", cache), run(scenario, "vectorized", cache)
+    assert relative(p.final_params, v.final_params) <= 1e-4
+    constant = run(tiny(mode), "vectorized", cache)
+    assert relative(v.final_params, constant.final_params) > 1e-3
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_each_mode_is_its_own_and_learns(mode: str, runs: dict) -> None:
     ours, sync = runs[mode, "vectorized", False], runs["sync", "vectorized", False]
     assert relative(ours.final_params, sync.final_params) > 1e-3  # not D-PSGD under a name

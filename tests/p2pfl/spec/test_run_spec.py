@@ -112,6 +112,13 @@ def test_digest_follows_every_shared_key() -> None:
     assert spec.digest() != dataclasses.replace(spec, seed=1).digest()
     changed = dataclasses.replace(spec, secure=SecureSection(clip=4.0))
     assert spec.digest() != changed.digest()
+    # a key at its default is left out (older plans keep their hash), any other value counts
+    cosine = dataclasses.replace(spec, training=TrainingSection(lr_schedule="cosine"))
+    assert "lr_schedule" not in spec.table()["training"]
+    assert cosine.table()["training"]["lr_schedule"] == "cosine"
+    assert spec.digest() != cosine.digest()
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainingSection(lr_schedule="step")
     # a scenario's own sections are not part of what it deploys
     assert Scenario(name="a", engine="protocol").digest() == Scenario(name="b").digest()
 
