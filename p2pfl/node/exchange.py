@@ -23,10 +23,12 @@ Epochs (``p2pfl.node.membership``). When the roster changes at round b, the
 driver hands the exchange the new epoch's core (``switch``); the old one stays
 for ``RETIRE_ROUNDS`` rounds, since a neighbour still finishing round b - 1 may
 need this node's answers. From then on, and while the epoch of the coming rounds
-is not known yet (``horizon``: a change acknowledged, its boundary still open),
-each frame's round is read from its header alone (``peek_round``) and the frame
-goes to the core of that round's epoch; a frame at or past the horizon waits
-(a bounded number per peer) until the boundary is known.
+has no core here yet (``horizon``: a change acknowledged, its boundary still
+open; or a boundary known, its epoch not begun), each frame's round is read from
+its header alone (``peek_round``) and the frame goes to the core of that round's
+epoch; a frame at or past the horizon waits (a bounded number per peer) until
+that epoch's core is in (a neighbour already in round b must not have its frames
+judged by the old epoch's core).
 
 The exchange is where round numbers meet the core's indices
 (``p2pfl.node.numbering``): it takes and gives round numbers (1..R), calls the
@@ -110,8 +112,14 @@ class Exchange:
         self.core = core
         self.set_horizon(self.horizon)
 
+    @property
+    def newest_era(self) -> int:
+        """The first round of the newest core (the epoch frames go to from there on)."""
+        return self._eras[-1][0]
+
     def set_horizon(self, horizon: int | None) -> None:
-        """Rounds from ``horizon`` on are of an epoch not known yet (None: all known)."""
+        """Rounds from ``horizon`` on are of an epoch this exchange has no core for yet:
+        not known yet, or known but not begun (None: every round's core is here)."""
         self.horizon = horizon
         ready = [w for w in self._waiting if horizon is None or w[1] < horizon]
         self._waiting = [w for w in self._waiting if not (horizon is None or w[1] < horizon)]

@@ -267,6 +267,18 @@ class RoundEpochs:
         self._switch(epoch, r)
         return True
 
+    def exchange_horizon(self) -> int | None:
+        """The first round the exchange has no core for: the next known epoch's start past
+        its newest core's, or the first round whose epoch is still open (None: neither)."""
+        membership = self.membership
+        if membership is None or self.exchange is None or not membership.changes():
+            return None
+        line, _ = membership.refresh()
+        newest = self.exchange.newest_era
+        upcoming = [e.start for e in line.epochs if e.start > newest]
+        bounds = [b for b in (membership.horizon(), *upcoming) if b is not None]
+        return min(bounds, default=None)
+
     def _switch(self, epoch: Epoch, r: int) -> None:
         """Round ``r`` starts ``epoch``: its graph, a core for it, the links it wants."""
         assert self.plan is not None and self.learner is not None and self.exchange is not None
@@ -285,6 +297,7 @@ class RoundEpochs:
         elif isinstance(core, TrackedRoundCore) and isinstance(old, TrackedRoundCore):
             core.import_state(old.export_state())
         self.exchange.switch(core, r)
+        self.exchange.set_horizon(self.exchange_horizon())
         self.graph = graph
         log.info(
             "round %d: epoch %d, %d members, neighbours %s",

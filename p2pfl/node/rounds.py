@@ -144,7 +144,7 @@ class RoundDriver(RoundEpochs, RoundEnd):
         if membership is not None and membership.changes():
             membership.acknowledge(self.round)
             if self.exchange is not None:
-                self.exchange.set_horizon(membership.horizon())
+                self.exchange.set_horizon(self.exchange_horizon())
         if self.exchange is not None:
             self.exchange.ledger_changed()
 
@@ -334,6 +334,7 @@ class RoundDriver(RoundEpochs, RoundEnd):
         elif isinstance(core, TrackedRoundCore):
             core.import_state(core_state)
         self.exchange = Exchange(node, core, secure=self.secure, round=self.round)
+        self.exchange.set_horizon(self.exchange_horizon())
         self._catch_up()
         early, self._early = self._early, []
         for peer, channel, body in early:

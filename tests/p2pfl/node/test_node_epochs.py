@@ -22,6 +22,7 @@ import pytest
 from p2pfl.node.exchange import RETIRE_ROUNDS, Exchange
 from p2pfl.node.joining import ask_model, decode_control, model_digest, model_reply, start_model
 from p2pfl.node.membership import Membership
+from p2pfl.node.round_epochs import RoundEpochs
 from protocols import wire
 from protocols.errors import DecodeError
 from protocols.ledger import Ledger, node_id_for
@@ -165,6 +166,38 @@ def test_membership_acknowledges_waits_and_finds_the_boundary() -> None:
     epoch, _ = views[0].epoch_at(13)
     assert epoch.start == 13 and leaver not in epoch.members
     assert views[0].epoch_at(12)[0].number == 0
+
+
+def test_frames_of_a_known_epoch_not_begun_wait_for_its_core() -> None:
+    """A boundary every member acknowledged is no horizon of the ledger's, but until the
+    node switches cores there, a neighbour's frames of that round must not reach the old
+    epoch's core (a secure one would judge them by the old neighbourhood)."""
+    ledger, keys, ids = federation(4)
+    views = [Membership(LedgerHost(ledger, key), tuple(ids)) for key in keys]  # type: ignore[arg-type]
+    ledger.leave(keys[3], 10, clock=ledger.next_clock())
+    views[0].acknowledge(4)
+    node = SimpleNamespace(membership=views[0], exchange=None)
+
+    async def run() -> tuple[list[int | None], Core, Core]:
+        old, new = Core("old"), Core("new")
+        node.exchange = Exchange(Host(), old, secure=False, round=1)  # type: ignore[arg-type]
+        horizons = [RoundEpochs.exchange_horizon(node)]  # type: ignore[arg-type]
+        views[1].acknowledge(5)
+        views[2].acknowledge(12)  # every member now: the boundary is round 13
+        horizons.append(RoundEpochs.exchange_horizon(node))  # type: ignore[arg-type]
+        node.exchange.set_horizon(horizons[-1])
+        channel = int(node.exchange.channel)
+        for index in (11, 12):  # rounds 12 and 13
+            node.exchange.receive("p", channel, memoryview(gossip_frame(index)))
+        assert old.fed == [11] and new.fed == []
+        node.exchange.switch(new, 13)  # as RoundEpochs._switch does, then the new horizon
+        horizons.append(RoundEpochs.exchange_horizon(node))  # type: ignore[arg-type]
+        node.exchange.set_horizon(horizons[-1])
+        return horizons, old, new
+
+    horizons, old, new = asyncio.run(run())
+    assert horizons == [11, 13, None]
+    assert old.fed == [11] and new.fed == [12]
 
 
 def test_a_revocation_does_not_move_a_boundary_fixed_before_it() -> None:
