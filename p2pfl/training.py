@@ -94,6 +94,10 @@ class LocalSchedule:
         r = min(max(round, 0), self.rounds - 1)
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * r / self.rounds))
 
+    def lr_scale(self, round: int) -> float:
+        """Round ``round``'s rate over the base rate (1 at a constant rate)."""
+        return self.lr_at(round) / self.lr
+
     def steps_for(self, size: int) -> int:
         if self.local_steps:
             return self.local_steps

@@ -58,14 +58,14 @@ def tracker_step(
 
     In the first round ``mixed_tracker`` and ``last_step`` are zero, so y^0 = g^0.
     """
-    step = (origin - trained) / scale if scale != 1.0 else origin - trained
+    step = (origin - trained) / scale
     tracker = mixed_tracker + step - last_step
     return step, tracker
 
 
 def descent(origin: Any, tracker: Any, scale: float = 1.0) -> Any:
     """x - scale y: what a node mixes as its model (its step along the tracker)."""
-    return origin - scale * tracker if scale != 1.0 else origin - tracker
+    return origin - scale * tracker
 
 
 class GradientTracking:
@@ -98,8 +98,7 @@ class GradientTracking:
             raise LocalProtocolError("the tracker does not match the model's length")
         step, tracker = tracker_step(origin, trained, mixed, last, scale)
         self._pending = step
-        out = np.concatenate([descent(origin, tracker, scale), tracker])
-        return out.astype(np.float32, copy=False)
+        return np.concatenate([descent(origin, tracker, scale), tracker])
 
     def incoming(self, mixed: Vector) -> Vector:
         if self._pending is None:

@@ -54,11 +54,6 @@ def scenario_table(out: Path) -> dict[str, Any]:
     return tomllib.loads(path.read_text()) if path.exists() else {}
 
 
-def scenario_alpha(out: Path) -> float:
-    """``data.alpha`` of the run's ``scenario.toml`` (the alpha of runs that do not sweep it)."""
-    return float(scenario_table(out).get("data", {}).get("alpha", float("nan")))
-
-
 TARGETS = (("exponential", 0.03), ("regular", 0.05))
 """At Dirichlet 0.1: the best mode on each graph within this many points of pooled."""
 DPSGD_SLACK = 0.01
@@ -176,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=None, help="README to write the table in")
     args = parser.parse_args(argv)
     report = json.loads((args.out / "metrics.json").read_text())
-    table = rows(report, scenario_alpha(args.out))
-    (args.out / "non_iid.csv").write_text(write_csv(table))
     scenario = scenario_table(args.out)  # a written scenario spells every key
+    alpha = float(scenario.get("data", {}).get("alpha", float("nan")))  # when not swept
+    table = rows(report, alpha)
+    (args.out / "non_iid.csv").write_text(write_csv(table))
     schedule = scenario.get("training", {}).get("lr_schedule", "constant") if scenario else ""
     text = markdown(report, table, schedule)
     (args.out / "non_iid.md").write_text(text)

@@ -44,20 +44,20 @@ class TrackedRows:
         self.state = torch.zeros_like(params)  # tracking: the mixed trackers; qgm: the buffers
         self.step = torch.zeros_like(params) if self.mode == "tracking" else None
         self._pending: Tensor | None = None
-        self._scale = 1.0
 
-    def begin(self, params: Tensor, scale: float = 1.0) -> None:
-        """Before local training: the rows it starts from, and the round's rate over the base."""
+    def begin(self, params: Tensor) -> None:
+        """Before local training: the rows it starts from."""
         self.origin.copy_(params)
-        self._scale = scale
 
-    def outgoing(self, params: Tensor) -> Tensor:
-        """After local training: fill ``sent`` with what every node mixes, and return it."""
+    def outgoing(self, params: Tensor, scale: float = 1.0) -> Tensor:
+        """After local training: fill ``sent`` with what every node mixes, and return it.
+
+        ``scale`` is the round's learning rate over the base rate (gradient tracking's)."""
         d = self.dim
         if self.mode == "tracking":
             assert self.step is not None
-            step, tracker = tracker_step(self.origin, params, self.state, self.step, self._scale)
-            self.sent[:, :d] = descent(self.origin, tracker, self._scale)
+            step, tracker = tracker_step(self.origin, params, self.state, self.step, scale)
+            self.sent[:, :d] = descent(self.origin, tracker, scale)
             self.sent[:, d:] = tracker
             self._pending = step
         else:

@@ -125,7 +125,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         if before is not None:
             before.copy_(params)
         if tracked is not None:
-            tracked.begin(params, setup.schedule.lr_at(r) / setup.schedule.lr)
+            tracked.begin(params)
         if drift is not None:
             for pos in range(n):
                 drift.inject(pos, r)
@@ -138,7 +138,7 @@ def run(setup: Setup, label: str, progress: Progress | None = None) -> RunResult
         t1 = time.perf_counter()
         w = matrices.get(r)
         if tracked is not None:
-            outgoing = tracked.outgoing(params)
+            outgoing = tracked.outgoing(params, setup.schedule.lr_scale(r))
             if secure is not None:
                 mixing = setup.topo.mixing(r)
                 gave_up, declared = secure.mix(mixing, r, outgoing, tracked.mixed, block)

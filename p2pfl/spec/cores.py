@@ -16,8 +16,6 @@ wait for the ledger (a daemon) or is acted on at once (a simulation).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from p2pfl.errors import ConfigError
@@ -97,18 +95,10 @@ def build_core(
             gossip_core(spec, graph, me, mix_in_place=mix_in_place), prefix=prefix
         )
     if rule is not None:
-        core = TrackedRoundCore(core, rule, lr_scale(spec))
+        core = TrackedRoundCore(core, rule, schedule_from(spec.training).lr_scale)
     if start_at:
         core.resume_at(start_at)
     return core if selection is None else PartialRoundCore(core, selection)
-
-
-def lr_scale(spec: RunSpec) -> Callable[[int], float] | None:
-    """Round r's learning rate over the base rate (``training.lr_schedule``); ``None``: constant."""
-    schedule = schedule_from(spec.training)
-    if schedule.lr_schedule == "constant":
-        return None
-    return lambda round: schedule.lr_at(round) / schedule.lr
 
 
 def round_rule(spec: RunSpec) -> RoundRule | None:

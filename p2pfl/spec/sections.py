@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pfl.errors import ConfigError
+from p2pfl.training import LR_SCHEDULES
 
 MODES = ("sync", "choco", "async", "tracking", "qgm")
 """``sync``: D-PSGD; ``choco``: CHOCO-SGD with compression; ``async``: push-sum, no barrier;
@@ -71,9 +72,10 @@ class TrainingSection:
             raise ConfigError("training.rounds must be at least 1")
         if len(set(self.trainable)) != len(self.trainable) or any(not w for w in self.trainable):
             raise ConfigError(f"training.trainable must be distinct names, got {self.trainable}")
-        if self.lr_schedule not in ("constant", "cosine"):
+        if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
-                f"training.lr_schedule must be constant or cosine, not {self.lr_schedule!r}"
+                f"training.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                f"not {self.lr_schedule!r}"
             )
 
 
