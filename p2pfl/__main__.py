@@ -1,3 +1,3 @@
-from p2pfl.cli import main
+from p2pfl.cli import run
 
-raise SystemExit(main())
+run()

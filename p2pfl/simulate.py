@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl import baselines as bl
-from p2pfl.engines import prepare, run_engine, sharded
+from p2pfl.engines import prepare, run_engine
 from p2pfl.engines.common import RunResult, Setup
 from p2pfl.engines.world import World
 from p2pfl.entrypoints import is_reference
@@ -75,6 +75,8 @@ def simulate(
         if world is None:
             result = run_engine(sc.engine, setup, label, callback)
         else:
+            from p2pfl.engines import sharded  # torch.distributed: only for a sharded run
+
             shard_result = sharded.run(setup, label, world, callback)
             if shard_result is None:
                 continue

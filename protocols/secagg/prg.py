@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from protocols.errors import LocalProtocolError
 
@@ -57,6 +56,9 @@ class MaskAdder:
     """
 
     def __init__(self, streams: Sequence[Stream], dtype: np.dtype[Any], chunk_words: int) -> None:
+        # Imported here: a plan without secure aggregation never loads the cipher library.
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
         self._encryptors = []
         for seed, sign in streams:
             if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:

@@ -30,12 +30,14 @@ def cli(*argv: object) -> int:
     return main([str(a) for a in argv])
 
 
-def python(code: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def python(
+    code: str, cwd_override: Path | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd_override or ROOT,
         env=ENV,
         timeout=120,
         check=False,
@@ -295,3 +297,67 @@ def test_plots_are_written_after_the_report_is_printed(
     assert order == ["report", "plots"]
     assert (out / "accuracy.png").stat().st_size > 0 and (out / "consensus.png").is_file()
     assert "Wrote" in capsys.readouterr().out
+
+
+# -- the exit: handlers run, output flushed, teardown skipped -----------------------------
+
+
+def end_with(status: int, before: str, where: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``before`` in ``where``, then the command's end with ``main`` returning ``status``."""
+    done = python(
+        f"{before}\nimport p2pfl.cli as cli\ncli.main = lambda argv=None: {status}\ncli.run()\n"
+        "open('after.txt', 'w').write('run() returned')\n",
+        cwd_override=where,
+    )
+    assert done.returncode == status, done.stderr
+    assert not (where / "after.txt").exists()
+    return done
+
+
+def test_the_command_exits_with_main_status_after_its_exit_handlers_and_buffered_output(
+    tmp_path: Path,
+) -> None:
+    # A status of 2 (bad input), an ``atexit`` handler that writes a file, buffered output
+    # not yet flushed, and a file logging handler: all reach their ends before the exit.
+    before = (
+        "import atexit, logging, sys\n"
+        "from pathlib import Path\n"
+        "logging.getLogger('t').addHandler(logging.FileHandler('log.txt', delay=True))\n"
+        "logging.getLogger('t').warning('logged')\n"
+        "atexit.register(lambda: Path('handler.txt').write_text('ran'))\n"
+        "sys.stdout.write('buffered, no newline')"
+    )
+    assert end_with(2, before, tmp_path).stdout == "buffered, no newline"
+    assert (tmp_path / "handler.txt").read_text() == "ran"
+    assert (tmp_path / "log.txt").read_text() == "logged\n"
+
+
+def test_the_exit_waits_for_a_thread_that_is_not_a_daemon(tmp_path: Path) -> None:
+    before = (
+        "import threading, time\n"
+        "from pathlib import Path\n"
+        "def late():\n"
+        "    time.sleep(0.3)\n"
+        "    Path('thread.txt').write_text('done')\n"
+        "threading.Thread(target=late).start()"
+    )
+    end_with(0, before, tmp_path)
+    assert (tmp_path / "thread.txt").read_text() == "done"
+
+
+def test_python_m_p2pfl_and_the_installed_command_end_through_run() -> None:
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["p2pfl"] == "p2pfl.cli:run"
+    assert "run()" in (ROOT / "p2pfl" / "__main__.py").read_text()
+    done = subprocess.run(
+        [sys.executable, "-m", "p2pfl", "topology", "show", "ring", "--nodes", "1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("p2pfl: error:"), done.stderr
