@@ -80,6 +80,7 @@ class Ledger:
         self._origin: str | None = None
         self._repairs: list[bytes] = []
         self._violations: list[Violation] = []
+        self._plan_hash: tuple[bytes, bytes] | None = None  # (the plan record's bytes, its hash)
 
     @property
     def doc(self) -> Doc[Any]:
@@ -276,8 +277,13 @@ class Ledger:
         return None if record is None else copy.deepcopy(record.payload["plan"])
 
     def plan_hash(self) -> bytes | None:
-        plan = self.plan()
-        return None if plan is None else plan_hash(plan)
+        """The current plan's hash; computed once per plan record (a round asks several times)."""
+        record = self.view().current["plan"].get("plan")
+        if record is None:
+            return None
+        if self._plan_hash is None or self._plan_hash[0] != record.value:
+            self._plan_hash = (record.value, plan_hash(record.payload["plan"]))
+        return self._plan_hash[1]
 
     def approvals(self) -> dict[str, bytes]:
         """Each valid member's latest approval: node id -> the plan hash it signed."""

@@ -296,6 +296,22 @@ def test_set_plan_refuses_what_cannot_be_encoded() -> None:
     assert canonical(ledger.plan()) == canonical(PLAN)
 
 
+def test_the_plan_hash_follows_the_current_plan_and_survives_a_caller_changing_its_copy() -> None:
+    ledger = federation()
+    assert ledger.plan_hash() == plan_hash(PLAN)
+    copy_ = ledger.plan()
+    assert copy_ is not None
+    copy_["rounds"] = 99  # a caller's copy: the ledger's plan and its hash stay as they were
+    assert ledger.plan_hash() == plan_hash(PLAN) and ledger.plan() == PLAN
+    new_plan = {**PLAN, "rounds": 6}
+    ledger.set_plan(F, new_plan, clock=ledger.next_clock())
+    assert ledger.plan_hash() == plan_hash(new_plan) != plan_hash(PLAN)
+    replica = Ledger(ledger.federation_id, client_id=7)
+    assert replica.plan_hash() is None
+    replica.apply_update(ledger.encode_state())
+    assert replica.plan_hash() == plan_hash(new_plan)
+
+
 def test_a_whole_view_checks_its_signatures_in_batches_through_the_given_map() -> None:
     source = federation()
     for signer in (B, C):

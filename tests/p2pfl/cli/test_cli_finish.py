@@ -33,11 +33,16 @@ def cli(*argv: object) -> int:
 def python(
     code: str, cwd_override: Path | None = None, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
+    return interpreter("-c", code, cwd=cwd_override or ROOT, **kwargs)
+
+
+def interpreter(*args: str, cwd: Path = ROOT, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """This Python with ``args``, in ``cwd``, output captured."""
     return subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
-        cwd=cwd_override or ROOT,
+        cwd=cwd,
         env=ENV,
         timeout=120,
         check=False,
@@ -345,19 +350,19 @@ def test_the_exit_waits_for_a_thread_that_is_not_a_daemon(tmp_path: Path) -> Non
     assert (tmp_path / "thread.txt").read_text() == "done"
 
 
+def test_a_profiled_command_still_writes_its_profile(tmp_path: Path) -> None:
+    # A bad argument ends through ``main``'s status (2), so through ``exit_now``.
+    command = ["-m", "cProfile", "-o", "p2pfl.prof", "-m", "p2pfl", "topology", "show", "ring"]
+    done = interpreter(*command, "--nodes", "1", cwd=tmp_path)
+    assert "p2pfl: error:" in done.stderr
+    assert (tmp_path / "p2pfl.prof").stat().st_size > 0
+
+
 def test_python_m_p2pfl_and_the_installed_command_end_through_run() -> None:
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["p2pfl"] == "p2pfl.cli:run"
     assert "run()" in (ROOT / "p2pfl" / "__main__.py").read_text()
-    done = subprocess.run(
-        [sys.executable, "-m", "p2pfl", "topology", "show", "ring", "--nodes", "1"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=ENV,
-        timeout=120,
-        check=False,
-    )
+    done = interpreter("-m", "p2pfl", "topology", "show", "ring", "--nodes", "1")
     assert done.returncode == 2 and done.stderr.startswith("p2pfl: error:"), done.stderr
