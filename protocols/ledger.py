@@ -273,17 +273,20 @@ class Ledger:
         return None if member is None else member.verify_key
 
     def plan(self) -> dict[str, Any] | None:
-        record = self.view().current["plan"].get("plan")
+        record = self._plan_record()
         return None if record is None else copy.deepcopy(record.payload["plan"])
 
     def plan_hash(self) -> bytes | None:
         """The current plan's hash; computed once per plan record (a round asks several times)."""
-        record = self.view().current["plan"].get("plan")
+        record = self._plan_record()
         if record is None:
             return None
         if self._plan_hash is None or self._plan_hash[0] != record.value:
             self._plan_hash = (record.value, plan_hash(record.payload["plan"]))
         return self._plan_hash[1]
+
+    def _plan_record(self) -> Record | None:
+        return self.view().current["plan"].get("plan")
 
     def approvals(self) -> dict[str, bytes]:
         """Each valid member's latest approval: node id -> the plan hash it signed."""

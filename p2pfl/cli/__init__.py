@@ -65,13 +65,12 @@ def exit_now(status: int) -> NoReturn:
     alone takes 0.4 s of an idle core (more than a second beside other daemons): a
     cost paid by every command that trained, for nothing. What an exit must still do
     is done here, in the interpreter's order: wait for the threads that are not
-    daemons (while any runs, the ordinary exit does that and the rest, as it does
-    under a profiler or a tracer: ``python -m cProfile -m p2pfl`` writes its figures
-    once the command has returned); run the
-    ``atexit`` handlers (logging's flush and close among them; temporary
-    directories' finalizers); flush standard output and error. Files and sockets
-    are closed by the operating system; everything durable was fsynced where it was
-    written (``p2pfl.atomic``).
+    daemons; run the ``atexit`` handlers (logging's flush and close among them;
+    temporary directories' finalizers); flush standard output and error. Files and
+    sockets are closed by the operating system; everything durable was fsynced where
+    it was written (``p2pfl.atomic``). While such a thread runs, and under a profiler
+    or a tracer (``python -m cProfile -m p2pfl`` writes its figures once the command
+    has returned), the ordinary exit does it all instead.
     """
     main_thread = threading.main_thread()
     if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):

@@ -30,10 +30,8 @@ def cli(*argv: object) -> int:
     return main([str(a) for a in argv])
 
 
-def python(
-    code: str, cwd_override: Path | None = None, **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
-    return interpreter("-c", code, cwd=cwd_override or ROOT, **kwargs)
+def python(code: str, cwd: Path = ROOT, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return interpreter("-c", code, cwd=cwd, **kwargs)
 
 
 def interpreter(*args: str, cwd: Path = ROOT, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -312,7 +310,7 @@ def end_with(status: int, before: str, where: Path) -> subprocess.CompletedProce
     done = python(
         f"{before}\nimport p2pfl.cli as cli\ncli.main = lambda argv=None: {status}\ncli.run()\n"
         "open('after.txt', 'w').write('run() returned')\n",
-        cwd_override=where,
+        cwd=where,
     )
     assert done.returncode == status, done.stderr
     assert not (where / "after.txt").exists()
