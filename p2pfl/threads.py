@@ -76,7 +76,7 @@ def _load() -> float:
         return 0.0
 
 
-PARALLEL_BATCH = 512
+PARALLEL_BATCH = 64
 """Fewer checks than this run in the caller's thread: a pool would cost more than it saves."""
 
 

@@ -40,6 +40,8 @@ MAPS = ("members", "revoked", "plan", "approvals", "progress", "secagg", "metric
 EMPTY_UPDATE = b"\x00\x00"
 MAX_PENDING = 256
 """Entries of updates Yrs holds back that are read back after each change."""
+MAX_AHEAD = 4096
+"""Walks of updates read ahead (``values_in``) kept for their ``apply_update``."""
 _ABSENT = object()
 
 
@@ -102,6 +104,7 @@ class LedgerDoc:
         self._txn_updates: list[bytes] = []
         self._applying = False  # within apply_update: the transactions are a foreign update's
         self._walked: tuple[bytes, Walk | None] | None = None  # that update, and its walk
+        self._ahead: dict[bytes, Walk | None] = {}  # walks of updates read ahead, by update
         self._snapshot = self.encode_state()
         self._log: list[bytes] = []
         self._log_bytes = 0
@@ -340,7 +343,10 @@ class LedgerDoc:
         document is then as it was.
         """
         update = bytes(update)
-        walked = walk(update, self.limits if limits is None else limits)  # checks it
+        if limits is None and update in self._ahead:
+            walked = self._ahead.pop(update)  # checked when it was read ahead
+        else:
+            walked = walk(update, self.limits if limits is None else limits)  # checks it
         self._trim_log()  # after local writes
         logged, logged_bytes = len(self._log), self._log_bytes
         self._txn_updates = []
@@ -365,6 +371,26 @@ class LedgerDoc:
             changed, self._txn_updates = self._txn_updates, []
         self._trim_log()  # here, not before the next one: a file's or a full sync's update
         return changed  # makes the log outweigh the snapshot, not the small update after it
+
+    def values_in(self, update: bytes) -> list[tuple[str, str, bytes]]:
+        """``(map, key, value)`` of each byte-string entry ``update`` sets, read ahead of
+        applying it (``Ledger.prepare``); none when the bytes are not an update within the
+        limits (``apply_update`` will say so). The walk is kept for ``apply_update``."""
+        update = bytes(update)
+        try:
+            walked = walk(update, self.limits)
+        except DecodeError:
+            return []
+        if len(self._ahead) >= MAX_AHEAD:  # read ahead and never applied (a duplicate)
+            self._ahead.clear()
+        self._ahead[update] = walked
+        if walked is None:
+            return []
+        return [
+            (struct.parent, struct.key, struct.value)
+            for struct in walked[0]
+            if struct.value is not None and struct.parent and struct.key is not None
+        ]
 
     def _trim_log(self) -> None:
         """Take a snapshot again once the log outweighs it (O(1) per byte logged)."""

@@ -115,6 +115,16 @@ class RecordCache:
         self._used[cache_key] = found
         return found
 
+    def ahead(self, map_name: str, key: str, value: bytes) -> Entry | None:
+        """The entry, examined ahead of its use (``Ledger.prepare``): one never looked up
+        with ``entry`` is forgotten at the next sweep, as any entry not seen again."""
+        cache_key = (map_name, key, value)
+        if cache_key in self._used:
+            return self._used[cache_key]
+        if cache_key not in self._known:
+            self._known[cache_key] = _examine(map_name, key, value)
+        return self._known[cache_key]
+
     def sweep(self) -> None:
         """Keep only the entries looked up since the last sweep."""
         self._known, self._used = self._used, {}

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgpack
@@ -159,6 +160,21 @@ class LedgerSync:
         except DecodeError as exc:
             raise PeerProtocolError(peer, str(exc)) from exc
 
+    def prepare(self, messages: Iterable[bytes]) -> None:
+        """Check ahead, in one batch, the signatures of the records in ``messages``, which
+        are received next, one by one (``Ledger.prepare``). What does not decode, or was
+        seen already, is left to ``receive``."""
+        updates = []
+        for data in messages:
+            try:
+                message = decode(data, max_size=self.max_message_size)
+            except DecodeError:
+                continue
+            if isinstance(message, SyncStep1) or _digest(message.update) in self._seen:
+                continue
+            updates.append(message.update)
+        self.ledger.prepare(updates)
+
     def _answer(self, peer: str, message: SyncStep1) -> Outgoing:
         if message.federation_id != self.ledger.federation_id:
             raise PeerProtocolError(peer, f"step 1 for federation {message.federation_id!r}")
@@ -198,7 +214,7 @@ class LedgerSync:
 
     def _remember(self, update: bytes) -> bytes | None:
         """Record an update's digest; ``None`` if it was already seen."""
-        digest = hashlib.blake2b(update, digest_size=16).digest()
+        digest = _digest(update)
         if digest in self._seen:
             self._seen.move_to_end(digest)
             return None
@@ -229,3 +245,8 @@ class LedgerSync:
         """Ask every neighbour for what this node may have missed."""
         step1 = self._step1()
         return [(peer, step1) for peer in self._peers]
+
+
+def _digest(update: bytes) -> bytes:
+    """What the flood remembers an update by."""
+    return hashlib.blake2b(update, digest_size=16).digest()
