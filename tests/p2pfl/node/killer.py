@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from p2pfl.cli import main  # noqa: E402
+from p2pfl.cli import exit_now, main  # noqa: E402
 from p2pfl.node import audit, exchange, local  # noqa: E402
 
 POINTS = (
@@ -174,4 +174,4 @@ def arm(point: str, n: int) -> None:
 if __name__ == "__main__":
     config, point, count = sys.argv[1:4]
     arm(point, int(count))
-    sys.exit(main(["node", "run", "--config", config, "--insecure"]))
+    exit_now(main(["node", "run", "--config", config, "--insecure"]))
