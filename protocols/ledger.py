@@ -89,6 +89,7 @@ class Ledger:
         self._repairs: list[bytes] = []
         self._violations: list[Violation] = []
         self._plan_hash: tuple[bytes, bytes] | None = None  # (the plan record's bytes, its hash)
+        self._active: tuple[Mapping[str, Member], dict[str, Member]] | None = None  # members()
 
     @property
     def doc(self) -> Doc[Any]:
@@ -305,8 +306,24 @@ class Ledger:
         return self.view().name
 
     def members(self, *, include_revoked: bool = False) -> dict[str, Member]:
-        """Valid members by node id (with ``include_revoked``, revoked ones too)."""
-        return {n: m for n, m in self.view().members.items() if include_revoked or not m.revoked}
+        """Valid members by node id (with ``include_revoked``, revoked ones too).
+
+        A copy of a dictionary kept per roster (the view's ``members``, a new mapping
+        whenever ``members`` or ``revoked`` change): a node asks at every ledger change,
+        and filtering 10,000 members took 0.53 ms where the copy takes 0.05.
+        """
+        roster = self.view().members
+        if include_revoked:
+            return dict(roster)
+        active = self._active
+        if active is None or active[0] is not roster:
+            active = self._active = (roster, {n: m for n, m in roster.items() if not m.revoked})
+        return dict(active[1])
+
+    def _member(self, node_id: str) -> Member | None:
+        """A valid member, by node id (``None``: none, or revoked)."""
+        member = self.view().members.get(node_id)
+        return None if member is None or member.revoked else member
 
     def revoked(self) -> dict[str, Record]:
         """Revoked node ids, each with the first valid revocation record."""
@@ -314,11 +331,11 @@ class Ledger:
 
     def box_key(self, node_id: str) -> bytes | None:
         """A valid member's X25519 public key (for secure aggregation)."""
-        member = self.members().get(node_id)
+        member = self._member(node_id)
         return None if member is None else member.box_key
 
     def verify_key(self, node_id: str) -> bytes | None:
-        member = self.members().get(node_id)
+        member = self._member(node_id)
         return None if member is None else member.verify_key
 
     def plan(self) -> dict[str, Any] | None:
@@ -537,7 +554,7 @@ class Ledger:
         if type(round_) is not int or round_ < 0:
             raise LocalProtocolError(f"a leave names a round >= 0, not {round_!r}")
         author = node_id_for(bytes(signing_key.verify_key))
-        if author not in self.members():
+        if self._member(author) is None:
             raise LocalProtocolError(f"{author} is not a member; it has nothing to leave")
         known = self.left().get(author)
         if known == round_:

@@ -125,6 +125,7 @@ class LedgerSync:
         self._reported: dict[str, dict[int, int]] = {}  # per peer: the clocks it last sent
         self.applied = 0
         self.duplicates = 0
+        self.changes = 0  # updates received that changed the replica (a count to compare)
 
     @property
     def peers(self) -> tuple[str, ...]:
@@ -208,6 +209,8 @@ class LedgerSync:
             return []
         self.applied += 1
         changes = self.ledger.apply_update(update, origin=source)
+        if changes:
+            self.changes += 1
         if changes == [update]:  # all of it was new: its digest is the one just remembered
             return self._send(update, exclude=source)
         return self._flood(changes, exclude=source)

@@ -49,7 +49,7 @@ class Replica:
 
     def receive(self, peer: str, frame: memoryview) -> None:
         body = bytes(frame)
-        before = self.ledger.state_vector()
+        before = self.sync.changes  # not the state vector: O(writers) to encode, per frame
         try:
             message = ledger_sync.decode(body, max_size=self.sync.max_message_size)
             out = self.sync.receive(peer, body)
@@ -64,9 +64,7 @@ class Replica:
         if isinstance(message, ledger_sync.SyncStep2) and self._on_synced(peer):
             log.info("ledger synced with %s", peer)
         self.send(out)
-        if isinstance(message, ledger_sync.SyncStep2 | ledger_sync.Update) and (
-            self.ledger.state_vector() != before
-        ):
+        if self.sync.changes != before:
             self._on_change()
 
     def send(self, out: Outgoing) -> None:

@@ -333,3 +333,20 @@ def test_a_whole_view_checks_its_signatures_in_batches_through_the_given_map() -
     # is known, so it is checked), then the namespace maps (plan and 3 progress)
     assert batches == [5, 4]
     assert batched.progress() == {nid(B): 1, nid(C): 1}
+
+
+def test_members_follow_the_roster_and_are_the_callers_to_change() -> None:
+    founder = nacl.signing.SigningKey(b"\x01" * 32)
+    member = nacl.signing.SigningKey(b"\x02" * 32)
+    ledger = Ledger.found(founder, name="roster", nonce=b"n")
+    node_id = node_id_for(bytes(member.verify_key))
+    first = ledger.members()
+    first.clear()  # a copy: the ledger's own is untouched
+    assert set(ledger.members()) == {ledger.founder}
+    ledger.admit(founder, bytes(member.verify_key), clock=ledger.next_clock())
+    assert set(ledger.members()) == {ledger.founder, node_id}
+    assert ledger.box_key(node_id) == ledger.members()[node_id].box_key
+    ledger.revoke(founder, node_id, clock=ledger.next_clock())
+    assert set(ledger.members()) == {ledger.founder}
+    assert node_id in ledger.members(include_revoked=True)
+    assert ledger.box_key(node_id) is None and ledger.verify_key(node_id) is None
