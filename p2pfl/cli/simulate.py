@@ -181,8 +181,8 @@ def _simulate(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from p2pfl import provenance
     from p2pfl.report import print_tables, write_plots
+    from p2pfl.runcrate import clear_crate, now
     from p2pfl.simulate import simulate
 
     leader = world is None or world.leader
@@ -201,8 +201,8 @@ def _simulate(
             return lambda done: bar.update(task, completed=done)
 
         if leader:
-            provenance.clear_simulation_crate(out)
-        started = provenance.now()
+            clear_crate(out)  # the crate is written after the report (rocrate loads then)
+        started = now()
         report = simulate(
             scenario,
             out,
@@ -220,6 +220,8 @@ def _simulate(
         print_tables(report, console)
     sys.stdout.flush()  # the report shows now; the plots and the crate follow
     write_plots(report, out)
+    from p2pfl import provenance
+
     provenance.write_simulation_crate(
         out,
         scenario=dataclasses.replace(scenario, engine=args.engine or scenario.engine),

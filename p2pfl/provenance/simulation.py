@@ -17,11 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rocrate.model import Person  # type: ignore[import-untyped]
-from rocrate.model.metadata import BASENAME  # type: ignore[import-untyped]
 from rocrate.rocrate import ROCrate  # type: ignore[import-untyped]
 
 from p2pfl.atomic import atomic_write_bytes
-from p2pfl.runcrate import add_action, add_file, add_value, metadata_bytes, new_crate
+from p2pfl.runcrate import (
+    METADATA_FILE,
+    add_action,
+    add_file,
+    add_value,
+    clear_crate,
+    metadata_bytes,
+    new_crate,
+)
 
 if TYPE_CHECKING:
     from p2pfl.scenario import Scenario
@@ -96,18 +103,12 @@ def write_simulation_crate(
     )
     for entity in crate.data_entities:  # the inputs' copies; the outputs are in place
         entity.write(out)
-    target = out / BASENAME
+    target = out / METADATA_FILE
     atomic_write_bytes(target, metadata_bytes(crate))
     return target
 
 
-def clear_simulation_crate(out_dir: str | os.PathLike[str]) -> None:
-    """Remove a previous run's metadata from ``out_dir`` before a new run writes there.
-
-    It would describe files the new run is about to replace; if that run
-    fails, the directory is left with no crate rather than a wrong one.
-    """
-    Path(out_dir, BASENAME).unlink(missing_ok=True)
+clear_simulation_crate = clear_crate
 
 
 def _input_name(crate: ROCrate, path: Path) -> str:

@@ -20,6 +20,7 @@ from p2pfl import report as report_module
 from p2pfl.cli import EXIT_BROKEN_PIPE, main
 from p2pfl.cli.tls import DEFAULT_HOSTS_HELP
 from p2pfl.report import print_tables
+from p2pfl.runcrate import METADATA_FILE
 from p2pfl.transport.tls import DEFAULT_HOSTS
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -364,3 +365,33 @@ def test_python_m_p2pfl_and_the_installed_command_end_through_run() -> None:
     assert "run()" in (ROOT / "p2pfl" / "__main__.py").read_text()
     done = interpreter("-m", "p2pfl", "topology", "show", "ring", "--nodes", "1")
     assert done.returncode == 2 and done.stderr.startswith("p2pfl: error:"), done.stderr
+
+
+def test_a_simulation_reports_before_loading_rocrate_and_still_writes_its_crate(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    code = (
+        "import sys\n"
+        "import p2pfl.report as report\n"
+        "seen = []\n"
+        "real = report.print_tables\n"
+        "def spy(*args, **kwargs):\n"
+        "    seen.append('rocrate' in sys.modules)\n"
+        "    return real(*args, **kwargs)\n"
+        "report.print_tables = spy\n"
+        "from p2pfl.cli import main\n"
+        f"status = main(['simulate', 'simulations/tiny.toml', '--out', {str(out)!r}])\n"
+        "print('AT REPORT', seen, 'STATUS', status)\n"
+    )
+    done = python(code)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("AT REPORT [False] STATUS 0"), done.stdout[-500:]
+    crate = json.loads((out / METADATA_FILE).read_text())
+    assert any(item.get("@type") == "CreateAction" for item in crate["@graph"])
+
+
+def test_the_metadata_file_is_rocrates() -> None:
+    from rocrate.model.metadata import BASENAME  # type: ignore[import-untyped]
+
+    assert METADATA_FILE == BASENAME
