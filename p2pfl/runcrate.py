@@ -165,16 +165,21 @@ def add_file(
     return crate.add_file(source, dest, properties=props)
 
 
-def add_value(crate: ROCrate, ident: str, name: str, value: Any, description: str = "") -> Any:
-    """A setting or a number that is not a file, as a ``PropertyValue``."""
+def add_entity(crate: ROCrate, ident: str, properties: dict[str, Any]) -> Any:
+    """A contextual entity (``rocrate``'s ``ContextEntity``) added to ``crate``."""
     from rocrate.model import ContextEntity
 
+    return crate.add(ContextEntity(crate, ident, properties=properties))
+
+
+def add_value(crate: ROCrate, ident: str, name: str, value: Any, description: str = "") -> Any:
+    """A setting or a number that is not a file, as a ``PropertyValue``."""
     if not isinstance(value, str | int | float | bool):
         value = json.dumps(value, sort_keys=True, default=str)
     props: dict[str, Any] = {"@type": "PropertyValue", "name": name, "value": value}
     if description:
         props["description"] = description
-    return crate.add(ContextEntity(crate, ident, properties=props))
+    return add_entity(crate, ident, props)
 
 
 def add_action(

@@ -26,9 +26,6 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rocrate.model import ContextEntity  # type: ignore[import-untyped]
-from rocrate.rocrate import ROCrate  # type: ignore[import-untyped]
-
 from p2pfl.energy import EnergySection, round_energy
 from p2pfl.node.checkpoint import list_checkpoints, read_checkpoint
 from p2pfl.node.errors import CheckpointError
@@ -41,6 +38,7 @@ from p2pfl.runcrate import (
     PLAN_FILE,
     PLAN_HASH_ID,
     add_action,
+    add_entity,
     add_file,
     add_value,
     new_crate,
@@ -48,6 +46,8 @@ from p2pfl.runcrate import (
 )
 
 if TYPE_CHECKING:
+    from rocrate.rocrate import ROCrate  # type: ignore[import-untyped]
+
     from p2pfl.node.audit import AuditLog
     from p2pfl.node.config import NodeConfig
     from protocols.ledger import Ledger
@@ -226,7 +226,7 @@ def _plan_entities(crate: ROCrate, ledger: Any, staging: Path) -> list[Any]:
 
 def _member(crate: ROCrate, node_id: str, institution: str) -> Any:
     props = {"@type": "Organization", "name": institution or node_id, "identifier": node_id}
-    return crate.add(ContextEntity(crate, f"#member-{node_id}", properties=props))
+    return add_entity(crate, f"#member-{node_id}", props)
 
 
 def _add_members(crate: ROCrate, ledger: Any) -> dict[str, Any]:
@@ -247,7 +247,7 @@ def _add_approvals(crate: ROCrate, ledger: Any, members: dict[str, Any]) -> None
             "description": f"signed plan hash {approved.hex()}",
             "actionStatus": {"@id": COMPLETED},
         }
-        action = crate.add(ContextEntity(crate, f"#approval-{nid}", properties=props))
+        action = add_entity(crate, f"#approval-{nid}", props)
         action["agent"] = members.get(nid) or _member(crate, nid, "")
         action["object"] = what
         crate.root_dataset.append_to("mentions", action)

@@ -395,3 +395,13 @@ def test_the_metadata_file_is_rocrates() -> None:
     from rocrate.model.metadata import BASENAME  # type: ignore[import-untyped]
 
     assert METADATA_FILE == BASENAME
+
+
+def test_a_node_loads_rocrate_only_to_write_its_crate() -> None:
+    done = python(
+        "import sys\n"
+        "import p2pfl.cli.node, p2pfl.node.node, p2pfl.node.rounds, p2pfl.node.crate\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rocrate'))\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
