@@ -32,6 +32,7 @@ everything (signature checks stay cached).
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
@@ -90,6 +91,7 @@ class Ledger:
         self._violations: list[Violation] = []
         self._plan_hash: tuple[bytes, bytes] | None = None  # (the plan record's bytes, its hash)
         self._active: tuple[Mapping[str, Member], dict[str, Member]] | None = None  # members()
+        self._versions: Counter[str] = Counter()  # per map: view refreshes that changed it
 
     @property
     def doc(self) -> Doc[Any]:
@@ -211,6 +213,12 @@ class Ledger:
         keys = self._state.auth.keys
         check_signatures(self.federation_id, entries, keys, self._cache.checks)
 
+    def version(self, *maps: str) -> tuple[int, ...]:
+        """A number per map that changes whenever the map's part of the view may have
+        changed (and stays put otherwise): what a caller keys a cache of its reading on."""
+        self.view()
+        return tuple(self._versions[name] for name in maps)
+
     def take_violations(self) -> list[Violation]:
         """The verified records deleted or overwritten since the last call (and put back)."""
         found, self._violations = self._violations, []
@@ -256,7 +264,9 @@ class Ledger:
             if state is None or changed.get("members") or changed.get("revoked"):
                 pairs = {name: self.store.entries(name).items() for name in MAPS}
                 state = self._state = NamespaceState.rebuild(self.federation_id, pairs, self._cache)
+                self._versions.update(MAPS)  # who may write what changed: every map's view
             else:
+                self._versions.update(name for name, keys in changed.items() if keys)
                 if sum(len(keys) for keys in changed.values()) > 1:  # a sync's reply, a file
                     self._check_changed(changed)
                 for name, keys in changed.items():  # namespace maps only, here

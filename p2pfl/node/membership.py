@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from protocols.ledger import Ledger
 
 log = logging.getLogger(__name__)
+_ROSTER_MAPS = ("members", "revoked", "plan", "approvals", "left")
+"""The ledger maps that joiners, the order and the changes are read from."""
+Reading = tuple[frozenset[str], tuple[str, ...], dict[str, str]]
+"""``(joiners, order, changes)`` as read from the ledger (``Membership._read``)."""
 
 
 class Membership:
@@ -56,6 +60,7 @@ class Membership:
         self._pending: list[str] = []
         self._facts: object = None
         self._acks: dict[str, dict[str, int]] = {}  # every acknowledgement seen, kept
+        self._read_at: tuple[tuple[int, ...], Reading] | None = None  # (ledger versions, it)
 
     def acks(self) -> dict[str, dict[str, int]]:
         """The acknowledgements the ledger holds, and those of members revoked since."""
@@ -67,8 +72,23 @@ class Membership:
 
     def joiners(self) -> set[str]:
         """Valid members that approved the plan and are no members of the run's roster."""
+        return set(self._read()[0])
+
+    def _read(self) -> Reading:
+        """``(joiners, order, changes)``, read again only when the maps they come from
+        changed (``Ledger.version``): a node asks at every ledger change, most of them
+        progress records, and each reading is O(members)."""
         ledger = self.node.ledger
-        return ledger.approvers() - set(self.roster) - set(ledger.revoked())
+        facts = ledger.version(*_ROSTER_MAPS)
+        if self._read_at is None or self._read_at[0] != facts:
+            joiners = frozenset(ledger.approvers() - set(self.roster) - set(ledger.revoked()))
+            order = tuple(sorted(set(self.roster) | joiners))
+            inside = set(order)
+            keys = {change_key(Kind.JOIN, m): m for m in joiners}
+            keys.update({change_key(Kind.LEAVE, m): m for m in ledger.left() if m in inside})
+            keys.update({change_key(Kind.REVOKE, m): m for m in ledger.revoked() if m in inside})
+            self._read_at = (facts, (joiners, order, keys))
+        return self._read_at[1]
 
     def joining_soon(self, round: int) -> set[str]:
         """Joiners whose first round is not known yet or is at most two rounds away."""
@@ -85,16 +105,11 @@ class Membership:
 
     def order(self) -> tuple[str, ...]:
         """Every member the epochs may hold, sorted by node id (the graphs' order)."""
-        return tuple(sorted(set(self.roster) | self.joiners()))
+        return self._read()[1]
 
     def changes(self) -> dict[str, str]:
         """The roster's changes the ledger holds: change key -> its subject."""
-        ledger = self.node.ledger
-        inside = set(self.order())
-        keys = {change_key(Kind.JOIN, m): m for m in self.joiners()}
-        keys.update({change_key(Kind.LEAVE, m): m for m in ledger.left() if m in inside})
-        keys.update({change_key(Kind.REVOKE, m): m for m in ledger.revoked() if m in inside})
-        return keys
+        return dict(self._read()[2])
 
     def refresh(self) -> tuple[Timeline, list[str]]:
         """The timeline and the pending change keys the ledger implies now (cached)."""

@@ -243,3 +243,36 @@ def test_a_start_model_is_the_mean_of_answers_that_match_their_records() -> None
     assert start_model(replies, recorded, ["a", "b"], 10) is None  # older than the boundary
     stale = {"a": (9, a), "b": (8, b)}
     assert start_model(stale, {**recorded, "b": (8, model_digest(b))}, ["a", "b"], 8) is None
+
+
+def test_membership_reads_the_roster_again_only_when_its_maps_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ledger, keys, ids = federation(4)
+    view = Membership(LedgerHost(ledger, keys[0]), tuple(ids))  # type: ignore[arg-type]
+    reads = []
+    original = ledger.approvers
+    monkeypatch.setattr(ledger, "approvers", lambda: reads.append(1) or original())
+    assert view.changes() == {}
+    for round_ in range(1, 6):  # what most ledger changes are
+        for key in keys:
+            ledger.report_progress(key, round_, clock=ledger.next_clock())
+            assert view.changes() == {} and view.order() == tuple(sorted(ids))
+    assert len(reads) == 1
+    ledger.leave(keys[3], 10, clock=ledger.next_clock())
+    assert view.changes() == {change_key(Kind.LEAVE, ids[3]): ids[3]}
+    assert len(reads) == 2
+
+
+def test_a_ledger_version_moves_with_its_maps_only() -> None:
+    ledger, keys, _ = federation(3)
+    before = ledger.version("progress", "approvals", "members")
+    assert ledger.version("progress", "approvals", "members") == before
+    ledger.report_progress(keys[1], 1, clock=ledger.next_clock())
+    after = ledger.version("progress", "approvals", "members")
+    assert after[0] > before[0] and after[1:] == before[1:]
+    ledger.admit(
+        keys[0], bytes(nacl.signing.SigningKey.generate().verify_key), clock=ledger.next_clock()
+    )
+    moved = ledger.version("progress", "approvals", "members")
+    assert all(m > a for m, a in zip(moved, after, strict=True))  # who may write what changed
