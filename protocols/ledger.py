@@ -330,7 +330,7 @@ class Ledger:
             active = self._active = (roster, {n: m for n, m in roster.items() if not m.revoked})
         return dict(active[1])
 
-    def _member(self, node_id: str) -> Member | None:
+    def member(self, node_id: str) -> Member | None:
         """A valid member, by node id (``None``: none, or revoked)."""
         member = self.view().members.get(node_id)
         return None if member is None or member.revoked else member
@@ -341,11 +341,11 @@ class Ledger:
 
     def box_key(self, node_id: str) -> bytes | None:
         """A valid member's X25519 public key (for secure aggregation)."""
-        member = self._member(node_id)
+        member = self.member(node_id)
         return None if member is None else member.box_key
 
     def verify_key(self, node_id: str) -> bytes | None:
-        member = self._member(node_id)
+        member = self.member(node_id)
         return None if member is None else member.verify_key
 
     def plan(self) -> dict[str, Any] | None:
@@ -564,7 +564,7 @@ class Ledger:
         if type(round_) is not int or round_ < 0:
             raise LocalProtocolError(f"a leave names a round >= 0, not {round_!r}")
         author = node_id_for(bytes(signing_key.verify_key))
-        if self._member(author) is None:
+        if self.member(author) is None:
             raise LocalProtocolError(f"{author} is not a member; it has nothing to leave")
         known = self.left().get(author)
         if known == round_:

@@ -139,6 +139,7 @@ class Node:
         self._links: LinkManager | None = None
         self._rounds: RoundDriver | None = None
         self._revoked: frozenset[str] = frozenset()  # their frames are refused
+        self._roster_version: tuple[int, ...] | None = None  # ledger_changed's last
         self._refused_frames: dict[str, int] = {}
         self._auth: Authenticator | None = None
         self._relaying: Relaying | None = None
@@ -552,17 +553,17 @@ class Node:
         """
         if not self._open:
             return
-        members = self.ledger.members()
-        me = members.get(self.node_id)
+        member_of = self.ledger.member  # not members(): a copy of them all, every change
+        me = member_of(self.node_id)
         reachable = me is None or me.reachable
         for peer in sorted(self.rounds.wanted_links()):
-            member = members.get(peer)
+            member = member_of(peer)
             if member is None:
                 continue
             address, via = member.address, ""
             if not (reachable or member.reachable):
                 via = self.relaying.relay_for(peer) or ""
-                relay = members.get(via)
+                relay = member_of(via) if via else None
                 if relay is None:
                     if peer not in self._unrelayed:  # once, not at every ledger change
                         self._unrelayed.add(peer)
@@ -703,14 +704,17 @@ class Node:
 
     def ledger_changed(self) -> None:
         self.storage.ledger_dirty = True
-        self._revoked = frozenset(self.ledger.revoked())
         if self._relaying is not None:
             self._relaying.invalidate()
-        members = self.ledger.members()
-        for peer, link in list(self.links.links.items()):
-            if peer not in members and link.session is not None:
-                self.record("link-closed", peer=peer, reason="no longer a valid member")
-                self.spawn(link.session.conn.close())
+        roster = self.ledger.version("members", "revoked")
+        if roster != self._roster_version:  # most changes are progress records: O(1) here
+            self._roster_version = roster
+            self._revoked = frozenset(self.ledger.revoked())
+            members = self.ledger.members()
+            for peer, link in list(self.links.links.items()):
+                if peer not in members and link.session is not None:
+                    self.record("link-closed", peer=peer, reason="no longer a valid member")
+                    self.spawn(link.session.conn.close())
         self.rounds.on_ledger_changed()
         self.update_links()
         self.changed()
