@@ -147,7 +147,7 @@ def read_key_document(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise KeyFileError(f"{path}: cannot read the key file: {exc.strerror}") from exc
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise KeyFileError(f"{path}: not a p2pfl key file (not JSON)") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise KeyFileError(f"{path}: not a p2pfl key file (format is not {FORMAT})")

@@ -157,7 +157,7 @@ def _export_simulation(source: Path, wanted: set[str]) -> dict[str, bytes]:
     if "metrics" in wanted:
         try:
             report = json.loads((source / "metrics.json").read_bytes())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise P2PFLError(f"{source / 'metrics.json'}: not a metrics file: {exc}") from None
         kept = aggregate_metrics(report, stripped)
         files["metrics.json"] = (json.dumps(kept, indent=2) + "\n").encode()

@@ -224,7 +224,7 @@ def _read_public_keys(path: str) -> dict[str, str]:
         document = json.loads(Path(path).read_bytes())
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read public keys: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise KeyFileError(f"{path}: not JSON (expected `p2pfl keys show --json`)") from None
     if not isinstance(document, dict) or set(document) != {"node_id", "verify_key", "box_key"}:
         raise KeyFileError(f"{path}: expected exactly node_id, verify_key and box_key")
@@ -261,7 +261,7 @@ def _read_invitation(path: str) -> tuple[str, str, bytes]:
         document = json.loads(raw)
     except OSError as exc:
         raise LedgerFileError(f"{path}: cannot read the invitation: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise LedgerFileError(f"{path}: not an invitation (not JSON)") from None
     if not isinstance(document, dict) or document.get("format") != INVITATION_FORMAT:
         raise LedgerFileError(f"{path}: not a p2pfl invitation")

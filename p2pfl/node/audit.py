@@ -224,7 +224,7 @@ def entries_in(data: bytes) -> list[dict[str, Any]]:
     for line in split_lines(data):
         try:
             entry = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
         if isinstance(entry, dict):
             entries.append(entry)

@@ -87,7 +87,7 @@ def split_lines(data: bytes) -> list[bytes]:
 def _parse(raw: bytes) -> dict[str, Any] | None:
     try:
         entry = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # nested past the stack
         return None
     if not isinstance(entry, dict):
         return None

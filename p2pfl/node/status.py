@@ -112,7 +112,7 @@ def read_status(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         document = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise P2PFLError(f"{path}: no status file (has the node ever run here?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise P2PFLError(f"{path}: unreadable status file: {exc}") from None
     if not isinstance(document, dict):
         raise P2PFLError(f"{path}: not a status file")
