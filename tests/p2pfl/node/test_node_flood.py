@@ -236,7 +236,10 @@ def test_a_flooded_daemon_trains_on_and_lets_its_member_in(tmp_path: Path) -> No
         f"first wave {sorted(set(codes))}, second flood ({waves2} waves) {sorted(set(codes2))}; "
         f"slowest cut {max(cut + cut2):.1f} s; RSS {before >> 20} -> at most {max(peak) >> 20} MiB"
     )
-    assert "connected" not in codes + codes2 and "rate-limited" in codes
+    # The limiter engages under the flood. Not necessarily in the first wave: its 500
+    # handshakes can all be accepted before the first of them fails (the limiter is
+    # asked at accept), and then none of that wave is limited (seen under load in CI).
+    assert "connected" not in codes + codes2 and "rate-limited" in codes + codes2
     assert max(cut + cut2) < HANDSHAKE + 8.0, max(cut + cut2)
     assert max(peak) - before < RSS_BOUND, (before, max(peak))
     assert under_flood >= UNDER_FLOOD, "the flood ended before the rounds it was to run under"
