@@ -30,15 +30,15 @@ simulators, which this package imports.
 from p2pfl.errors import ProvenanceError
 from p2pfl.node.crate import record_node_run, write_node_crate
 from p2pfl.provenance.check import check_crate
-from p2pfl.provenance.simulation import clear_simulation_crate, write_simulation_crate
-from p2pfl.runcrate import NODE_CRATE_DIR, PROFILE, now, software_versions
+from p2pfl.provenance.simulation import write_simulation_crate
+from p2pfl.runcrate import NODE_CRATE_DIR, PROFILE, clear_crate, now, software_versions
 
 __all__ = [
     "NODE_CRATE_DIR",
     "PROFILE",
     "ProvenanceError",
     "check_crate",
-    "clear_simulation_crate",
+    "clear_crate",
     "now",
     "record_node_run",
     "software_versions",

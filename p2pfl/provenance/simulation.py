@@ -25,7 +25,6 @@ from p2pfl.runcrate import (
     add_action,
     add_file,
     add_value,
-    clear_crate,
     metadata_bytes,
     new_crate,
 )
@@ -106,9 +105,6 @@ def write_simulation_crate(
     target = out / METADATA_FILE
     atomic_write_bytes(target, metadata_bytes(crate))
     return target
-
-
-clear_simulation_crate = clear_crate
 
 
 def _input_name(crate: ROCrate, path: Path) -> str:
