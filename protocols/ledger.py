@@ -379,6 +379,16 @@ class Ledger:
         also how many it completed (a member with no record has completed none)."""
         return {n: r.payload["round"] for n, r in self._current("progress").items()}
 
+    def round_of(self, node_id: str) -> int:
+        """``progress()[node_id]`` (0: no record) without copying every member's: O(1)."""
+        record = self.view().current["progress"].get(node_id)
+        return 0 if record is None else int(record.payload["round"])
+
+    def anyone_progressed(self, *, besides: str = "") -> bool:
+        """Whether a valid member but ``besides`` completed a round (stops at the first)."""
+        slots = self.view().current["progress"]
+        return any(r.payload["round"] > 0 for n, r in slots.items() if n != besides)
+
     def progress_digests(self) -> dict[str, tuple[int, bytes]]:
         """Each valid member's last completed round and the digest of its model after it,
         where its progress record carries one (a newcomer checks its start model so)."""

@@ -244,10 +244,10 @@ class Exchange:
     def prune(self) -> None:
         """Forget the frames for replay that no neighbour can need any more (``replay_floor``)."""
         self._retire()
-        progress = self.node.ledger.progress()
+        round_of = self.node.ledger.round_of  # not progress(): every member's, every change
         done = self.round - 1
         for peer in self.node.linked():
-            self.node.prune_replay(peer, replay_floor(progress.get(peer, 0), done))
+            self.node.prune_replay(peer, replay_floor(round_of(peer), done))
 
     def drive(self, out: RoundOutput) -> None:
         """Act on a core's output: ledger records first, then frames, then wake the timer."""

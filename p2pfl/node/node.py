@@ -49,7 +49,7 @@ from p2pfl.errors import ConfigError
 from p2pfl.identity import Identity, load_identity, read_passphrase_file
 from p2pfl.ledger_file import load_ledger, open_inbox
 from p2pfl.node.audit import AuditLog
-from p2pfl.node.channels import Channel, Router, tagged
+from p2pfl.node.channels import Channel, Router, tag, tagged
 from p2pfl.node.config import NodeConfig
 from p2pfl.node.dashboard import Dashboard
 from p2pfl.node.data import LocalData
@@ -87,6 +87,7 @@ from protocols.ledger_sync import LedgerSync
 log = logging.getLogger(__name__)
 
 _END = object()
+_LEDGER_TAG = tag(Channel.LEDGER)
 DELIVERY_ASK = 0.5  # seconds between asks to a neighbour that lacks our records (``delivered``)
 
 
@@ -253,6 +254,9 @@ class Node:
             peer_error=lambda peer, error: self.peer_error(peer, error, kind="ledger"),
             on_synced=self._mark_synced,
             on_change=self.ledger_changed,
+            admits=self._admits,
+            defer=self._drain_soon,
+            on_frames=self.changed,
         )
         self._rounds = RoundDriver(self)
         self._relaying = Relaying(identity.node_id, ledger, self._rounds.edges)
@@ -392,6 +396,8 @@ class Node:
             self.phase = Phase.STOPPED if stopping else Phase.FAILED
         if self._links is not None:  # the transport is closed: no link is open any more
             self._links.shut(f"the node {self.phase.value}")
+        if self._replica is not None:
+            self._replica.drain()  # nothing received is left out of the last save
         self._save_ledger_quietly()
         self.record("stop", reason="requested" if stopping else self.last_error)
         self.audit.close()
@@ -589,6 +595,7 @@ class Node:
                 log.info("no longer dialling %s: not a member of this epoch", peer)
 
     def _on_link_up(self, peer: str) -> list[bytes]:
+        self.replica.drain()  # the frames of its last session, before this one's
         self.record("link-up", peer=peer)
         log.info("link to %s up", peer)
         self.emit(LinkUp(peer))
@@ -598,6 +605,7 @@ class Node:
         return [tagged(Channel.LEDGER, frame) for _, frame in self.sync.connect(peer)]
 
     def _on_link_down(self, peer: str, reason: str) -> None:
+        self.replica.drain()  # what it sent is applied while its link still counts
         self.record("link-down", peer=peer, reason=reason)
         log.info("link to %s down: %s", peer, reason)
         self.emit(LinkDown(peer, reason))
@@ -622,12 +630,22 @@ class Node:
     # -- frames (the router's table: ``__init__``) ------------------------------------------
 
     def _on_frame(self, peer: str, data: bytes | bytearray | memoryview) -> None:
+        if not self._admits(peer):
+            return
+        if data[:1] != _LEDGER_TAG:
+            self.replica.drain()  # the ledger frames that came first are handled first
+        self._router.route(peer, data)
+
+    def _admits(self, peer: str) -> bool:
+        """Whether a frame of ``peer`` is handled (when it arrives, and when a held ledger
+        frame is drained): not what a banned member sent before its link closed, nor a
+        revoked member's."""
         if self.faults.banned(peer):
-            return  # what a banned member sent before its link closed
+            return False
         if peer in self._revoked:
             self._refuse_revoked(peer)
-            return
-        self._router.route(peer, data)
+            return False
+        return True
 
     def _refuse_revoked(self, peer: str) -> None:
         """A frame of a member revoked since its link came up: dropped, audited once."""
@@ -684,8 +702,18 @@ class Node:
         self.links.send(peer, tagged(Channel.CONTROL, frame))
 
     def _on_ledger_frame(self, peer: str, channel: Channel, frame: memoryview) -> None:
-        self.replica.receive(peer, frame)
-        self.changed()
+        self.replica.take(peer, frame)  # handled when the loop turns, with the others held
+
+    def _drain_soon(self) -> None:
+        """Drain the held ledger frames once the loop turns, in a task of the node's group:
+        an error there stops the node, as it would have in the link's reader."""
+        if self._tg is None or not self._open:
+            self.replica.drain()
+        else:
+            self._tg.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        self.replica.drain()
 
     def _mark_synced(self, peer: str) -> bool:
         link = self.links.link(peer)

@@ -127,11 +127,15 @@ class RoundEpochs:
         return self.graph is None and self._joining()
 
     def _joining(self) -> bool:
-        """This node is new to a run under way: others progressed, it never did."""
+        """This node is new to a run under way: others progressed, it never did.
+
+        Asked at every ledger change (``update_links``), so it reads its own record and
+        stops at the first other member's: no copy of every member's progress.
+        """
         if self._resume is not None:
             return False
-        progress = self.node.ledger.progress()
-        return progress.get(self.me, 0) == 0 and any(r > 0 for r in progress.values())
+        ledger = self.node.ledger
+        return ledger.round_of(self.me) == 0 and ledger.anyone_progressed(besides=self.me)
 
     def departed(self) -> set[str]:
         """Members of the run's roster that are no members of the current epoch."""

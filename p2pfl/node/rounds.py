@@ -99,6 +99,8 @@ class RoundDriver(RoundEpochs, RoundEnd):
         self.roster: tuple[str, ...] = ()  # the run's, epoch 0
         self.membership: Membership | None = None  # sync mode only
         self._edges: tuple[object, frozenset[tuple[str, str]]] | None = None
+        self._roster_memo: tuple[object, object, tuple[int, ...], tuple[str, ...]] | None = None
+        self._tentative: tuple[tuple[str, ...], tuple[int, ...], Graph | None] | None = None
         self.exchange: Exchange | None = None
         self.secure = False
         self.round = FIRST  # the number of the round in progress, or the next to run
@@ -170,9 +172,24 @@ class RoundDriver(RoundEpochs, RoundEnd):
                 self.mixed_with = {str(p): self._resume.round for p in arrived}
 
     def _roster(self) -> tuple[str, ...]:
-        if self._resume is not None and isinstance(self._resume.meta.get("roster"), list):
-            return tuple(self._resume.meta["roster"])
-        return tuple(sorted(self.node.ledger.members()))
+        """The checkpoint's roster when resuming, else the valid members by node id: the same
+        tuple until the ledger's members or revocations change (at 10,000 members, sorting
+        them again at every ledger change cost more than the change)."""
+        ledger = self.node.ledger
+        version = ledger.version("members", "revoked")
+        memo = self._roster_memo
+        if (
+            memo is None
+            or memo[0] is not ledger
+            or memo[1] is not self._resume
+            or memo[2] != version
+        ):
+            if self._resume is not None and isinstance(self._resume.meta.get("roster"), list):
+                roster = tuple(self._resume.meta["roster"])
+            else:
+                roster = tuple(sorted(ledger.members()))
+            memo = self._roster_memo = (ledger, self._resume, version, roster)
+        return memo[3]
 
     def wanted_links(self) -> set[str]:
         """The peers to keep links with: the graph's neighbours (tentative before training).
@@ -216,12 +233,19 @@ class RoundDriver(RoundEpochs, RoundEnd):
         return found
 
     def _graph_or_tentative(self) -> Graph | None:
+        """The epoch's graph, else the plan's over the roster known now (``None``: it does not
+        fit), built again only when the plan or the roster changed, not at every change."""
         if self.graph is not None:
             return self.graph
-        try:
-            return plan_from_table(self.node.ledger.plan()).graph(self._roster())
-        except ConfigError:
-            return None
+        roster, plan = self._roster(), self.node.ledger.version("plan")
+        memo = self._tentative
+        if memo is None or memo[0] is not roster or memo[1] != plan:
+            try:
+                graph = plan_from_table(self.node.ledger.plan()).graph(roster)
+            except ConfigError:
+                graph = None
+            memo = self._tentative = (roster, plan, graph)
+        return memo[2]
 
     def _approved(self) -> bool:
         ledger = self.node.ledger

@@ -66,7 +66,7 @@ class Host:
     node_id = "me"
 
     def __init__(self) -> None:
-        self.ledger = SimpleNamespace(progress=lambda: {})
+        self.ledger = SimpleNamespace(progress=lambda: {}, round_of=lambda node: 0)
         self.errors: list[tuple[str, str]] = []
 
     def peer_error(self, peer: str, error: str, *, kind: str = "protocol") -> None:

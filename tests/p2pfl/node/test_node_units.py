@@ -401,7 +401,10 @@ class Host:
     config = SimpleNamespace(limits=SimpleNamespace(max_message_size=1 << 20))
 
     def __init__(self) -> None:
-        self.ledger = SimpleNamespace(progress=lambda: {"p": 4})
+        progress = {"p": 4}
+        self.ledger = SimpleNamespace(
+            progress=lambda: dict(progress), round_of=lambda node: progress.get(node, 0)
+        )
         self.records: list[tuple[str, dict[str, Any]]] = []
         self.errors: list[tuple[str, str, str]] = []
         self.sent: list[tuple[str, bytes, int]] = []

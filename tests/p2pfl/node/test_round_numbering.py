@@ -148,7 +148,7 @@ class Host:
     node_id = "me"
 
     def __init__(self) -> None:
-        self.ledger = SimpleNamespace(progress=lambda: {})
+        self.ledger = SimpleNamespace(progress=lambda: {}, round_of=lambda node: 0)
         self.records: list[tuple[str, dict[str, Any]]] = []
 
     def record(self, event: str, **fields: Any) -> None:
