@@ -224,13 +224,10 @@ class RoundDriver(RoundEpochs, RoundEnd):
 
     def _all_edges(self) -> set[tuple[str, str]]:
         graph = self._graph_or_tentative()
-        roster = self._roster() if graph is None else graph.roster
-        found: set[tuple[str, str]] = set()
-        for a in roster:
-            peers = set(roster) - {a} if graph is None else graph.links_of(a)
-            found.update((a, b) for b in peers if a < b)
-            found.update((b, a) for b in peers if b < a)
-        return found
+        if graph is not None:
+            return graph.edges()
+        roster = self._roster()
+        return {(a, b) for a in roster for b in roster if a < b}
 
     def _graph_or_tentative(self) -> Graph | None:
         """The epoch's graph, else the plan's over the roster known now (``None``: it does not

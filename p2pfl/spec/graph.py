@@ -97,3 +97,17 @@ class Graph:
                 peers |= set(hood.in_weights) | set(hood.out_shares)
             self._links[node] = frozenset(peers)
         return set(self._links[node])
+
+    def edges(self) -> set[tuple[str, str]]:
+        """Every pair that exchanges in some round the run reaches, as (smaller, larger) names:
+        ``links_of`` of every node at once, read from each step's matrix in one pass (at
+        10,000 members, a row and a column read per node took seconds)."""
+        names = self.roster
+        found: set[tuple[str, str]] = set()
+        for step in self.steps:
+            w = self.topo.mixing(step).tocoo()
+            for i, j in zip(w.row.tolist(), w.col.tolist(), strict=True):
+                if i != j:
+                    a, b = names[i], names[j]
+                    found.add((a, b) if a < b else (b, a))
+        return found

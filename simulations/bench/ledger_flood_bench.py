@@ -10,6 +10,8 @@ receiver takes them as its links deliver them: transport, channel router, the
 ledger replica (decode, de-duplicate, apply, check, view), and what the node does
 after a change. Printed:
 
+- how long the receiving daemon took to start (``Node`` entered: its ledger loaded
+  and every signature checked, the plan's graph over all members, the relays);
 - progress records applied per second by the receiving daemon, from the first
   applied to the last (the view is current after each one: a daemon reads it at
   any await), and how many frames it took in per turn of its event loop;
@@ -178,7 +180,9 @@ def core_rates(ledger: Ledger, updates: list[bytes], burst: int) -> tuple[float,
 
 async def receive(path: Path, tls: bool, sender: list[str], expected: int) -> dict[str, float]:
     """Run the receiving daemon; start the sender; time the flood until all of it applied."""
+    started = time.perf_counter()
     async with Node(config(path, tls)) as node:
+        started = time.perf_counter() - started
         process = subprocess.Popen(sender)
         try:
             async with asyncio.timeout(120):
@@ -197,7 +201,12 @@ async def receive(path: Path, tls: bool, sender: list[str], expected: int) -> di
             applied = node.sync.changes - base
             drained = getattr(node.replica, "drains", None)
             per_turn = 0.0 if drained is None else applied / max(1, drained - drains_before)
-            return {"seconds": last - first, "applied": applied, "per_turn": per_turn}
+            return {
+                "seconds": last - first,
+                "applied": applied,
+                "per_turn": per_turn,
+                "started": started,
+            }
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -245,6 +254,10 @@ def main() -> None:
         rate = found["applied"] / found["seconds"]
         per_turn = found["per_turn"]
         turns = f", {per_turn:.0f} frames handled per turn of its loop" if per_turn else ""
+        print(
+            f"the receiving daemon started in {found['started']:.2f} s (its ledger loaded and"
+            f" checked, {args.members + 2:,} members' graph and relays worked out)"
+        )
         print(
             f"receiving daemon ({'wss' if args.tls else 'ws'}): {rate:,.0f} updates/s applied,"
             f" the view current after each{turns} (target: at least {TARGET:,}/s)"

@@ -253,6 +253,16 @@ def test_every_node_computes_the_same_graph_from_the_roster() -> None:
         plan_from_table(PLAN).graph(roster[::-1])
 
 
+@pytest.mark.parametrize(
+    "kind", ["ring", "exponential-directed", "one-peer-exponential", "random-regular-per-round"]
+)
+def test_the_graphs_edges_are_every_nodes_links_at_once(kind: str) -> None:
+    roster = tuple(sorted(f"node{i:02d}" for i in range(16)))  # a power of two: every kind
+    graph = plan_from_table({**PLAN, "topology": {"kind": kind}}).graph(roster)
+    one_by_one = {(min(a, b), max(a, b)) for a in roster for b in graph.links_of(a)}
+    assert graph.edges() == one_by_one and one_by_one
+
+
 # -- data entrypoint ------------------------------------------------------------------------
 
 
