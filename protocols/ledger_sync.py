@@ -152,6 +152,16 @@ class LedgerSync:
             raise LocalProtocolError(f"receive() from {peer!r} before connect()")
         try:
             message = decode(data, max_size=self.max_message_size)
+        except DecodeError as exc:
+            raise PeerProtocolError(peer, str(exc)) from exc
+        return self.handle(peer, message)
+
+    def handle(self, peer: str, message: Message) -> Outgoing:
+        """Handle a message from ``peer`` that the caller decoded (``decode``, within
+        ``max_message_size``) to read its kind: ``receive`` without decoding it again."""
+        if peer not in self._peers:
+            raise LocalProtocolError(f"receive() from {peer!r} before connect()")
+        try:
             if isinstance(message, SyncStep1):
                 return self._answer(peer, message)
             out = self._merge(peer, message.update)
@@ -161,14 +171,18 @@ class LedgerSync:
         except DecodeError as exc:
             raise PeerProtocolError(peer, str(exc)) from exc
 
-    def prepare(self, messages: Iterable[bytes]) -> None:
-        """Check ahead, in one batch, the signatures of the records in ``messages``, which
-        are received next, one by one (``Ledger.prepare``). What does not decode, or was
-        seen already, is left to ``receive``."""
+    def prepare(self, messages: Iterable[bytes | Message]) -> None:
+        """Check ahead, in one batch, the signatures of the records in ``messages`` (bytes,
+        or decoded already), which are received next, one by one (``Ledger.prepare``).
+        What does not decode, or was seen already, is left to ``receive``."""
         updates = []
         for data in messages:
             try:
-                message = decode(data, max_size=self.max_message_size)
+                message = (
+                    decode(data, max_size=self.max_message_size)
+                    if isinstance(data, bytes | bytearray | memoryview)
+                    else data
+                )
             except DecodeError:
                 continue
             if isinstance(message, SyncStep1) or _digest(message.update) in self._seen:

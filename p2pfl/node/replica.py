@@ -94,15 +94,15 @@ class Replica:
         """Handle the frames held, in the order they arrived."""
         if not self._held:
             return
-        frames, self._held, self._held_bytes = self._held, [], 0
+        held, self._held, self._held_bytes = self._held, [], 0
         self.drains += 1
+        frames = [(peer, self._decode(body)) for peer, body in held]
         if len(frames) >= PREPARED:
-            self.sync.prepare([body for _, body in frames])
+            self.sync.prepare([m for _, m in frames if not isinstance(m, DecodeError)])
         changed, roster = False, self.ledger.version(*_ROSTER)
-        for peer, body in frames:
-            if not self._admits(peer):
-                continue
-            changed |= self._handle(peer, body)
+        for peer, message in frames:
+            if self._admits(peer):
+                changed |= self._handle(peer, message)
             if changed and self.ledger.version(*_ROSTER) != roster:
                 roster, changed = self.ledger.version(*_ROSTER), False
                 self._on_change()  # who may send changed: the node knows before the next frame
@@ -113,16 +113,24 @@ class Replica:
     def receive(self, peer: str, frame: memoryview) -> None:
         """Handle one frame now, after any held."""
         self.drain()
-        if self._handle(peer, bytes(frame)):
+        if self._handle(peer, self._decode(bytes(frame))):
             self._on_change()
         self._on_frames()
 
-    def _handle(self, peer: str, body: bytes) -> bool:
-        """One frame through the core; whether it changed the replica."""
+    def _decode(self, body: bytes) -> ledger_sync.Message | DecodeError:
+        """The frame's message, decoded once for the core and for its kind (or why not)."""
+        try:
+            return ledger_sync.decode(body, max_size=self.sync.max_message_size)
+        except DecodeError as exc:
+            return exc
+
+    def _handle(self, peer: str, message: ledger_sync.Message | DecodeError) -> bool:
+        """One message through the core; whether it changed the replica."""
         before = self.sync.changes  # not the state vector: O(writers) to encode, per frame
         try:
-            message = ledger_sync.decode(body, max_size=self.sync.max_message_size)
-            out = self.sync.receive(peer, body)
+            if isinstance(message, DecodeError):
+                raise message
+            out = self.sync.handle(peer, message)
         except (PeerProtocolError, DecodeError) as exc:
             self._peer_error(peer, f"ledger sync: {exc}")
             return False

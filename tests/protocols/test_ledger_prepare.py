@@ -11,9 +11,9 @@ import nacl.signing
 import pytest
 
 from protocols import ledger_doc, records
-from protocols.errors import PeerProtocolError
+from protocols.errors import LocalProtocolError, PeerProtocolError
 from protocols.ledger import Ledger
-from protocols.ledger_sync import LedgerSync, SyncStep1, Update
+from protocols.ledger_sync import LedgerSync, SyncStep1, Update, decode
 from protocols.records import node_id_for, seal
 
 FOUNDER = nacl.signing.SigningKey(b"\x01" * 32)
@@ -87,6 +87,29 @@ def test_a_prepared_burst_is_checked_in_one_batch_and_once(verified: list[str]) 
     assert len(verified) == 2 * len(burst)  # the plain replica's, one at a time; none more here
     assert ledger.view() == plain.view()
     assert ledger.progress() == {node_id_for(bytes(k.verify_key)): 2 for k in MEMBERS}
+
+
+def test_decoded_messages_are_prepared_and_handled_as_their_bytes_are(
+    verified: list[str],
+) -> None:
+    source = federation()
+    checks = Batches()
+    ledger, sync = replica(source, checks)
+    plain, plain_sync = replica(source)
+    burst = progress_burst(source)
+    decoded = [decode(message) for message in burst]
+    sync.connect("n1")
+    plain_sync.connect("n1")  # a neighbour to forward to: the outputs compared are not empty
+    verified.clear()
+    sync.prepare(decoded)  # what a node's drain hands over: decoded once, for its kind too
+    assert checks.sizes[-1] == len(burst) and len(verified) == len(burst)
+    for message, data in zip(decoded, burst, strict=True):
+        out = sync.handle("source", message)
+        assert out == plain_sync.receive("source", data) and [p for p, _ in out] == ["n1"]
+    assert len(verified) == 2 * len(burst)
+    assert ledger.view() == plain.view()
+    with pytest.raises(LocalProtocolError):
+        sync.handle("stranger", decoded[0])
 
 
 def test_a_forged_record_in_a_prepared_burst_is_still_refused() -> None:
