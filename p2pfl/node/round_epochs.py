@@ -58,6 +58,7 @@ class RoundEpochs:
     target: int | None
     _cut_off: int | None
     _resume: Any
+    _departed: tuple[Graph, tuple[str, ...], frozenset[str]] | None
     _served: tuple[int, np.ndarray] | None
     _answers: dict[str, tuple[int, np.ndarray]]
 
@@ -137,11 +138,16 @@ class RoundEpochs:
         ledger = self.node.ledger
         return ledger.round_of(self.me) == 0 and ledger.anyone_progressed(besides=self.me)
 
-    def departed(self) -> set[str]:
-        """Members of the run's roster that are no members of the current epoch."""
+    def departed(self) -> frozenset[str]:
+        """Members of the run's roster that are no members of the current epoch: kept per
+        epoch, as the node asks at every ledger change (two sets of 10,000 members each)."""
         if self.graph is None or self.membership is None:
-            return set()
-        return set(self.roster) - set(self.graph.roster)
+            return frozenset()
+        memo = self._departed
+        if memo is None or memo[0] is not self.graph or memo[1] is not self.roster:
+            gone = frozenset(self.roster) - frozenset(self.graph.roster)
+            memo = self._departed = (self.graph, self.roster, gone)
+        return memo[2]
 
     async def _await_join(self) -> tuple[str, ...]:
         """A joiner waits (``start_timeout``) until the members fixed its first round.

@@ -101,6 +101,7 @@ class RoundDriver(RoundEpochs, RoundEnd):
         self._edges: tuple[object, frozenset[tuple[str, str]]] | None = None
         self._roster_memo: tuple[object, object, tuple[int, ...], tuple[str, ...]] | None = None
         self._tentative: tuple[tuple[str, ...], tuple[int, ...], Graph | None] | None = None
+        self._departed: tuple[Graph, tuple[str, ...], frozenset[str]] | None = None
         self.exchange: Exchange | None = None
         self.secure = False
         self.round = FIRST  # the number of the round in progress, or the next to run

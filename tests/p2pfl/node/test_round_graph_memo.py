@@ -12,6 +12,7 @@ import nacl.signing
 import pytest
 
 from p2pfl.node.rounds import RoundDriver
+from p2pfl.spec import plan_from_table
 from protocols.ledger import Ledger, node_id_for
 
 FOUNDER = nacl.signing.SigningKey(b"\x01" * 32)
@@ -81,3 +82,18 @@ def test_round_of_and_anyone_progressed_agree_with_progress() -> None:
     assert [ledger.round_of(n) for n in ids] == [progress.get(n, 0) for n in ids] == [0, 4, 0, 0]
     assert ledger.anyone_progressed() and ledger.anyone_progressed(besides=ids[0])
     assert not ledger.anyone_progressed(besides=ids[1])
+
+
+def test_the_departed_are_worked_out_once_per_epoch() -> None:
+    _, rounds = driver()
+    assert rounds.departed() == frozenset()  # no epochs before training
+    run = rounds._graph_or_tentative()
+    assert run is not None
+    rounds.roster, rounds.graph = run.roster, run
+    rounds.membership = object()  # type: ignore[assignment]
+    assert rounds.departed() == frozenset()
+    gone = run.roster[-1]
+    epoch = plan_from_table(PLAN).graph(tuple(m for m in run.roster if m != gone), epoch=True)
+    rounds.graph = epoch
+    departed = rounds.departed()
+    assert departed == {gone} and rounds.departed() is departed  # not two sets per change
