@@ -76,6 +76,9 @@ def walk(update: bytes, limits: Limits | None = None) -> Walk | None:
     if limits is not None and len(data) > limits.max_bytes:
         raise DecodeError(f"a Yjs encoding of {len(data)} bytes is over {limits.max_bytes}")
     reader = _Reader(data, _WALK_LIMITS if limits is None else limits)
+    one = _one_entry(reader)
+    if one is not None:
+        return [one], []
     structs: list[Struct] = []
     seen: set[int] = set()
     for _ in range(reader.count(3, "update clients")):
@@ -108,6 +111,34 @@ def walk(update: bytes, limits: Limits | None = None) -> Walk | None:
             deleted.append((client, start, length))
     reader.end()
     return (structs, deleted) if reader.readable else None
+
+
+def _one_entry(reader: _Reader) -> Struct | None:
+    """The struct of an update that sets one entry of a root map and deletes nothing (every
+    record a writer adds comes so), read without the general loop; else ``None``, with
+    ``reader`` where it was.
+
+    Its layout: one client, one struct, the client's id and start clock, the entry
+    (``_entry``), and an empty delete set. The counts cost what the general reading
+    charges (two elements before the entry), so both refuse and find alike.
+    """
+    data = reader.data
+    if len(data) < 8 or data[0] != 1 or data[1] != 1 or data[-1] != 0:
+        return None
+    reader.pos, reader.elements = 2, 2
+    try:
+        client = reader.var(MAX_CLIENT, "client id")
+        clock = reader.clock("start clock")
+    except DecodeError:
+        client = clock = MAX_CLOCK  # let the general reading say why
+    struct = None
+    if clock < MAX_CLOCK and reader.elements <= reader.limits.max_elements:
+        struct = _entry(reader, client, clock)
+    if struct is None or reader.pos != len(data) - 1:
+        reader.pos, reader.elements = 0, 0
+        return None
+    reader.pos += 1
+    return struct
 
 
 _ENTRY_INFO = _ANY | _HAS_PARENT_SUB
