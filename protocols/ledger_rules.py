@@ -53,8 +53,9 @@ NAMESPACE_MAPS = ("plan", "approvals", "progress", "secagg", "metrics", "left", 
 REASONS = ("malformed", "bad_signature", "unknown_author", "not_authorized", "revoked")
 
 Entries = Mapping[str, Iterable[tuple[str, object]]]
-Checks = Callable[[Callable[[Any], bool], list[Any]], Iterable[bool]]
-"""``map``'s shape: how a batch of signature checks runs (``check_signatures``)."""
+Checks = Callable[[Callable[[Any], Any], list[Any]], Iterable[Any]]
+"""``map``'s shape: how a batch of signature checks runs (``check_signatures``), and of
+member records examined (``RecordCache.examine``)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,22 @@ class RecordCache:
             self._known[cache_key] = _examine(map_name, key, value)
         return self._known[cache_key]
 
+    def examine(self, map_name: str, pairs: Iterable[tuple[str, object]]) -> None:
+        """Examine in one batch (``checks``) the entries not known yet, for ``entry`` to find.
+
+        For ``members``: deriving a member's box key checks its verify key's subgroup,
+        nearly a signature check's cost, which libsodium pays without the GIL.
+        """
+        todo = []
+        for key, value in pairs:
+            if isinstance(key, str) and isinstance(value, (bytes, bytearray)):
+                cache_key = (map_name, key, bytes(value))
+                if cache_key not in self._used and cache_key not in self._known:
+                    todo.append(cache_key)
+        if len(todo) > 1:
+            for cache_key, found in zip(todo, self.checks(_examine_key, todo), strict=True):
+                self._known[cache_key] = found
+
     def sweep(self) -> None:
         """Keep only the entries looked up since the last sweep."""
         self._known, self._used = self._used, {}
@@ -160,6 +177,10 @@ def check_signatures(
 def _verifies(federation_id: str, pair: tuple[Record, bytes]) -> bool:
     record, verify_key = pair
     return record.verifies(federation_id, verify_key)
+
+
+def _examine_key(cache_key: tuple[str, str, bytes]) -> Entry | None:
+    return _examine(*cache_key)
 
 
 def _examine(map_name: str, key: str, value: bytes) -> Entry | None:

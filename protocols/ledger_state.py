@@ -62,7 +62,9 @@ class NamespaceState:
     def rebuild(cls, federation_id: str, entries: Entries, cache: RecordCache) -> NamespaceState:
         """Judge every entry afresh; forget cached entries that are gone."""
         malformed: Counter[str] = Counter()
-        members = parse("members", entries.get("members", ()), cache, malformed)
+        member_pairs = list(entries.get("members", ()))
+        cache.examine("members", member_pairs)  # their box keys, on the free cores in a node
+        members = parse("members", member_pairs, cache, malformed)
         revocations = parse("revoked", entries.get("revoked", ()), cache, malformed)
         claimed = {e.record.slot: e.member.verify_key for e in members if e.member is not None}
         check_signatures(federation_id, [*members, *revocations], claimed, cache.checks)

@@ -133,9 +133,8 @@ class RoundEnd:
         peers = self.graph.links_of(self.me)
         push_sum = self._push_sum()
 
-        def done() -> bool:
-            progress = node.ledger.progress()
-            if not all(progress.get(p, 0) >= last for p in peers):
+        def done() -> bool:  # asked at every wake: the neighbours' records, not everyone's
+            if not all(node.ledger.round_of(p) >= last for p in peers):
                 return False
             return push_sum is None or (self._absorbed_all(push_sum) and node.flushed())
 

@@ -111,9 +111,8 @@ class RoundEpochs:
         node, cut = self.node, self._cut_off
         peers = in_neighbours(self.graph, self.me, self.round)
 
-        def heard() -> bool:
-            progress = node.ledger.progress()
-            return any(progress.get(p, 0) >= cut for p in peers)
+        def heard() -> bool:  # asked at every wake: the neighbours' records, not everyone's
+            return any(node.ledger.round_of(p) >= cut for p in peers)
 
         if not heard():
             log.warning("round %d mixed no neighbour: waiting to hear from one", cut)

@@ -467,8 +467,7 @@ class RoundDriver(RoundEpochs, RoundEnd):
         if self.plan.gossip.mode == "async":
             return False
         hood = self.graph.neighbourhood(self.me, index(self.round))
-        progress = self.node.ledger.progress()  # rounds completed, per member
-        ahead = [progress.get(j, 0) for j in hood.in_weights]
+        ahead = [self.node.ledger.round_of(j) for j in hood.in_weights]  # rounds completed
         if not ahead or min(ahead) < self.round:
             return False
         first, new_round = self.round, min(ahead) + 1

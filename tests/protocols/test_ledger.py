@@ -329,9 +329,10 @@ def test_a_whole_view_checks_its_signatures_in_batches_through_the_given_map() -
     serial = Ledger.from_updates(source.federation_id, [state])
     assert batched.view() == serial.view()
     assert batched.rejections() == serial.rejections() == {"bad_signature": 1, "unknown_author": 1}
-    # members and revocations first (5 member records, OUT's among them: its signer
-    # is known, so it is checked), then the namespace maps (plan and 3 progress)
-    assert batches == [5, 4]
+    # the 5 member records examined (their box keys derived), their signatures and the
+    # revocations' (OUT's among them: its signer is known, so it is checked), then the
+    # namespace maps (plan and 3 progress)
+    assert batches == [5, 5, 4]
     assert batched.progress() == {nid(B): 1, nid(C): 1}
 
 

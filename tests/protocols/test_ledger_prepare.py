@@ -178,3 +178,19 @@ def test_a_reply_that_changes_many_entries_is_checked_in_one_batch() -> None:
     sync.receive("source", reply)
     assert checks.sizes[before:] == [len(MEMBERS)]  # the newest record of each member, at once
     assert ledger.progress() == source.progress()
+
+
+def test_a_first_view_examines_the_member_records_in_one_batch() -> None:
+    """A member record's box key costs nearly a signature check to derive: the first view
+    derives them all in one batch (``checks``: on the free cores, in a node)."""
+    source = federation()
+    checks = Batches()
+    batched = Ledger.from_updates(source.federation_id, [source.encode_state()], checks=checks)
+    plain = Ledger.from_updates(source.federation_id, [source.encode_state()])
+    assert batched.view() == plain.view()
+    members = len(source.entries("members"))
+    assert members == len(MEMBERS) + 1
+    assert checks.sizes == [members, members]  # examined in one batch, then their signatures
+    checks.sizes.clear()
+    batched.admit(FOUNDER, bytes(nacl.signing.SigningKey(b"\x42" * 32).verify_key), clock=99)
+    assert checks.sizes == [1]  # a rebuild examines only what is new: one, in its turn
