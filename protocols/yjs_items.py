@@ -126,14 +126,15 @@ def _one_entry(reader: _Reader) -> Struct | None:
     if len(data) < 8 or data[0] != 1 or data[1] != 1 or data[-1] != 0:
         return None
     reader.pos, reader.elements = 2, 2
+    struct = None
     try:
         client = reader.var(MAX_CLIENT, "client id")
         clock = reader.clock("start clock")
     except DecodeError:
-        client = clock = MAX_CLOCK  # let the general reading say why
-    struct = None
-    if clock < MAX_CLOCK and reader.elements <= reader.limits.max_elements:
-        struct = _entry(reader, client, clock)
+        pass  # the general reading says why
+    else:
+        if clock < MAX_CLOCK:  # _entry refuses what the element budget would
+            struct = _entry(reader, client, clock)
     if struct is None or reader.pos != len(data) - 1:
         reader.pos, reader.elements = 0, 0
         return None

@@ -103,8 +103,8 @@ class Replica:
         for peer, message in frames:
             if self._admits(peer):
                 changed |= self._handle(peer, message)
-            if changed and self.ledger.version(*_ROSTER) != roster:
-                roster, changed = self.ledger.version(*_ROSTER), False
+            if changed and (now := self.ledger.version(*_ROSTER)) != roster:
+                roster, changed = now, False
                 self._on_change()  # who may send changed: the node knows before the next frame
         if changed:
             self._on_change()

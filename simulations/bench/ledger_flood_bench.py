@@ -178,6 +178,12 @@ def core_rates(ledger: Ledger, updates: list[bytes], burst: int) -> tuple[float,
     return run(1), run(burst)
 
 
+async def synced(node: Node) -> None:
+    """Until the node's link is up and the ledgers on it exchanged."""
+    while not node.linked() or not node.synced(node.linked()[0]):
+        await asyncio.sleep(0.01)
+
+
 async def receive(path: Path, tls: bool, sender: list[str], expected: int) -> dict[str, float]:
     """Run the receiving daemon; start the sender; time the flood until all of it applied."""
     started = time.perf_counter()
@@ -186,12 +192,9 @@ async def receive(path: Path, tls: bool, sender: list[str], expected: int) -> di
         process = subprocess.Popen(sender)
         try:
             async with asyncio.timeout(120):
-                while not node.linked() or not node.synced(node.linked()[0]):
-                    await asyncio.sleep(0.01)
+                await synced(node)
                 await asyncio.sleep(SETTLE / 2)
-                base = node.sync.changes
-                drains = getattr(node.replica, "drains", None)
-                drains_before = 0 if drains is None else drains
+                base, drains = node.sync.changes, node.replica.drains
                 while node.sync.changes == base:
                     await asyncio.sleep(0.001)
                 first = time.perf_counter()
@@ -199,8 +202,7 @@ async def receive(path: Path, tls: bool, sender: list[str], expected: int) -> di
                     await asyncio.sleep(0.002)
                 last = time.perf_counter()
             applied = node.sync.changes - base
-            drained = getattr(node.replica, "drains", None)
-            per_turn = 0.0 if drained is None else applied / max(1, drained - drains_before)
+            per_turn = applied / max(1, node.replica.drains - drains)
             return {
                 "seconds": last - first,
                 "applied": applied,
@@ -221,8 +223,7 @@ async def send(path: Path, tls: bool, frames_file: Path) -> None:
     os.nice(10)
     frames = msgpack.unpackb(frames_file.read_bytes())
     async with Node(config(path, tls)) as node:
-        while not node.linked() or not node.synced(node.linked()[0]):
-            await asyncio.sleep(0.01)
+        await synced(node)
         await asyncio.sleep(SETTLE)
         peer = node.linked()[0]
         for frame in frames:
@@ -257,15 +258,14 @@ def main() -> None:
         sender += ["--tls"] if args.tls else []
         found = asyncio.run(receive(configs[0], args.tls, sender, args.updates))
         rate = found["applied"] / found["seconds"]
-        per_turn = found["per_turn"]
-        turns = f", {per_turn:.0f} frames handled per turn of its loop" if per_turn else ""
         print(
             f"the receiving daemon started in {found['started']:.2f} s (its ledger loaded and"
             f" checked, {args.members + 2:,} members' graph and relays worked out)"
         )
         print(
             f"receiving daemon ({'wss' if args.tls else 'ws'}): {rate:,.0f} updates/s applied,"
-            f" the view current after each{turns} (target: at least {TARGET:,}/s)"
+            f" the view current after each, {found['per_turn']:.0f} frames handled per turn of"
+            f" its loop (target: at least {TARGET:,}/s)"
         )
         one, burst = core_rates(ledger, updates, args.burst)
         print(

@@ -21,6 +21,7 @@ from simulations.bench.ledger_flood_bench import (  # noqa: E402
     config,
     federation,
     progress_updates,
+    synced,
 )
 
 MEMBERS, UPDATES = 60, 400
@@ -30,10 +31,6 @@ def test_a_flood_of_progress_records_is_applied_whole(tmp_path: Path) -> None:
     configs, ledger, keys = federation(tmp_path, MEMBERS, tls=False)
     updates = progress_updates(ledger, keys, UPDATES)
     expected = Ledger.from_updates(ledger.federation_id, [ledger.encode_state(), *updates])
-
-    async def synced(node: Node) -> None:
-        while not node.linked() or not node.synced(node.linked()[0]):
-            await asyncio.sleep(0.01)
 
     async def scenario() -> tuple[dict[str, int], int, int, dict[str, object]]:
         async with (
