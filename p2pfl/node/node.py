@@ -145,7 +145,9 @@ class Node:
         self._auth: Authenticator | None = None
         self._relaying: Relaying | None = None
         self._unrelayed: set[str] = set()  # neighbours with no relay to reach them by (logged)
-        self.splicer = Splicer(self._may_splice, request_timeout=config.limits.handshake_timeout)
+        self.splicer = Splicer(
+            self._may_splice, request_timeout=config.limits.handshake_timeout, ended=self.changed
+        )
         limits = config.limits
         self.faults = Faults(
             limit=limits.peer_faults,
@@ -788,6 +790,10 @@ class Node:
         return all(
             link.session is None or link.session.queue.empty() for link in self.links.links.values()
         )
+
+    def relaying_now(self) -> int:
+        """How many links between two other members this node pipes together now."""
+        return len(self.splicer.splices)
 
     # -- timers -----------------------------------------------------------------------
 

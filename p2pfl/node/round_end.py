@@ -122,6 +122,11 @@ class RoundEnd:
         connection reset at that moment, and a node that left then would leave its
         neighbours waiting out their linger for them and their ledgers short of them.
 
+        A relay then keeps serving until the links it carries have closed: the two
+        ends of each are other members, maybe still in the last round's exchange,
+        whose frames would die with it (``Node.relaying_now``; each end closes its
+        link when it leaves).
+
         In push-sum the node also waits until it has absorbed the share of every
         step its in-neighbours send it and its own frames have left, then takes
         the mass it holds, x / w, as its final model (``_settle``).
@@ -144,6 +149,8 @@ class RoundEnd:
             log.info("stopped waiting for neighbours to finish round %d", last)
         elif not await node.delivered(sorted(peers), deadline - loop.time()):
             log.info("stopped waiting for neighbours to confirm this node's last records")
+        elif not await node.wait_until(lambda: not node.relaying_now(), deadline - loop.time()):
+            log.info("stopped relaying %d links whose ends had not left", node.relaying_now())
         if push_sum is not None and self._final is not None:
             await self._settle(push_sum)
 

@@ -298,11 +298,19 @@ class Splicer:
     """The relay's side: the handler of ``RELAY`` connections (module docstring).
 
     ``allowed`` is asked about every request; ``request_timeout`` bounds the wait
-    for an end's request after its handshake.
+    for an end's request after its handshake; ``ended`` is called each time a
+    splice ends (a relay that is done with its own run waits for those it carries).
     """
 
-    def __init__(self, allowed: Allowed, *, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        allowed: Allowed,
+        *,
+        request_timeout: float = 10.0,
+        ended: Callable[[], None] | None = None,
+    ) -> None:
         self._allowed = allowed
+        self._ended = ended
         self.request_timeout = request_timeout
         self._waiting: dict[tuple[str, str], _Waiting] = {}
         self.splices: dict[tuple[str, str], Splice] = {}
@@ -382,6 +390,8 @@ class Splicer:
             if self.splices.get(key) is splice:
                 del self.splices[key]
             log.info("stopped relaying %s <-> %s", *key)
+            if self._ended is not None:
+                self._ended()
 
     @staticmethod
     async def _pump(splice: Splice, source: Connection, sink: Connection) -> None:

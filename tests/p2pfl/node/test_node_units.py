@@ -3,6 +3,8 @@ the channel router, phases, and the round layer on a stand-in for its host."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import random
@@ -460,6 +462,69 @@ def test_the_exchange_counts_abandoned_rounds_and_sends_through_the_host() -> No
     # still need what we sent in round 1 and 2; q is not known past any round.
     exchange.prune()
     assert stand_in.pruned == [("p", 1), ("q", 0)]
+
+
+class LingeringHost(Host):
+    """A host whose neighbour finished the last round, and which relays one link of others."""
+
+    def __init__(self, linger: float) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(limits=SimpleNamespace(linger_timeout=linger))
+        self.carried = 1
+        self.changes = asyncio.Event()
+        self.phases: list[Phase] = []
+
+    def set_phase(self, phase: Phase) -> None:
+        self.phases.append(phase)
+
+    def relaying_now(self) -> int:
+        return self.carried
+
+    async def delivered(self, peers: list[str], timeout: float) -> bool:
+        return True
+
+    async def wait_until(self, predicate: Any, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self.changes.clear()
+                    await self.changes.wait()
+        return bool(predicate())
+
+
+def lingering(stand_in: LingeringHost) -> RoundDriver:
+    rounds = RoundDriver(stand_in)  # type: ignore[arg-type]
+    rounds.plan = SimpleNamespace()  # type: ignore[assignment]
+    rounds.graph = SimpleNamespace(links_of=lambda me: ["p"])  # type: ignore[assignment]
+    rounds.completed = 4  # p's progress record says 4 as well
+    return rounds
+
+
+def test_a_relay_lingers_until_the_links_it_carries_have_closed() -> None:
+    """Its neighbours are done, but the ends it pipes together may still be in the last
+    round's exchange: leaving then would cut their frames (and their round) short."""
+
+    async def main() -> None:
+        stand_in = LingeringHost(linger=30.0)
+        linger = asyncio.ensure_future(lingering(stand_in)._linger())
+        await asyncio.sleep(0.05)
+        assert not linger.done() and stand_in.phases == [Phase.LINGERING]
+        stand_in.carried = 0  # the ends left: their splice ended
+        stand_in.changes.set()
+        async with asyncio.timeout(5):
+            await linger
+
+    asyncio.run(main())
+
+
+def test_a_relay_stops_waiting_for_the_links_it_carries_at_the_linger_timeout() -> None:
+    async def main() -> None:
+        stand_in = LingeringHost(linger=0.2)
+        async with asyncio.timeout(5):
+            await lingering(stand_in)._linger()  # returns: the links are still carried
+        assert stand_in.carried == 1
+
+    asyncio.run(main())
 
 
 def test_round_frames_before_the_exchange_wait_a_bounded_number() -> None:

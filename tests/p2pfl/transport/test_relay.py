@@ -303,6 +303,23 @@ def test_a_reconnecting_end_replaces_its_splice() -> None:
     asyncio.run(main())
 
 
+def test_the_splicer_says_when_a_splice_ends() -> None:
+    """A relay done with its own run waits for the links it carries: it must hear them end."""
+    ended: list[int] = []
+
+    async def main() -> None:
+        splicer = Splicer(pair_only, ended=lambda: ended.append(len(splicer.splices)))
+        async with relayed(splicer) as (pair, _, _):
+            assert len(splicer.splices) == 1 and not ended
+            await pair.dialer.close()  # one end leaves
+            async with asyncio.timeout(10):
+                while not ended:
+                    await asyncio.sleep(0.01)
+        assert ended == [0]  # told once, after the splice was forgotten
+
+    asyncio.run(main())
+
+
 def test_a_websocket_listener_tells_relay_requests_from_links() -> None:
     async def main() -> None:
         ledger = members(signing_key(1), signing_key(2))
