@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from p2pfl.node.host import RoundHost
 from p2pfl.node.local import Learner
 from p2pfl.node.phases import Phase
 from p2pfl.node.privacy import NodePrivacy
+from p2pfl.node.relaying import ABSENT_LAG
 from p2pfl.node.round_files import CORE_STATE, save_round
 from p2pfl.spec import Graph, Plan
 from protocols.gossip import PushSumGossip, RoundMixed
@@ -115,7 +117,8 @@ class RoundEnd:
         save_round(directory, r, model, meta, state, self.node.config.limits.keep_checkpoints)
 
     async def _linger(self) -> None:
-        """After the last round, keep serving until the neighbours have finished it too.
+        """After the last round, keep serving until the neighbours have finished it too (a
+        revoked one is refused, and not waited for), and the members further off.
 
         Then until every neighbour holds this node's own records (``Node.delivered``):
         the last round's figures and progress, flooded as the round ended, die with a
@@ -135,24 +138,58 @@ class RoundEnd:
         node = self.node
         node.set_phase(Phase.LINGERING)
         last = self.completed
-        peers = self.graph.links_of(self.me)
+        peers = self.graph.links_of(self.me) - node.ledger.revoked().keys()  # refused now
+        far = self._far_members(peers, last)
         push_sum = self._push_sum()
 
-        def done() -> bool:  # asked at every wake: the neighbours' records, not everyone's
+        def done() -> bool:  # asked at every wake: each record read once it is done
             if not all(node.ledger.round_of(p) >= last for p in peers):
+                return False
+            while far and node.ledger.round_of(far[0]) >= last:
+                far.popleft()
+            if far:
                 return False
             return push_sum is None or (self._absorbed_all(push_sum) and node.flushed())
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + node.config.limits.linger_timeout
         if not await node.wait_until(done, node.config.limits.linger_timeout):
-            log.info("stopped waiting for neighbours to finish round %d", last)
-        elif not await node.delivered(sorted(peers), deadline - loop.time()):
+            if all(node.ledger.round_of(p) >= last for p in peers):
+                log.info("stopped waiting for %d members further off to finish round %d",
+                         len(far), last)  # fmt: skip
+            else:
+                log.info("stopped waiting for neighbours to finish round %d", last)
+        elif not await node.delivered(
+            sorted(peers - node.ledger.revoked().keys()), deadline - loop.time()
+        ):
             log.info("stopped waiting for neighbours to confirm this node's last records")
         elif not await node.wait_until(lambda: not node.relaying_now(), deadline - loop.time()):
             log.info("stopped relaying %d links whose ends had not left", node.relaying_now())
         if push_sum is not None and self._final is not None:
             await self._settle(push_sum)
+
+    def _far_members(self, peers: set[str], last: int) -> deque[str]:
+        """The members beyond the neighbours whose last progress record this node waits for.
+
+        Their records reach it through the neighbours, which wait for theirs in
+        turn, so no daemon leaves before the federation's last records have reached
+        it: on a path, an end node that left once its one neighbour was done saved a
+        ledger without the far end's last round. Left out: members that left or were
+        revoked, and those already more than ``ABSENT_LAG`` rounds behind (gone
+        before the end: waiting for them would only wait out the linger).
+        """
+        assert self.graph is not None
+        ledger = self.node.ledger
+        members, left = ledger.members(), ledger.left()
+        return deque(
+            m
+            for m in self.graph.roster
+            if m != self.me
+            and m not in peers
+            and m in members
+            and m not in left
+            and ledger.round_of(m) >= last - ABSENT_LAG
+        )
 
     def _push_sum(self) -> PushSumGossip | None:
         core = None if self.exchange is None else self.exchange.core

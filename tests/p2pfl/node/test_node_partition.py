@@ -25,9 +25,9 @@ The partition lasts a few round timeouts, well under the websocket keepalive
 heal resets it; they see only a neighbour missing from their rounds. The nodes
 are ``Peer`` objects in this process rather than ``p2pfl node run`` daemons so
 that the test reads their live ledgers while the partition holds, and keeps
-every node up until all six have converged: a daemon leaves once its own
-neighbours have finished and hold its records, so on a path the ledger an end
-node saves may lack the far end's last progress records, partition or not.
+every node up until all six have converged (a daemon leaves once the members
+still in the run have finished and its neighbours hold its records, or at its
+``linger_timeout``).
 """
 
 from __future__ import annotations

@@ -467,10 +467,17 @@ def test_the_exchange_counts_abandoned_rounds_and_sends_through_the_host() -> No
 class LingeringHost(Host):
     """A host whose neighbour finished the last round, and which relays one link of others."""
 
-    def __init__(self, linger: float) -> None:
+    def __init__(self, linger: float, carried: int = 1) -> None:
         super().__init__()
         self.config = SimpleNamespace(limits=SimpleNamespace(linger_timeout=linger))
-        self.carried = 1
+        self.progress = {"p": 4, "far": 4, "gone": 1, "left": 3}
+        self.ledger = SimpleNamespace(
+            round_of=lambda node: self.progress.get(node, 0),
+            members=lambda: dict.fromkeys(self.progress),
+            left=lambda: {"left": 3},
+            revoked=lambda: {},
+        )
+        self.carried = carried
         self.changes = asyncio.Event()
         self.phases: list[Phase] = []
 
@@ -495,7 +502,9 @@ class LingeringHost(Host):
 def lingering(stand_in: LingeringHost) -> RoundDriver:
     rounds = RoundDriver(stand_in)  # type: ignore[arg-type]
     rounds.plan = SimpleNamespace()  # type: ignore[assignment]
-    rounds.graph = SimpleNamespace(links_of=lambda me: ["p"])  # type: ignore[assignment]
+    rounds.graph = SimpleNamespace(  # type: ignore[assignment]
+        links_of=lambda me: {"p"}, roster=("far", "gone", "left", "me", "p")
+    )
     rounds.completed = 4  # p's progress record says 4 as well
     return rounds
 
@@ -523,6 +532,25 @@ def test_a_relay_stops_waiting_for_the_links_it_carries_at_the_linger_timeout() 
         async with asyncio.timeout(5):
             await lingering(stand_in)._linger()  # returns: the links are still carried
         assert stand_in.carried == 1
+
+    asyncio.run(main())
+
+
+def test_a_node_lingers_until_the_members_further_off_have_finished() -> None:
+    """On a path, an end node that left once its neighbour was done saved a ledger without
+    the far end's last round: it waits for every member's record, through its neighbours.
+    Not for one that left, nor one already more than ``ABSENT_LAG`` rounds behind."""
+
+    async def main() -> None:
+        stand_in = LingeringHost(linger=30.0, carried=0)
+        stand_in.progress["far"] = 3  # still in the last round
+        linger = asyncio.ensure_future(lingering(stand_in)._linger())
+        await asyncio.sleep(0.05)
+        assert not linger.done()
+        stand_in.progress["far"] = 4  # its last progress record arrived
+        stand_in.changes.set()
+        async with asyncio.timeout(5):
+            await linger
 
     asyncio.run(main())
 
