@@ -142,8 +142,11 @@ class RoundEnd:
         far = self._far_members(peers, last)
         push_sum = self._push_sum()
 
+        def neighbours_done() -> bool:
+            return all(node.ledger.round_of(p) >= last for p in peers)
+
         def done() -> bool:  # asked at every wake: each record read once it is done
-            if not all(node.ledger.round_of(p) >= last for p in peers):
+            if not neighbours_done():
                 return False
             while far and node.ledger.round_of(far[0]) >= last:
                 far.popleft()
@@ -154,9 +157,10 @@ class RoundEnd:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + node.config.limits.linger_timeout
         if not await node.wait_until(done, node.config.limits.linger_timeout):
-            if all(node.ledger.round_of(p) >= last for p in peers):
-                log.info("stopped waiting for %d members further off to finish round %d",
-                         len(far), last)  # fmt: skip
+            if neighbours_done() and far:
+                log.info(
+                    "stopped waiting for %d members further off to finish round %d", len(far), last
+                )
             else:
                 log.info("stopped waiting for neighbours to finish round %d", last)
         elif not await node.delivered(
