@@ -5,6 +5,13 @@
   same rounds, each as many steps of the same batch size as the nodes take
   together (``local_epochs`` passes over the pooled data; with ``local_steps``,
   that many steps for every node);
+- mini-batch: one model on the pooled data for as many sequential steps as one
+  node takes, each step a batch as large as all the nodes' batches together
+  (centralized mini-batch SGD, the reference of decentralized SGD's analyses,
+  e.g. Lian et al., NeurIPS 2017, "C-PSGD"): the same samples as the gossip run,
+  in the same number of steps in a row, so the distance to it is what the graph
+  and the skew of the data cost, and the distance from it to pooled is what
+  taking the steps in parallel costs;
 - local-only: every node trains alone for the same rounds, with no mixing;
 - personalised: as the run spec's ``[personalise]`` says. ``finetune``: each
   node's final gossip model fine-tuned on its own data, stopped early on its own
@@ -33,6 +40,7 @@ from p2pfl.training import LocalSchedule, StackedTrainer, evaluate, stack_order
 class Baselines:
     pooled_global: float | None = None
     pooled_sites: list[float] | None = None
+    minibatch_global: float | None = None
     local_global: list[float] | None = None
     local_sites: list[float] | None = None
 
@@ -58,19 +66,40 @@ def pooled_schedule(schedule: LocalSchedule, nodes: int) -> LocalSchedule:
     return replace(schedule, local_steps=schedule.local_steps * nodes)
 
 
+def minibatch_schedule(schedule: LocalSchedule, nodes: int) -> LocalSchedule:
+    """The mini-batch model's schedule: one node's steps, each ``nodes`` batches in one.
+
+    With ``local_epochs`` the passes over the pooled data in batches ``nodes`` times
+    larger take as many steps as a node of average size does.
+    """
+    return replace(schedule, batch_size=schedule.batch_size * nodes)
+
+
 def pooled(setup: Setup) -> tuple[float, list[float]]:
+    params = _train_pooled(setup, pooled_schedule(setup.schedule, len(setup.data.nodes)))
+    acc, _ = evaluate(setup.model, params, setup.data.x_global_test, setup.data.y_global_test)
+    return float(acc[0]), _site_accuracy(setup, params, own=False)
+
+
+def minibatch(setup: Setup) -> float:
+    """Centralized mini-batch SGD's accuracy on the global test set (module docstring)."""
+    params = _train_pooled(setup, minibatch_schedule(setup.schedule, len(setup.data.nodes)))
+    acc, _ = evaluate(setup.model, params, setup.data.x_global_test, setup.data.y_global_test)
+    return float(acc[0])
+
+
+def _train_pooled(setup: Setup, schedule: LocalSchedule) -> Tensor:
+    """One model trained on every node's training data together, for the run's rounds."""
     nodes = setup.data.nodes
     x = torch.cat([nd.x_train for nd in nodes])
     y = torch.cat([nd.y_train for nd in nodes])
-    schedule = pooled_schedule(setup.schedule, len(nodes))
     trainer = StackedTrainer(
         setup.model, [(x, y)], [0], schedule, seed=setup.scenario.seed, device=setup.device
     )
     params = setup.initial.to(setup.device).unsqueeze(0).clone()
     for r in range(setup.scenario.training.rounds):
         trainer.train_round(params, r)
-    acc, _ = evaluate(setup.model, params, setup.data.x_global_test, setup.data.y_global_test)
-    return float(acc[0]), _site_accuracy(setup, params, own=False)
+    return params
 
 
 def local_only(setup: Setup) -> tuple[list[float], list[float]]:
@@ -174,6 +203,8 @@ def run_baselines(setup: Setup) -> Baselines:
     result = Baselines()
     if b.pooled:
         result.pooled_global, result.pooled_sites = pooled(setup)
+    if b.minibatch:
+        result.minibatch_global = minibatch(setup)
     if b.local:
         result.local_global, result.local_sites = local_only(setup)
     return result

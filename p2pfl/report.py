@@ -156,7 +156,8 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
     runs = report["runs"]
     table = Table(
         title=f"{report['scenario']}: accuracy (%), {runs[0].get('metrics', 'global test set')}",
-        caption="pooled: all data on one machine; local-only: each node trains alone; "
+        caption="pooled: all data on one machine; mini-batch: all data, one node's steps, "
+        "every node's batch in each; local-only: each node trains alone; "
         "energy: bytes sent and training time priced with the \\[energy] factors",
     )
     key, names = run_names([run["label"] for run in runs])
@@ -180,6 +181,8 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
     base = runs[0]["baselines"]
     if base["pooled"] is not None:
         table.add_row("pooled", "-", pct(base["pooled"]), "", "", "", "", "", "")
+    if base.get("minibatch") is not None:
+        table.add_row("mini-batch", "-", pct(base["minibatch"]), "", "", "", "", "", "")
     if base["local"] is not None:
         local = base["local"]
         table.add_row(

@@ -103,6 +103,7 @@ class AttackSection:
 @dataclass(frozen=True)
 class BaselineSection:
     pooled: bool = False
+    minibatch: bool = False
     local: bool = False
     personalised_steps: int = 0
 

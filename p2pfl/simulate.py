@@ -174,6 +174,7 @@ def _run_report(setup: Setup, result: RunResult, base: bl.Baselines) -> dict[str
         },
         "baselines": {
             "pooled": base.pooled_global,
+            "minibatch": base.minibatch_global,
             "local": None if privacy.private_metrics else base.local_global,
         },
         "metrics": (

@@ -66,7 +66,7 @@ _RUN: dict[str, Any] = {
     "bytes_per_node": True,
     "stragglers": True,
     "wall": True,
-    "baselines": {"pooled": True},
+    "baselines": {"pooled": True, "minibatch": True},
     "secure": {"abandoned": True, "stragglers": True},
     "metrics": True,
     "privacy": {

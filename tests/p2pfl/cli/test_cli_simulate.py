@@ -102,6 +102,7 @@ def test_json_prints_the_metrics(tmp_path, capsys):
     assert printed["engine"] == "protocol"
     assert printed["runs"][0]["engine"] == "protocol"
     assert printed["runs"][0]["baselines"]["pooled"] is None
+    assert printed["runs"][0]["baselines"]["minibatch"] is None  # not asked for
     assert printed == json.loads((tmp_path / "metrics.json").read_text())
 
 
