@@ -179,6 +179,7 @@ class Link:
     retained_bytes: int = 0
     session: Session | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    retired: bool = False  # dialled no more: the dial loop returns once the live link ends
 
     def set_state(self, state: LinkState, error: str = "") -> None:
         """Enter ``state``; ``error`` explains a down or refused link and is dropped otherwise."""
@@ -264,7 +265,24 @@ class LinkManager:
         link.address = address
         link.dials = self.me < peer if dials is None else dials
         link.via = via
+        link.retired = False
         return link
+
+    def retire(self, peer: str) -> bool:
+        """Dial ``peer`` no more once its live link ends; False if none is live now.
+
+        The live link is left to end by itself, and the dial loop returns then: a
+        member that left lingers until its neighbours confirm they hold its last
+        records, then closes its links, and cutting one before would leave it
+        waiting out its linger for a confirmation that cannot come (the node closes
+        a revoked member's link itself, as no longer a valid member). With no live
+        link the caller cancels the loop.
+        """
+        link = self.links.get(peer)
+        if link is None or link.session is None:
+            return False
+        link.retired = True
+        return True
 
     # -- sending ---------------------------------------------------------------------
 
@@ -307,7 +325,8 @@ class LinkManager:
     # -- connections -----------------------------------------------------------------
 
     async def dial_loop(self, peer: str) -> None:
-        """Keep a link to ``peer`` up, dialling with backoff; runs until cancelled."""
+        """Keep a link to ``peer`` up, dialling with backoff; runs until cancelled, or until
+        the link ends once the peer is retired (``retire``)."""
         link = self.link(peer)
         delays = self._delays()
         failed = 0  # dials failed in a row: the first is logged at INFO, the rest at DEBUG
@@ -315,6 +334,8 @@ class LinkManager:
         waited = 0.0  # before the first contact: see ``first_contact_delay``
         while True:
             _raise_if_cancelled()
+            if link.retired and link.session is None:
+                return
             if link.session is not None:  # the peer dialled us: wait for that link to end
                 link.ended.clear()
                 await link.ended.wait()
@@ -340,6 +361,8 @@ class LinkManager:
                 delays, stranger = self._delays(), self._stranger_delays()
                 wait = delays
                 await self.serve(conn)
+                if link.retired:
+                    return
             delay = next(wait)
             if link.connects == 0 and wait is delays:
                 delay = first_contact_delay(delay, waited)

@@ -554,7 +554,8 @@ class Node:
 
     def update_links(self) -> None:
         """Dial the neighbours the plan's topology gives us (``p2pfl.node.links.dials``), and
-        stop dialling members that left the run's roster (``RoundDriver.departed``).
+        stop dialling members that left the run's roster (``RoundDriver.departed``): a live
+        link to one is left to end by itself (``LinkManager.retire``).
 
         A neighbour that accepts no connection either, when this node accepts none,
         is dialled through the member relaying that edge (``p2pfl.node.relaying``).
@@ -588,11 +589,22 @@ class Node:
             ) or (self.rounds.dials_everyone and member.reachable)  # a joiner: none dials it
             link = self.links.add_neighbour(peer, address, dials=dialler, via=via)
             name = f"dial-{peer}"
-            if link.dials and name not in self._tasks:
+            task = self._tasks.get(name)
+            if link.dials and (task is None or task.done()):
                 self._spawn(name, self.links.dial_loop(peer))
         for peer in sorted(self.rounds.departed()):  # left or revoked: no more dialling
-            task = self._tasks.pop(f"dial-{peer}", None)
-            if task is not None:
+            name = f"dial-{peer}"
+            task = self._tasks.get(name)
+            if task is None or task.done():
+                self._tasks.pop(name, None)
+            elif self.links.link(peer).retired:
+                continue  # its loop ends with its live link
+            elif self.links.retire(peer):  # a leaver's link stays up until it closes it
+                log.info(
+                    "no longer dialling %s once its link ends: not a member of this epoch", peer
+                )
+            else:
+                del self._tasks[name]
                 task.cancel()
                 log.info("no longer dialling %s: not a member of this epoch", peer)
 

@@ -1,4 +1,4 @@
-"""The dial loop's timing: which backoff a failed dial waits on.
+"""The dial loop: which backoff a failed dial waits on, and when it stops.
 
 A fake transport refuses the dials as scripted; the delay generators record
 which of them the loop drew from, and its sleeps are recorded and return at once,
@@ -168,3 +168,85 @@ def test_a_dial_loop_cancelled_while_its_link_cleans_up_stops() -> None:
         assert dials == ["memory://z"]
 
     asyncio.run(main())
+
+
+class HeldOpen:
+    """A link that stays up until the test ends it, as the peer would by closing it."""
+
+    peer_id = PEER
+    remote_address = "memory://z"
+    max_message_size = 1 << 20
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+        self.closed = False
+
+    async def send(self, message: bytes | bytearray | memoryview) -> None:
+        return None
+
+    async def recv(self) -> bytes:
+        await self.ended.wait()
+        from p2pfl.transport import TransportClosed
+
+        raise TransportClosed("closed by the peer")
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+def test_a_retired_peers_live_link_stays_up_until_it_ends_then_the_loop_stops() -> None:
+    """A member that left lingers until its neighbours confirm its last records and then
+    closes its links: the dialling end cut the link as soon as the member left its epoch,
+    and the leaver waited out its whole linger for a confirmation that could not come."""
+    conn = HeldOpen()
+    dials: list[str] = []
+
+    class OneLink:
+        async def connect(self, address: str, *, expected_peer: str | None = None) -> Any:
+            dials.append(address)
+            if len(dials) > 1:
+                await asyncio.Event().wait()  # dialling again: the test fails below
+            return conn
+
+    async def main() -> None:
+        links = LinkManager(
+            ME,
+            OneLink(),  # type: ignore[arg-type]
+            on_frame=lambda peer, frame: None,
+            on_up=lambda peer: [],
+            on_down=lambda peer, reason: None,
+            delays=lambda: drawn([], "backoff", 0.0),
+        )
+        links.add_neighbour(PEER, "memory://z")
+        assert not links.retire(PEER)  # nothing live yet: the caller cancels the loop
+        task = asyncio.create_task(links.dial_loop(PEER))
+        async with asyncio.timeout(10):
+            while links.link(PEER).session is None:
+                await asyncio.sleep(0)
+        assert links.retire(PEER)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert links.link(PEER).session is not None and not conn.closed  # still up
+        conn.ended.set()  # the leaver closes it
+        async with asyncio.timeout(10):
+            await task  # returns: no cancellation, no second dial
+        assert dials == ["memory://z"] and conn.closed
+
+    asyncio.run(main())
+
+
+def test_a_peer_wanted_again_is_dialled_on() -> None:
+    links = LinkManager(
+        ME,
+        ScriptedTransport([]),  # type: ignore[arg-type]
+        on_frame=lambda peer, frame: None,
+        on_up=lambda peer: [],
+        on_down=lambda peer, reason: None,
+        delays=lambda: drawn([], "backoff", 0.0),
+    )
+    links.add_neighbour(PEER, "memory://z")
+    links.link(PEER).retired = True
+    assert not links.add_neighbour(PEER, "memory://z").retired

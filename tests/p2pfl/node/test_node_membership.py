@@ -108,6 +108,11 @@ def test_a_leave_and_a_revocation_during_training(tmp_path: Path) -> None:
     assert epochs(leaver) == expected[:1]  # it stops where its epoch ends
     assert [e["round"] for e in audited(leaver, "membership-ended")] == [leave_at]
     assert completed(leaver) == leave_at - 1
+    # Its neighbours let its links stand until it closed them, having heard from each
+    # that they hold its last records (the dialling end cut its link at the boundary,
+    # and the leaver waited out its whole linger for a confirmation that never came).
+    log = (leaver.directory / "daemon.log").read_text()
+    assert "stopped waiting for neighbours to confirm" not in log, log_tail(leaver)
     assert completed(founder) == completed(stayer) == ROUNDS
     # From the new epoch the two mix with each other only.
     last_round = audited(founder, "round")[-1]
