@@ -92,6 +92,34 @@ def test_a_peer_never_reached_is_retried_often_for_a_while_then_on_the_backoff()
     assert slept == [4.0] + [FIRST_CONTACT_RETRY] * quick + [4.0, 4.0]
 
 
+class OneLink:
+    """A transport whose first dial returns ``conn``; a second one never returns."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.dials: list[str] = []
+
+    async def connect(self, address: str, *, expected_peer: str | None = None) -> Any:
+        self.dials.append(address)
+        if len(self.dials) > 1:
+            await asyncio.Event().wait()  # dialling on: the test fails below
+        return self.conn
+
+
+def one_link_manager(transport: OneLink, hello: list[bytes]) -> LinkManager:
+    """Links to PEER over ``transport``, sending ``hello`` first, on a zero backoff."""
+    links = LinkManager(
+        ME,
+        transport,  # type: ignore[arg-type]
+        on_frame=lambda peer, frame: None,
+        on_up=lambda peer: list(hello),
+        on_down=lambda peer, reason: None,
+        delays=lambda: drawn([], "backoff", 0.0),
+    )
+    links.add_neighbour(PEER, "memory://z")
+    return links
+
+
 class SlowToStop:
     """A link that ends at once (the peer closed) while its writer takes a moment to stop.
 
@@ -134,25 +162,11 @@ def test_a_dial_loop_cancelled_while_its_link_cleans_up_stops() -> None:
     await swallowed the cancellation with the writer's own, and the loop dialled on
     forever (a daemon that never exited after its rounds)."""
     conn = SlowToStop()
-    dials: list[str] = []
-
-    class OneLink:
-        async def connect(self, address: str, *, expected_peer: str | None = None) -> Any:
-            dials.append(address)
-            if len(dials) > 1:
-                await asyncio.Event().wait()  # dialling on: the test fails below
-            return conn
+    transport = OneLink(conn)
+    dials = transport.dials
 
     async def main() -> None:
-        links = LinkManager(
-            ME,
-            OneLink(),  # type: ignore[arg-type]
-            on_frame=lambda peer, frame: None,
-            on_up=lambda peer: [b"hello"],  # the writer blocks sending it
-            on_down=lambda peer, reason: None,
-            delays=lambda: drawn([], "backoff", 0.0),
-        )
-        links.add_neighbour(PEER, "memory://z")
+        links = one_link_manager(transport, [b"hello"])  # the writer blocks sending it
         task = asyncio.create_task(links.dial_loop(PEER))
         async with asyncio.timeout(10):
             while not dials:
@@ -202,25 +216,11 @@ def test_a_retired_peers_live_link_stays_up_until_it_ends_then_the_loop_stops() 
     closes its links: the dialling end cut the link as soon as the member left its epoch,
     and the leaver waited out its whole linger for a confirmation that could not come."""
     conn = HeldOpen()
-    dials: list[str] = []
-
-    class OneLink:
-        async def connect(self, address: str, *, expected_peer: str | None = None) -> Any:
-            dials.append(address)
-            if len(dials) > 1:
-                await asyncio.Event().wait()  # dialling again: the test fails below
-            return conn
+    transport = OneLink(conn)
+    dials = transport.dials
 
     async def main() -> None:
-        links = LinkManager(
-            ME,
-            OneLink(),  # type: ignore[arg-type]
-            on_frame=lambda peer, frame: None,
-            on_up=lambda peer: [],
-            on_down=lambda peer, reason: None,
-            delays=lambda: drawn([], "backoff", 0.0),
-        )
-        links.add_neighbour(PEER, "memory://z")
+        links = one_link_manager(transport, [])
         assert not links.retire(PEER)  # nothing live yet: the caller cancels the loop
         task = asyncio.create_task(links.dial_loop(PEER))
         async with asyncio.timeout(10):
@@ -239,14 +239,6 @@ def test_a_retired_peers_live_link_stays_up_until_it_ends_then_the_loop_stops() 
 
 
 def test_a_peer_wanted_again_is_dialled_on() -> None:
-    links = LinkManager(
-        ME,
-        ScriptedTransport([]),  # type: ignore[arg-type]
-        on_frame=lambda peer, frame: None,
-        on_up=lambda peer: [],
-        on_down=lambda peer, reason: None,
-        delays=lambda: drawn([], "backoff", 0.0),
-    )
-    links.add_neighbour(PEER, "memory://z")
+    links = one_link_manager(OneLink(HeldOpen()), [])
     links.link(PEER).retired = True
     assert not links.add_neighbour(PEER, "memory://z").retired
