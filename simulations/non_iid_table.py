@@ -64,15 +64,20 @@ DPSGD_SLACK = 0.01
 """No mode worse than D-PSGD on the same graph and alpha by more than this."""
 
 
+def best_mode(table: list[dict[str, Any]], graph: str, baseline: str) -> dict[str, Any] | None:
+    """The row of the best mode on ``graph`` at Dirichlet 0.1 among those with ``baseline``."""
+    cell = [r for r in table if r["alpha"] == 0.1 and r["graph"] == graph and r[baseline]]
+    return max(cell, key=lambda r: r["acc_mean"], default=None)
+
+
 def targets(table: list[dict[str, Any]]) -> list[str]:
     """One line per target: met or not, and the figure that decides it."""
     lines = []
     for graph, slack in TARGETS:
-        cell = [r for r in table if r["alpha"] == 0.1 and r["graph"] == graph and r["pooled"]]
-        if not cell:
+        best = best_mode(table, graph, "pooled")
+        if best is None:
             lines.append(f"- {graph}, Dirichlet 0.1: not in this run")
             continue
-        best = max(cell, key=lambda r: r["acc_mean"])
         verdict = "met" if best["gap_to_pooled"] >= -slack else "NOT met"
         lines.append(
             f"- {graph}, Dirichlet 0.1, best mode within {100 * slack:.0f} points of pooled: "
@@ -98,9 +103,7 @@ def against_minibatch(table: list[dict[str, Any]]) -> list[str]:
     """At Dirichlet 0.1, each target graph's best mode against mini-batch SGD of the same run."""
     lines = []
     for graph, _ in TARGETS:
-        cell = [r for r in table if r["alpha"] == 0.1 and r["graph"] == graph and r["minibatch"]]
-        if cell:
-            best = max(cell, key=lambda r: r["acc_mean"])
+        if (best := best_mode(table, graph, "minibatch")) is not None:
             lines.append(
                 f"- {graph}, Dirichlet 0.1, best mode against mini-batch SGD: "
                 f"{MODES.get(best['mode'], best['mode'])}, {signed(best['gap_to_minibatch'])} "
