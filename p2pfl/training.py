@@ -214,7 +214,11 @@ class StackedTrainer:
             if name in trained:
                 self._columns.append((name, slice(offset, offset + parameter.numel())))
             offset += parameter.numel()
-        self._losses = vmap(self._loss, in_dims=(0, 0, 0, 0, 0))
+        # One model (a node's own trainer): its loss without vmap, whose dispatch costs
+        # more than a small model's step.
+        self._losses = (
+            self._one_loss if len(self.sizes) == 1 else vmap(self._loss, in_dims=(0, 0, 0, 0, 0))
+        )
         self._state: list[Tensor] = []
         self._adam_steps = torch.zeros(len(self.sizes), device=self.device)
         self._batch: _BatchBuffers | None = None
@@ -231,6 +235,15 @@ class StackedTrainer:
         logits = functional_call(self.model, {**params, **frozen}, (x,))
         losses = F.cross_entropy(logits, y, reduction="none")
         return (losses * mask).sum() / mask.sum().clamp(min=1.0)
+
+    def _one_loss(
+        self, params: dict[str, Tensor], frozen: dict[str, Tensor], *batch: Tensor
+    ) -> Tensor:
+        """``_loss`` of a stack of one model (``batch``: x, y, mask), shaped as the vmapped
+        losses are: (1,)."""
+        one = {name: t[0] for name, t in params.items()}
+        rest = {name: t[0] for name, t in frozen.items()}
+        return self._loss(one, rest, *(t[0] for t in batch)).unsqueeze(0)
 
     def steps_per_node(self) -> list[int]:
         return [self.schedule.steps_for(s) for s in self.sizes]
@@ -473,8 +486,11 @@ def evaluate(
     def one(p: dict[str, Tensor], xb: Tensor) -> Tensor:
         return functional_call(model, p, (xb,))
 
-    forward = vmap(one, in_dims=(0, None))
+    def alone(p: dict[str, Tensor], xb: Tensor) -> Tensor:  # one row: no vmap dispatch
+        return one({name: t[0] for name, t in p.items()}, xb).unsqueeze(0)
+
     k = params.shape[0]
+    forward = alone if k == 1 else vmap(one, in_dims=(0, None))
     if x.shape[0]:
         per_sample = largest_activation(model, tuple(x.shape[1:]))
         batch = max(1, min(batch, INDEX_LIMIT // (min(chunk, k) * per_sample)))

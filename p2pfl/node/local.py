@@ -166,9 +166,12 @@ class Learner:
 def warm_up(plan: Plan) -> Callable[[], None]:
     """One throwaway step of a small model, to run in a worker thread (call it there).
 
-    torch's first training step costs a second or more, not round 0: the
-    decompositions under ``vmap`` import sympy on first use
-    (a slow first round would let a neighbour's masked-input deadline pass). It needs
+    torch's first training step costs more than the next ones (the first dispatch
+    of each kernel and autograd's set-up: 18 ms against 5 ms for the Fashion-MNIST
+    MLP, 47 against 27 ms for the CNN, measured on one core), not round 1. (A node
+    trains one model, without ``vmap``, ``StackedTrainer._one_loss``: under vmap the
+    first step also imported sympy for its decompositions, a second or more, enough
+    for a neighbour's masked-input deadline to pass.) It needs
     the plan's shapes and batch size only, not the data, so a node runs it while it
     waits for approvals and links. The small model is built here, in the caller's
     thread (``build_model`` forks torch's global generator); the step draws nothing

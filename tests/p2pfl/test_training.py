@@ -157,6 +157,7 @@ def test_stacked_equals_separate(digits, name):
     assert len(set(sizes)) > 1  # unequal data: some nodes stop early under local_epochs
     order = stack_order(sizes, schedule)
     stacked = StackedTrainer(model, [data[i] for i in order], order, schedule, seed=7)
+    # A trainer of one model takes the path without vmap (``_one_loss``): the two agree.
     singles = [StackedTrainer(model, [data[i]], [i], schedule, seed=7) for i in range(len(data))]
     together = init.repeat(len(data), 1)
     apart = [init.clone().unsqueeze(0) for _ in data]
@@ -255,14 +256,16 @@ def test_loss_decreases_on_digits(digits):
     assert float(acc.mean()) > 0.6 > float(acc0.mean())
 
 
-def test_evaluate_matches_a_plain_forward(digits):
+@pytest.mark.parametrize("rows", [1, 2])  # one row: a node's own model, evaluated without vmap
+def test_evaluate_matches_a_plain_forward(digits, rows):
     model = build_model("mlp", digits.input_shape, digits.num_classes, hidden=(8,), seed=2)
-    params = torch.stack([flat_parameters(model), flat_parameters(model) * 0.5])
+    params = torch.stack([flat_parameters(model), flat_parameters(model) * 0.5])[:rows]
     x, y = digits.x_global_test, digits.y_global_test
     acc, loss = evaluate(model, params, x, y, chunk=1, batch=37)
+    assert acc.shape == loss.shape == (rows,)
     from p2pfl.models import load_flat_parameters
 
-    for row in range(2):
+    for row in range(rows):
         load_flat_parameters(model, params[row])
         with torch.no_grad():
             logits = model(x)

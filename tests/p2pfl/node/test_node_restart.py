@@ -49,7 +49,9 @@ def setup_for(optimizer: dict[str, Any]) -> Any:
         "topology.kind": "complete",
         "secure.enabled": False,
         "training.rounds": ROUNDS,
-        "training.local_epochs": 40,  # a round's training lasts long enough to be caught in
+        # A round's training lasts long enough to be caught in (0.3-0.6 s idle): the watch
+        # runs every 0.1 s or more and the status file may be 0.2 s behind the phase.
+        "training.local_epochs": 240,
         "gossip.round_timeout": 240.0,  # the neighbours wait for the restart, never close early
         "baselines.pooled": False,
         "baselines.local": False,
