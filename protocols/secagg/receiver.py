@@ -23,8 +23,8 @@ masked input the receiver holds keeps at least one unknown mask.
 
 from __future__ import annotations
 
-import hashlib
 import math
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,7 +85,7 @@ class AggregatingReceiver:
         self._roster: tuple[str, ...] = ()
         self._partners: dict[str, frozenset[str]] = {}
         self._sum: Codes | None = None
-        self._arrived: dict[str, bytes] = {}  # sender -> digest of its masked input
+        self._arrived: dict[str, int] = {}  # sender -> checksum of its masked input
         self._survivors: tuple[str, ...] = ()
         self._dropped: tuple[str, ...] = ()
         self._reveals: dict[str, Reveal] = {}
@@ -283,6 +283,14 @@ class AggregatingReceiver:
         return out
 
 
-def _digest(codes: Codes) -> bytes:
-    """What tells a masked input resent by a replay from a different one."""
-    return hashlib.sha256(np.ascontiguousarray(codes).data).digest()  # hashed in place, no copy
+def _digest(codes: Codes) -> int:
+    """What tells a masked input resent by a replay from a different one: a CRC-32.
+
+    A second input from a sender is never summed, whatever its checksum: the checksum
+    only decides whether it is ignored (a replay) or reported (``PeerProtocolError``): a
+    sender that forges a collision gains nothing, so a cryptographic hash adds nothing
+    here. SHA-256 of a 1M-parameter input took 7.4 ms here, against 1.9 ms for CRC-32
+    and 0.6 ms for adding the input to the sum: a quarter of a secure round's own cost
+    at 16 nodes.
+    """
+    return zlib.crc32(np.ascontiguousarray(codes).data)  # read in place, no copy
