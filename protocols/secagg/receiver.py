@@ -289,8 +289,7 @@ def _digest(codes: Codes) -> int:
     A second input from a sender is never summed, whatever its checksum: the checksum
     only decides whether it is ignored (a replay) or reported (``PeerProtocolError``): a
     sender that forges a collision gains nothing, so a cryptographic hash adds nothing
-    here. SHA-256 of a 1M-parameter input took 7.4 ms here, against 1.9 ms for CRC-32
-    and 0.6 ms for adding the input to the sum: a quarter of a secure round's own cost
-    at 16 nodes.
+    here. SHA-256 of a 1M-parameter input (4 MB of codes) took 2.5 ms here, against
+    0.85 ms for CRC-32 and 0.3 ms for adding the input to the sum.
     """
     return zlib.crc32(np.ascontiguousarray(codes).data)  # read in place, no copy
