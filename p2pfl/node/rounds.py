@@ -431,7 +431,11 @@ class RoundDriver(RoundEpochs, RoundEnd):
         )
         self.node.record("training", round=self.round, rounds=self.target, neighbours=neighbours)
         log.info(
-            "training from round %d of %d with %s", self.round, self.target, ", ".join(neighbours)
+            "training from round %d of %d with %s (%.2f s of CPU since the process started)",
+            self.round,
+            self.target,
+            ", ".join(neighbours),
+            time.process_time(),
         )
         while self.round <= self.target:
             if self._cut_off is not None:

@@ -13,7 +13,10 @@
    own wait: the time the daemon, already listening, waited for the last of
    the others to listen (the daemons start together; a later one holds up
    the rest). Target: under 3 s beyond those waits. Printed beside it: what a
-   process importing torch and ``p2pfl.node`` alone takes at that moment.
+   process importing torch and ``p2pfl.node`` alone takes at that moment, and
+   the CPU each daemon had used by its first round (its log says so): the
+   daemons together need at least their sum divided by the cores before the
+   last of them trains, whatever the order they run in.
 3. The p2pfl workload (8 nodes on a ring, 3 rounds x 1 epoch, MLP
    784-256-128-10, 8,000 Fashion-MNIST images, batch 64): wall time and peak
    RSS, protocol engine (one process for all nodes; run in a child process so
@@ -178,11 +181,13 @@ def run_daemons(setup: Setup, root: Path) -> tuple[Any, list[dict[str, float]], 
         log = site.directory / "node.log"
         listen = _first(log, " listening at ")
         first = _first(log, "training from round")
+        cpu = re.search(r"training from round .*\((\d+\.\d+) s of CPU", log.read_text())
         phases.append(
             {
                 "start": start,
                 "listen": float("nan") if listen is None else listen,
                 "first": float("nan") if first is None else first,
+                "cpu": float("nan") if cpu is None else float(cpu.group(1)),
             }
         )
     rss = [int(read_status(site.directory).get("peak_rss_bytes") or 0) for site in federation.sites]
@@ -195,11 +200,15 @@ def start_figures(phases: list[dict[str, float]], imports: float) -> str:
     beyond = [(p["first"] - p["start"]) - max(0.0, last_listen - p["listen"]) for p in phases]
     worst = max(beyond)
     verdict = "met" if worst < TARGET_START else "NOT met"
+    cpu = [p["cpu"] for p in phases]
+    cores = os.cpu_count() or 1
     return (
         f"start -> first round: {', '.join(f'{x:.2f}' for x in to_first)} s; beyond the "
         f"federation's own waits {', '.join(f'{x:.2f}' for x in beyond)} s; slowest "
         f"{worst:.2f} s (target < {TARGET_START:.0f} s: {verdict}); importing torch and the "
-        f"node alone takes {imports:.2f} s here now"
+        f"node alone takes {imports:.2f} s here now; CPU by the first round "
+        f"{', '.join(f'{x:.2f}' for x in cpu)} s per daemon, so at least "
+        f"{sum(cpu) / cores:.2f} s on {cores} cores before the last one trains"
     )
 
 
