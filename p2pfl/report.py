@@ -178,24 +178,25 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
             f"{run['energy']['total_j']:.3g}" if run.get("energy") else "-",
             f"{run['wall']['total']:.1f}",
         )
-    base = runs[0]["baselines"]
-    if base["pooled"] is not None:
-        table.add_row("pooled", "-", pct(base["pooled"]), "", "", "", "", "", "")
-    if base.get("minibatch") is not None:
-        table.add_row("mini-batch", "-", pct(base["minibatch"]), "", "", "", "", "", "")
-    if base["local"] is not None:
-        local = base["local"]
-        table.add_row(
-            "local-only",
-            "-",
-            pct(sum(local) / len(local)),
-            pct(min(local)),
-            pct(max(local)),
-            "",
-            "",
-            "",
-            "",
-        )
+    for suffix, base in baseline_groups(runs):
+        if base["pooled"] is not None:
+            table.add_row("pooled" + suffix, "-", pct(base["pooled"]), "", "", "", "", "", "")
+        if base.get("minibatch") is not None:
+            minibatch = pct(base["minibatch"])
+            table.add_row("mini-batch" + suffix, "-", minibatch, "", "", "", "", "", "")
+        if base["local"] is not None:
+            local = base["local"]
+            table.add_row(
+                "local-only" + suffix,
+                "-",
+                pct(sum(local) / len(local)),
+                pct(min(local)),
+                pct(max(local)),
+                "",
+                "",
+                "",
+                "",
+            )
     print_table(console, table)
     if any((run.get("privacy") or {}).get("mechanism", "none") != "none" for run in runs):
         print_privacy(report, console)
@@ -226,6 +227,38 @@ def print_world(report: dict[str, Any], console: Console) -> None:
             f"{shard['rank_bytes_per_round'] / 1e6:.3f} MB between ranks per round",
             soft_wrap=True,
         )
+
+
+def baseline_groups(runs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The distinct baselines of a report's runs, each with a suffix that names its runs.
+
+    Runs on the same data share their baselines; a sweep over the data (``data.alpha``)
+    has one set per value. One set: an empty suffix. Several: `` (alpha=0.1)``, from the
+    sweep keys that hold one value within each set and differ between them (else the
+    runs' numbers, from 1).
+    """
+    groups: dict[str, tuple[dict[str, Any], list[int]]] = {}
+    for i, run in enumerate(runs):
+        key = json.dumps(run["baselines"], sort_keys=True, default=str)
+        groups.setdefault(key, (run["baselines"], []))[1].append(i)
+    if len(groups) == 1:
+        return [("", base) for base, _ in groups.values()]
+    parts = [dict(p.partition("=")[::2] for p in run["label"].split(", ")) for run in runs]
+    keys = [
+        k
+        for k in parts[0]
+        if all(len({parts[i].get(k) for i in members}) == 1 for _, members in groups.values())
+        and len({parts[members[0]].get(k) for _, members in groups.values()}) == len(groups)
+    ]
+    named = []
+    for base, members in groups.values():
+        first = parts[members[0]]
+        if keys:
+            name = ", ".join(f"{k.rpartition('.')[2]}={first[k]}" for k in keys)
+        else:
+            name = "runs " + ", ".join(str(i + 1) for i in members)
+        named.append((f" ({name})", base))
+    return named
 
 
 def run_names(labels: list[str]) -> tuple[str, list[str]]:
