@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 
 from topology.errors import TopologyError
 from topology.weights import Edges, canonical_edges
@@ -39,6 +38,8 @@ _REPAIR_ROUNDS = 200
 
 def components(n: int, edges: Edges) -> int:
     """The number of connected components of an undirected edge array."""
+    from scipy.sparse.csgraph import connected_components  # 55 ms to import: when a draw needs it
+
     adj = sp.coo_array((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
     count, _ = connected_components(adj, directed=False)
     return int(count)
