@@ -37,6 +37,13 @@ class FailureLatch:
         self._set.set()
         return True
 
+    def check(self) -> None:
+        """Raise the latched error, if any: for ``work`` to stop at once where it must not
+        go on (``run`` cancels it only when the loop next turns, which a fast step outruns:
+        a round trained in a millisecond sent its frame after an audit append had failed)."""
+        if self.error is not None:
+            raise self.error
+
     async def run(self, work: Coroutine[Any, Any, T]) -> T:
         """``work``'s result, or the latched error as soon as there is one (``work`` cancelled)."""
         task = asyncio.ensure_future(work)

@@ -477,6 +477,10 @@ class Node:
             return
         self._shown.set()
 
+    def check_failure(self) -> None:
+        """Raise the error that must stop the node, if one came (``FailureLatch.check``)."""
+        self._failure.check()
+
     def set_phase(self, phase: Phase) -> None:
         if phase != self.phase:
             self.phase = phase

@@ -438,6 +438,7 @@ class RoundDriver(RoundEpochs, RoundEnd):
             time.process_time(),
         )
         while self.round <= self.target:
+            self.node.check_failure()  # an audit append failed: no round after it
             if self._cut_off is not None:
                 await self._await_neighbours()
             if self._catch_up() and self.round <= self.target:
@@ -505,6 +506,7 @@ class RoundDriver(RoundEpochs, RoundEnd):
         t0 = time.perf_counter()
         await asyncio.to_thread(learner.train, index(r))  # batches seeded by the index
         self._train_seconds = time.perf_counter() - t0
+        node.check_failure()  # failed while it trained: nothing of this round goes out
         waiter = exchange.mixed(r)
         node.set_phase(Phase.MIXING)
         mixing = time.perf_counter()
