@@ -147,7 +147,8 @@ def mutated_status(draw: st.DrawFn) -> bytes:
             target = status.get("last_round")
         if not isinstance(target, dict):
             continue
-        key = draw(st.sampled_from(sorted(target)) | st.text(max_size=6))
+        keys = st.text(max_size=6)  # a new key, or one there (none once all were removed)
+        key = draw(st.sampled_from(sorted(target)) | keys if target else keys)
         if draw(st.booleans()):
             target.pop(key, None)
         else:
