@@ -243,7 +243,7 @@ def baseline_groups(runs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any
         groups.setdefault(key, (run["baselines"], []))[1].append(i)
     if len(groups) == 1:
         return [("", base) for base, _ in groups.values()]
-    parts = [dict(p.partition("=")[::2] for p in run["label"].split(", ")) for run in runs]
+    parts = [{k: v for k, _, v in label_fields(run["label"])} for run in runs]
     keys = [
         k
         for k in parts[0]
@@ -261,13 +261,18 @@ def baseline_groups(runs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any
     return named
 
 
+def label_fields(label: str) -> list[tuple[str, str, str]]:
+    """A run label's ``key=value`` parts, each as ``str.partition("=")`` gives it."""
+    return [part.partition("=") for part in label.split(", ")]
+
+
 def run_names(labels: list[str]) -> tuple[str, list[str]]:
     """A column title and short row names: a sweep shows its keys once, the values below.
 
     ``topology.kind=ring, privacy.epsilon=8.0`` becomes ``ring, 8.0`` under the title
     ``kind, epsilon``; labels that are not all ``key=value`` lists of the same keys stay.
     """
-    split = [[part.partition("=") for part in label.split(", ")] for label in labels]
+    split = [label_fields(label) for label in labels]
     keys = [tuple(k for k, _, _ in parts) for parts in split]
     if len(set(keys)) != 1 or not all(eq for parts in split for _, eq, _ in parts):
         return "run", labels

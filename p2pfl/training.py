@@ -241,9 +241,8 @@ class StackedTrainer:
     ) -> Tensor:
         """``_loss`` of a stack of one model (``batch``: x, y, mask), shaped as the vmapped
         losses are: (1,)."""
-        one = {name: t[0] for name, t in params.items()}
-        rest = {name: t[0] for name, t in frozen.items()}
-        return self._loss(one, rest, *(t[0] for t in batch)).unsqueeze(0)
+        rows = (t[0] for t in batch)
+        return self._loss(first_rows(params), first_rows(frozen), *rows).unsqueeze(0)
 
     def steps_per_node(self) -> list[int]:
         return [self.schedule.steps_for(s) for s in self.sizes]
@@ -477,6 +476,11 @@ def stack_order(sizes: Sequence[int], schedule: LocalSchedule) -> list[int]:
     return sorted(range(len(sizes)), key=lambda i: -steps[i])
 
 
+def first_rows(stacked: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each tensor's row 0: a stack of one model's parameters as the model's own."""
+    return {name: t[0] for name, t in stacked.items()}
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, params: Tensor, x: Tensor, y: Tensor, *, chunk: int = 64, batch: int = 4096
@@ -487,7 +491,7 @@ def evaluate(
         return functional_call(model, p, (xb,))
 
     def alone(p: dict[str, Tensor], xb: Tensor) -> Tensor:  # one row: no vmap dispatch
-        return one({name: t[0] for name, t in p.items()}, xb).unsqueeze(0)
+        return one(first_rows(p), xb).unsqueeze(0)
 
     k = params.shape[0]
     forward = alone if k == 1 else vmap(one, in_dims=(0, None))
